@@ -188,9 +188,9 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
             site_dir, stem = parts[1], parts[2].rsplit(".", 1)[0]
             if stem == "env":
                 env_files[site_dir] = path
-            else:
-                cluster_files.append((site_dir, stem, path))
-        elif top in ("os", "boot", "workflows") and len(parts) == 2 and path.endswith(YAML_SUFFIXES):
+            else:  # Vaquero's convention: cluster-<name>.yml holds cluster <name>
+                cluster_files.append((site_dir, stem.removeprefix("cluster-"), path))
+        elif top in _OBJECT_KINDS and len(parts) == 2 and path.endswith(YAML_SUFFIXES):
             _load_objects(tree, path, top, sot, problems)
         elif top == "assets" and len(parts) >= 3:
             if parts[1] not in ASSET_TYPES:
@@ -219,8 +219,8 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
         if site_id is not None:
             _load_hosts(tree, path, site_id, cluster, sot, problems)
     if not env_files:
-        problems.add("sites", 0, "no-sites",
-                     "no site found: a SoT needs sites/<site>/env.yml and at least one cluster file")
+        problems.add("sites", 0, "no-sites", "no site found: a SoT needs sites/<site>/env.yml "
+                     "and at least one cluster file")
     return sot, problems
 
 

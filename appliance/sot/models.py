@@ -377,14 +377,25 @@ class Boot(Strict):
 
 
 class Stage(Strict):
-    boot: Id
+    """One network boot of a workflow, or (`local: true`) a boot from the installed disk whose
+    phone-home proves the install came up."""
+
+    boot: Id | None = None
+    local: bool = False
     name: Id | None = None
     timeout: Annotated[int, Field(ge=10)] = 3600  # seconds to wait for the phone-home
     retries: Annotated[int, Field(ge=0, le=10)] = 1
 
+    @model_validator(mode="after")
+    def _boot_or_local(self) -> Stage:
+        if (self.boot is None) == (not self.local):
+            raise ValueError("a stage names a `boot`, or sets `local: true` to boot the disk; "
+                             "not both, not neither")
+        return self
+
     @property
     def label(self) -> str:
-        return self.name or self.boot
+        return self.name or self.boot or "local-disk"
 
 
 class HealthCheck(Strict):

@@ -1,0 +1,361 @@
+"""Cross-document validation of a loaded SoT, and the render-every-host pass.
+
+Schema errors are found while loading; this module finds what only the whole revision can
+show: dangling references, identities used twice across sites, addresses outside their
+subnet or on top of a gateway or a peer, rollouts that cannot make progress, and templates
+that fail (or render an invalid file) for any host at any stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from .formats import check_rendered
+from .loader import HostEntry, Sot
+from .models import Workflow
+from .problems import Problems
+from .render import Renderer, RenderError
+
+# Which unattended kinds make sense for which OS family; families not listed accept any kind.
+FAMILY_KINDS = {
+    "flatcar": {"ignition", "untyped"},
+    "fedora-coreos": {"ignition", "untyped"},
+    "coreos": {"ignition", "cloud-config", "untyped"},
+    "rocky": {"kickstart", "untyped"}, "rhel": {"kickstart", "untyped"},
+    "centos": {"kickstart", "untyped"}, "almalinux": {"kickstart", "untyped"},
+    "fedora": {"kickstart", "untyped"},
+    "ubuntu": {"cloud-config", "preseed", "untyped"},
+    "debian": {"preseed", "cloud-config", "untyped"},
+}
+NEUTRAL_REVISION = "0" * 40  # rendering for validation and fingerprints must not vary by SHA
+
+
+@dataclass(frozen=True)
+class StageFingerprint:
+    ipxe: str
+    config: str
+
+
+@dataclass(frozen=True)
+class HostFingerprint:
+    """What a host would be served, hashed: the plan compares these between revisions."""
+
+    dhcp: str
+    stages: tuple[StageFingerprint, ...]
+
+    @property
+    def install(self) -> str:
+        h = hashlib.sha256()
+        for s in self.stages:
+            h.update(f"{s.ipxe}:{s.config};".encode())
+        return h.hexdigest()
+
+
+@dataclass
+class ValidationResult:
+    problems: Problems
+    fingerprints: dict[str, HostFingerprint] = field(default_factory=dict)
+    renders: int = 0
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_references(sot: Sot, problems: Problems) -> None:
+    for boot in sot.boots.values():
+        at = sot.at[("boot", boot.id)]
+        if boot.operating_system not in sot.os:
+            problems.add(at.file, at.line("operating_system"), "dangling-reference",
+                         f"boot {boot.id!r}: operating_system {boot.operating_system!r} does not "
+                         f"exist in os/{_known(sot.os)}")
+        if boot.unattended is not None:
+            key = f"{boot.unattended.type}/{boot.unattended.use}"
+            if key not in sot.assets:
+                problems.add(at.file, at.line("unattended", "use"), "dangling-reference",
+                             f"boot {boot.id!r}: unattended config assets/{key} does not exist")
+            os_ = sot.os.get(boot.operating_system)
+            allowed = FAMILY_KINDS.get(os_.os_family.lower()) if os_ else None
+            if allowed is not None and boot.unattended.type not in allowed:
+                problems.add(at.file, at.line("unattended", "type"), "unattended-mismatch",
+                             f"boot {boot.id!r}: {os_.os_family} does not read "  # type: ignore
+                             f"{boot.unattended.type} configs; use {' or '.join(sorted(allowed))}")
+        if boot.ipxe is not None and f"ipxe/{boot.ipxe}" not in sot.assets:
+            problems.add(at.file, at.line("ipxe"), "dangling-reference",
+                         f"boot {boot.id!r}: iPXE template assets/ipxe/{boot.ipxe} does not exist")
+    for wf in sot.workflows.values():
+        at = sot.at[("workflow", wf.id)]
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(wf.stages):
+            if stage.boot is not None and stage.boot not in sot.boots:
+                problems.add(at.file, at.line("stages", i, "boot"), "dangling-reference",
+                             f"workflow {wf.id!r}: stage {i + 1} boots {stage.boot!r}, which does "
+                             f"not exist in boot/{_known(sot.boots)}")
+            if stage.label in seen:
+                problems.add(at.file, at.line("stages", i), "duplicate-stage",
+                             f"workflow {wf.id!r}: stage name {stage.label!r} is used twice; "
+                             "give each stage a distinct `name`")
+            seen[stage.label] = i
+        for i, dep in enumerate(wf.depends_on):
+            if dep not in sot.workflows:
+                problems.add(at.file, at.line("depends_on", i), "dangling-reference",
+                             f"workflow {wf.id!r} depends on {dep!r}, which does not exist")
+    _check_cycles(sot, problems)
+
+
+def _known(table: dict) -> str:
+    names = sorted(table)
+    if not names:
+        return " (none defined)"
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f" (known: {shown})"
+
+
+def _check_cycles(sot: Sot, problems: Problems) -> None:
+    state: dict[str, int] = {}
+
+    def visit(wid: str, trail: list[str]) -> None:
+        state[wid] = 1
+        for dep in sot.workflows[wid].depends_on:
+            if dep not in sot.workflows:
+                continue
+            if state.get(dep) == 1:
+                cycle = [*trail[trail.index(dep):], dep] if dep in trail else [wid, dep]
+                at = sot.at[("workflow", wid)]
+                problems.add(at.file, at.line("depends_on"), "dependency-cycle",
+                             f"workflow dependencies form a cycle: {' -> '.join(cycle)}")
+            elif dep not in state:
+                visit(dep, [*trail, dep])
+        state[wid] = 2
+
+    for wid in sorted(sot.workflows):
+        if wid not in state:
+            visit(wid, [wid])
+
+
+def check_sites(sot: Sot, problems: Problems) -> None:
+    for site in sot.sites.values():
+        at = sot.at[("site", site.id)]
+        ids: dict[str, int] = {}
+        for i, subnet in enumerate(site.subnets):
+            if subnet.id in ids:
+                problems.add(at.file, at.line("subnets", i, "id"), "duplicate-id",
+                             f"site {site.id!r}: subnet id {subnet.id!r} is used twice")
+            ids[subnet.id] = i
+            if subnet.gateway is not None and subnet.gateway not in subnet.cidr:
+                problems.add(at.file, at.line("subnets", i, "gateway"), "address-outside-subnet",
+                             f"subnet {subnet.id!r}: gateway {subnet.gateway} is outside "
+                             f"{subnet.cidr}")
+            for j, other in enumerate(site.subnets[:i]):
+                if subnet.cidr.overlaps(other.cidr):
+                    problems.add(at.file, at.line("subnets", i, "cidr"), "overlapping-subnets",
+                                 f"subnet {subnet.id!r} ({subnet.cidr}) overlaps subnet "
+                                 f"{other.id!r} ({other.cidr}) at line {at.line('subnets', j)}")
+        if len(site.peers) % 2 == 0 and site.peers:
+            problems.add(at.file, at.line("peers"), "even-peers",
+                         f"site {site.id!r} has {len(site.peers)} peers: a Raft group of an even "
+                         "size tolerates no more failures than one peer fewer; use 1, 3 or 5")
+        names: set[str] = set()
+        for i, peer in enumerate(site.peers):
+            if peer.name in names:
+                problems.add(at.file, at.line("peers", i, "name"), "duplicate-id",
+                             f"site {site.id!r}: peer name {peer.name!r} is used twice")
+            names.add(peer.name)
+            subnet = site.subnet(peer.subnet) if peer.subnet else next(
+                (s for s in site.subnets if peer.address in s.cidr), None)
+            if peer.subnet and subnet is None:
+                problems.add(at.file, at.line("peers", i, "subnet"), "dangling-reference",
+                             f"peer {peer.name!r}: subnet {peer.subnet!r} is not a subnet of "
+                             f"site {site.id!r}")
+            elif subnet is None or peer.address not in subnet.cidr:
+                problems.add(at.file, at.line("peers", i, "address"), "address-outside-subnet",
+                             f"peer {peer.name!r}: address {peer.address} is in no subnet of "
+                             f"site {site.id!r}")
+            elif peer.address == subnet.gateway:
+                problems.add(at.file, at.line("peers", i, "address"), "address-collision",
+                             f"peer {peer.name!r}: address {peer.address} is the gateway of "
+                             f"subnet {subnet.id!r}")
+
+
+def check_hosts(sot: Sot, problems: Problems) -> None:
+    macs: dict[str, tuple[str, HostEntry]] = {}
+    ips: dict[IPv4Address, tuple[str, HostEntry]] = {}
+    hostnames: dict[str, tuple[str, HostEntry]] = {}
+    uuids: dict[str, HostEntry] = {}
+    serials: dict[str, HostEntry] = {}
+    peers_by_site = {
+        sid: {p.address: p.name for p in site.peers} for sid, site in sot.sites.items()
+    }
+
+    def dup(kind: str, value: object, first: HostEntry, entry: HostEntry, line: int) -> None:
+        problems.add(entry.at.file, line, f"duplicate-{kind}",
+                     f"host {entry.host.name!r}: {kind} {value} is already used by host "
+                     f"{first.host.name!r} ({first.at.file}:{first.at.line('name')})")
+
+    for entry in sot.hosts.values():
+        host, site = entry.host, sot.sites[entry.site]
+        if host.workflow not in sot.workflows:
+            problems.add(entry.at.file, entry.at.line("workflow"), "dangling-reference",
+                         f"host {host.name!r}: workflow {host.workflow!r} does not exist in "
+                         f"workflows/{_known(sot.workflows)}")
+        if host.boot_interface() is None and not host.never_provision:
+            problems.add(entry.at.file, entry.at.line("interfaces"), "no-boot-interface",
+                         f"host {host.name!r} has no physical interface that takes DHCP, so it "
+                         "cannot netboot; add one or set never_provision: true")
+        for i, iface in enumerate(host.interfaces):
+            line = entry.at.line("interfaces", i)
+            if iface.mac in macs:
+                dup("MAC", iface.mac, macs[iface.mac][1], entry,
+                    entry.at.line("interfaces", i, "mac"))
+            else:
+                macs[iface.mac] = (host.name, entry)
+            if iface.ipv4 in ips:
+                dup("IPv4 address", iface.ipv4, ips[iface.ipv4][1], entry,
+                    entry.at.line("interfaces", i, "ipv4"))
+            else:
+                ips[iface.ipv4] = (host.name, entry)
+            hostname = iface.hostname or (host.name if iface is host.boot_interface() else None)
+            if hostname:
+                if hostname in hostnames and hostnames[hostname][1] is not entry:
+                    dup("hostname", hostname, hostnames[hostname][1], entry,
+                        entry.at.line("interfaces", i, "hostname"))
+                else:
+                    hostnames[hostname] = (host.name, entry)
+            subnet = site.subnet(iface.subnet)
+            if subnet is None:
+                problems.add(entry.at.file, entry.at.line("interfaces", i, "subnet"),
+                             "dangling-reference",
+                             f"host {host.name!r}: subnet {iface.subnet!r} is not a subnet of "
+                             f"site {site.id!r}{_known({s.id: s for s in site.subnets})}")
+                continue
+            ip_line = entry.at.line("interfaces", i, "ipv4") or line
+            net = subnet.cidr
+            if iface.ipv4 not in net:
+                problems.add(entry.at.file, ip_line, "address-outside-subnet",
+                             f"host {host.name!r}: {iface.ipv4} is outside subnet "
+                             f"{subnet.id!r} ({net})")
+            elif iface.ipv4 in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
+                what = "network" if iface.ipv4 == net.network_address else "broadcast"
+                problems.add(entry.at.file, ip_line, "address-collision",
+                             f"host {host.name!r}: {iface.ipv4} is the {what} address of {net}")
+            elif iface.ipv4 == subnet.gateway:
+                problems.add(entry.at.file, ip_line, "address-collision",
+                             f"host {host.name!r}: {iface.ipv4} is the gateway of subnet "
+                             f"{subnet.id!r}")
+            elif iface.ipv4 in peers_by_site[entry.site]:
+                problems.add(entry.at.file, ip_line, "address-collision",
+                             f"host {host.name!r}: {iface.ipv4} is the address of peer "
+                             f"{peers_by_site[entry.site][iface.ipv4]!r}")
+        if host.uuid is not None:
+            key = str(host.uuid)
+            if key in uuids:
+                dup("UUID", key, uuids[key], entry, entry.at.line("uuid"))
+            else:
+                uuids[key] = entry
+        if host.serial:
+            if host.serial in serials:
+                dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
+            else:
+                serials[host.serial] = entry
+
+
+def check_rollouts(sot: Sot, problems: Problems) -> None:
+    """A rollout whose min_standing leaves no host to take down can never make progress."""
+    for (site, cluster), entries in sot.clusters().items():
+        by_workflow: dict[str, list[HostEntry]] = defaultdict(list)
+        for e in entries:
+            if not e.host.never_provision and e.host.workflow in sot.workflows:
+                by_workflow[e.host.workflow].append(e)
+        for wid, members in by_workflow.items():
+            rollout = sot.workflows[wid].rollout
+            if rollout.on_change == "reinstall" and rollout.min_standing >= len(members) > 0:
+                at = sot.at[("workflow", wid)]
+                problems.add(at.file, at.line("rollout", "min_standing"), "rollout-stuck",
+                             f"workflow {wid!r}: min_standing {rollout.min_standing} leaves no "
+                             f"host of cluster {site}/{cluster} ({len(members)} hosts) free to "
+                             "update; lower min_standing or add hosts")
+
+
+def _dhcp_fingerprint(sot: Sot, entry: HostEntry, subnet_digests: dict[tuple[str, str], str]
+                      ) -> str:
+    parts = []
+    for iface in entry.host.interfaces:
+        if iface.type != "physical" or iface.ignore_dhcp:
+            continue
+        key = (entry.site, iface.subnet)
+        if key not in subnet_digests:
+            subnet = sot.sites[entry.site].subnet(iface.subnet)
+            subnet_digests[key] = _digest(subnet.model_dump_json() if subnet else "")
+        parts.append(f"{iface.mac}|{iface.ipv4}|{iface.hostname or entry.host.name}|"
+                     f"{subnet_digests[key]}")
+    netboot = sot.sites[entry.site].netboot
+    parts.append(f"{entry.host.uuid}|{netboot.model_dump_json()}")
+    return _digest("\n".join(parts))
+
+
+def render_all(sot: Sot, problems: Problems) -> ValidationResult:
+    """Render every stage of every host once; report failures grouped by template location."""
+    result = ValidationResult(problems)
+    renderer = Renderer(sot, NEUTRAL_REVISION)
+    failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+    subnet_digests: dict[tuple[str, str], str] = {}
+    for entry in sot.hosts.values():
+        workflow = sot.workflows.get(entry.host.workflow)
+        if workflow is None or not _stages_resolve(sot, workflow):
+            continue
+        if sot.sites[entry.site].subnet((entry.host.boot_interface() or
+                                         entry.host.interfaces[0]).subnet) is None:
+            continue
+        stages = []
+        for index in range(1, len(workflow.stages) + 1):
+            ipxe = config = ""
+            try:
+                ipxe = renderer.render_ipxe(entry, index)
+                rendered = renderer.render_config(entry, index)
+                result.renders += 1
+                stage = workflow.stages[index - 1]
+                boot = sot.boots[stage.boot] if stage.boot else None
+                if boot is not None and boot.ipxe:
+                    bad = check_rendered("ipxe", ipxe)
+                    if bad:
+                        failures[(f"assets/ipxe/{boot.ipxe}", bad[0],
+                                  f"rendered iPXE script {bad[1]}")].append(entry.host.name)
+                if rendered is not None and boot is not None:
+                    kind, config = rendered
+                    os_ = sot.os[boot.operating_system]
+                    bad = check_rendered(kind, config, os_.os_family, os_.major_version)
+                    if bad:
+                        path = f"assets/{kind}/{boot.unattended.use}"  # type: ignore[union-attr]
+                        failures[(path, bad[0], f"rendered {kind} {bad[1]}")].append(
+                            entry.host.name)
+            except RenderError as exc:
+                failures[(exc.file, exc.line, exc.message)].append(entry.host.name)
+            stages.append(StageFingerprint(_digest(ipxe), _digest(config)))
+        result.fingerprints[entry.host.name] = HostFingerprint(
+            _dhcp_fingerprint(sot, entry, subnet_digests), tuple(stages))
+    for (file, line, message), hosts in failures.items():
+        shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+        what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
+        problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
+    return result
+
+
+def _stages_resolve(sot: Sot, workflow: Workflow) -> bool:
+    for stage in workflow.stages:
+        if stage.boot is None:
+            continue
+        boot = sot.boots.get(stage.boot)
+        if boot is None or boot.operating_system not in sot.os:
+            return False
+    return True
+
+
+def validate_sot(sot: Sot, problems: Problems) -> ValidationResult:
+    check_sites(sot, problems)
+    check_references(sot, problems)
+    check_hosts(sot, problems)
+    check_rollouts(sot, problems)
+    return render_all(sot, problems)
