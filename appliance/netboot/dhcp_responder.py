@@ -130,10 +130,7 @@ class Responder:
         if req.htype != 1 or req.hlen != 6:
             counters.inc("ignored")  # only Ethernet hardware is declared
             return None
-        if self.mode == "proxy":
-            reply = self._proxy(req, src, port)
-        else:
-            reply = self._server(req, src)
+        reply = self._proxy(req, src, port) if self.mode == "proxy" else self._server(req, src)
         if reply is not None:
             counters.inc("replies")
         return reply
@@ -179,9 +176,7 @@ class Responder:
             host = self._host(req, src)
             if host is None:
                 return None
-            return self._reply(
-                table, host, tbl.INFORM_ACK, req, self._dest(req), ciaddr=req.ciaddr
-            )
+            return self._reply(table, host, tbl.INFORM_ACK, req, self._dest(req), ciaddr=req.ciaddr)
         if mt == wire.DECLINE:
             self._declined(req, src)
             return None

@@ -24,7 +24,8 @@ UEFI_X86_ARCHES = frozenset({6, 7, 9})
 ARCH_BIOS, ARCH_ARM64, ARCH_HTTP_X64 = 0, 11, 16
 
 # Reply kinds.
-OFFER, ACK, INFORM_ACK, PROXY_OFFER, PROXY_ACK = "offer", "ack", "inform", "proxy-offer", "proxy-ack"
+OFFER, ACK, INFORM_ACK = "offer", "ack", "inform"
+PROXY_OFFER, PROXY_ACK = "proxy-offer", "proxy-ack"
 
 # PXE vendor options (option 43): discovery control 8 = "boot the file named in this offer,
 # skip boot server discovery and menus", then the PXE END.
