@@ -1,0 +1,324 @@
+"""The replicated state: a deterministic function of the committed log.
+
+Every peer applies the same commands in the same order and must end in the same state, so
+apply never reads a clock, a random source, the network or a file: timestamps come in the
+command. A refused command (bad transition, fenced intent) still occupies its log slot but
+leaves the state unchanged, so every check happens before the first mutation. Nothing here
+knows about Raft or threads; the raft module serialises access.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict, deque
+from typing import Any
+
+from appliance.cluster import commands
+from appliance.cluster.errors import InvalidCommand
+
+SNAPSHOT_FORMAT = 1
+HISTORY_LIMIT = 32
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ClusterState:
+    """Revision lifecycle, approvals, hosts, intents/results, event ring, peers."""
+
+    def __init__(
+        self,
+        *,
+        event_capacity: int = 10_000,
+        dedupe_capacity: int = 10_000,
+        completed_intent_capacity: int = 10_000,
+        revision_capacity: int = 2_000,
+    ) -> None:
+        self.event_capacity = event_capacity
+        self.dedupe_capacity = dedupe_capacity
+        self.completed_intent_capacity = completed_intent_capacity
+        self.revision_capacity = revision_capacity
+        self.revisions: dict[str, dict] = {}
+        self.applied_sha: str | None = None
+        self.hosts: dict[str, dict] = {}
+        self.intents: dict[str, dict] = {}
+        self.completed_intents: deque[str] = deque()
+        self.fence_term = 0
+        self.events: deque[dict] = deque(maxlen=event_capacity)
+        self.next_seq = 1
+        self.peers: dict[str, dict] = {}
+        self.applied_ops: OrderedDict[str, dict] = OrderedDict()
+        self.applied_count = 0
+
+    # ---- apply -------------------------------------------------------------------------
+
+    def apply(self, raw: Any) -> dict:
+        """Apply one committed command and return its small result (never raises)."""
+        self.applied_count += 1
+        try:
+            cmd = commands.validate(raw)
+        except InvalidCommand as exc:
+            return {"ok": False, "error": "invalid", "message": str(exc)}
+        done = self.applied_ops.get(cmd["op_id"])
+        if done is not None:
+            return dict(done, duplicate=True)
+        try:
+            result = _HANDLERS[cmd["op"]](self, cmd)
+        except _Reject as exc:
+            result = {"ok": False, "error": exc.code, "message": exc.message}
+        self.applied_ops[cmd["op_id"]] = result
+        while len(self.applied_ops) > self.dedupe_capacity:
+            self.applied_ops.popitem(last=False)
+        return result
+
+    def _emit(self, at: float, kind: str, **fields: Any) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        event = {"seq": seq, "at": at, "kind": kind}
+        event.update({k: v for k, v in fields.items() if v is not None})
+        self.events.append(event)
+        return seq
+
+    def _revision(self, sha: str) -> dict:
+        rev = self.revisions.get(sha)
+        if rev is None:
+            raise _Reject("unknown_revision", f"revision {sha} was never observed")
+        return rev
+
+    def _set_state(self, rev: dict, state: str, at: float, by: str | None, reason: str | None):
+        rev["state"] = state
+        rev["updated_at"] = at
+        rev["history"].append({"state": state, "at": at, "by": by, "reason": reason})
+        del rev["history"][:-HISTORY_LIMIT]
+
+    def _observe(self, cmd: dict) -> dict:
+        sha = cmd["sha"]
+        if sha in self.revisions:
+            return {"ok": True, "existing": True, "state": self.revisions[sha]["state"]}
+        self.revisions[sha] = {
+            "sha": sha,
+            "state": "observed",
+            "source": cmd["source"],
+            "observed_at": cmd["at"],
+            "updated_at": cmd["at"],
+            "history": [{"state": "observed", "at": cmd["at"], "by": None, "reason": None}],
+            "summaries": {},
+            "approvals": [],
+            "approvals_required": 1,
+        }
+        self._prune_revisions()
+        seq = self._emit(cmd["at"], "revision.observed", revision=sha)
+        return {"ok": True, "state": "observed", "seq": seq}
+
+    def _prune_revisions(self) -> None:
+        excess = len(self.revisions) - self.revision_capacity
+        if excess <= 0:
+            return
+        # Oldest first (dict order is observation order); only finished revisions go.
+        for sha in [s for s, r in self.revisions.items() if r["state"] in commands.TERMINAL_STATES][
+            :excess
+        ]:
+            del self.revisions[sha]
+
+    def _transition(self, cmd: dict) -> dict:
+        rev = self._revision(cmd["sha"])
+        old, new = rev["state"], cmd["state"]
+        if new not in commands.TRANSITIONS[old]:
+            raise _Reject("bad_transition", f"revision {cmd['sha']} cannot go from {old} to {new}")
+        at = cmd["at"]
+        superseded = None
+        if new == "applied" and self.applied_sha not in (None, cmd["sha"]):
+            superseded = self.revisions.get(self.applied_sha)
+        self._set_state(rev, new, at, cmd["by"], cmd["reason"])
+        if cmd["summary"] is not None:
+            rev["summaries"][new] = cmd["summary"]
+        if new == "awaiting_approval":
+            rev["approvals_required"] = cmd["approvals_required"]
+        seq = self._emit(at, f"revision.{new}", revision=cmd["sha"], message=cmd["reason"])
+        if new == "applied":
+            if superseded is not None:
+                self._set_state(superseded, "superseded", at, cmd["by"], "a newer revision applied")
+                self._emit(at, "revision.superseded", revision=superseded["sha"])
+            self.applied_sha = cmd["sha"]
+        return {"ok": True, "state": new, "previous": old, "seq": seq}
+
+    def _approve(self, cmd: dict) -> dict:
+        rev = self._revision(cmd["sha"])
+        if rev["state"] != "awaiting_approval":
+            raise _Reject("not_awaiting_approval", f"revision is {rev['state']}")
+        if any(a["by"] == cmd["by"] for a in rev["approvals"]):
+            raise _Reject("already_approved", f"{cmd['by']} already approved this revision")
+        at = cmd["at"]
+        rev["approvals"].append({"by": cmd["by"], "at": at, "note": cmd["note"]})
+        seq = self._emit(at, "revision.approval", revision=cmd["sha"], message=cmd["by"])
+        if len(rev["approvals"]) >= rev["approvals_required"]:
+            self._set_state(rev, "approved", at, cmd["by"], "approvals complete")
+            seq = self._emit(at, "revision.approved", revision=cmd["sha"])
+        return {"ok": True, "state": rev["state"], "approvals": len(rev["approvals"]), "seq": seq}
+
+    def _host_set(self, cmd: dict) -> dict:
+        name = cmd["name"]
+        record = dict(self.hosts.get(name) or {"name": name, "stage": None, "state": None,
+                                               "last_event": None, "revision": None})
+        for key in ("stage", "state", "last_event", "revision"):
+            if key in cmd:
+                record[key] = cmd[key]
+        record["updated_at"] = cmd["at"]
+        self.hosts[name] = record
+        seq = self._emit(cmd["at"], "host.updated", host=name, revision=record["revision"],
+                         message=record["state"])
+        return {"ok": True, "seq": seq}
+
+    def _intent_record(self, cmd: dict) -> dict:
+        if cmd["term"] < self.fence_term:
+            raise _Reject("fenced", f"term {cmd['term']} is older than {self.fence_term}: "
+                                    "a newer leader has recorded intents")
+        if cmd["intent_id"] in self.intents:
+            raise _Reject("duplicate_intent", f"intent {cmd['intent_id']} exists")
+        self.fence_term = cmd["term"]
+        self.intents[cmd["intent_id"]] = {
+            "intent_id": cmd["intent_id"], "host": cmd["host"], "action": cmd["action"],
+            "stage": cmd["stage"], "revision": cmd["revision"], "term": cmd["term"],
+            "at": cmd["at"], "result": None,
+        }
+        seq = self._emit(cmd["at"], "intent.recorded", host=cmd["host"], revision=cmd["revision"],
+                         message=cmd["action"], data={"intent_id": cmd["intent_id"]})
+        return {"ok": True, "seq": seq}
+
+    def _intent_result(self, cmd: dict) -> dict:
+        intent = self.intents.get(cmd["intent_id"])
+        if intent is None:
+            raise _Reject("unknown_intent", f"intent {cmd['intent_id']} was never recorded")
+        if intent["result"] is not None:
+            raise _Reject("result_exists", f"intent {cmd['intent_id']} already has a result")
+        intent["result"] = {"ok": cmd["ok"], "detail": cmd["detail"], "at": cmd["at"]}
+        self.completed_intents.append(cmd["intent_id"])
+        while len(self.completed_intents) > self.completed_intent_capacity:
+            self.intents.pop(self.completed_intents.popleft(), None)
+        seq = self._emit(cmd["at"], "intent.ok" if cmd["ok"] else "intent.failed",
+                         host=intent["host"], revision=intent["revision"], message=cmd["detail"],
+                         data={"intent_id": cmd["intent_id"], "action": intent["action"]})
+        return {"ok": True, "seq": seq}
+
+    def _event(self, cmd: dict) -> dict:
+        seq = self._emit(cmd["at"], cmd["kind"], host=cmd["host"], revision=cmd["revision"],
+                         message=cmd["message"], data=cmd["data"])
+        return {"ok": True, "seq": seq}
+
+    def _peer_add(self, cmd: dict) -> dict:
+        self.peers[cmd["address"]] = {"address": cmd["address"], "name": cmd["name"],
+                                      "api_url": cmd["api_url"], "added_at": cmd["at"]}
+        seq = self._emit(cmd["at"], "peer.added", message=cmd["address"])
+        return {"ok": True, "seq": seq}
+
+    def _peer_remove(self, cmd: dict) -> dict:
+        if self.peers.pop(cmd["address"], None) is None:
+            raise _Reject("unknown_peer", f"{cmd['address']} is not in the peer list")
+        seq = self._emit(cmd["at"], "peer.removed", message=cmd["address"])
+        return {"ok": True, "seq": seq}
+
+    def _peers_set(self, cmd: dict) -> dict:
+        self.peers = {p["address"]: dict(p, added_at=cmd["at"]) for p in cmd["peers"]}
+        seq = self._emit(cmd["at"], "peers.set", data={"addresses": sorted(self.peers)})
+        return {"ok": True, "seq": seq}
+
+    # ---- reads (callers hold the raft lock; results are copies) -------------------------
+
+    def revision(self, sha: str) -> dict | None:
+        rev = self.revisions.get(sha)
+        return copy.deepcopy(rev) if rev is not None else None
+
+    def revision_list(self, state: str | None = None) -> list[dict]:
+        return [copy.deepcopy(r) for r in self.revisions.values()
+                if state is None or r["state"] == state]
+
+    def host(self, name: str) -> dict | None:
+        rec = self.hosts.get(name)
+        return dict(rec) if rec is not None else None
+
+    def host_list(self) -> list[dict]:
+        return [dict(r) for r in self.hosts.values()]
+
+    def intent(self, intent_id: str) -> dict | None:
+        rec = self.intents.get(intent_id)
+        return copy.deepcopy(rec) if rec is not None else None
+
+    def pending_intents(self, host: str | None = None) -> list[dict]:
+        """Intents with no result: a new leader inspects these before resuming a rollout."""
+        return [copy.deepcopy(i) for i in self.intents.values()
+                if i["result"] is None and (host is None or i["host"] == host)]
+
+    def events_since(self, after_seq: int = 0, limit: int = 100) -> dict:
+        """Events with seq > after_seq, oldest first. `first_seq` > after_seq + 1 means the
+        reader fell behind the ring and lost events in between."""
+        limit = max(0, min(limit, 1000))
+        first = self.events[0]["seq"] if self.events else self.next_seq
+        start = max(0, after_seq + 1 - first)
+        out = [copy.deepcopy(self.events[i]) for i in range(start, min(len(self.events),
+                                                                       start + limit))]
+        return {"events": out, "first_seq": first, "last_seq": self.next_seq - 1}
+
+    def peer_list(self) -> list[dict]:
+        return [dict(p) for p in self.peers.values()]
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def to_snapshot(self) -> dict:
+        """Plain data (no classes) so that a snapshot loads under any later code version.
+
+        The result shares objects with the live state (copying 10,000 events would stall the
+        Raft thread): serialise it before the next apply."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "capacities": [self.event_capacity, self.dedupe_capacity,
+                           self.completed_intent_capacity, self.revision_capacity],
+            "revisions": self.revisions,
+            "applied_sha": self.applied_sha,
+            "hosts": self.hosts,
+            "intents": self.intents,
+            "completed_intents": list(self.completed_intents),
+            "fence_term": self.fence_term,
+            "events": list(self.events),
+            "next_seq": self.next_seq,
+            "peers": self.peers,
+            "applied_ops": list(self.applied_ops.items()),
+            "applied_count": self.applied_count,
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict) -> ClusterState:
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unsupported snapshot format {data.get('format')!r}")
+        ev, dd, ci, rv = data["capacities"]
+        state = cls(event_capacity=ev, dedupe_capacity=dd, completed_intent_capacity=ci,
+                    revision_capacity=rv)
+        state.revisions = data["revisions"]
+        state.applied_sha = data["applied_sha"]
+        state.hosts = data["hosts"]
+        state.intents = data["intents"]
+        state.completed_intents = deque(data["completed_intents"])
+        state.fence_term = data["fence_term"]
+        state.events = deque(data["events"], maxlen=ev)
+        state.next_seq = data["next_seq"]
+        state.peers = data["peers"]
+        state.applied_ops = OrderedDict(data["applied_ops"])
+        state.applied_count = data["applied_count"]
+        return state
+
+
+_HANDLERS = {
+    "revision.observe": ClusterState._observe,
+    "revision.transition": ClusterState._transition,
+    "revision.approve": ClusterState._approve,
+    "host.set": ClusterState._host_set,
+    "intent.record": ClusterState._intent_record,
+    "intent.result": ClusterState._intent_result,
+    "event.append": ClusterState._event,
+    "peer.add": ClusterState._peer_add,
+    "peer.remove": ClusterState._peer_remove,
+    "peers.set": ClusterState._peers_set,
+}
