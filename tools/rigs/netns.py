@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
@@ -140,6 +141,24 @@ class Netns:
 
     def loop_thread(self) -> LoopThread:
         return LoopThread(self.path)
+
+    def socket(self, *args: Any) -> socket.socket:
+        """A socket that lives in this namespace, usable from any thread of the caller."""
+        box: list[Any] = []
+
+        def make() -> None:
+            try:
+                _setns(self.path)
+                box.append(socket.socket(*args))
+            except BaseException as exc:
+                box.append(exc)
+
+        t = threading.Thread(target=make, name=f"netns-socket:{self.name}")
+        t.start()
+        t.join(timeout=10)
+        if not box or isinstance(box[0], BaseException):
+            raise OSError(f"cannot create a socket in {self.name}") from (box[0] if box else None)
+        return box[0]
 
     def __repr__(self) -> str:
         return f"Netns({self.name!r})"
