@@ -193,15 +193,17 @@ def patch_reply(
 ) -> bytes:
     """Copy a precompiled reply body and make it answer `req`.
 
-    Patches xid, flags (secs stay 0 as RFC 2131 wants from servers), giaddr, optionally
-    ciaddr, and appends per-request options (the relay agent's option 82 echo, a UUID echo)
-    before END. Everything else was encoded once when the table was compiled.
+    Patches xid, flags (secs stay 0 as RFC 2131 wants from servers), giaddr, chaddr (the
+    host may have matched by UUID from another NIC), optionally ciaddr, and appends
+    per-request options (the relay agent's option 82 echo, a UUID echo) before END.
+    Everything else was encoded once when the table was compiled.
     """
     buf = bytearray(body)
     _XID_SECS_FLAGS.pack_into(buf, 4, req.xid, 0, req.flags)
     if ciaddr is not None:
         buf[12:16] = ciaddr
     buf[24:28] = req.giaddr
+    buf[28:44] = req.chaddr16
     if req.relay_agent is not None:
         tail += encode_option(OPT_RELAY_AGENT, req.relay_agent)
     if tail:
