@@ -93,6 +93,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .sot.render import Renderer, RenderError
 
     revision = compile_tree(open_tree(args.sot, args.git, args.rev))
+    if not revision.valid:
+        # An invalid revision is never applied, so no host would receive anything from it.
+        for problem in revision.problems[:20]:
+            print(problem, file=sys.stderr)
+        print(f"{revision.source} is not valid ({len(revision.problems)} problem(s)): nothing "
+              "is rendered from an invalid revision; fix it first (`vaq-peer validate`)",
+              file=sys.stderr)
+        return EXIT_INVALID
     entry = revision.sot.hosts.get(args.host)
     if entry is None:
         known = ", ".join(sorted(revision.sot.hosts)[:10])

@@ -62,6 +62,10 @@ class Sot:
     workflows: dict[str, Workflow] = field(default_factory=dict)
     assets: dict[str, Asset] = field(default_factory=dict)
     at: dict[tuple[str, str], Located] = field(default_factory=dict)
+    # Documents that failed their schema, by (kind, id) and host documents per cluster,
+    # valid or not: checks that follow use them so one error is not reported again as others.
+    broken: set[tuple[str, str]] = field(default_factory=set)
+    host_documents: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def clusters(self) -> dict[tuple[str, str], list[HostEntry]]:
         """Hosts grouped by (site, cluster), in file order."""
@@ -149,7 +153,8 @@ def explain(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
     return "invalid-value", f"{where}: {text} (got {err.get('input')!r})"
 
 
-def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind: str) -> M | None:
+def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind: str,
+              sot: Sot | None = None) -> M | None:
     if not isinstance(doc.data, dict):
         problems.add(file, doc.line, "not-a-mapping",
                      f"a {kind} document must be a YAML mapping, not {type(doc.data).__name__}")
@@ -157,6 +162,9 @@ def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind
     try:
         return model.model_validate(doc.data)
     except ValidationError as exc:
+        ident = doc.data.get("name" if kind == "host" else "id")
+        if sot is not None and isinstance(ident, str):
+            sot.broken.add((kind, ident))
         label = _describe(kind, doc.data)
         for err in exc.errors(include_url=False):
             code, sentence = explain(err, model)
@@ -164,14 +172,15 @@ def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind
         return None
 
 
-def _documents(tree: Tree, path: str, problems: Problems) -> list[Document]:
+def _documents(tree: Tree, path: str, problems: Problems) -> list[Document] | None:
+    """The file's documents, or None when it is not readable YAML (already reported)."""
     try:
         return load_documents(tree.read(path))
     except YamlError as exc:
         problems.add(path, exc.line, "yaml", exc.message)
     except UnicodeDecodeError:
         problems.add(path, 1, "encoding", "the file is not UTF-8 text")
-    return []
+    return None
 
 
 def load_sot(tree: Tree) -> tuple[Sot, Problems]:
@@ -233,8 +242,8 @@ _OBJECT_KINDS: dict[str, tuple[str, type[BaseModel], Callable[[Sot], dict]]] = {
 
 def _load_objects(tree: Tree, path: str, folder: str, sot: Sot, problems: Problems) -> None:
     kind, model, table = _OBJECT_KINDS[folder]
-    for doc in _documents(tree, path, problems):
-        obj = _validate(model, path, doc, problems, kind)
+    for doc in _documents(tree, path, problems) or []:
+        obj = _validate(model, path, doc, problems, kind, sot)
         if obj is None:
             continue
         ident = obj.id  # type: ignore[attr-defined]
@@ -251,13 +260,14 @@ def _load_objects(tree: Tree, path: str, folder: str, sot: Sot, problems: Proble
 
 def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problems) -> None:
     docs = _documents(tree, path, problems)
+    if docs is None:
+        return
     if not docs:
-        if not problems.items or problems.items[-1].file != path:
-            problems.add(path, 1, "empty", "env.yml is empty: it must describe the site")
+        problems.add(path, 1, "empty", "env.yml is empty: it must describe the site")
         return
     if len(docs) > 1:
         problems.add(path, docs[1].line, "extra-document", "env.yml must hold one document")
-    site = _validate(Site, path, docs[0], problems, "site")
+    site = _validate(Site, path, docs[0], problems, "site", sot)
     if site is None:
         return
     if site.id != site_dir:
@@ -275,10 +285,14 @@ def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problem
 def _load_hosts(tree: Tree, path: str, site: str, cluster: str, sot: Sot,
                 problems: Problems) -> None:
     docs = _documents(tree, path, problems)
+    if docs is None:
+        return
     if not docs:
         problems.add(path, 1, "empty", f"cluster file {path} holds no hosts")
+    key = (site, cluster)
+    sot.host_documents[key] = sot.host_documents.get(key, 0) + len(docs)
     for doc in docs:
-        host = _validate(Host, path, doc, problems, "host")
+        host = _validate(Host, path, doc, problems, "host", sot)
         if host is None:
             continue
         if host.name in sot.hosts:

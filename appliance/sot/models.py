@@ -67,6 +67,12 @@ def _normalize_mac(value: Any) -> Any:
     return mac.replace("-", ":")
 
 
+def _sha256_text(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("write the sha256 in quotes: YAML read these digits as a number")
+    return value
+
+
 def _check_sha256(value: str) -> str:
     value = value.strip().lower()
     if not _SHA256_RE.match(value):
@@ -84,7 +90,7 @@ def _as_str(value: Any) -> Any:
 Id = Annotated[str, AfterValidator(_check_id)]
 Hostname = Annotated[str, AfterValidator(_check_hostname)]
 Mac = Annotated[str, BeforeValidator(_normalize_mac)]
-Sha256 = Annotated[str, AfterValidator(_check_sha256)]
+Sha256 = Annotated[str, BeforeValidator(_sha256_text), AfterValidator(_check_sha256)]
 VersionStr = Annotated[str, BeforeValidator(_as_str)]
 Metadata = dict[str, Any]
 
@@ -336,6 +342,16 @@ class OsBoot(Strict):
 CmdlineValue = str | int | float | bool | None | list[Any]
 
 
+def _one_key(entry: dict[str, Any]) -> dict[str, Any]:
+    if len(entry) != 1:
+        raise ValueError(f"this entry has {len(entry)} keys: each cmdline entry is a one-key "
+                         "map like `- console: ttyS0,115200`")
+    return entry
+
+
+CmdlineEntry = Annotated[dict[str, CmdlineValue], AfterValidator(_one_key)]
+
+
 class OperatingSystem(Strict):
     """`os/*.yml`: what to boot, and the kernel command line as Vaquero's list of one-key maps."""
 
@@ -346,18 +362,7 @@ class OperatingSystem(Strict):
     minor_version: VersionStr | None = None
     release_name: str | None = None
     boot: OsBoot
-    cmdline: list[dict[str, CmdlineValue]] = []
-
-    @field_validator("cmdline")
-    @classmethod
-    def _one_key_each(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, entry in enumerate(value):
-            if len(entry) != 1:
-                raise ValueError(
-                    f"entry {i} has {len(entry)} keys: each cmdline entry is a one-key map "
-                    "like `- console: ttyS0,115200`"
-                )
-        return value
+    cmdline: list[CmdlineEntry] = []
 
 
 class Unattended(Strict):

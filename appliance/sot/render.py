@@ -8,6 +8,7 @@ in a variable name is an error at validation time instead of an empty string on 
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
@@ -271,9 +272,18 @@ def _quote_cmdline_value(value: str) -> str:
 
 
 def _exception_text(exc: BaseException) -> str:
+    if isinstance(exc, TemplateNotFound):
+        return f"includes {exc.name!r}, which does not exist under assets/"
+    if isinstance(exc, TemplateSyntaxError):
+        return f"template syntax error: {exc.message}"
     text = str(exc) or type(exc).__name__
+    missing = re.match(r"^'(\w+) object' has no attribute '([^']+)'$", text)
+    if missing:
+        return f"undefined variable: {missing.group(2)!r} does not exist here"
     if "is undefined" in text or "has no attribute" in text:
         return f"undefined variable: {text}"
+    if "StrictUndefined" in text:
+        return "a variable used here is undefined (check the names used on this line)"
     return text
 
 

@@ -68,7 +68,7 @@ def _digest(text: str) -> str:
 def check_references(sot: Sot, problems: Problems) -> None:
     for boot in sot.boots.values():
         at = sot.at[("boot", boot.id)]
-        if boot.operating_system not in sot.os:
+        if boot.operating_system not in sot.os and ("os", boot.operating_system) not in sot.broken:
             problems.add(at.file, at.line("operating_system"), "dangling-reference",
                          f"boot {boot.id!r}: operating_system {boot.operating_system!r} does not "
                          f"exist in os/{_known(sot.os)}")
@@ -90,7 +90,8 @@ def check_references(sot: Sot, problems: Problems) -> None:
         at = sot.at[("workflow", wf.id)]
         seen: dict[str, int] = {}
         for i, stage in enumerate(wf.stages):
-            if stage.boot is not None and stage.boot not in sot.boots:
+            if (stage.boot is not None and stage.boot not in sot.boots
+                    and ("boot", stage.boot) not in sot.broken):
                 problems.add(at.file, at.line("stages", i, "boot"), "dangling-reference",
                              f"workflow {wf.id!r}: stage {i + 1} boots {stage.boot!r}, which does "
                              f"not exist in boot/{_known(sot.boots)}")
@@ -180,6 +181,10 @@ def check_sites(sot: Sot, problems: Problems) -> None:
                              f"subnet {subnet.id!r}")
 
 
+_DUPLICATE_CODES = {"MAC": "mac", "IPv4 address": "ipv4", "hostname": "hostname",
+                    "UUID": "uuid", "serial": "serial"}
+
+
 def check_hosts(sot: Sot, problems: Problems) -> None:
     macs: dict[str, tuple[str, HostEntry]] = {}
     ips: dict[IPv4Address, tuple[str, HostEntry]] = {}
@@ -191,13 +196,13 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
     }
 
     def dup(kind: str, value: object, first: HostEntry, entry: HostEntry, line: int) -> None:
-        problems.add(entry.at.file, line, f"duplicate-{kind}",
+        problems.add(entry.at.file, line, f"duplicate-{_DUPLICATE_CODES[kind]}",
                      f"host {entry.host.name!r}: {kind} {value} is already used by host "
                      f"{first.host.name!r} ({first.at.file}:{first.at.line('name')})")
 
     for entry in sot.hosts.values():
         host, site = entry.host, sot.sites[entry.site]
-        if host.workflow not in sot.workflows:
+        if host.workflow not in sot.workflows and ("workflow", host.workflow) not in sot.broken:
             problems.add(entry.at.file, entry.at.line("workflow"), "dangling-reference",
                          f"host {host.name!r}: workflow {host.workflow!r} does not exist in "
                          f"workflows/{_known(sot.workflows)}")
@@ -269,6 +274,9 @@ def check_rollouts(sot: Sot, problems: Problems) -> None:
         for e in entries:
             if not e.host.never_provision and e.host.workflow in sot.workflows:
                 by_workflow[e.host.workflow].append(e)
+        if sot.host_documents.get((site, cluster), 0) > len(entries) or any(
+                e.host.workflow not in sot.workflows for e in entries):
+            continue  # some hosts are invalid or dangling: the counts are not known yet
         for wid, members in by_workflow.items():
             rollout = sot.workflows[wid].rollout
             if rollout.on_change == "reinstall" and rollout.min_standing >= len(members) > 0:
@@ -344,11 +352,16 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
 
 
 def _stages_resolve(sot: Sot, workflow: Workflow) -> bool:
+    """Render only what references resolve for: a dangling one is reported once, by itself."""
     for stage in workflow.stages:
         if stage.boot is None:
             continue
         boot = sot.boots.get(stage.boot)
         if boot is None or boot.operating_system not in sot.os:
+            return False
+        if boot.unattended and f"{boot.unattended.type}/{boot.unattended.use}" not in sot.assets:
+            return False
+        if boot.ipxe and f"ipxe/{boot.ipxe}" not in sot.assets:
             return False
     return True
 
