@@ -2,53 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
-from dhcp_support import SERVER_IP, BootNet, mac_of
+from dhcp_support import SERVER_IP, BootNet, mac_of, run_dhclient
 
 pytestmark = pytest.mark.skipif(shutil.which("dhclient") is None, reason="dhclient missing")
-
-DHCLIENT_CONF = """
-timeout {timeout};
-retry 1;
-initial-interval 1;
-request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers,
-        host-name, ntp-servers, interface-mtu;
-"""
-
-# dhclient calls this instead of configuring the interface: it records what it was given.
-SCRIPT = """#!/bin/sh
-env | grep -E '^(reason|new_|interface)' | sort > "{out}/$reason.env"
-exit 0
-"""
-
-
-def run_dhclient(ns, tmp_path: Path, timeout: int) -> tuple[int, dict[str, str]]:
-    (tmp_path / "dhclient.conf").write_text(DHCLIENT_CONF.format(timeout=timeout))
-    script = tmp_path / "script.sh"
-    script.write_text(SCRIPT.format(out=tmp_path))
-    script.chmod(0o755)
-    # -1: one attempt, exit 2 on failure; on success dhclient daemonizes: stopped below.
-    args = ["dhclient", "-1", "-cf", str(tmp_path / "dhclient.conf")]
-    args += ["-lf", str(tmp_path / "leases"), "-pf", str(tmp_path / "pid")]
-    args += ["-sf", str(script), "eth0"]
-    proc = ns.run(*args, check=False, timeout=timeout + 20)
-    pidfile = tmp_path / "pid"
-    if pidfile.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-    env_file = tmp_path / "BOUND.env"
-    env: dict[str, str] = {}
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            key, _, value = line.partition("=")
-            env[key] = value.strip("'")
-    return proc.returncode, env
 
 
 def test_dhclient_gets_reservation_and_options(boot_net: BootNet, tmp_path: Path) -> None:

@@ -8,69 +8,20 @@ first reply that arrives must be the barrier's.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from dhcp_support import HTTP_BOOT_URL, SCRIPT_URL, SERVER_IP, BootNet, mac_of
-from scapy.layers.dhcp import BOOTP, DHCP
-
-from tools.rigs.netns import Netns
+from dhcp_support import (
+    HTTP_BOOT_URL,
+    SCRIPT_URL,
+    SERVER_IP,
+    BootNet,
+    Client,
+    dhcp_packet,
+    mac_of,
+    opts,
+)
+from scapy.layers.dhcp import BOOTP
 
 CLIENT_IP = "198.18.0.200"
-RECV_TIMEOUT = 5.0
-
-
-def dhcp_packet(
-    mac: str,
-    msg: str,
-    xid: int,
-    *,
-    giaddr: str = "0.0.0.0",
-    ciaddr: str = "0.0.0.0",
-    options: list | None = None,
-) -> bytes:
-    pkt = BOOTP(
-        chaddr=bytes.fromhex(mac.replace(":", "")),
-        xid=xid,
-        giaddr=giaddr,
-        ciaddr=ciaddr,
-        flags=0x8000,
-    )
-    return bytes(pkt / DHCP(options=[("message-type", msg), *(options or []), "end"]))
-
-
-def opts(reply: BOOTP) -> dict:
-    return {
-        o[0]: (o[1] if len(o) == 2 else o[1:]) for o in reply[DHCP].options if isinstance(o, tuple)
-    }
-
-
-class Client:
-    """A UDP socket in a client namespace; `send` then `recv` decoded replies."""
-
-    def __init__(self, ns: Netns, bind: tuple[str, int]) -> None:
-        self.sock = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
-        self.sock.bind(bind)
-        self.sock.settimeout(RECV_TIMEOUT)
-
-    def send(self, data: bytes, dest: tuple[str, int] = ("255.255.255.255", 67)) -> None:
-        self.sock.sendto(data, dest)
-
-    def recv(self) -> tuple[BOOTP, tuple[str, int]]:
-        data, src = self.sock.recvfrom(2048)
-        return BOOTP(data), src
-
-    def barrier(self, mac: str, xid: int = 0xBA11) -> BOOTP:
-        """Send a DISCOVER that must be answered, return the first reply that arrives."""
-        self.send(dhcp_packet(mac, "discover", xid))
-        reply, _ = self.recv()
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
