@@ -16,7 +16,7 @@ from typing import Any
 
 from .loader import HostEntry, Sot
 from .models import Workflow
-from .revision import Revision
+from .revision import Revision, no_cyclic_gc
 
 INSTALL, REINSTALL, RERENDER, RECORD = "install", "reinstall", "rerender", "record"
 REMOVE, HOLD, UNCHANGED = "remove", "hold", "unchanged"
@@ -183,13 +183,16 @@ def classify(old_rev: Revision, new_rev: Revision) -> tuple[list[HostChange], in
             else:
                 changes.append(HostChange(**base, action=INSTALL, reason="new host"))
             continue
-        fields: list[str] = []
-        if (before.site, before.cluster) != (entry.site, entry.cluster):
-            fields.append(f"moved from {before.site}/{before.cluster}")
-        _diff(_dump(before.host), _dump(host), "", fields)
-        served = _stage_changes(old_rev, new_rev, name, wf) if wf else []
         fp_old = old_rev.result.fingerprints.get(name)
         fp_new = new_rev.result.fingerprints.get(name)
+        moved = (before.site, before.cluster) != (entry.site, entry.cluster)
+        if fp_old is not None and fp_old == fp_new and not moved and before.host == host:
+            unchanged += 1  # the common case: compared without dumping either model
+            continue
+        fields: list[str] = [f"moved from {before.site}/{before.cluster}"] if moved else []
+        if before.host != host:
+            _diff(_dump(before.host), _dump(host), "", fields)
+        served = _stage_changes(old_rev, new_rev, name, wf) if wf else []
         install_changed = fp_old is None or fp_new is None or fp_old.install != fp_new.install
         dhcp_changed = fp_old is not None and fp_new is not None and fp_old.dhcp != fp_new.dhcp
         if not fields and not served:
@@ -306,6 +309,7 @@ def power_actions(new: Sot, changes: list[HostChange]) -> list[PowerAction]:
 
 
 def make_plan(old: Revision, new: Revision) -> Plan:
-    changes, unchanged = classify(old, new)
-    return Plan(old.sha, new.sha, _definition_changes(old.sot, new.sot), changes,
-                rollout_waves(new.sot, changes), power_actions(new.sot, changes), unchanged)
+    with no_cyclic_gc():  # two large revisions are alive: see no_cyclic_gc
+        changes, unchanged = classify(old, new)
+        return Plan(old.sha, new.sha, _definition_changes(old.sot, new.sot), changes,
+                    rollout_waves(new.sot, changes), power_actions(new.sot, changes), unchanged)

@@ -11,14 +11,22 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
 from typing import Any
 
 from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .loader import HostEntry, Sot
-from .models import ASSET_TYPES, Artifact, Boot, Interface, OperatingSystem, Stage, Workflow
+from .models import (
+    ASSET_TYPES,
+    Artifact,
+    Boot,
+    Interface,
+    OperatingSystem,
+    Stage,
+    Subnet,
+    Workflow,
+)
 
 PLACEHOLDER_TOKEN = "TOKEN"  # used where no peer secret exists (validate, plan, render offline)
 
@@ -105,19 +113,30 @@ class StageView:
     last: bool
 
 
-def interface_view(sot: Sot, entry: HostEntry, iface: Interface) -> dict[str, Any]:
+def _subnet_view(subnet: Subnet) -> dict[str, Any]:
+    return {"prefix": subnet.cidr.prefixlen, "netmask": str(subnet.cidr.netmask),
+            "gateway": str(subnet.gateway or ""), "dns": [str(d) for d in subnet.dns],
+            "domain": subnet.domain or ""}
+
+
+def interface_view(sot: Sot, entry: HostEntry, iface: Interface,
+                   subnet_views: dict[tuple[str, str], dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
     """The interface as templates see it: Vaquero replaced the subnet id with the subnet."""
     site = sot.sites[entry.site]
     subnet = site.subnet(iface.subnet)
+    ipv4 = str(iface.ipv4)
     view: dict[str, Any] = {
-        "type": iface.type, "mac": iface.mac, "ipv4": str(iface.ipv4),
+        "type": iface.type, "mac": iface.mac, "ipv4": ipv4,
         "hostname": iface.hostname or entry.host.name, "subnet": subnet,
     }
     if subnet is not None:
-        net = IPv4Interface(f"{iface.ipv4}/{subnet.cidr.prefixlen}")
-        view.update(prefix=subnet.cidr.prefixlen, netmask=str(net.netmask),
-                    cidr=net.with_prefixlen, gateway=str(subnet.gateway or ""),
-                    dns=[str(d) for d in subnet.dns], domain=subnet.domain or "")
+        cache = subnet_views if subnet_views is not None else {}
+        key = (entry.site, subnet.id)
+        if key not in cache:
+            cache[key] = _subnet_view(subnet)
+        view.update(cache[key])
+        view["cidr"] = f"{ipv4}/{view['prefix']}"
     return view
 
 
@@ -158,16 +177,24 @@ class Renderer:
         self.sot = sot
         self.revision = {"sha": revision, "short": revision[:12]}
         self.env = make_environment(sot)
-        self._cmdline_templates: dict[tuple[str, int], Any] = {}
+        self._cmdline_plans: dict[str, list[tuple[str, str | Any, int]]] = {}
+        self._subnet_views: dict[tuple[str, str], dict[str, Any]] = {}
+        self._interfaces: dict[str, dict[str, Any]] = {}
+        self._boot_urls = {sid: site.boot_url() for sid, site in sot.sites.items()}
+        self._ipxe_parts: dict[tuple[str, str], tuple[str, str]] = {}
 
     def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
         site = self.sot.sites[entry.site]
         host = entry.host
-        iface = host.boot_interface() or host.interfaces[0]
-        urls = Urls(site.boot_url(), host.name, plan.index, token)
+        view = self._interfaces.get(host.name)
+        if view is None:
+            iface = host.boot_interface() or host.interfaces[0]
+            view = interface_view(self.sot, entry, iface, self._subnet_views)
+            self._interfaces[host.name] = view
+        urls = Urls(self._boot_urls[entry.site], host.name, plan.index, token)
         return {
             "site": site, "env": site, "host": host, "cluster": entry.cluster,
-            "interface": interface_view(self.sot, entry, iface),
+            "interface": view,
             "boot": plan.boot, "os": plan.os, "workflow": plan.workflow,
             "stage": StageView(plan.index, len(plan.workflow.stages), plan.stage.label,
                                plan.boot.id if plan.boot else None, plan.stage.timeout,
@@ -175,27 +202,32 @@ class Renderer:
             "revision": self.revision, "urls": urls,
         }
 
-    def render_config(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN
-                      ) -> tuple[str, str] | None:
-        """(type, text) of the unattended config for the stage, or None when it has none."""
-        plan = stage_plan(self.sot, entry, index)
-        if plan.boot is None or plan.boot.unattended is None:
-            return None
-        key = f"{plan.boot.unattended.type}/{plan.boot.unattended.use}"
-        text = self._render_template(key, self.context(entry, plan, token))
-        return plan.boot.unattended.type, text
-
-    def render_ipxe(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN) -> str:
-        """The iPXE script that boots the stage: a custom template, or the generated one."""
+    def render_stage(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN
+                     ) -> tuple[str, tuple[str, str] | None]:
+        """The stage's iPXE script, and (type, text) of its unattended config or None."""
         plan = stage_plan(self.sot, entry, index)
         if plan.boot is None:
             count = len(plan.workflow.stages)
             return local_disk_script(entry.host.name,
-                                     f"stage {plan.index}/{count} {plan.stage.label}")
+                                     f"stage {plan.index}/{count} {plan.stage.label}"), None
         ctx = self.context(entry, plan, token)
         if plan.boot.ipxe:
-            return self._render_template(f"ipxe/{plan.boot.ipxe}", ctx)
-        return self._generated_ipxe(plan, ctx)
+            ipxe = self._render_template(f"ipxe/{plan.boot.ipxe}", ctx)
+        else:
+            ipxe = self._generated_ipxe(plan, ctx)
+        if plan.boot.unattended is None:
+            return ipxe, None
+        key = f"{plan.boot.unattended.type}/{plan.boot.unattended.use}"
+        return ipxe, (plan.boot.unattended.type, self._render_template(key, ctx))
+
+    def render_config(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN
+                      ) -> tuple[str, str] | None:
+        """(type, text) of the unattended config for the stage, or None when it has none."""
+        return self.render_stage(entry, index, token)[1]
+
+    def render_ipxe(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN) -> str:
+        """The iPXE script that boots the stage: a custom template, or the generated one."""
+        return self.render_stage(entry, index, token)[0]
 
     def _render_template(self, key: str, ctx: dict[str, Any]) -> str:
         try:
@@ -216,59 +248,70 @@ class Renderer:
         urls: Urls = ctx["urls"]
         os_ = plan.os
         assert os_ is not None and plan.boot is not None
-        args = self._cmdline(plan, ctx)
-        # UEFI kernels loaded by iPXE find their initramfs only through initrd=<name>.
-        initrd_args = [f"initrd={a.filename}" for a in os_.boot.initrd]
-        lines = [
-            "#!ipxe",
-            f"# {ctx['host'].name}: stage {plan.index}/{len(plan.workflow.stages)} "
-            f"{plan.stage.label}, boot {plan.boot.id}, revision {self.revision['short']}",
-            f"kernel --name {os_.boot.kernel.filename} {urls.artifact(os_.boot.kernel)} "
-            + " ".join([*initrd_args, *args]),
-        ]
-        lines += [f"initrd --name {a.filename} {urls.artifact(a)}" for a in os_.boot.initrd]
-        lines.append("boot")
-        return "\n".join(line.rstrip() for line in lines) + "\n"
+        key = (urls.base, os_.id)
+        parts = self._ipxe_parts.get(key)
+        if parts is None:
+            # UEFI kernels loaded by iPXE find their initramfs only through initrd=<name>.
+            initrd_args = " ".join(f"initrd={a.filename}" for a in os_.boot.initrd)
+            kernel = f"kernel --name {os_.boot.kernel.filename} {urls.artifact(os_.boot.kernel)}"
+            initrds = "".join(f"initrd --name {a.filename} {urls.artifact(a)}\n"
+                              for a in os_.boot.initrd)
+            parts = self._ipxe_parts[key] = (f"{kernel} {initrd_args}".rstrip(), initrds)
+        kernel_line = " ".join([parts[0], *self._cmdline(plan, ctx)])
+        return (f"#!ipxe\n# {ctx['host'].name}: stage {plan.index}/{len(plan.workflow.stages)} "
+                f"{plan.stage.label}, boot {plan.boot.id}, revision {self.revision['short']}\n"
+                f"{kernel_line}\n{parts[1]}boot\n")
 
     def _cmdline(self, plan: StagePlan, ctx: dict[str, Any]) -> list[str]:
-        """Vaquero's rules: '' -> bare key; value -> key=value; list -> the key once per item."""
+        """Vaquero's rules: '' -> bare key; value -> key=value; list -> the key once per item.
+        The static parts are worked out once per OS; only templated values render per host."""
         assert plan.os is not None
-        out: list[str] = []
+        items = self._cmdline_plans.get(plan.os.id)
+        if items is None:
+            items = self._cmdline_plans[plan.os.id] = self._plan_cmdline(plan.os)
         os_file = self.sot.at[("os", plan.os.id)].file
-        for i, entry in enumerate(plan.os.cmdline):
+        out: list[str] = []
+        for key, value, line in items:
+            if isinstance(value, str):
+                out.append(value)
+                continue
+            try:
+                text = value.render(ctx)
+            except Exception as exc:
+                raise RenderError(os_file, line, f"cmdline: {_exception_text(exc)}") from None
+            out.append(f"{key}={_quote_cmdline_value(text)}")
+        return out
+
+    def _plan_cmdline(self, os_: OperatingSystem) -> list[tuple[str, str | Any, int]]:
+        at = self.sot.at[("os", os_.id)]
+        items: list[tuple[str, str | Any, int]] = []
+        for i, entry in enumerate(os_.cmdline):
             (key, value), = entry.items()
             values = value if isinstance(value, list) else [value]
             for v in values:
                 if isinstance(v, dict | list):
                     continue  # Vaquero ignores nested structures in a list
                 if v is None or v == "":
-                    out.append(key)
+                    items.append((key, key, 0))
                     continue
                 text = str(v).lower() if isinstance(v, bool) else str(v)
-                if "{" in text:
-                    text = self._render_cmdline_value(plan.os, i, text, ctx, os_file)
-                out.append(f"{key}={_quote_cmdline_value(text)}")
-        return out
+                if "{" not in text:
+                    items.append((key, f"{key}={_quote_cmdline_value(text)}", 0))
+                    continue
+                line = at.line("cmdline", i)
+                try:
+                    items.append((key, self.env.from_string(text), line))
+                except TemplateSyntaxError as exc:
+                    raise RenderError(at.file, line,
+                                      f"cmdline template error: {exc.message}") from None
+        return items
 
-    def _render_cmdline_value(self, os_: OperatingSystem, i: int, text: str,
-                              ctx: dict[str, Any], os_file: str) -> str:
-        key = (os_.id, hash(text))
-        template = self._cmdline_templates.get(key)
-        line = self.sot.at[("os", os_.id)].line("cmdline", i)
-        if template is None:
-            try:
-                template = self.env.from_string(text)
-            except TemplateSyntaxError as exc:
-                raise RenderError(os_file, line, f"cmdline template error: {exc.message}") from None
-            self._cmdline_templates[key] = template
-        try:
-            return template.render(ctx)
-        except Exception as exc:
-            raise RenderError(os_file, line, f"cmdline: {_exception_text(exc)}") from None
+
+_SPACE = re.compile(r"\s")
 
 
 def _quote_cmdline_value(value: str) -> str:
-    return f'"{value}"' if any(c.isspace() for c in value) else value
+    return f'"{value}"' if _SPACE.search(value) else value
 
 
 def _exception_text(exc: BaseException) -> str:

@@ -59,10 +59,59 @@ class ValidationResult:
     problems: Problems
     fingerprints: dict[str, HostFingerprint] = field(default_factory=dict)
     renders: int = 0
+    format_checks: int = 0  # parser runs; fewer than renders thanks to FormatChecker
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FormatChecker:
+    """Checks rendered files, once per distinct shape instead of once per host.
+
+    Hosts rendered from one template differ mostly in their own identity: addresses, MACs,
+    names. Those values are schema-validated (no spaces, quotes or syntax characters), so
+    swapping them for fixed placeholders cannot change whether a file parses. The check
+    runs on the masked text and its verdict is cached; a masked text that fails is checked
+    again unmasked, so a verdict on a real host is always the real parser's. This is what
+    makes checking every host of a 10,000-host SoT affordable (kickstart parses cost ~2 ms).
+    """
+
+    def __init__(self) -> None:
+        self._verdicts: dict[tuple[str, str, str, str], tuple[int, str] | None] = {}
+        self.parsed = 0
+
+    @staticmethod
+    def identity(entry: HostEntry) -> list[tuple[str, str]]:
+        host = entry.host
+        pairs = []
+        for i, iface in enumerate(host.interfaces):
+            pairs.append((iface.mac, f"02:00:00:00:00:{i:02x}"))
+            pairs.append((str(iface.ipv4), f"198.19.255.{i + 1}"))
+            if iface.hostname:
+                pairs.append((iface.hostname, f"vaqmaskiface{i}"))
+        if host.uuid is not None:
+            pairs.append((str(host.uuid), "00000000-0000-4000-8000-000000000000"))
+        if host.serial:
+            pairs.append((host.serial, "VAQMASKSERIAL"))
+        pairs.append((host.name, "vaqmaskhost"))
+        # Longest first, so a value that contains another is replaced whole.
+        return sorted(pairs, key=lambda p: -len(p[0]))
+
+    def check(self, kind: str, text: str, os_family: str, os_major: str,
+              identity: list[tuple[str, str]]) -> tuple[int, str] | None:
+        masked = text
+        for value, placeholder in identity:
+            if value in masked:
+                masked = masked.replace(value, placeholder)
+        key = (kind, os_family, os_major, masked)
+        if key not in self._verdicts:
+            self.parsed += 1
+            self._verdicts[key] = check_rendered(kind, masked, os_family, os_major)
+        if self._verdicts[key] is None:
+            return None
+        self.parsed += 1
+        return check_rendered(kind, text, os_family, os_major)
 
 
 def check_references(sot: Sot, problems: Problems) -> None:
@@ -310,6 +359,7 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
     renderer = Renderer(sot, NEUTRAL_REVISION)
     failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
+    checker = FormatChecker()
     for entry in sot.hosts.values():
         workflow = sot.workflows.get(entry.host.workflow)
         if workflow is None or not _stages_resolve(sot, workflow):
@@ -318,23 +368,23 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
                                          entry.host.interfaces[0]).subnet) is None:
             continue
         stages = []
+        identity = checker.identity(entry)
         for index in range(1, len(workflow.stages) + 1):
             ipxe = config = ""
             try:
-                ipxe = renderer.render_ipxe(entry, index)
-                rendered = renderer.render_config(entry, index)
+                ipxe, rendered = renderer.render_stage(entry, index)
                 result.renders += 1
                 stage = workflow.stages[index - 1]
                 boot = sot.boots[stage.boot] if stage.boot else None
                 if boot is not None and boot.ipxe:
-                    bad = check_rendered("ipxe", ipxe)
+                    bad = checker.check("ipxe", ipxe, "", "", identity)
                     if bad:
                         failures[(f"assets/ipxe/{boot.ipxe}", bad[0],
                                   f"rendered iPXE script {bad[1]}")].append(entry.host.name)
                 if rendered is not None and boot is not None:
                     kind, config = rendered
                     os_ = sot.os[boot.operating_system]
-                    bad = check_rendered(kind, config, os_.os_family, os_.major_version)
+                    bad = checker.check(kind, config, os_.os_family, os_.major_version, identity)
                     if bad:
                         path = f"assets/{kind}/{boot.unattended.use}"  # type: ignore[union-attr]
                         failures[(path, bad[0], f"rendered {kind} {bad[1]}")].append(
@@ -344,6 +394,7 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
             stages.append(StageFingerprint(_digest(ipxe), _digest(config)))
         result.fingerprints[entry.host.name] = HostFingerprint(
             _dhcp_fingerprint(sot, entry, subnet_digests), tuple(stages))
+    result.format_checks = checker.parsed
     for (file, line, message), hosts in failures.items():
         shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
         what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"

@@ -32,55 +32,80 @@ class YamlError(Exception):
 
 @dataclass
 class Document:
-    """One YAML document with the line (1-based) of every path inside it."""
+    """One YAML document. Its node tree is kept so the line (1-based) of any path can be
+    found when a problem needs it; nothing is paid for lines until then."""
 
     data: Any
     line: int
-    lines: dict[Path, int] = field(default_factory=dict)
+    node: yaml.Node | None = field(default=None, repr=False)
 
     def line_of(self, path: Path) -> int:
-        """The line of the deepest prefix of `path` that exists in the document."""
-        for end in range(len(path), -1, -1):
-            found = self.lines.get(tuple(path[:end]))
-            if found is not None:
-                return found
-        return self.line
+        """The line of the deepest prefix of `path` that exists in the document. A mapping
+        entry's line is its key's line: that is where a person looks."""
+        node, line = self.node, self.line
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    if isinstance(key_node, yaml.ScalarNode) and _scalar(key_node) == part:
+                        line, node = key_node.start_mark.line + 1, value_node
+                        break
+                else:
+                    return line
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    return line
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
 
 
 class _ScalarMaker(yaml.constructor.SafeConstructor):
-    """Only for its scalar constructors (ints, bools, floats, nulls, timestamps)."""
-
-    def __init__(self) -> None:
-        super().__init__()
+    """Only for its scalar constructors (ints, bools, floats, timestamps) and merge keys."""
 
 
 _scalars = _ScalarMaker()
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_BOOLS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 
 
-def _build(node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
-    lines[path] = node.start_mark.line + 1
+def _scalar(node: yaml.ScalarNode) -> Any:
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    if tag == _NULL:
+        return None
+    if tag == _BOOL:
+        return _BOOLS[node.value.lower()]
+    if tag == _TIMESTAMP:  # dates stay strings: a SoT has no use for datetime objects
+        return node.value
+    return _scalars.construct_object(node, deep=True)
+
+
+def _build(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(child) for child in node.value]
     if isinstance(node, yaml.MappingNode):
-        _scalars.flatten_mapping(node)
+        if any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
+            _scalars.flatten_mapping(node)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _build(key_node, (*path, "\0key"), lines)
-            if isinstance(key, list | dict):
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlError(key_node.start_mark.line + 1, "a mapping key must be a scalar")
+            key = _scalar(key_node)
             if key in out:
                 raise YamlError(
                     key_node.start_mark.line + 1, f"key {key!r} appears twice in one mapping"
                 )
-            out[key] = _build(value_node, (*path, key), lines)
-            # A key's own line is where a person looks, not where its block value starts.
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        lines.pop((*path, "\0key"), None)
+            out[key] = _build(value_node)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(child, (*path, i), lines) for i, child in enumerate(node.value)]
-    # Dates stay strings: a SoT has no use for datetime objects and they do not round-trip.
-    if node.tag == "tag:yaml.org,2002:timestamp":
-        return node.value
-    return _scalars.construct_object(node, deep=True)
+    raise YamlError(node.start_mark.line + 1, f"unsupported YAML node {node.tag}")
 
 
 def load_documents(text: str | bytes) -> list[Document]:
@@ -92,11 +117,10 @@ def load_documents(text: str | bytes) -> list[Document]:
             node = loader.get_node()
             if node is None:
                 continue
-            lines: dict[Path, int] = {}
-            data = _build(node, (), lines)
+            data = _build(node)
             if data is None:
                 continue
-            docs.append(Document(data, node.start_mark.line + 1, lines))
+            docs.append(Document(data, node.start_mark.line + 1, node))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
