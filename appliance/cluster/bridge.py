@@ -175,8 +175,15 @@ class Cluster:
         while True:
             st = self.status
             if not st.has_quorum:
-                raise NoQuorum(f"{self.settings.self_address} cannot reach a majority of "
-                               f"{len(st.members)} peers; writes are refused, reads still work")
+                # A peer that just (re)started may still be connecting: give it one
+                # reconnect period before refusing.
+                grace = min(self.settings.timing.connection_retry_time + 0.1,
+                            deadline - time.monotonic())
+                await self._wait_quorum(grace)
+                st = self.status
+                if not st.has_quorum:
+                    raise NoQuorum(f"{self.settings.self_address} cannot reach a majority of "
+                                   f"{len(st.members)} peers; writes are refused, reads work")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -197,6 +204,11 @@ class Cluster:
             raise MembershipChangeDenied(f"{what}: refused by the leader until {timeout} s")
         raise CommitTimeout(f"{what}: not committed within {timeout} s "
                             f"(last: {_REASON_NAMES.get(reason, reason)})")
+
+    async def _wait_quorum(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.status.has_quorum and time.monotonic() < deadline:
+            await self._wait_change(min(0.05, deadline - time.monotonic()))
 
     async def submit(self, cmd: dict, *, timeout: float | None = None) -> dict:
         """Replicate one command (see commands.py); return its result once committed and

@@ -95,6 +95,7 @@ class RaftStatus:
     last_applied: int
     members: tuple[str, ...]
     ready: bool
+    connected: tuple[str, ...] = ()  # members this node has a live connection to
     published: float = field(default=0.0)  # time.monotonic() of publication
 
 
@@ -284,6 +285,7 @@ class RaftNode(SyncObj):
                 last_applied=self.raftLastApplied,
                 members=tuple(sorted([self.selfNode.id] + [n.id for n in self.otherNodes])),
                 ready=self.isReady() and self._vq_snapshot_error is None,
+                connected=tuple(sorted(n.id for n in self.otherNodes if self.isNodeConnected(n))),
                 published=time.monotonic(),
             )
             old = self._vq_status
