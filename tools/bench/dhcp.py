@@ -1,0 +1,283 @@
+"""DHCP benchmark: our server against Kea and dnsmasq, same 1,000 reservations, perfdhcp load.
+
+Why: the data plane must not be the weak part of a boot storm. Every server gets the same
+static reservations and the same boot network (a bridge in a namespace, 198.18.0.0/20), and
+perfdhcp (relayed DORA from a second namespace, MACs drawn from the reserved list) offers
+increasing rates for a fixed period each. A step is drop-free when every DISCOVER got its
+OFFER and every REQUEST its ACK; the best drop-free step is the server's figure. Steps stop at
+the first rate with drops, so the whole run is bounded (servers x steps x period).
+
+    sudo .venv/bin/python tools/bench/dhcp.py [--hosts 1000] [--period 5] [--rates 1000,2000]
+
+perfdhcp itself runs out of CPU somewhere around a few thousand DORA/s on 2 cores: a server
+that reaches the top step is faster than this harness can tell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from appliance.netboot import dhcp_table as t  # noqa: E402
+from tools.rigs.netns import Netns, NetnsRig  # noqa: E402
+
+SERVER_IP = "198.18.0.1"
+LOAD_IP = "198.18.0.2"
+CIDR = "198.18.0.0/20"
+FIRST = 300  # host i gets 198.18.i/256.i%256, from 198.18.1.44 up
+DEFAULT_RATES = (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000)
+
+
+def host(i: int) -> tuple[str, str, str]:
+    return (f"52:54:00:12:{i >> 8:02x}:{i & 0xFF:02x}", f"198.18.{i >> 8}.{i & 0xFF}", f"node{i}")
+
+
+def hosts(n: int) -> list[tuple[str, str, str]]:
+    return [host(i) for i in range(FIRST, FIRST + n)]
+
+
+def make_spec(n: int) -> t.TableSpec:
+    subnet = t.SubnetSpec(
+        cidr=CIDR,
+        gateway=SERVER_IP,
+        dns=("198.18.0.53",),
+        domain="lab.example",
+        ntp=("198.18.0.123",),
+        lease_time=3600,
+    )
+    boot = t.BootFiles(ipxe_script_url=f"http://{SERVER_IP}/boot.ipxe")
+    return t.TableSpec(
+        subnets=(subnet,),
+        reservations=tuple(
+            t.ReservationSpec(mac, ip, f"{name}.lab.example", CIDR, boot)
+            for mac, ip, name in hosts(n)
+        ),
+        server=t.ServerIdentity({"br0": SERVER_IP}, next_server=SERVER_IP),
+    )
+
+
+# -- the three servers ---------------------------------------------------------------------
+
+
+def serve_ours(n: int) -> None:
+    """Entry point of the child process (run inside the server namespace)."""
+    from appliance.netboot.dhcp_server import DhcpServer
+
+    table = t.compile_table(make_spec(n), "br0")
+
+    async def main() -> None:
+        server = DhcpServer(lambda: table, "br0", server_ip=SERVER_IP)
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        print(json.dumps(dict(server.counters)), flush=True)
+        await server.close()
+
+    asyncio.run(main())
+
+
+def start_ours(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
+    log = open(tmp / "ours.log", "w")  # noqa: SIM115 -- lives as long as the process
+    return ns.popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-ours", str(n)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_kea(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
+    reservations = [
+        {"hw-address": mac, "ip-address": ip, "hostname": name} for mac, ip, name in hosts(n)
+    ]
+    conf = {
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": ["br0"], "dhcp-socket-type": "udp"},
+            "lease-database": {
+                "type": "memfile",
+                "persist": True,
+                "name": str(tmp / "kea-leases4.csv"),
+                "lfc-interval": 0,
+            },
+            "valid-lifetime": 3600,
+            "host-reservation-identifiers": ["hw-address"],
+            "subnet4": [
+                {
+                    "id": 1,
+                    "subnet": CIDR,
+                    "option-data": [
+                        {"name": "routers", "data": SERVER_IP},
+                        {"name": "domain-name-servers", "data": "198.18.0.53"},
+                        {"name": "domain-name", "data": "lab.example"},
+                        {"name": "ntp-servers", "data": "198.18.0.123"},
+                    ],
+                    "reservations": reservations,
+                }
+            ],
+            "loggers": [
+                {
+                    "name": "kea-dhcp4",
+                    "output_options": [{"output": str(tmp / "kea.log")}],
+                    "severity": "WARN",
+                }
+            ],
+        }
+    }
+    path = tmp / "kea-dhcp4.json"
+    path.write_text(json.dumps(conf))
+    env = dict(os.environ, KEA_PIDFILE_DIR=str(tmp), KEA_LOCKFILE_DIR=str(tmp))
+    log = open(tmp / "kea.out", "w")  # noqa: SIM115
+    return ns.popen(["kea-dhcp4", "-c", str(path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_dnsmasq(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
+    hostsfile = tmp / "dnsmasq.hosts"
+    hostsfile.write_text("".join(f"{mac},{ip},{name}\n" for mac, ip, name in hosts(n)))
+    log = open(tmp / "dnsmasq.out", "w")  # noqa: SIM115
+    return ns.popen(
+        [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--port=0",
+            "--interface=br0",
+            "--quiet-dhcp",
+            "--log-facility=-",
+            "--dhcp-authoritative",
+            f"--dhcp-range={CIDR.split('/')[0]},static,255.255.240.0,1h",
+            f"--dhcp-hostsfile={hostsfile}",
+            f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}",
+            f"--pid-file={tmp / 'dnsmasq.pid'}",
+            f"--dhcp-option=3,{SERVER_IP}",
+            "--dhcp-option=6,198.18.0.53",
+            "--dhcp-option=15,lab.example",
+            "--dhcp-option=42,198.18.0.123",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+SERVERS = {"ours": start_ours, "kea": start_kea, "dnsmasq": start_dnsmasq}
+
+# -- perfdhcp --------------------------------------------------------------------------------
+
+_STATS = re.compile(
+    r"Statistics for: ([A-Z-]+)\*+\s*\nsent packets: (\d+)\s*\nreceived packets: (\d+)"
+)
+
+
+def perfdhcp(load: Netns, macs: Path, rate: int, period: float) -> dict[str, tuple[int, int]]:
+    """One bounded run; returns {"DISCOVER-OFFER": (sent, received), "REQUEST-ACK": ...}."""
+    argv = ["perfdhcp", "-4", "-l", LOAD_IP, "-r", str(rate), "-p", f"{period:g}"]
+    argv += ["-W", "500000", "-M", str(macs), SERVER_IP]  # 0.5 s for late answers
+    out = load.run(*argv, check=False, timeout=period + 30).stdout
+    return {m[1]: (int(m[2]), int(m[3])) for m in _STATS.finditer(out)}
+
+
+def wait_ready(load: Netns, macs: Path, proc: subprocess.Popen, deadline_s: float = 20) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        stats = perfdhcp(load, macs, 10, 2)
+        if stats.get("REQUEST-ACK", (0, 0))[1] > 0:
+            return
+    raise RuntimeError("server did not answer within the deadline")
+
+
+def measure(name: str, rig: NetnsRig, srv: Netns, load: Netns, args, tmp: Path) -> dict:
+    macs = tmp / "macs.txt"
+    proc = SERVERS[name](srv, args.hosts, tmp)
+    best: dict = {"server": name, "best_rate": 0, "dora_per_s": 0.0, "steps": []}
+    try:
+        try:
+            wait_ready(load, macs, proc)
+        except RuntimeError as exc:
+            logs = "".join(p.read_text()[-2000:] for p in tmp.glob("*.out")) + "".join(
+                p.read_text()[-2000:] for p in tmp.glob("*.log")
+            )
+            print(f"  {name}: {exc}\n{logs}")
+            return best
+        for rate in args.rates:
+            stats = perfdhcp(load, macs, rate, args.period)
+            do, ra = stats.get("DISCOVER-OFFER", (0, 0)), stats.get("REQUEST-ACK", (0, 0))
+            drops = (do[0] - do[1]) + (ra[0] - ra[1])
+            acks_per_s = ra[1] / args.period
+            best["steps"].append({"rate": rate, "drops": drops, "acks_per_s": acks_per_s})
+            print(f"  {name:8} offered {rate:6}/s  DORA done {acks_per_s:8.0f}/s  drops {drops}")
+            if drops or do[0] == 0:
+                break
+            best["best_rate"], best["dora_per_s"] = rate, acks_per_s
+    finally:
+        proc.send_signal(signal.SIGTERM) if proc.poll() is None else None
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hosts", type=int, default=1000)
+    ap.add_argument("--period", type=float, default=4.0, help="seconds per rate step")
+    ap.add_argument(
+        "--rates", type=lambda s: [int(x) for x in s.split(",")], default=list(DEFAULT_RATES)
+    )
+    ap.add_argument("--servers", default="ours,kea,dnsmasq")
+    ap.add_argument("--serve-ours", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_ours:
+        serve_ours(args.serve_ours)
+        return 0
+    for tool in ("perfdhcp", "kea-dhcp4", "dnsmasq"):
+        if shutil.which(tool) is None:
+            print(f"missing {tool}", file=sys.stderr)
+            return 2
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vq-bench-dhcp-") as tmpdir, NetnsRig("vqb") as rig:
+        tmp = Path(tmpdir)
+        tmp.chmod(0o755)  # dnsmasq reads its hosts file after dropping to "nobody"
+        (tmp / "macs.txt").write_text("".join(f"{mac}\n" for mac, _, _ in hosts(args.hosts)))
+        srv = rig.netns("srv")
+        rig.bridge(srv, "br0", f"{SERVER_IP}/20")
+        load = rig.netns("load")
+        rig.veth(srv, load, bridge="br0", cidr_b=f"{LOAD_IP}/20")
+        for name in args.servers.split(","):
+            sub = tmp / name
+            sub.mkdir()
+            (sub / "macs.txt").write_bytes((tmp / "macs.txt").read_bytes())
+            print(f"{name}: {args.hosts} reservations, {args.period:g} s per step")
+            results.append(measure(name, rig, srv, load, args, sub))
+    by = {r["server"]: r for r in results}
+    print()
+    print(f"{'server':10} {'best drop-free offered rate':>28} {'DORA/s done':>12}")
+    for r in results:
+        print(f"{r['server']:10} {r['best_rate']:>28} {r['dora_per_s']:>12.0f}")
+    ours = by.get("ours")
+    for ref in ("kea", "dnsmasq"):
+        if ours and ref in by and by[ref]["dora_per_s"]:
+            ratio = ours["dora_per_s"] / by[ref]["dora_per_s"]
+            print(f"ratio ours/{ref}: {ratio:.2f}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
