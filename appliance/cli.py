@@ -161,6 +161,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                          rev=None, what="all", json=False))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import ConfigError, load_config
+    from .log import configure_logging
+    from .peer import PeerError, serve
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_format or config.log_format, config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except PeerError as exc:
+        print(f"vaq-peer serve: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaq-peer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -189,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", choices=["all", "ipxe", "config"], default="all")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("serve", help="run this peer: DHCP, TFTP and HTTP boot of the site")
+    p.add_argument("--config", required=True, help="the peer config file (YAML)")
+    p.add_argument("--log-format", choices=["json", "console"], help="override the config")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)

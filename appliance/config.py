@@ -1,0 +1,105 @@
+"""The peer's configuration: one YAML file, validated by pydantic, with file:line errors.
+
+Secrets are never in this file: it names files (phone-home token secret, BMC credentials,
+API tokens) that live on the peer with restrictive permissions.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .sot.loader import explain
+from .sot.models import Id
+from .sot.yamlsrc import YamlError, load_documents
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SotSource(_Strict):
+    """Where this peer reads the revision it serves (until the Raft group feeds it)."""
+
+    path: Path | None = None
+    git: Path | None = None
+    rev: str = "main"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SotSource:
+        if (self.path is None) == (self.git is None):
+            raise ValueError("give exactly one of `path` (a SoT directory) or `git` (a repository)")
+        return self
+
+
+class HttpConfig(_Strict):
+    listen: str = "0.0.0.0"
+    port: Port | None = None  # default: the site's netboot.http_port
+
+
+class TftpConfig(_Strict):
+    enabled: bool = True
+    port: Port = 69
+    roots: list[Path] = [Path("/usr/lib/ipxe")]
+
+
+class DhcpConfig(_Strict):
+    enabled: bool = True
+    port: Port = 67
+    proxy_port: Port = 4011
+
+
+class PeerConfig(_Strict):
+    site: Id
+    peer: Id  # this peer's name in the site's env.yml
+    data_dir: Path
+    interface: str  # the boot network interface
+    address: IPv4Address | None = None  # default: the peer's address in env.yml
+    sot: SotSource
+    token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
+    http: HttpConfig = HttpConfig()
+    tftp: TftpConfig = TftpConfig()
+    dhcp: DhcpConfig = DhcpConfig()
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ConfigError(Exception):
+    """Every problem of a config file, one per line, each with file:line."""
+
+
+def load_config(path: str | Path) -> PeerConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the peer config: {exc.strerror}") from None
+    try:
+        docs = load_documents(text)
+    except YamlError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc.message}") from None
+    if len(docs) != 1 or not isinstance(docs[0].data, dict):
+        raise ConfigError(f"{path}:1: the peer config must be one YAML mapping")
+    doc = docs[0]
+    try:
+        config = PeerConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            _, sentence = explain(err, PeerConfig)
+            lines.append(f"{path}:{doc.line_of(tuple(err['loc']))}: {sentence}")
+        raise ConfigError("\n".join(lines)) from None
+    base = path.parent
+    return config.model_copy(update={
+        "data_dir": base / config.data_dir,
+        "token_secret_file": base / config.token_secret_file,
+        "sot": config.sot.model_copy(update={
+            "path": base / config.sot.path if config.sot.path else None,
+            "git": base / config.sot.git if config.sot.git else None}),
+        "tftp": config.tftp.model_copy(update={"roots": [base / r for r in config.tftp.roots]}),
+    })

@@ -1,0 +1,197 @@
+"""The machine-facing HTTP endpoints of the boot chain (no bearer token: machines have none).
+
+  GET  /boot.ipxe                       what DHCP hands iPXE: chains to /ipxe with MAC and UUID
+  GET  /ipxe?mac=&uuid=                 the host's script for the stage it is at (or disk boot)
+  GET  /boot/{host}/{stage}/script.ipxe the script of one stage
+  GET  /boot/{host}/{stage}/config      the rendered install config of one stage
+  GET  /boot/{host}/{stage}/user-data   the same, for cloud-init's nocloud-net datasource
+  GET  /boot/{host}/{stage}/meta-data   instance-id and hostname for nocloud-net
+  POST /phone-home/{host}/{stage}/{token}  the host reports the stage done
+  GET  /firmware/{name}                 iPXE binaries over HTTP (UEFI HTTP boot)
+
+Each step a host takes is logged with its name: that log is how an operator follows a boot.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from appliance.netboot.boottable import BootTable
+from appliance.netboot.progress import HostProgress
+from appliance.sot.render import local_disk_script
+
+log = structlog.get_logger("vaquero.netboot.boot")
+
+BOOT_IPXE = (
+    "#!ipxe\n"
+    "# Vaquero: ask the peers for this machine's script, by the MAC that booted and SMBIOS UUID\n"
+    "chain --autofree {base}/ipxe?mac=${{netX/mac}}&uuid=${{uuid}}"
+    "&arch=${{buildarch}}&platform=${{platform}} ||\n"
+    "echo Vaquero: no boot script for ${{netX/mac}}; booting the next device\n"
+    "exit\n"
+)
+IPXE_TYPE = "text/plain; charset=utf-8"
+
+
+@dataclass
+class BootState:
+    """What the routes read: swapped as a whole when a new revision is applied."""
+
+    table: BootTable
+    progress: HostProgress
+    firmware_roots: list[Path] = field(default_factory=list)
+    on_event: Callable[..., None] | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, **fields)
+
+
+BOOT_STATE = web.AppKey("boot_state", BootState)
+
+
+def _state(request: web.Request) -> BootState:
+    return request.app[BOOT_STATE]
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "?"
+
+
+def _host_stage(request: web.Request) -> tuple[BootState, str, int]:
+    state = _state(request)
+    host = request.match_info["host"]
+    if host not in state.table.hosts:
+        raise web.HTTPNotFound(text=f"no host {host!r} in this site's applied revision\n")
+    try:
+        stage = int(request.match_info["stage"])
+    except ValueError:
+        raise web.HTTPNotFound(text="stage must be a number\n") from None
+    if not 1 <= stage <= state.table.stages(host):
+        raise web.HTTPNotFound(text=f"host {host!r} has no stage {stage}\n")
+    return state, host, stage
+
+
+async def boot_ipxe(request: web.Request) -> web.Response:
+    state = _state(request)
+    state.count("boot_ipxe")
+    host = state.table.by_ip.get(_client(request))
+    log.info("boot.chain", host=host, client=_client(request))
+    return web.Response(text=BOOT_IPXE.format(base=state.table.base_url), content_type="text/plain")
+
+
+def _normal_mac(value: str) -> str:
+    return value.strip().lower().replace("-", ":")
+
+
+async def host_script(request: web.Request) -> web.Response:
+    state = _state(request)
+    table = state.table
+    mac = _normal_mac(request.query.get("mac", ""))
+    uuid = request.query.get("uuid", "").strip().lower()
+    host = table.by_mac.get(mac) or table.by_uuid.get(uuid)
+    if host is None:
+        state.count("unknown_host")
+        log.warning("boot.unknown_machine", mac=mac, uuid=uuid, client=_client(request))
+        state.event("unknown-machine", mac=mac, uuid=uuid, client=_client(request))
+        return web.Response(status=404, content_type="text/plain", text=(
+            f"#!ipxe\necho Vaquero: machine {mac} is not declared in the SoT\nexit\n"))
+    stages = table.stages(host)
+    entry = table.hosts[host]
+    stage = None if entry.host.never_provision else state.progress.stage_to_serve(host, stages)
+    if stage is None:
+        state.count("local_boot")
+        reason = "never_provision" if entry.host.never_provision else "workflow done"
+        log.info("boot.local_disk", host=host, reason=reason, revision=table.sha[:12])
+        return web.Response(text=local_disk_script(host, reason), content_type="text/plain")
+    script, _ = table.stage_content(host, stage)
+    state.count("scripts")
+    log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
+             arch=request.query.get("arch"), platform=request.query.get("platform"),
+             client=_client(request))
+    return web.Response(text=script, content_type="text/plain")
+
+
+async def stage_script(request: web.Request) -> web.Response:
+    state, host, stage = _host_stage(request)
+    script, _ = state.table.stage_content(host, stage)
+    state.count("scripts")
+    log.info("boot.script", host=host, stage=stage, client=_client(request))
+    return web.Response(text=script, content_type="text/plain")
+
+
+async def stage_config(request: web.Request) -> web.Response:
+    state, host, stage = _host_stage(request)
+    _, config = state.table.stage_content(host, stage)
+    if config is None:
+        raise web.HTTPNotFound(text=f"stage {stage} of {host!r} has no install config\n")
+    kind, text = config
+    state.count("configs")
+    log.info("boot.config", host=host, stage=stage, kind=kind, client=_client(request))
+    ctype = "application/json" if kind == "ignition" else "text/plain"
+    return web.Response(text=text, content_type=ctype)
+
+
+async def stage_meta_data(request: web.Request) -> web.Response:
+    state, host, stage = _host_stage(request)
+    entry = state.table.hosts[host]
+    iface = entry.host.boot_interface()
+    hostname = (iface.hostname if iface and iface.hostname else host)
+    return web.Response(content_type="text/plain", text=(
+        f"instance-id: {host}-{stage}-{state.table.sha[:12]}\nlocal-hostname: {hostname}\n"))
+
+
+async def phone_home(request: web.Request) -> web.Response:
+    state, host, stage = _host_stage(request)
+    token = request.match_info["token"]
+    if not hmac.compare_digest(token.encode(), state.table.token(host).encode()):
+        state.count("phone_home_refused")
+        log.warning("boot.phone_home_refused", host=host, stage=stage, client=_client(request),
+                    reason="bad token")
+        raise web.HTTPForbidden(text="bad token\n")
+    body = (await request.content.read(4096)).decode(errors="replace")
+    record = state.progress.stage_done(host, stage, state.table.sha)
+    stages = state.table.stages(host)
+    state.count("phone_homes")
+    log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),
+             done=record.done >= stages, report=body[:200] or None)
+    state.event("stage-done", host=host, stage=stage, revision=state.table.sha)
+    return web.json_response({"host": host, "stage": stage, "done": record.done,
+                              "workflow_done": record.done >= stages})
+
+
+async def firmware(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    name = request.match_info["name"]
+    if "/" in name or name.startswith("."):
+        raise web.HTTPNotFound()
+    for root in state.firmware_roots:
+        path = root / name
+        if path.is_file():
+            log.info("boot.firmware", file=name, client=_client(request),
+                     host=state.table.by_ip.get(_client(request)))
+            return web.FileResponse(path)
+    raise web.HTTPNotFound(text=f"no firmware {name!r}\n")
+
+
+def add_boot_routes(app: web.Application, state: BootState) -> None:
+    app[BOOT_STATE] = state
+    app.router.add_get("/boot.ipxe", boot_ipxe)
+    app.router.add_get("/ipxe", host_script)
+    app.router.add_get("/boot/{host}/{stage}/script.ipxe", stage_script)
+    app.router.add_get("/boot/{host}/{stage}/config", stage_config)
+    app.router.add_get("/boot/{host}/{stage}/user-data", stage_config)
+    app.router.add_get("/boot/{host}/{stage}/meta-data", stage_meta_data)
+    app.router.add_post("/phone-home/{host}/{stage}/{token}", phone_home)
+    app.router.add_get("/firmware/{name}", firmware)

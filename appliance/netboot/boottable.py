@@ -1,0 +1,148 @@
+"""The boot table: everything the data plane serves for one applied revision, compiled once.
+
+DESIGN: DHCP, TFTP and HTTP read an immutable table swapped atomically and never wait on
+Raft. The table holds the DHCP reservations of the peer's site (as the DHCP server's
+TableSpec), the host indexes by MAC, UUID and address, and a renderer whose results are
+cached per host and stage. Every peer compiles the same table from the same SHA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+import structlog
+
+from appliance.netboot.dhcp_table import (
+    BootFiles,
+    ReservationSpec,
+    ServerIdentity,
+    SubnetSpec,
+    TableSpec,
+)
+from appliance.sot.loader import HostEntry
+from appliance.sot.models import Artifact, Site, Subnet
+from appliance.sot.render import Renderer
+from appliance.sot.revision import Revision
+
+log = structlog.get_logger("vaquero.netboot.boottable")
+
+
+def host_token(secret: bytes, host: str) -> str:
+    """The per-host phone-home token: any peer of the site derives and checks the same one."""
+    return hmac.new(secret, f"phone-home:{host}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass
+class BootTable:
+    revision: Revision
+    site: Site
+    base_url: str
+    hosts: dict[str, HostEntry]
+    by_mac: dict[str, str]
+    by_uuid: dict[str, str]
+    by_ip: dict[str, str]
+    dhcp: TableSpec
+    secret: bytes = field(repr=False)
+    _renderer: Renderer | None = field(default=None, repr=False)
+    _rendered: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = field(
+        default_factory=dict, repr=False)
+
+    @property
+    def sha(self) -> str:
+        return self.revision.sha
+
+    def token(self, host: str) -> str:
+        return host_token(self.secret, host)
+
+    def stages(self, host: str) -> int:
+        entry = self.hosts[host]
+        return len(self.revision.sot.workflows[entry.host.workflow].stages)
+
+    def stage_content(self, host: str, stage: int) -> tuple[str, tuple[str, str] | None]:
+        """(iPXE script, (kind, config) or None), rendered with the host's real token once."""
+        key = (host, stage)
+        cached = self._rendered.get(key)
+        if cached is None:
+            if self._renderer is None:
+                self._renderer = Renderer(self.revision.sot, self.revision.sha)
+            cached = self._renderer.render_stage(self.hosts[host], stage, self.token(host))
+            self._rendered[key] = cached
+        return cached
+
+    def artifacts(self) -> list[Artifact]:
+        """Every artifact a host of this site may fetch under this revision."""
+        sot = self.revision.sot
+        seen: dict[str, Artifact] = {}
+        for entry in self.hosts.values():
+            for stage in sot.workflows[entry.host.workflow].stages:
+                if stage.boot is None:
+                    continue
+                os_ = sot.os[sot.boots[stage.boot].operating_system]
+                for a in (os_.boot.kernel, *os_.boot.initrd):
+                    seen.setdefault(a.sha256, a)
+        return list(seen.values())
+
+
+def _subnet_spec(subnet: Subnet) -> SubnetSpec:
+    ntp = []
+    for server in subnet.ntp:
+        try:
+            ntp.append(str(IPv4Address(server)))
+        except ValueError:
+            log.info("dhcp.ntp_name_skipped", subnet=subnet.id, server=server,
+                     reason="option 42 carries addresses only")
+    return SubnetSpec(
+        cidr=str(subnet.cidr), gateway=str(subnet.gateway) if subnet.gateway else None,
+        dns=tuple(str(d) for d in subnet.dns), domain=subnet.domain, ntp=tuple(ntp),
+        lease_time=subnet.lease_time, mtu=subnet.mtu,
+        extra_options=tuple((o.option, o.encode()) for o in subnet.dhcp_options))
+
+
+def compile_boot_table(revision: Revision, site_id: str, interface: str,
+                       server_address: str, secret: bytes) -> BootTable:
+    """Compile the table this peer serves for `site_id`. The revision must be valid."""
+    if not revision.valid:
+        raise ValueError(f"revision {revision.sha[:12]} is not valid; it cannot be served")
+    sot = revision.sot
+    site = sot.sites.get(site_id)
+    if site is None:
+        raise ValueError(f"site {site_id!r} is not in revision {revision.sha[:12]} "
+                         f"(sites: {', '.join(sorted(sot.sites))})")
+    base = site.boot_url()
+    boot_files = BootFiles(
+        ipxe_script_url=f"{base}/boot.ipxe", bios=site.netboot.ipxe_bios,
+        uefi=site.netboot.ipxe_uefi, arm64=site.netboot.ipxe_arm64,
+        http_boot_url=f"{base}/firmware/{site.netboot.ipxe_uefi}")
+    hosts: dict[str, HostEntry] = {}
+    by_mac: dict[str, str] = {}
+    by_uuid: dict[str, str] = {}
+    by_ip: dict[str, str] = {}
+    reservations = []
+    for name, entry in sot.hosts.items():
+        if entry.site != site_id:
+            continue
+        hosts[name] = entry
+        host = entry.host
+        if host.uuid is not None:
+            by_uuid[str(host.uuid)] = name
+        boot_iface = host.boot_interface()
+        for iface in host.interfaces:
+            by_ip[str(iface.ipv4)] = name
+            if iface.ignore_dhcp:
+                continue
+            by_mac[iface.mac] = name
+            subnet = site.subnet(iface.subnet)
+            assert subnet is not None  # validated
+            hostname = iface.hostname or (name if iface is boot_iface else f"{name}-{iface.type}")
+            reservations.append(ReservationSpec(
+                mac=iface.mac, ipv4=str(iface.ipv4), hostname=hostname, subnet=str(subnet.cidr),
+                boot=boot_files,
+                uuid=str(host.uuid) if host.uuid is not None and iface is boot_iface else None))
+    spec = TableSpec(
+        subnets=tuple(_subnet_spec(s) for s in site.subnets),
+        reservations=tuple(reservations),
+        server=ServerIdentity(addresses={interface: server_address}, next_server=server_address))
+    return BootTable(revision, site, base, hosts, by_mac, by_uuid, by_ip, spec, secret)
