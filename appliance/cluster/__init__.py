@@ -1,4 +1,8 @@
-"""The peer group's replicated state (pysyncobj) and its bridge to asyncio.
+"""The peer group's replicated state machine (pysyncobj Raft) and its asyncio bridge.
+
+Use `Cluster(ClusterSettings(...))`: `await start()`, replicated writes (`observe_revision`,
+`transition_revision`, `approve_revision`, `set_host`, `record_intent`, `record_result`,
+`append_event`, `add_peer`, `remove_peer`), local reads, `follow_events`, `status`.
 
 pysyncobj <= 0.3.17 replaces `socket.inet_ntop` for the whole process with a Windows-only
 implementation when it is imported (`pysyncobj/win_inet_pton.py` assigns it outside its
@@ -12,3 +16,41 @@ import socket
 import pysyncobj.win_inet_pton  # noqa: F401 - import it first so the damage is done and undone
 
 socket.inet_ntop = _socket.inet_ntop
+
+from appliance.cluster.bridge import Cluster  # noqa: E402
+from appliance.cluster.errors import (  # noqa: E402
+    ClusterError,
+    ClusterStartError,
+    CommandRejected,
+    CommitTimeout,
+    InvalidCommand,
+    MembershipChangeDenied,
+    NoLeader,
+    NoQuorum,
+    NotLeader,
+)
+from appliance.cluster.raft import (  # noqa: E402
+    PYSYNCOBJ_DEFAULT,
+    TUNED,
+    ClusterSettings,
+    RaftStatus,
+    RaftTiming,
+)
+
+__all__ = [
+    "PYSYNCOBJ_DEFAULT",
+    "TUNED",
+    "Cluster",
+    "ClusterError",
+    "ClusterSettings",
+    "ClusterStartError",
+    "CommandRejected",
+    "CommitTimeout",
+    "InvalidCommand",
+    "MembershipChangeDenied",
+    "NoLeader",
+    "NoQuorum",
+    "NotLeader",
+    "RaftStatus",
+    "RaftTiming",
+]
