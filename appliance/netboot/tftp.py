@@ -11,8 +11,8 @@ Usage::
 Everything runs on the event loop: the well-known port is read with recvmsg (to learn which
 local address a request was sent to, IP_PKTINFO, so replies leave from that address even when
 listening on 0.0.0.0), and each accepted read request gets its own connected ephemeral socket
-wrapped in an asyncio datagram endpoint (tftp_transfer.Transfer). WRQ is refused: the appliance
-never accepts files over TFTP.
+driven by loop callbacks (tftp_transfer.Transfer, which says why it is not a datagram
+transport). WRQ is refused: the appliance never accepts files over TFTP.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -56,6 +57,8 @@ _SO_RCVBUFFORCE = 33
 # A boot storm sends hundreds of RRQs at once; the default 208 KiB buffer drops them.
 _LISTEN_RCVBUF = 4 << 20
 _DRAIN_PER_WAKEUP = 256
+# Requests are a name, a mode and a few options; a longer datagram is malformed (truncated).
+_MAX_REQUEST = 4096
 
 
 class TftpServer:
@@ -95,7 +98,6 @@ class TftpServer:
         self.counters = TftpCounters()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._transfers: set[Transfer] = set()
 
     async def start(self) -> None:
@@ -126,8 +128,7 @@ class TftpServer:
             self._sock = None
         for transfer in list(self._transfers):
             transfer.abort("server shutting down")
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._transfers.clear()
 
     def _bind_device(self, sock: socket.socket) -> None:
         if self.interface:
@@ -142,11 +143,14 @@ class TftpServer:
         space = socket.CMSG_SPACE(12)
         for _ in range(_DRAIN_PER_WAKEUP):
             try:
-                data, ancdata, _flags, client = sock.recvmsg(65536, space)
+                data, ancdata, flags, client = sock.recvmsg(_MAX_REQUEST, space)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ICMP errors queued on the socket
                 log.debug("tftp.listen.error", error=str(exc))
+                continue
+            if flags & socket.MSG_TRUNC:
+                self.counters.packets_malformed += 1
                 continue
             local = self.host
             for level, kind, cdata in ancdata:
@@ -197,9 +201,7 @@ class TftpServer:
             self._refuse(client, local, request, ErrorCode.NOT_DEFINED, "server error",
                          f"socket: {exc.strerror}", level="error")
             return
-        task = asyncio.get_running_loop().create_task(self._run(sock, client, request, source))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_transfer(sock, client, request, source)
 
     def _transfer_socket(self, local: str, client: tuple[str, int]) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -226,19 +228,30 @@ class TftpServer:
 
     # -- one transfer ------------------------------------------------------------------------
 
-    async def _run(self, sock: socket.socket, client: tuple[str, int], request: Request,
-                   source: Source) -> None:
-        loop = asyncio.get_running_loop()
+    def _start_transfer(self, sock: socket.socket, client: tuple[str, int], request: Request,
+                        source: Source) -> None:
         nego = negotiate(request.options, file_size=source.size, max_blksize=self.max_blksize,
                          max_windowsize=self.max_windowsize)
-        peer = f"{client[0]}:{client[1]}"
-        fields = {"client": peer, "file": request.filename, "size": source.size,
-                  "blksize": nego.blksize, "windowsize": nego.windowsize, "mode": request.mode}
-        self.counters.transfers_started += 1
-        log.info("tftp.transfer.start", **fields)
-        started = loop.time()
-        done: asyncio.Future[Outcome] = loop.create_future()
+        fields = {"client": f"{client[0]}:{client[1]}", "file": request.filename,
+                  "size": source.size, "blksize": nego.blksize, "windowsize": nego.windowsize,
+                  "mode": request.mode}
+        started = time.monotonic()
+
+        def on_done(transfer: Transfer, outcome: Outcome) -> None:
+            self._transfers.discard(transfer)
+            duration = round(time.monotonic() - started, 6)
+            if outcome.ok:
+                self.counters.transfers_completed += 1
+                log.info("tftp.transfer.end", status="completed", duration_s=duration,
+                         retransmissions=outcome.retransmissions, **fields)
+            else:
+                self.counters.transfers_failed += 1
+                log.warning("tftp.transfer.end", status="failed", reason=outcome.reason,
+                            duration_s=duration, retransmissions=outcome.retransmissions,
+                            bytes_sent=outcome.payload_sent, **fields)
+
         transfer = Transfer(
+            sock,
             source,
             blksize=nego.blksize,
             windowsize=nego.windowsize,
@@ -246,29 +259,12 @@ class TftpServer:
             retries=self.retries,
             oack=oack_packet(nego.oack) if nego.oack else None,
             counters=self.counters,
-            done=done,
+            on_done=on_done,
         )
+        self.counters.transfers_started += 1
         self._transfers.add(transfer)
-        try:
-            try:
-                await loop.create_datagram_endpoint(lambda: transfer, sock=sock)
-            except OSError as exc:
-                sock.close()
-                transfer.abort(f"endpoint: {exc}")
-            outcome = await done
-        finally:
-            self._transfers.discard(transfer)
-            source.close()
-        duration = round(loop.time() - started, 6)
-        if outcome.ok:
-            self.counters.transfers_completed += 1
-            log.info("tftp.transfer.end", status="completed", duration_s=duration,
-                     retransmissions=outcome.retransmissions, **fields)
-        else:
-            self.counters.transfers_failed += 1
-            log.warning("tftp.transfer.end", status="failed", reason=outcome.reason,
-                        duration_s=duration, retransmissions=outcome.retransmissions,
-                        bytes_sent=outcome.payload_sent, **fields)
+        log.info("tftp.transfer.start", **fields)
+        transfer.start()
 
 
 def _grow_rcvbuf(sock: socket.socket, size: int) -> None:

@@ -1,17 +1,24 @@
 """One TFTP read transfer: the sender side of RFC 1350 with RFC 7440 windows.
 
-A transfer is an asyncio datagram protocol on its own connected ephemeral socket (the RFC's
-transfer ID), driven only by callbacks: no task or thread per transfer beyond the one that
-awaits its end. Block numbers are tracked as absolute integers and put on the wire modulo 2**16,
-so files of more than 65535 blocks roll over to 0 like tftp-hpa and curl expect.
+A transfer owns its connected ephemeral UDP socket (the RFC's transfer ID) and is driven only by
+event-loop callbacks (loop.add_reader and one timer): no task or thread per transfer. It does
+not use an asyncio datagram transport on purpose: the selector transport of Python 3.11 calls
+recvfrom(256 KiB) for every datagram, and allocating that for each 4-byte ACK cost more than
+the rest of the transfer (see tools/bench/tftp.py); here ACKs are read with recv_into into one
+shared buffer.
 
-Duplicate ACKs are ignored (only the retransmission timer resends), which is what prevents the
-Sorcerer's Apprentice bug of RFC 1123 4.2.3.1.
+Block numbers are tracked as absolute integers and put on the wire modulo 2**16, so files of more
+than 65535 blocks roll over to 0 like tftp-hpa and curl expect. Duplicate ACKs are ignored (only
+the retransmission timer resends), which is what prevents the Sorcerer's Apprentice bug of
+RFC 1123 4.2.3.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.netboot.tftp_files import Source
@@ -23,6 +30,10 @@ from appliance.netboot.tftp_wire import (
     error_packet,
     parse_error,
 )
+
+# Single-threaded event loop: one receive buffer serves every transfer.
+_RECV_BUF = bytearray(2048)
+_RECV_VIEW = memoryview(_RECV_BUF)
 
 
 @dataclass(slots=True)
@@ -52,11 +63,12 @@ class Outcome:
     payload_sent: int = 0
 
 
-class Transfer(asyncio.DatagramProtocol):
-    """Send one Source to one client; resolve `done` with an Outcome when it ends."""
+class Transfer:
+    """Send one Source to one client on `sock`; call `on_done(transfer, outcome)` at the end."""
 
     def __init__(
         self,
+        sock: socket.socket,
         source: Source,
         *,
         blksize: int,
@@ -65,8 +77,9 @@ class Transfer(asyncio.DatagramProtocol):
         retries: int,
         oack: bytes | None,
         counters: TftpCounters,
-        done: asyncio.Future[Outcome],
+        on_done: Callable[[Transfer, Outcome], None],
     ) -> None:
+        self._sock = sock
         self._source = source
         self._blksize = blksize
         self._window = windowsize
@@ -74,7 +87,7 @@ class Transfer(asyncio.DatagramProtocol):
         self._retries_max = retries
         self._oack = oack
         self._counters = counters
-        self._done = done
+        self._on_done: Callable[[Transfer, Outcome], None] | None = on_done
         # Absolute block numbers: 1.._last; the last block is short (possibly empty).
         self._last = source.size // blksize + 1
         self._acked = 0
@@ -82,46 +95,56 @@ class Transfer(asyncio.DatagramProtocol):
         self._retries = 0
         self._retransmissions = 0
         self._payload = 0
-        self._transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
-    # -- asyncio callbacks -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Python 3.11's selector datagram transport does not subclass DatagramTransport.
-        self._transport = transport  # type: ignore[assignment]
-        if self._done.done():  # aborted while the endpoint was being set up
-            transport.close()
-            return
+    def start(self) -> None:
+        """Send the OACK (or the first window) and start listening for ACKs."""
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
         if self._oack is not None:
-            transport.sendto(self._oack)
+            self._send(self._oack)
         else:
             self._send_window()
-        self._deadline = self._loop.time() + self._timeout
-        self._timer = self._loop.call_at(self._deadline, self._on_timer)
+        self._deadline = time.monotonic() + self._timeout
+        if self._on_done is not None:
+            self._timer = self._loop.call_later(self._timeout, self._on_timer)
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if len(data) < 4 or data[0] != 0:
-            self._counters.packets_malformed += 1
+    def abort(self, reason: str) -> None:
+        """Stop now (server shutdown); tell the client so it does not wait for its timeout."""
+        if self._on_done is not None:
+            self._send(error_packet(ErrorCode.NOT_DEFINED, reason))
+            self._finish(False, reason)
+
+    # -- I/O ---------------------------------------------------------------------------------
+
+    def _send(self, packet: bytes) -> None:
+        try:
+            self._sock.send(packet)
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: the packet counts as lost, the timer resends it
+        except OSError as exc:
+            self._finish(False, f"socket error: {exc.strerror}")
+
+    def _on_readable(self) -> None:
+        try:
+            n = self._sock.recv_into(_RECV_BUF)
+        except (BlockingIOError, InterruptedError):
             return
-        op = data[1]
-        if op == OP_ACK:
-            self._on_ack((data[2] << 8) | data[3])
-        elif op == OP_ERROR:
-            code, message = parse_error(data)
+        except OSError as exc:
+            # ICMP port unreachable on the connected socket: the client has gone away.
+            self._finish(False, f"socket error: {exc.strerror}")
+            return
+        buf = _RECV_BUF
+        if n < 4 or buf[0] != 0:
+            self._counters.packets_malformed += 1
+        elif buf[1] == OP_ACK:
+            self._on_ack((buf[2] << 8) | buf[3])
+        elif buf[1] == OP_ERROR:
+            code, message = parse_error(bytes(_RECV_VIEW[:n]))
             self._finish(False, f"client error {code}: {message}")
         else:
             self._counters.packets_malformed += 1
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable on the connected socket: the client has gone away.
-        self._finish(False, f"socket error: {exc}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._done.done():
-            self._finish(False, "socket closed")
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -139,34 +162,37 @@ class Transfer(asyncio.DatagramProtocol):
                 self._finish(True, "")
                 return
         self._retries = 0
-        self._deadline = self._loop.time() + self._timeout
+        self._deadline = time.monotonic() + self._timeout
         self._send_window()
 
     def _send_window(self) -> None:
         """Send blocks _acked+1 .. _acked+window (RFC 7440 restarts after a partial ACK)."""
-        transport = self._transport
-        if transport is None:
-            return
         blksize = self._blksize
         first = self._acked + 1
         end = min(self._acked + self._window, self._last)
         read = self._source.read
+        send = self._sock.send
         sent = 0
-        for block in range(first, end + 1):
-            payload = read((block - 1) * blksize, blksize)
-            transport.sendto(data_packet(block, payload))
-            sent += len(payload)
+        try:
+            for block in range(first, end + 1):
+                payload = read((block - 1) * blksize, blksize)
+                send(data_packet(block, payload))
+                sent += len(payload)
+        except (BlockingIOError, InterruptedError):
+            pass  # the rest of the window counts as lost; the timer resends from _acked+1
+        except OSError as exc:
+            self._finish(False, f"socket error: {exc.strerror}")
         self._sent = end
         self._payload += sent
         self._counters.bytes_sent += sent
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._done.done():
+        if self._on_done is None:
             return
-        now = self._loop.time()
+        now = time.monotonic()
         if now < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            self._timer = self._loop.call_later(self._deadline - now, self._on_timer)
             return
         self._retries += 1
         if self._retries > self._retries_max:
@@ -175,27 +201,21 @@ class Transfer(asyncio.DatagramProtocol):
         self._retransmissions += 1
         self._counters.retransmissions += 1
         if self._oack is not None:
-            if self._transport is not None:
-                self._transport.sendto(self._oack)
+            self._send(self._oack)
         else:
             self._send_window()
         self._deadline = now + self._timeout
-        self._timer = self._loop.call_at(self._deadline, self._on_timer)
+        if self._on_done is not None:
+            self._timer = self._loop.call_later(self._timeout, self._on_timer)
 
     def _finish(self, ok: bool, reason: str) -> None:
-        if self._done.done():
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
             return
-        self._done.set_result(Outcome(ok, reason, self._retransmissions, self._payload))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.close()
-
-    def abort(self, reason: str) -> None:
-        """Stop now (server shutdown); tell the client so it does not wait for its timeout."""
-        if self._done.done():
-            return
-        if self._transport is not None:
-            self._transport.sendto(error_packet(ErrorCode.NOT_DEFINED, reason))
-        self._finish(False, reason)
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._source.close()
+        on_done(self, Outcome(ok, reason, self._retransmissions, self._payload))

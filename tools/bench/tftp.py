@@ -1,0 +1,221 @@
+"""Benchmark our TFTP server against tftpd-hpa on loopback, in the same run, with curl as client.
+
+    .venv/bin/python tools/bench/tftp.py [--rounds 3] [--concurrency 500] [--big-mb 32]
+
+(a) one big file at blksize 1468 (lockstep: measures per-packet latency of the server), and
+(b) N concurrent fetches of undionly.kpxe (a boot storm: measures the cost of a transfer and
+how the server copes with a burst of RRQs). Rounds alternate servers so that a noisy
+neighbour on the machine hurts both alike; the best round of each is compared, the median is
+printed too. Needs root (tftpd-hpa drops to user nobody) and must stay on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+KPXE = Path("/usr/lib/ipxe/undionly.kpxe")
+
+OUR_SERVER = """
+import asyncio, sys
+sys.path.insert(0, {repo!r})
+from appliance.netboot.tftp import TftpServer
+async def main():
+    server = TftpServer(roots=[{root!r}], host={host!r}, port={port})
+    await server.start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, deadline_s: float = 10.0) -> None:
+    """Poll with an RRQ for a missing file until the server answers (ERROR or anything)."""
+    probe = b"\x00\x01no-such-file\x00octet\x00"
+    end = time.monotonic() + deadline_s
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < end:
+            s.sendto(probe, (HOST, port))
+            try:
+                s.recvfrom(2048)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"server on port {port} did not answer within {deadline_s}s")
+
+
+def rcvbuf_errors() -> int:
+    """UdpRcvbufErrors from /proc/net/snmp: datagrams the kernel dropped on a full socket."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()
+             if ln.startswith("Udp:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, log: Path) -> None:
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        wait_ready(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class Results:
+    big_s: list[float] = field(default_factory=list)
+    storm_s: list[float] = field(default_factory=list)
+    storm_ok: list[int] = field(default_factory=list)
+    storm_p50: list[float] = field(default_factory=list)
+    storm_p99: list[float] = field(default_factory=list)
+    drops: list[int] = field(default_factory=list)
+
+
+def fetch_big(port: int, out: Path, want: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-sS", "--max-time", "120", "--tftp-blksize", "1468", "-o", str(out),
+                    f"tftp://{HOST}:{port}/big.bin"], check=True)
+    elapsed = time.perf_counter() - t0
+    if hashlib.sha256(out.read_bytes()).hexdigest() != want:
+        raise RuntimeError(f"big.bin from port {port}: sha256 mismatch")
+    out.unlink()
+    return elapsed
+
+
+def storm(port: int, n: int, size: int) -> tuple[float, int, list[float]]:
+    """n concurrent fetches with curl -Z, split over processes (curl caps parallelism at 300)."""
+    per_proc = 250
+    procs = []
+    t0 = time.perf_counter()
+    for start in range(0, n, per_proc):
+        count = min(per_proc, n - start)
+        argv = ["curl", "-sS", "-Z", "--parallel-max", str(count), "--max-time", "60",
+                "-w", "%{size_download} %{time_total}\\n"]
+        for _ in range(count):
+            argv += [f"tftp://{HOST}:{port}/undionly.kpxe", "-o", "/dev/null"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    elapsed = time.perf_counter() - t0
+    ok, times = 0, []
+    for line in b"".join(outputs).decode().splitlines():
+        got, took = line.split()
+        ok += int(got) == size
+        times.append(float(took))
+    return elapsed, ok, sorted(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=500)
+    ap.add_argument("--big-mb", type=int, default=32)
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("in.tftpd") or not shutil.which("curl"):
+        print("needs root, in.tftpd (tftpd-hpa) and curl", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="tftp-bench-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        root.mkdir()
+        kpxe = KPXE.read_bytes() if KPXE.exists() else os.urandom(74213)
+        (root / "undionly.kpxe").write_bytes(kpxe)
+        big = os.urandom(args.big_mb << 20)
+        (root / "big.bin").write_bytes(big)
+        big_sha = hashlib.sha256(big).hexdigest()
+        for p in (work, root, *root.iterdir()):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+        ours_port, ref_port = free_port(), free_port()
+        servers = {
+            "ours": Server("ours", [sys.executable, "-c", OUR_SERVER.format(
+                repo=str(REPO), root=str(root), host=HOST, port=ours_port)], ours_port),
+            "tftpd-hpa": Server("tftpd-hpa", ["in.tftpd", "-L", "-s", str(root), "-a",
+                                              f"{HOST}:{ref_port}", "-u", "nobody"], ref_port),
+        }
+        results = {name: Results() for name in servers}
+        try:
+            for name, server in servers.items():
+                server.start(work / f"{name}.log")
+            for rnd in range(args.rounds):
+                order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    port, res = servers[name].port, results[name]
+                    res.big_s.append(fetch_big(port, work / "out.bin", big_sha))
+                    drops = rcvbuf_errors()
+                    elapsed, ok, times = storm(port, args.concurrency, len(kpxe))
+                    res.drops.append(rcvbuf_errors() - drops)
+                    res.storm_s.append(elapsed)
+                    res.storm_ok.append(ok)
+                    res.storm_p50.append(times[len(times) // 2] if times else float("nan"))
+                    res.storm_p99.append(times[int(len(times) * 0.99)] if times else float("nan"))
+                    print(f"round {rnd + 1} {name:9}: big {res.big_s[-1]:.3f}s, "
+                          f"storm {elapsed:.3f}s ({ok}/{args.concurrency} ok, "
+                          f"p50 {res.storm_p50[-1]:.3f}s p99 {res.storm_p99[-1]:.3f}s, "
+                          f"{res.drops[-1]} udp rcvbuf drops)", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    report(results, args)
+    return 0
+
+
+def report(results: dict[str, Results], args: argparse.Namespace) -> None:
+    ours, ref = results["ours"], results["tftpd-hpa"]
+    mb = args.big_mb
+    rows = [
+        ("(a) 32MB blksize 1468, best MB/s", mb / min(ours.big_s), mb / min(ref.big_s), True),
+        ("(a) median MB/s", mb / statistics.median(ours.big_s),
+         mb / statistics.median(ref.big_s), True),
+        (f"(b) {args.concurrency} fetches, best fetches/s",
+         args.concurrency / min(ours.storm_s), args.concurrency / min(ref.storm_s), True),
+        ("(b) median fetches/s", args.concurrency / statistics.median(ours.storm_s),
+         args.concurrency / statistics.median(ref.storm_s), True),
+        ("(b) best wall time s", min(ours.storm_s), min(ref.storm_s), False),
+        ("(b) fetches complete (worst round)", min(ours.storm_ok), min(ref.storm_ok), True),
+        ("(b) per-fetch p50 s (median round)", statistics.median(ours.storm_p50),
+         statistics.median(ref.storm_p50), False),
+        ("(b) per-fetch p99 s (median round)", statistics.median(ours.storm_p99),
+         statistics.median(ref.storm_p99), False),
+    ]
+    print(f"\n{'metric':40} {'ours':>10} {'tftpd-hpa':>10} {'ours/ref':>9}")
+    for label, a, b, higher_better in rows:
+        ratio = a / b if b else float("nan")
+        note = "" if higher_better else "  (lower is better)"
+        print(f"{label:40} {a:10.3f} {b:10.3f} {ratio:8.2f}x{note}")
+    print(f"\nudp rcvbuf drops per storm: ours {ours.drops}, tftpd-hpa {ref.drops}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
