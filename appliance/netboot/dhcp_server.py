@@ -27,8 +27,9 @@ from appliance.netboot.dhcp_table import DhcpTable
 log = structlog.get_logger("vaquero.netboot.dhcp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the constant
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux: datagrams the kernel dropped
 _PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-_ANC_SIZE = socket.CMSG_SPACE(_PKTINFO.size)
+_ANC_SIZE = socket.CMSG_SPACE(_PKTINFO.size) + socket.CMSG_SPACE(4)
 MAX_DATAGRAM = 1500
 BURST = 64  # datagrams handled per readiness callback before yielding to the loop
 RCVBUF = 1 << 20  # absorbs a boot storm's burst while the loop is busy
@@ -42,6 +43,7 @@ def open_dhcp_socket(interface: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind(("0.0.0.0", port))
         sock.setblocking(False)
@@ -156,7 +158,9 @@ class DhcpServer:
                     if _PKTINFO.unpack_from(value)[0] != self._ifindex:
                         counters.inc("wrong_interface")
                         data = b""
-                    break
+                elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
+                    # Cumulative per socket: requests lost before we could read them.
+                    counters[f"rx_overflow_{port}"] = int.from_bytes(value[:4], "little")
             if not data:
                 continue
             try:

@@ -8,6 +8,9 @@ first reply that arrives must be the barrier's.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from dhcp_support import (
     HTTP_BOOT_URL,
@@ -197,3 +200,30 @@ def test_inform_gets_options_without_address_unicast(boot_net: BootNet) -> None:
     assert o["message-type"] == 5 and ack.yiaddr == "0.0.0.0" and ack.ciaddr == "198.18.0.12"
     assert "lease_time" not in o  # RFC 2131 4.3.5: no lease in an INFORM answer
     assert o["router"] == SERVER_IP and o["domain"] == b"lab.example"
+
+
+def test_requests_lost_in_a_burst_are_counted(boot_net: BootNet, client: Client) -> None:
+    """While the server is busy, the kernel queue overflows: the loss must show in counters."""
+    server = boot_net.start()
+    busy = threading.Event()
+    boot_net.loop.call(busy.wait, 30)  # the server's loop is stuck until we set `busy`
+    burst = 5000  # far more than the 1 MiB receive buffer holds
+    flood = dhcp_packet("52:54:00:99:00:01", "discover", 0x8000)  # unknown: no replies
+    try:
+        for _ in range(burst):
+            client.send(flood)
+    finally:
+        busy.set()
+    # Let the server drain its queue: once a round trip through its loop handles nothing
+    # new, its socket is not readable any more (a readable socket is served every iteration).
+    handled = -1
+    for _ in range(burst):
+        before = server.counters.get("unknown", 0)
+        boot_net.loop.run(asyncio.sleep(0))
+        if before == handled:
+            break
+        handled = before
+    assert client.barrier(mac_of(10), 0x8001).xid == 0x8001
+    lost = server.counters.get("rx_overflow_67", 0)
+    assert lost > 0
+    assert server.counters["unknown"] + lost == burst  # handled, or counted as lost
