@@ -65,6 +65,7 @@ class Cluster:
         self._stop_owner = threading.Event()
         self._changed: asyncio.Future | None = None
         self._notify_pending = threading.Event()
+        self._reconciling: asyncio.Task | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -99,6 +100,8 @@ class Cluster:
 
     async def stop(self) -> None:
         node, self._node = self._node, None
+        if self._reconciling is not None:
+            self._reconciling.cancel()
         if node is not None:
             await asyncio.to_thread(node.destroy_synchronous)
         self._stop_owner.set()
@@ -132,6 +135,26 @@ class Cluster:
         fut, self._changed = self._changed, None
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if self._node is not None and (self._reconciling is None or self._reconciling.done()):
+            st = self.status
+            if st.is_leader and st.ready and st.has_quorum and not self._peer_list_matches(st):
+                self._reconciling = asyncio.ensure_future(self._reconcile_peer_list(st))
+
+    def _peer_list_matches(self, st: RaftStatus) -> bool:
+        listed = self.node.vq_read(lambda s: sorted(s.peers))
+        return listed == sorted(st.members)
+
+    async def _reconcile_peer_list(self, st: RaftStatus) -> None:
+        """Leader only: make the replicated peer list name exactly the Raft members (first
+        start, or a change made behind our back), keeping known names and API URLs."""
+        known = {p["address"]: p for p in self.peers()}
+        peers = [{"address": m, "name": known.get(m, {}).get("name"),
+                  "api_url": known.get(m, {}).get("api_url")} for m in st.members]
+        try:
+            await self.submit({"op": "peers.set", "op_id": commands.new_op_id(),
+                               "at": time.time(), "peers": peers})
+        except ClusterError as exc:
+            log.info("cluster_peer_list_reconcile_failed", error=str(exc))
 
     async def _wait_change(self, timeout: float) -> None:
         if self._changed is None:
@@ -284,18 +307,24 @@ class Cluster:
                        api_url=api_url)
 
     async def remove_peer(self, address: str, *, timeout: float | None = None) -> None:
-        """Remove one peer from the Raft group and from the peer list. Removing the leader
-        first hands leadership to the most up-to-date follower."""
+        """Remove one peer from the Raft group and from the peer list.
+
+        A peer never removes itself, and a leader cannot be removed while it leads (the
+        leader applies a membership change as soon as it appends it and stops replicating
+        to the removed peer, so that peer would never see its own removal commit). Hence:
+        called on the peer being removed, this raises NotLeader naming the peer to ask
+        instead; if that peer is the leader, it first hands leadership to the most
+        up-to-date follower, and NotLeader names the new leader."""
         node = self.node
         timeout = self.settings.commit_timeout if timeout is None else timeout
-        if address == self.settings.self_address and self.status.is_leader:
-            node.vq_call_soon(lambda: node.transferLeadership())
-            deadline = time.monotonic() + timeout
-            while self.status.is_leader or self.status.leader in (None, address):
-                if time.monotonic() >= deadline:
-                    raise CommitTimeout("leadership transfer did not complete")
-                await self._wait_change(0.05)
-        if address in self.status.members:
+        st = self.status
+        if address == self.settings.self_address:
+            if st.is_leader:
+                await self._hand_over_leadership(timeout)
+            raise NotLeader(self.status.leader)
+        if address == st.leader:
+            raise NotLeader(st.leader)
+        if address in st.members:
             try:
                 await self._replicate(
                     lambda cb: node.removeNodeFromCluster(address, callback=cb), timeout,
@@ -308,6 +337,20 @@ class Cluster:
         except CommandRejected as exc:
             if exc.code != "unknown_peer":
                 raise
+
+    async def _hand_over_leadership(self, timeout: float) -> None:
+        node = self.node
+        me = self.settings.self_address
+        deadline = time.monotonic() + timeout
+        next_try = 0.0
+        while self.status.is_leader or self.status.leader in (None, me):
+            now = time.monotonic()
+            if now >= deadline:
+                raise CommitTimeout(f"leadership transfer away from {me} did not complete")
+            if now >= next_try:  # denied while no follower is fully caught up: ask again
+                node.vq_call_soon(lambda: node.transferLeadership())
+                next_try = now + 0.2
+            await self._wait_change(0.05)
 
     # ---- reads (local replica) ----------------------------------------------------------
 

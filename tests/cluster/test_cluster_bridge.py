@@ -5,6 +5,7 @@ read-your-writes on followers, long-poll of events, refusal without quorum."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -108,11 +109,19 @@ async def test_three_peers_in_process(tmp_path, password_file, started):
     assert exc.value.leader == leader_addr
 
     # A follower's write is forwarded, and readable on that follower once acknowledged.
-    waiter = asyncio.create_task(leader.follow_events(0, timeout=10))
+    start = leader.events_since(0)["last_seq"]
+    waiter = asyncio.create_task(leader.follow_events(start, timeout=10))
     await follower.observe_revision(SHA2)
     assert follower.revision(SHA2)["state"] == "observed"
-    page = await waiter
-    assert page["events"][0]["revision"] == SHA2
+    page = await waiter  # the long-poll woke up with new events
+    seen, after = list(page["events"]), page["events"][-1]["seq"]
+    for _ in range(20):  # the leader may also have logged its peer list meanwhile
+        if any(e.get("revision") == SHA2 for e in seen):
+            break
+        page = await leader.follow_events(after, timeout=5)
+        seen += page["events"]
+        after = page["last_seq"]
+    assert [e["kind"] for e in seen if e.get("revision") == SHA2] == ["revision.observed"]
 
     # The leader records intents with its term; a result closes them on every replica.
     intent = await leader.record_intent("node1", "power_cycle", stage="install")
@@ -131,3 +140,31 @@ async def test_no_quorum_is_refused_immediately(tmp_path, password_file, started
     with pytest.raises(NoQuorum):
         await lonely.append_event("x", message="no majority", timeout=5)
     assert lonely.events_since(0)["events"] == []
+
+
+async def test_raft_port_listens_on_the_peer_address_only(tmp_path, password_file, started):
+    port = free_ports(1)[0]
+    addr = f"127.0.0.1:{port}"
+    await started(settings(tmp_path, password_file, addr, [addr]))
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # pysyncobj alone would bind 0.0.0.0 and answer on every address of the host.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", port), timeout=2).close()
+
+
+async def test_peer_with_the_wrong_password_gets_nothing(tmp_path, password_file, started):
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    other_password = tmp_path / "other.password"
+    other_password.write_text("not-the-group-secret\n")
+    other_password.chmod(0o600)
+    good = [await started(settings(tmp_path, password_file, a, addrs)) for a in addrs[:2]]
+    intruder = await started(settings(tmp_path, other_password, addrs[2], addrs))
+    await good[0].wait_for_leader(10)
+    seq = await good[0].append_event("x", message="secret-free but private")
+    page = await good[1].follow_events(seq - 1, timeout=10)
+    assert page["last_seq"] == seq
+    await asyncio.sleep(1.0)  # many heartbeats and reconnect attempts
+    assert intruder.events_since(0)["events"] == []
+    assert intruder.status.leader is None
+    for g in good:
+        assert addrs[2] not in g.status.connected

@@ -127,7 +127,9 @@ async def test_membership_add_then_remove(rigs):
     leader = await find_leader(nodes)
     follower = next(n for n in nodes if n is not leader)
     for i in range(5):
-        assert (await leader.call("event", message=f"m{i}"))["ok"]
+        r = await leader.call("event", message=f"m{i}")
+        assert r["ok"], r
+    top = r["seq"]
 
     # Add a fourth peer through a follower (forwarded to the leader), then start it.
     from raft_node import free_ports
@@ -137,7 +139,7 @@ async def test_membership_add_then_remove(rigs):
     assert r["ok"], r
     newcomer = rigs.node(new_addr, [n.address for n in nodes] + [new_addr])
     await newcomer.start()
-    r = await newcomer.call("wait_seq", seq=5, timeout=15)
+    r = await newcomer.call("wait_seq", seq=top, timeout=15)
     assert r["ok"], (r, newcomer.log_tail())
     assert (await newcomer.call("event", message="from-newcomer", timeout=10))["ok"]
     for n in [*nodes, newcomer]:
@@ -146,18 +148,30 @@ async def test_membership_add_then_remove(rigs):
     peers = (await leader.call("read", what="peers"))["peers"]
     assert new_addr in [p["address"] for p in peers]
 
-    # Remove an original follower, stop it; the group is 3 again.
-    gone = next(n for n in nodes if n is not leader and n is not follower)
-    r = await leader.call("remove_peer", address=gone.address, timeout=10)
+    # Remove the leader: it hands leadership over first and names its successor, who
+    # performs the removal. The group is 3 again.
+    r = await leader.call("remove_peer", address=leader.address, timeout=10)
+    assert not r["ok"] and r["error"] == "NotLeader", r
+    successor = next(n for n in [*nodes, newcomer] if n.address == r["leader"])
+    assert successor is not leader
+    r = await successor.call("remove_peer", address=leader.address, timeout=10)
     assert r["ok"], r
-    await gone.stop()
-    rest = [leader, follower, newcomer]
+    await leader.stop()
+    rest = [n for n in [*nodes, newcomer] if n is not leader]
     for n in rest:
         st = await n.call("status")
-        assert gone.address not in st["members"] and len(st["members"]) == 3, st
-    # With 3 members, 2 are a majority: killing the leader still leaves a working group
-    # (under the old 4-member view, 2 of 4 could not commit).
-    await leader.kill()
-    new_leader = await find_leader([follower, newcomer])
-    r = await new_leader.call("event", message="after-removal", timeout=10)
+        assert leader.address not in st["members"] and len(st["members"]) == 3, st
+    # The replicated peer list follows the membership (the leader reconciles it).
+    want = sorted(n.address for n in rest)
+    for _ in range(100):
+        peers = (await successor.call("read", what="peers"))["peers"]
+        if sorted(p["address"] for p in peers) == want:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(p["address"] for p in peers) == want
+    # With 3 members, 2 are a majority: killing the new leader still leaves a working
+    # group (under the old 4-member view, 2 of 4 could not commit).
+    await successor.kill()
+    last = await find_leader([n for n in rest if n is not successor])
+    r = await last.call("event", message="after-removal", timeout=10)
     assert r["ok"], r
