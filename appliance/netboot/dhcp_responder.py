@@ -69,7 +69,7 @@ class Responder:
         self.counters = Counters()
         self._on_event = on_event
         self._clock = clock
-        self._unknown_seen: dict[bytes, float] = {}
+        self._last_event: dict[tuple[str, bytes], float] = {}
         self._malformed_last = -MALFORMED_EVENT_PERIOD_S
 
     # -- events ---------------------------------------------------------------------------
@@ -82,20 +82,28 @@ class Responder:
         except Exception:  # a journal failure must never stop the DHCP service
             log.exception("dhcp.event_callback_failed", kind=kind)
 
+    def _may_report(self, kind: str, mac: bytes) -> bool:
+        """One event per kind and MAC per period: a looping client must not flood the
+        journal. The memory is bounded; a flood of fresh MACs is suppressed, not stored."""
+        now = self._clock()
+        key = (kind, mac)
+        last = self._last_event.get(key)
+        if last is not None and now - last < EVENT_PERIOD_S:
+            self.counters.inc("events_suppressed")
+            return False
+        if len(self._last_event) >= MAX_TRACKED_MACS:
+            cutoff = now - EVENT_PERIOD_S
+            self._last_event = {k: t for k, t in self._last_event.items() if t >= cutoff}
+            if len(self._last_event) >= MAX_TRACKED_MACS:
+                self.counters.inc("events_suppressed")
+                return False
+        self._last_event[key] = now
+        return True
+
     def _unknown(self, req: wire.Request, src: tuple[str, int]) -> None:
         self.counters.inc("unknown")
-        now = self._clock()
-        last = self._unknown_seen.get(req.chaddr)
-        if last is not None and now - last < EVENT_PERIOD_S:
-            self.counters.inc("unknown_suppressed")
+        if not self._may_report("unknown-mac", req.chaddr):
             return
-        if len(self._unknown_seen) >= MAX_TRACKED_MACS:
-            cutoff = now - EVENT_PERIOD_S
-            self._unknown_seen = {m: t for m, t in self._unknown_seen.items() if t >= cutoff}
-            if len(self._unknown_seen) >= MAX_TRACKED_MACS:  # a flood of fresh MACs
-                self.counters.inc("unknown_suppressed")
-                return
-        self._unknown_seen[req.chaddr] = now
         fields = {
             "mac": mac_text(req.chaddr),
             "message": wire.MESSAGE_NAMES.get(req.msg_type, str(req.msg_type)),
@@ -182,6 +190,8 @@ class Responder:
             return None
         if mt == wire.RELEASE:
             host = table.lookup(req)
+            if not self._may_report("release", req.chaddr):
+                return None
             log.info("dhcp.release", mac=mac_text(req.chaddr), ip=_ip_text(req.ciaddr))
             self._event(
                 "release",
@@ -196,6 +206,8 @@ class Responder:
     def _declined(self, req: wire.Request, src: tuple[str, int]) -> None:
         """Another machine uses a reserved address: an SoT or cabling problem worth a page."""
         ip = _ip_text(req.requested_ip) if req.requested_ip else ""
+        if not self._may_report("decline", req.chaddr):
+            return
         log.warning("dhcp.decline", mac=mac_text(req.chaddr), ip=ip, src=src[0])
         self._event("decline", mac=mac_text(req.chaddr), ip=ip, src=src[0])
 

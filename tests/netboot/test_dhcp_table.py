@@ -92,7 +92,7 @@ def test_unknown_mac_events_are_rate_limited_per_mac() -> None:
     now[0] += EVENT_PERIOD_S + 1
     r.handle(dhcp_packet(stranger, "discover", 10), SRC)
     assert [f["mac"] for _, f in events] == [stranger, other, stranger]
-    assert r.counters["unknown"] == 7 and r.counters["unknown_suppressed"] == 4
+    assert r.counters["unknown"] == 7 and r.counters["events_suppressed"] == 4
 
 
 def test_a_failing_event_sink_costs_nothing() -> None:
@@ -131,3 +131,20 @@ def test_renewing_client_is_answered_by_unicast() -> None:
     nak = r.handle(dhcp_packet(mac_of(10), "request", 2, ciaddr="198.18.0.77"), ("198.18.0.77", 68))
     assert nak is not None and nak[1] == ("255.255.255.255", 68)
     assert r.counters["nak"] == 1
+
+
+def test_declines_are_journaled_once_per_period() -> None:
+    now = [0.0]
+    events: list[str] = []
+    r = Responder(
+        t.compile_table(make_spec(), "br0"),
+        on_event=lambda k, **f: events.append(k),
+        clock=lambda: now[0],
+    )
+    decline = dhcp_packet(mac_of(10), "decline", 1, options=[("requested_addr", "198.18.0.10")])
+    for _ in range(3):
+        assert r.handle(decline, SRC) is None
+    now[0] += EVENT_PERIOD_S + 1
+    r.handle(decline, SRC)
+    assert events == ["decline", "decline"]
+    assert r.counters["decline"] == 4
