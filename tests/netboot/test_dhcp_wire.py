@@ -9,6 +9,7 @@ first reply that arrives must be the barrier's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -20,9 +21,12 @@ from dhcp_support import (
     Client,
     dhcp_packet,
     mac_of,
+    make_spec,
     opts,
 )
 from scapy.layers.dhcp import BOOTP
+
+from appliance.netboot import dhcp_table as t
 
 CLIENT_IP = "198.18.0.200"
 
@@ -227,3 +231,19 @@ def test_requests_lost_in_a_burst_are_counted(boot_net: BootNet, client: Client)
     lost = server.counters.get("rx_overflow_67", 0)
     assert lost > 0
     assert server.counters["unknown"] + lost == burst  # handled, or counted as lost
+
+
+def test_swap_table_serves_the_new_revision(boot_net: BootNet, client: Client) -> None:
+    server = boot_net.start(spec=make_spec(count=4))  # hosts 10..13
+    client.send(dhcp_packet(mac_of(14), "discover", 0x9001))
+    assert client.barrier(mac_of(10), 0x9002).xid == 0x9002  # 14 got no answer
+    new = t.compile_table(make_spec(count=5), "br0", revision="next")
+    server.swap_table(new)  # from another thread: one reference assignment
+    client.send(dhcp_packet(mac_of(14), "discover", 0x9003))
+    reply, _ = client.recv()
+    assert reply.xid == 0x9003 and reply.yiaddr == "198.18.0.14"
+    with pytest.raises(ValueError, match="another server address"):
+        other = dataclasses.replace(
+            make_spec(), server=t.ServerIdentity({"br0": "198.18.0.9"}, "198.18.0.9")
+        )
+        server.swap_table(t.compile_table(other, "br0"))
