@@ -328,5 +328,6 @@ class RaftNode(SyncObj):
         with self._vq_lock:
             self._vq_state = state
         self._vq_snapshot_error = None
+        log.info("cluster_snapshot_loaded", index=obj["raft"][0][1], bytes=len(data))
         self._vq_notify()
         return obj["raft"]

@@ -175,3 +175,28 @@ async def test_membership_add_then_remove(rigs):
     last = await find_leader([n for n in rest if n is not successor])
     r = await last.call("event", message="after-removal", timeout=10)
     assert r["ok"], r
+
+
+async def test_lagging_peer_catches_up_from_a_snapshot(rigs):
+    # Compaction every 40 entries: by the time the stopped peer returns, the leader no
+    # longer has the entries it missed and must send its snapshot.
+    nodes = rigs.make(3, compaction=40)
+    await asyncio.gather(*(n.start() for n in nodes))
+    leader = await find_leader(nodes)
+    lagging = next(n for n in nodes if n is not leader)
+    await lagging.stop()
+    acked = {}
+    for i in range(200):
+        r = await leader.call("event", message=f"s{i}", timeout=10)
+        assert r["ok"], r
+        acked[f"s{i}"] = r["seq"]
+    r = await leader.call("host", name="node7", state="installed", timeout=10)
+    assert r["ok"], r
+    await lagging.start()
+    await check_has_all(lagging, acked)
+    assert (await lagging.call("wait_seq", seq=r["seq"], timeout=15))["ok"]
+    events = (await lagging.call("read", what="events"))["events"]
+    assert events == (await leader.call("read", what="events"))["events"]
+    host = (await lagging.call("read", what="host", name="node7"))["host"]
+    assert host["state"] == "installed"
+    assert (lagging.data_dir / "raft.dump").exists()
