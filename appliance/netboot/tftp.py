@@ -98,7 +98,7 @@ class TftpServer:
         self.counters = TftpCounters()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._transfers: set[Transfer] = set()
+        self._transfers: dict[tuple[str, int], Transfer] = {}
 
     async def start(self) -> None:
         """Bind the listening socket; raises OSError (e.g. port in use, unknown interface)."""
@@ -121,12 +121,12 @@ class TftpServer:
                  roots=self.resolver.roots)
 
     async def close(self) -> None:
-        """Stop listening, abort running transfers (clients get an ERROR) and wait for them."""
+        """Stop listening and abort running transfers (their clients get an ERROR packet)."""
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
-        for transfer in list(self._transfers):
+        for transfer in list(self._transfers.values()):
             transfer.abort("server shutting down")
         self._transfers.clear()
 
@@ -166,6 +166,11 @@ class TftpServer:
         except MalformedPacket as exc:
             self.counters.packets_malformed += 1
             log.debug("tftp.request.malformed", client=peer, reason=str(exc))
+            return
+        if client in self._transfers:
+            # The client resent its request before our first packet reached it: the running
+            # transfer already answers it; a second one would race it from another port.
+            log.debug("tftp.request.duplicate", client=peer, file=request.filename)
             return
         if request.opcode == OP_WRQ:
             self._refuse(client, local, request, ErrorCode.ACCESS_VIOLATION, "access violation",
@@ -238,7 +243,7 @@ class TftpServer:
         started = time.monotonic()
 
         def on_done(transfer: Transfer, outcome: Outcome) -> None:
-            self._transfers.discard(transfer)
+            self._transfers.pop(client, None)
             duration = round(time.monotonic() - started, 6)
             if outcome.ok:
                 self.counters.transfers_completed += 1
@@ -262,7 +267,7 @@ class TftpServer:
             on_done=on_done,
         )
         self.counters.transfers_started += 1
-        self._transfers.add(transfer)
+        self._transfers[client] = transfer
         log.info("tftp.transfer.start", **fields)
         transfer.start()
 
