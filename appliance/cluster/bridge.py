@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 from pysyncobj import FAIL_REASON
+from pysyncobj.syncobj import SyncObjException
 
 from appliance.cluster import commands
 from appliance.cluster.errors import (
@@ -93,6 +94,10 @@ class Cluster:
             self._node = await asyncio.wrap_future(built)
         except ClusterStartError:
             raise
+        except SyncObjException as exc:
+            raise ClusterStartError(
+                f"raft node {self.settings.self_address}: cannot bind its address (in use, "
+                f"or not an address of this host): {exc.errorCode}") from exc
         except Exception as exc:
             raise ClusterStartError(f"raft node {self.settings.self_address}: {exc}") from exc
         log.info("cluster_started", address=self.settings.self_address,

@@ -206,7 +206,7 @@ class RaftNode(SyncObj):
             appendEntriesUseBatch=t.use_batch,
             bindAddress=settings.self_address,
             bindRetryTime=0.2,
-            maxBindRetries=25,
+            maxBindRetries=10,
             journalFile=str(data_dir / "raft.journal"),
             fullDumpFile=str(data_dir / "raft.dump"),
             serializer=self._vq_serialize,

@@ -14,6 +14,7 @@ from raft_node import free_ports
 from appliance.cluster import (
     Cluster,
     ClusterSettings,
+    ClusterStartError,
     CommandRejected,
     InvalidCommand,
     NoQuorum,
@@ -168,3 +169,18 @@ async def test_peer_with_the_wrong_password_gets_nothing(tmp_path, password_file
     assert intruder.status.leader is None
     for g in good:
         assert addrs[2] not in g.status.connected
+
+
+async def test_start_failures_are_clear(tmp_path, password_file):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    addr = f"127.0.0.1:{taken.getsockname()[1]}"
+    try:
+        with pytest.raises(ClusterStartError, match="cannot bind"):
+            await Cluster(settings(tmp_path, password_file, addr, [addr])).start()
+    finally:
+        taken.close()
+    missing = tmp_path / "no-such-password"
+    with pytest.raises(ClusterStartError, match="password file"):
+        await Cluster(settings(tmp_path, missing, addr, [addr])).start()
