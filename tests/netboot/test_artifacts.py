@@ -60,7 +60,8 @@ class Upstream:
 
 @contextlib.asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[tuple[str, web.AppRunner]]:
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a client that hangs up cancels its handler, as it may in production.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
@@ -229,6 +230,27 @@ async def test_twenty_concurrent_first_requests_cause_one_upstream_fetch(
     assert upstream.hits["vmlinuz"] == 1
     assert peer.cache.counters.misses == 20
     assert peer.cache.counters.fetches == 1
+
+
+async def test_client_hanging_up_does_not_cancel_the_shared_fetch(
+        upstream: Upstream, peer: Peer) -> None:
+    upstream.gate = asyncio.Event()
+    peer.cache.register([artifact(upstream)])
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-o", "/dev/null", peer.url(), stderr=asyncio.subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while upstream.hits["vmlinuz"] < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    proc.kill()  # the only client goes away while the fetch is under way
+    await proc.wait()
+    upstream.gate.set()
+    while not peer.cache.cached(SHA) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert peer.cache.cached(SHA)
+    got = await curl(peer.url())
+    assert (got.status, got.body == DATA) == (200, True)
+    assert upstream.hits["vmlinuz"] == 1
+    assert peer.cache.counters.hits == 1
 
 
 async def test_range_and_conditional_requests(upstream: Upstream, peer: Peer) -> None:
