@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from appliance.config import PeerConfig
+from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
 from appliance.netboot.dhcp_server import DhcpServer
@@ -62,6 +63,8 @@ class Peer:
         self.revision: Revision | None = None
         self.table: BootTable | None = None
         self.progress = LocalProgress(config.data_dir)
+        self.artifacts: ArtifactCache | None = None
+        self._prefetch: asyncio.Task[object] | None = None
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
         self._dhcp: DhcpServer | None = None
@@ -96,6 +99,15 @@ class Peer:
                  hosts=len(table.hosts), site=self.config.site)
         return table
 
+    async def _artifact(self, request: web.Request) -> web.StreamResponse:
+        """The cache's handler, with the requesting host's name on its log lines: each
+        request runs in its own task context, so the binding stays with this request."""
+        assert self.artifacts is not None and self.table is not None
+        host = self.table.by_ip.get(request.remote or "")
+        if host is not None:
+            structlog.contextvars.bind_contextvars(host=host)
+        return await self.artifacts.handler(request)
+
     def _on_event(self, kind: str, **fields: object) -> None:
         log.info("event", kind=kind, **fields)
 
@@ -112,8 +124,11 @@ class Peer:
         table = await self.load()
         cfg = self.config
         state = BootState(table, self.progress, list(cfg.tftp.roots), self._on_event)
+        self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
+        self.artifacts.register(table.artifacts())
         app = web.Application()
         add_boot_routes(app, state)
+        app.router.add_get("/artifacts/{sha256}/{name}", self._artifact)
         app.router.add_get("/healthz", lambda _: web.json_response({"ok": True}))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -132,6 +147,9 @@ class Peer:
             await self._dhcp.start()
             log.info("dhcp.listening", interface=cfg.interface, mode=table.site.netboot.dhcp_mode,
                      reservations=len(table.dhcp.reservations))
+        # Warm the cache so the first boot of a storm does not wait on the upstream mirror.
+        self._prefetch = asyncio.create_task(
+            self.artifacts.prefetch(a.sha256 for a in table.artifacts()))
 
     async def stop(self) -> None:
         if self._dhcp is not None:
@@ -143,6 +161,12 @@ class Peer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            self._prefetch = None
+        if self.artifacts is not None:
+            await self.artifacts.close()
+            self.artifacts = None
 
 
 async def serve(config: PeerConfig) -> None:

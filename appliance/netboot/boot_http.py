@@ -165,7 +165,7 @@ async def phone_home(request: web.Request) -> web.Response:
     stages = state.table.stages(host)
     state.count("phone_homes")
     log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),
-             done=record.done >= stages, report=body[:200] or None)
+             done=record.done >= stages, report=body[:1024] or None)
     state.event("stage-done", host=host, stage=stage, revision=state.table.sha)
     return web.json_response({"host": host, "stage": stage, "done": record.done,
                               "workflow_done": record.done >= stages})

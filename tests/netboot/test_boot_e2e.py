@@ -1,0 +1,137 @@
+"""End to end: real firmware netboots from a `vaq-peer serve` process and phones home.
+
+A BIOS guest (SeaBIOS + the e1000's iPXE ROM) and a UEFI guest (OVMF's own PXE, then
+snponly.efi by TFTP, then iPXE) each: get their reservation by DHCP, chain to the peer's
+HTTP, receive their stage script, load kernel and initrd from the peer's artifact cache
+(verified by sha256 from a file:// upstream), boot the test OS, which phones home with the
+per-host token. The assertion is the peer's own record of each phone-home, not console text.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools.rigs.netns import NetnsRig
+from tools.rigs.qemu_guest import QemuGuest
+from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
+from tools.rigs.test_kernel import build_test_os
+
+pytestmark = pytest.mark.slow
+SERVER = "198.18.0.2"
+GUESTS = {"bios-01": ("52:54:00:e2:00:01", "198.18.0.21", "bios"),
+          "uefi-01": ("52:54:00:e2:00:02", "198.18.0.22", "uefi")}
+
+
+def write_sot(root: Path, kernel: Path, kernel_sha: str, initrd: Path, initrd_sha: str) -> None:
+    (root / "sites/e2e").mkdir(parents=True)
+    (root / "os").mkdir()
+    (root / "boot").mkdir()
+    (root / "workflows").mkdir()
+    (root / "sites/e2e/env.yml").write_text(f"""
+id: e2e
+subnets:
+  - {{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], domain: e2e.test}}
+peers:
+  - {{name: peer-1, address: {SERVER}}}
+netboot: {{http_port: 8080}}
+""")
+    hosts = [f"""name: {name}
+workflow: testos
+interfaces:
+  - {{type: physical, mac: "{mac}", subnet: boot, ipv4: {ip}}}
+""" for name, (mac, ip, _) in GUESTS.items()]
+    (root / "sites/e2e/cluster-guests.yml").write_text("---\n".join(hosts))
+    (root / "os/testos.yml").write_text(f"""
+id: testos
+os_family: busybox
+major_version: "1"
+boot:
+  kernel: {{url: "file://{kernel}", sha256: {kernel_sha}, name: vmlinuz}}
+  initrd:
+    - {{url: "file://{initrd}", sha256: {initrd_sha}, name: initrd.img}}
+cmdline:
+  - console: ttyS0
+  - panic: "-1"
+  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
+""")
+    (root / "boot/testos.yml").write_text("id: testos\noperating_system: testos\n")
+    (root / "workflows/testos.yml").write_text(
+        "id: testos\nstages:\n  - {name: boot, boot: testos, timeout: 300}\n"
+        "rollout: {max_concurrent: 2}\n")
+
+
+@pytest.fixture(scope="module")
+def guest_os():
+    return build_test_os()
+
+
+def test_bios_and_uefi_guests_boot_from_the_peer_and_phone_home(guest_os, tmp_path: Path) -> None:
+    for firmware in ("bios", "uefi"):
+        reason = qemu_unavailable(firmware)
+        if reason:
+            pytest.skip(reason)
+    sot = tmp_path / "sot"
+    write_sot(sot, guest_os.kernel, guest_os.kernel_sha256, guest_os.initrd,
+              guest_os.initrd_sha256)
+    secret = tmp_path / "secret"
+    secret.write_text("ZTJlLXRlc3Qtc2VjcmV0LWtleS0wMTIzNDU2Nzg5\n")
+    config = tmp_path / "peer.yaml"
+    config.write_text(f"site: e2e\npeer: peer-1\ndata_dir: {tmp_path / 'data'}\n"
+                      f"interface: br0\nsot: {{path: {sot}}}\ntoken_secret_file: {secret}\n")
+    log = tmp_path / "serve.log"
+    with NetnsRig() as rig:
+        srv = rig.netns("e2e")
+        rig.bridge(srv, "br0", f"{SERVER}/24")
+        with log.open("w") as out:
+            peer = srv.popen([str(Path(sys.executable).parent / "vaq-peer"), "serve",
+                              "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        guests = [QemuGuest(srv, "br0", mac=mac, firmware=fw, name=name)
+                  for name, (mac, _, fw) in GUESTS.items()]
+        try:
+            for guest in guests:
+                guest.start()
+            done = _wait_phone_homes(log, set(GUESTS), peer, timeout=240)
+        finally:
+            for guest in guests:
+                guest.close()
+            if peer.poll() is None:
+                peer.send_signal(signal.SIGTERM)
+                peer.wait(timeout=15)
+        consoles = "\n".join(f"--- {g.name}\n{g.console_tail()}" for g in guests)
+        assert set(done) == set(GUESTS), f"phone-homes: {done}\n{log.read_text()}\n{consoles}"
+        for name, line in done.items():
+            mac, ip, fw = GUESTS[name]
+            report = json.loads(line["report"])
+            assert report["mac"].lower() == mac and report["ip"] == ip, (name, report)
+            print(f"{name} ({fw}): phoned home {line['elapsed']:.1f} s after start")
+    journal = [json.loads(x) for x in (tmp_path / "data/progress.jsonl").read_text().splitlines()]
+    assert {(e["host"], e["done"]) for e in journal} == {(n, 1) for n in GUESTS}
+    steps = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    for name in GUESTS:  # every boot step of each host is in the log, by host name
+        seen = {s["event"] for s in steps if s.get("host") == name}
+        assert {"boot.script", "artifact.request", "boot.phone_home"} <= seen, (name, seen)
+
+
+def _wait_phone_homes(log: Path, hosts: set[str], peer: subprocess.Popen,
+                      timeout: float) -> dict[str, dict]:
+    start = time.monotonic()
+    found: dict[str, dict] = {}
+    while time.monotonic() - start < timeout and set(found) != hosts:
+        if peer.poll() is not None:
+            raise AssertionError(f"the peer exited {peer.returncode}:\n{log.read_text()}")
+        for line in log.read_text().splitlines():
+            if '"boot.phone_home"' not in line:
+                continue
+            entry = json.loads(line)
+            if entry.get("host") in hosts and entry["host"] not in found:
+                entry["elapsed"] = time.monotonic() - start
+                found[entry["host"]] = entry
+        time.sleep(1)
+    return found
