@@ -3,6 +3,7 @@
 Use `Cluster(ClusterSettings(...))`: `await start()`, replicated writes (`observe_revision`,
 `transition_revision`, `approve_revision`, `set_host`, `record_intent`, `record_result`,
 `append_event`, `add_peer`, `remove_peer`), local reads, `follow_events`, `status`.
+Writers that must not wait on Raft (the data plane) use `EventOutbox`.
 
 pysyncobj <= 0.3.17 replaces `socket.inet_ntop` for the whole process with a Windows-only
 implementation when it is imported (`pysyncobj/win_inet_pton.py` assigns it outside its
@@ -29,6 +30,7 @@ from appliance.cluster.errors import (  # noqa: E402
     NoQuorum,
     NotLeader,
 )
+from appliance.cluster.outbox import EventOutbox  # noqa: E402
 from appliance.cluster.raft import (  # noqa: E402
     PYSYNCOBJ_DEFAULT,
     TUNED,
@@ -46,6 +48,7 @@ __all__ = [
     "ClusterStartError",
     "CommandRejected",
     "CommitTimeout",
+    "EventOutbox",
     "InvalidCommand",
     "MembershipChangeDenied",
     "NoLeader",

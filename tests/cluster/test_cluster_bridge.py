@@ -16,6 +16,7 @@ from appliance.cluster import (
     ClusterSettings,
     ClusterStartError,
     CommandRejected,
+    EventOutbox,
     InvalidCommand,
     NoQuorum,
     NotLeader,
@@ -184,3 +185,26 @@ async def test_start_failures_are_clear(tmp_path, password_file):
     missing = tmp_path / "no-such-password"
     with pytest.raises(ClusterStartError, match="password file"):
         await Cluster(settings(tmp_path, missing, addr, [addr])).start()
+
+
+async def test_outbox_keeps_events_until_a_majority_is_back(tmp_path, password_file, started):
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    first = await started(settings(tmp_path, password_file, addrs[0], addrs))
+    outbox = EventOutbox(first, retry=0.05)
+    drain = asyncio.create_task(outbox.run())
+    try:
+        for i in range(5):
+            outbox.put("dhcp.unknown_mac", message=f"52:54:00:00:00:0{i}")
+        await asyncio.sleep(0.5)  # nothing can commit: 1 of 3 peers
+        assert len(outbox) == 5 and first.events_since(0)["events"] == []
+        await asyncio.gather(*(started(settings(tmp_path, password_file, a, addrs))
+                               for a in addrs[1:]))
+        for _ in range(200):
+            if not len(outbox):
+                break
+            await asyncio.sleep(0.05)
+        assert len(outbox) == 0 and outbox.sent == 5
+        events = [e for e in first.events_since(0)["events"] if e["kind"] == "dhcp.unknown_mac"]
+        assert [e["message"] for e in events] == [f"52:54:00:00:00:0{i}" for i in range(5)]
+    finally:
+        drain.cancel()
