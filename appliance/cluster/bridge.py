@@ -357,6 +357,25 @@ class Cluster:
                 next_try = now + 0.2
             await self._wait_change(0.05)
 
+    async def raft_details(self, timeout: float = 2.0) -> dict[str, Any]:
+        """pysyncobj's own status (log length, per-peer match indexes...) for diagnostics.
+        Collected on the tick thread, where that state lives."""
+        node = self.node
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def collect() -> None:
+            try:
+                details = {k: (str(v) if v is not None and not isinstance(v, int | float | str)
+                               else v) for k, v in node.getStatus().items()}
+            except Exception as exc:  # never raise on the tick thread
+                details = {"error": str(exc)}
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(details))
+
+        node.vq_call_soon(collect)
+        return await asyncio.wait_for(fut, timeout)
+
     # ---- reads (local replica) ----------------------------------------------------------
 
     def revision(self, sha: str) -> dict | None:

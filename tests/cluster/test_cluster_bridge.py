@@ -105,6 +105,9 @@ async def test_three_peers_in_process(tmp_path, password_file, started):
     leader = next(c for c in cs if c.settings.self_address == leader_addr)
     follower = next(c for c in cs if c is not leader)
 
+    details = await follower.raft_details()
+    assert details["leader"] == leader_addr and details["partner_nodes_count"] == 2
+
     # Leader-only operation on a follower names the leader.
     with pytest.raises(NotLeader) as exc:
         await follower.record_intent("node1", "power_cycle")
