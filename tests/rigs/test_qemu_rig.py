@@ -25,7 +25,7 @@ from aiohttp import web
 
 from tools.rigs.netns import LoopThread, Netns, NetnsRig, sweep_stale
 from tools.rigs.netns import unavailable_reason as netns_unavailable
-from tools.rigs.qemu_guest import KERNEL_ARGS, QemuGuest
+from tools.rigs.qemu_guest import KERNEL_ARGS, QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
 from tools.rigs.test_kernel import GuestOS, build_test_os, parse_phone_home
 
@@ -129,7 +129,9 @@ def test_os() -> GuestOS:
 
 
 @pytest.fixture
-def boot_network(tmp_path: Path, test_os: GuestOS) -> Iterator[tuple[NetnsRig, Netns, BootServer]]:
+def boot_network(
+    tmp_path: Path, test_os: GuestOS
+) -> Iterator[tuple[NetnsRig, Netns, BootServer, Path]]:
     for reason in (netns_unavailable(), qemu_unavailable("uefi")):
         if reason:
             pytest.skip(reason)
@@ -139,12 +141,13 @@ def boot_network(tmp_path: Path, test_os: GuestOS) -> Iterator[tuple[NetnsRig, N
         rig.bridge(srv, "br0", f"{SERVER}/24")
         server = BootServer(test_os)
         dnsmasq_log = start_dnsmasq(rig, srv, tmp_path)
-        with LoopThread(srv.path) as loop:
+        # Without an IPv6 router on the link, iPXE waits ~14 s per start (see RouterAdvertiser).
+        with LoopThread(srv.path) as loop, RouterAdvertiser(srv, "br0"):
             runner = web.AppRunner(server.app(), access_log=None)
             loop.run(runner.setup())
             loop.run(web.TCPSite(runner, SERVER, 8080).start())
             try:
-                yield rig, srv, server
+                yield rig, srv, server, dnsmasq_log
             finally:
                 loop.run(runner.cleanup())
                 print("--- dnsmasq log tail ---\n" + "\n".join(
@@ -154,10 +157,10 @@ def boot_network(tmp_path: Path, test_os: GuestOS) -> Iterator[tuple[NetnsRig, N
 
 @pytest.mark.slow
 def test_bios_and_uefi_guests_netboot_and_phone_home(
-    boot_network: tuple[NetnsRig, Netns, BootServer], tmp_path: Path
+    boot_network: tuple[NetnsRig, Netns, BootServer, Path], tmp_path: Path
 ) -> None:
     """Both guests in parallel (one core each): firmware PXE -> iPXE -> HTTP -> Linux -> POST."""
-    _rig, srv, server = boot_network
+    _rig, srv, server, dnsmasq_log = boot_network
     guests = {
         fw: QemuGuest(srv, "br0", mac, fw, workdir=tmp_path / fw) for fw, (mac, _) in GUESTS.items()
     }
@@ -184,6 +187,10 @@ def test_bios_and_uefi_guests_netboot_and_phone_home(
         for guest in guests.values():
             guest.close()
         print("boot to phone home (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    # The UEFI firmware's own PXE client fetched the NBP by TFTP (the BIOS guest's ROM is
+    # already iPXE, so it goes straight to boot.ipxe over HTTP).
+    assert f"snponly.efi to {GUESTS['uefi'][1]}" in dnsmasq_log.read_text()
+    assert "boot.ipxe" in "\n".join(r for r in server.requests if GUESTS["bios"][1] in r)
     # Both guests left nothing behind: their taps are gone from the namespace.
     links = srv.run("ip", "-o", "link", "show").stdout
     assert all(g.tap not in links for g in guests.values()), links

@@ -275,7 +275,13 @@ done
 [ -n "$IFACE" ] || fail "no network interface"
 mark "nic $IFACE $MAC"
 ip link set "$IFACE" up
-udhcpc -i "$IFACE" -f -q -n -t 6 -T 2 -s /bin/udhcpc.script || fail "udhcpc on $IFACE"
+# A DISCOVER sent before the link is up is lost and costs a whole retry: wait for carrier.
+i=0
+while [ "$(cat "/sys/class/net/$IFACE/carrier" 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do
+  i=$((i+1)); usleep 50000
+done
+mark "link $IFACE carrier=$(cat "/sys/class/net/$IFACE/carrier" 2>/dev/null)"
+udhcpc -i "$IFACE" -f -q -n -t 10 -T 1 -s /bin/udhcpc.script || fail "udhcpc on $IFACE"
 [ -s /tmp/ip ] || fail "udhcpc gave no address"
 IP=$(cat /tmp/ip)
 mark "dhcp $IFACE $IP"
