@@ -15,7 +15,6 @@ Where replies go (RFC 2131 4.1, and what we chose):
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,7 +154,7 @@ class Responder:
         if host is None:
             self._unknown(req, src)
             return None
-        if req.giaddr != wire.ZERO_IP and ipaddress.IPv4Address(req.giaddr) not in host.network:
+        if req.giaddr != wire.ZERO_IP and not host.on_subnet(req.giaddr):
             # A relay on another subnet: our answer would hand out an unroutable address.
             self.counters.inc("wrong_subnet")
             return None

@@ -106,6 +106,15 @@ class Host:
     inform_opts: bytes  # the same without lease time (ACK to INFORM)
     boot: BootFiles
     _bodies: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    net_addr: int = 0  # the subnet as integers, for a cheap "is this relay ours" test
+    net_mask: int = 0
+
+    def __post_init__(self) -> None:
+        self.net_addr = int(self.network.network_address)
+        self.net_mask = int(self.network.netmask)
+
+    def on_subnet(self, address: bytes) -> bool:
+        return int.from_bytes(address, "big") & self.net_mask == self.net_addr
 
 
 @dataclass(frozen=True, slots=True)
