@@ -212,6 +212,9 @@ class Transfer:
         on_done, self._on_done = self._on_done, None
         if on_done is None:
             return
+        if not ok and self._oack is None and self._sent == self._last:
+            # Every block went out; the client may well have the file and just exited.
+            reason = f"final ACK not received ({reason})"
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -355,6 +355,34 @@ async def fetch_after_rrq(client: RawClient, first: int = 1) -> bytes:
     raise AssertionError("transfer did not end")
 
 
+async def test_final_ack_missing_is_reported_as_such(server, client) -> None:
+    with structlog.testing.capture_logs() as logs:
+        client.rrq(server.port, "small.bin")
+        for block in range(1, 5):
+            op, body = await client.recv()
+            assert (op, body[:2]) == (3, struct.pack("!H", block))
+            if block < 4:
+                client.ack(block)
+        await wait_for(lambda: server.counters.transfers_failed == 1, "failure")
+    ends = [e for e in logs if e["event"] == "tftp.transfer.end"]
+    assert ends[0]["reason"] == "final ACK not received (timeout)"
+
+
+async def test_transfer_limit_refuses_with_an_error(root, client) -> None:
+    srv = TftpServer(roots=[root], host=HOST, port=0, max_transfers=1)
+    await srv.start()
+    other = RawClient()
+    try:
+        client.rrq(srv.port, "small.bin")
+        assert (await client.recv())[0] == 3
+        other.rrq(srv.port, "small.bin")
+        assert await other.recv() == (5, b"\x00\x00server busy\x00")
+        assert srv.counters.requests_refused == 1
+    finally:
+        other.close()
+        await srv.close()
+
+
 async def test_close_aborts_running_transfers_with_an_error(root, client) -> None:
     srv = TftpServer(roots=[root], host=HOST, port=0)
     await srv.start()
