@@ -134,6 +134,8 @@ class Responder:
             return None
         counters = self.counters
         counters.inc(wire.MESSAGE_NAMES.get(req.msg_type, "other"))
+        if port == PXE_PORT:
+            counters.inc("pxe_port")  # boot server requests (proxy mode), a subset of the above
         if req.htype != 1 or req.hlen != 6:
             counters.inc("ignored")  # only Ethernet hardware is declared
             return None

@@ -115,7 +115,7 @@ def test_proxy_answers_the_boot_server_request_on_4011(
     finally:
         c.close()
     o = opts(ack)
-    assert server.counters["replies"] == 1
+    assert server.counters["replies"] == 1 and server.counters["pxe_port"] == 1
     assert src == (SERVER_IP, 4011)
     assert o["message-type"] == 5 and ack.xid == 0x7201
     assert ack.ciaddr == "198.18.0.120" and ack.yiaddr == "0.0.0.0"
