@@ -38,7 +38,13 @@ _RECV_VIEW = memoryview(_RECV_BUF)
 
 @dataclass(slots=True)
 class TftpCounters:
-    """Monotonic counters for the peer's /metrics (active is a gauge)."""
+    """Monotonic counters for the peer's /metrics (`active` is a gauge).
+
+    transfers_*: read transfers that got past path checks; requests_refused: requests answered
+    with an ERROR instead (missing file, access violation, WRQ, bad mode, busy);
+    packets_malformed: datagrams ignored because they could not be parsed; bytes_sent: DATA
+    payload put on the wire, retransmissions included.
+    """
 
     transfers_started: int = 0
     transfers_completed: int = 0
