@@ -11,7 +11,9 @@ console text.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -25,9 +27,15 @@ from aiohttp import web
 
 from tools.rigs.netns import LoopThread, Netns, NetnsRig, sweep_stale
 from tools.rigs.netns import unavailable_reason as netns_unavailable
-from tools.rigs.qemu_guest import KERNEL_ARGS, QemuGuest, RouterAdvertiser
+from tools.rigs.qemu_guest import KERNEL_ARGS, GuestError, QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
-from tools.rigs.test_kernel import GuestOS, build_test_os, parse_phone_home
+from tools.rigs.test_kernel import (
+    GuestOS,
+    build_initramfs,
+    build_test_os,
+    parse_phone_home,
+    sha256_file,
+)
 
 SERVER = "198.18.0.1"
 HTTP = f"http://{SERVER}:8080"
@@ -194,3 +202,76 @@ def test_bios_and_uefi_guests_netboot_and_phone_home(
     # Both guests left nothing behind: their taps are gone from the namespace.
     links = srv.run("ip", "-o", "link", "show").stdout
     assert all(g.tap not in links for g in guests.values()), links
+
+
+# --- the rig's own guarantees: cleanup, bounded waits, panic=-1, the initramfs ---------------
+
+
+@pytest.fixture
+def bare_bridge() -> Iterator[Netns]:
+    """A namespace with a bridge and no servers at all."""
+    for reason in (netns_unavailable(), qemu_unavailable("bios")):
+        if reason:
+            pytest.skip(reason)
+    with NetnsRig() as rig:
+        ns = rig.netns("bare")
+        rig.bridge(ns, "br0", f"{SERVER}/24")
+        yield ns
+
+
+def test_guest_without_answers_times_out_and_is_cleaned_up(bare_bridge: Netns) -> None:
+    """No DHCP server: the bounded wait raises with the console, close() kills QEMU and its tap."""
+    guest = QemuGuest(bare_bridge, "br0", GUESTS["bios"][0], "bios")
+    with guest:
+        assert guest.tap in bare_bridge.run("ip", "-o", "link", "show", "master", "br0").stdout
+        guest.wait_console(r"iPXE", timeout=60)  # the ROM runs, and gets no answer
+        with pytest.raises(GuestError, match="still running after 1 s"):
+            guest.wait_exit(timeout=1)
+        proc = guest.proc
+    assert proc is not None and proc.poll() is not None
+    assert guest.tap not in bare_bridge.run("ip", "-o", "link", "show").stdout
+    assert not guest.workdir.exists()  # its own temporary directory is gone too
+
+
+@pytest.mark.slow
+def test_kernel_panic_with_panic_minus_one_ends_qemu(bare_bridge: Netns, test_os: GuestOS) -> None:
+    """The `panic=-1` + `-no-reboot` guidance: a boot that cannot run init ends QEMU by itself."""
+    append = f"{KERNEL_ARGS} rdinit=/does-not-exist init=/does-not-exist"
+    with QemuGuest(
+        bare_bridge, "br0", GUESTS["bios"][0], "bios",
+        kernel=test_os.kernel, initrd=test_os.initrd, append=append,
+    ) as guest:  # fmt: skip
+        guest.wait_exit(timeout=BOOT_TIMEOUT)
+        assert "Kernel panic" in guest.console_text(), guest.console_tail()
+
+
+def test_initramfs_has_init_busybox_and_modules_in_dependency_order(
+    test_os: GuestOS, tmp_path: Path
+) -> None:
+    """Unpacked with GNU cpio; module dependencies read back with busybox `strings`."""
+    assert sha256_file(test_os.initrd) == test_os.initrd_sha256
+    assert sha256_file(test_os.kernel) == test_os.kernel_sha256
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(
+        ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
+        input=gzip.decompress(test_os.initrd.read_bytes()), cwd=root, check=True, timeout=60,
+    )  # fmt: skip
+    init = root / "init"
+    assert os.access(init, os.X_OK) and "vaq.phone_home=" in init.read_text()
+    assert os.readlink(root / "bin/udhcpc") == "busybox" and (root / "bin/busybox").is_file()
+    assert (root / "dev/console").is_char_device()
+    order = (root / "lib/modules/load.order").read_text().split()
+    names = [ko.removesuffix(".ko").replace("-", "_") for ko in order]
+    assert {"e1000", "virtio_net", "virtio_pci"} <= set(names)
+    for i, ko in enumerate(order):
+        strings = subprocess.run(
+            ["busybox", "strings", str(root / "lib/modules" / ko)],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.splitlines()  # fmt: skip
+        deps = [d for s in strings if s.startswith("depends=") for d in s[8:].split(",") if d]
+        for dep in deps:
+            assert dep.replace("-", "_") in names[:i], f"{ko} needs {dep} loaded before it"
+    # Deterministic: the same inputs rebuild the very same bytes (what a SoT's sha256 relies on).
+    modules = [root / "lib/modules" / ko for ko in order]
+    assert build_initramfs(modules, test_os.markers) == test_os.initrd.read_bytes()

@@ -93,6 +93,21 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _deb_sha256(path: Path) -> str:
+    """sha256 of a (70 MB) .deb, remembered next to it: a cached build should cost no hashing."""
+    st = path.stat()
+    memo = path.with_name(path.name + ".sha256")
+    stamp = f"{st.st_size} {st.st_mtime_ns}"
+    with contextlib.suppress(OSError, ValueError):
+        got_stamp, digest = memo.read_text().rsplit(" ", 1)
+        if got_stamp == stamp and len(digest.strip()) == 64:
+            return digest.strip()
+    digest = sha256_file(path)
+    with contextlib.suppress(OSError):  # a read-only cache (VAQ_TEST_KERNEL_DEB) is fine
+        memo.write_text(f"{stamp} {digest}\n")
+    return digest
+
+
 def parse_phone_home(body: bytes | str) -> dict[str, str]:
     """The test OS's phone-home body as a dict (raises ValueError on anything else)."""
     data = json.loads(body)
@@ -108,8 +123,37 @@ def _run(argv: Sequence[str], timeout: float = 600, **kw: Any) -> subprocess.Com
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def _resolve_package() -> tuple[str, str, str] | None:
-    """(package, version, sha256 of the .deb) that linux-image-amd64 points to, from apt's lists."""
+def _apt_stamp() -> str:
+    """Changes whenever apt's view of the archive changes (apt-get update rewrites the lists)."""
+    parts = []
+    for p in ("/var/lib/apt/lists", "/var/cache/apt/pkgcache.bin", "/etc/apt/sources.list.d"):
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            parts.append(f"{p}:{st.st_mtime_ns}:{st.st_size}")
+    return " ".join(parts)
+
+
+def _resolve_package(cache: Path) -> tuple[str, str, str] | None:
+    """(package, version, sha256 of the .deb) that linux-image-amd64 points to, from apt's lists.
+
+    Remembered in the cache while apt's lists are unchanged: apt-cache takes seconds, and a
+    cached build should be instant.
+    """
+    memo = cache / "debs" / "resolved.json"
+    stamp = _apt_stamp()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        got = json.loads(memo.read_text())
+        if got["stamp"] == stamp:
+            return got["package"], got["version"], got["sha256"]
+    resolved = _resolve_with_apt()
+    if resolved is not None:
+        with contextlib.suppress(OSError):
+            keys = ("package", "version", "sha256")
+            memo.write_text(json.dumps({"stamp": stamp, **dict(zip(keys, resolved, strict=True))}))
+    return resolved
+
+
+def _resolve_with_apt() -> tuple[str, str, str] | None:
     if shutil.which("apt-cache") is None:
         return None
     dep = _run(["apt-cache", "depends", META_PACKAGE], timeout=60)
@@ -144,39 +188,40 @@ def fetch_kernel_deb(cache: Path | None = None) -> Path:
         if not os.path.isfile(override):
             raise TestKernelError(f"VAQ_TEST_KERNEL_DEB={override} does not exist")
         return Path(override)
-    debs = (cache or cache_dir()) / "debs"
+    cache = cache or cache_dir()
+    debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    resolved = _resolve_package()
-    if resolved is None:
-        cached = sorted(debs.glob("linux-image-*-amd64_*.deb"), key=lambda p: p.stat().st_mtime)
-        if cached:
-            return cached[-1]
-        raise TestKernelError(
-            f"cannot resolve {META_PACKAGE} with apt-cache and no kernel .deb is cached in {debs}:"
-            " run `apt-get update` (Debian mirrors needed once), or set VAQ_TEST_KERNEL_DEB"
-        )
-    package, version, want_sha = resolved
-    target = debs / _deb_name(package, version)
-    if target.is_file() and sha256_file(target) == want_sha:
-        return target
-    errors = []
+    resolved = _resolve_package(cache)
+    errors: list[str] = []
     for attempt in range(2):
-        if attempt == 1:
+        if attempt == 1:  # stale or missing lists: refresh once, then resolve again
             upd = _run(["apt-get", "update", "-q"], timeout=600)
             if upd.returncode != 0:
-                errors.append(f"apt-get update: {upd.stderr.strip()[-400:]}")
+                errors.append(f"apt-get update failed: {upd.stderr.strip()[-400:]}")
                 break
+            resolved = _resolve_package(cache)
+        if resolved is None:
+            errors.append(f"apt-cache cannot resolve {META_PACKAGE}")
+            continue
+        package, version, want_sha = resolved
+        target = debs / _deb_name(package, version)
+        if target.is_file() and _deb_sha256(target) == want_sha:
+            return target
         got = _run(["apt-get", "download", f"{package}={version}"], timeout=900, cwd=debs)
         if got.returncode == 0 and target.is_file():
-            if sha256_file(target) == want_sha:
+            if _deb_sha256(target) == want_sha:
                 return target
             target.unlink()
             errors.append(f"{target.name}: sha256 differs from apt's lists")
         else:
             errors.append(f"apt-get download {package}={version}: {got.stderr.strip()[-400:]}")
+    cached = sorted(debs.glob("linux-image-*-amd64_*.deb"), key=lambda p: p.stat().st_mtime)
+    if cached:  # offline, but an earlier run downloaded one: good enough for a test OS
+        return cached[-1]
     raise TestKernelError(
-        "cannot download the test kernel (" + "; ".join(errors) + "). The rig needs Debian's"
-        " mirrors through apt once, or VAQ_TEST_KERNEL_DEB=<path to a linux-image-*-amd64 .deb>"
+        "cannot get the test kernel (" + "; ".join(errors) + "). The rig needs Debian's"
+        " mirrors through apt once (then it is cached in " + str(debs) + "), or"
+        " VAQ_TEST_KERNEL_DEB=<path to a linux-image-*-amd64 .deb>"
     )
 
 
@@ -418,7 +463,7 @@ def build_test_os(cache: Path | None = None, *, markers: bool = False) -> GuestO
         key_src = json.dumps(
             {
                 "builder": BUILDER_VERSION,
-                "deb": sha256_file(deb),
+                "deb": _deb_sha256(deb),
                 "busybox": sha256_file(BUSYBOX),
                 "init": INIT_TEMPLATE,
                 "udhcpc": UDHCPC_SCRIPT,
