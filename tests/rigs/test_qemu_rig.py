@@ -27,12 +27,14 @@ from aiohttp import web
 
 from tools.rigs.netns import LoopThread, Netns, NetnsRig, sweep_stale
 from tools.rigs.netns import unavailable_reason as netns_unavailable
-from tools.rigs.qemu_guest import KERNEL_ARGS, GuestError, QemuGuest, RouterAdvertiser
+from tools.rigs.qemu_guest import GuestError, QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
 from tools.rigs.test_kernel import (
+    KERNEL_ARGS,
     GuestOS,
     build_initramfs,
     build_test_os,
+    ipxe_script,
     parse_phone_home,
     sha256_file,
 )
@@ -46,13 +48,10 @@ GUESTS = {  # firmware -> (MAC, reserved address)
 }
 BOOT_TIMEOUT = 180  # s from QEMU start to phone home; measured ~30 s (BIOS), ~40 s (UEFI)
 
-BOOT_IPXE = f"""#!ipxe
-echo vaq-test boot.ipxe for ${{mac}}
-kernel {HTTP}/vmlinuz initrd=initrd.img {KERNEL_ARGS} vaq.markers=1 \
-vaq.phone_home={HTTP}/phone-home/${{mac:hexhyp}}
-initrd {HTTP}/initrd.img
-boot
-"""
+# ${mac:hexhyp} is expanded by iPXE: each guest phones home to its own URL.
+BOOT_IPXE = ipxe_script(
+    f"{HTTP}/vmlinuz", f"{HTTP}/initrd.img", f"{HTTP}/phone-home/${{mac:hexhyp}}", markers=True
+)
 
 
 @dataclass

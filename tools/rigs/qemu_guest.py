@@ -16,7 +16,7 @@ and deletes its tap, whatever happens in the block; waits are bounded. Use `-no-
 on) with `panic=-1` on the kernel command line so that a failed boot ends QEMU at once: the
 panic reboots, and QEMU exits instead of rebooting (a clean `poweroff -f` exits it too).
 
-Usage::
+Usage (the boot script: `tools.rigs.test_kernel.ipxe_script` / `kernel_cmdline`)::
 
     with NetnsRig() as rig:
         srv = rig.netns("srv")
@@ -55,14 +55,13 @@ from typing import Any, Literal
 import structlog
 
 from tools.rigs.netns import Netns
+from tools.rigs.test_kernel import KERNEL_ARGS
 
 log = structlog.get_logger("vaquero.rigs.qemu")
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-# The kernel command line a boot script should give the test OS (see tools.rigs.test_kernel).
-KERNEL_ARGS = "console=ttyS0 panic=-1"
 Firmware = Literal["bios", "uefi"]
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _counter = itertools.count(1)
@@ -87,8 +86,8 @@ class QemuGuest:
     """One netbooting VM on `bridge` in namespace `ns`; a context manager that always cleans up.
 
     `kernel`/`initrd`/`append` boot a kernel directly instead of PXE (handy to debug an
-    initramfs without the boot chain). `accel` defaults to TCG so results do not depend on
-    the host having KVM; pass "kvm" to go faster where it exists.
+    initramfs without the boot chain). `accel` defaults to TCG (or $VAQ_QEMU_ACCEL) so that
+    results do not depend on the host having KVM; "kvm" goes faster where it exists.
     """
 
     def __init__(
@@ -100,7 +99,7 @@ class QemuGuest:
         *,
         name: str | None = None,
         memory_mb: int = 256,
-        accel: str = "tcg",
+        accel: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
         kernel: str | os.PathLike[str] | None = None,
         initrd: str | os.PathLike[str] | None = None,
@@ -121,7 +120,7 @@ class QemuGuest:
         # Interface names are at most 15 characters; unique per process and guest.
         self.tap = f"vqt{os.getpid() % 100000}x{n}"[:15]
         self.memory_mb = memory_mb
-        self.accel = accel
+        self.accel = accel or os.environ.get("VAQ_QEMU_ACCEL") or "tcg"
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.extra_args = extra_args
         self._own_workdir = workdir is None
