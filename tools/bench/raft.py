@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import statistics
 import sys
@@ -164,7 +165,9 @@ ROWS = [
 
 def report(results: list[Result], window: int) -> None:
     names = [r.profile for r in results]
-    print(f"\nRaft on loopback, 3 peers, concurrency {window}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nRaft on loopback, 3 peers, concurrency {window}; load average {load} on "
+          f"{os.cpu_count()} CPUs (other load skews every column)")
     print(f"{'figure':32}" + "".join(f"{n:>20}" for n in names) + f"{'tuned gain (x)':>15}")
     by = {r.profile: r.figures for r in results}
     for key, label in ROWS:
