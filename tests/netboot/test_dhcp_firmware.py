@@ -1,9 +1,10 @@
 """Real PXE firmware against our DHCP server: OVMF's UEFI PXE and QEMU's iPXE ROM (SeaBIOS).
 
 What is checked is the first thing the firmware fetches after DHCP, caught by a bare listener
-on the server address: a TFTP read request (UEFI PXE loading the NBP) or an HTTP GET (iPXE
-following its script URL). That proves the firmware took our answer, which is the DHCP
-server's whole job; the rest of the chain belongs to the boot tests.
+on the server address: a TFTP read request (UEFI PXE loading the NBP), or an HTTP request
+(iPXE following its script URL, UEFI HTTP boot fetching the URL we gave for arch 16). That
+proves the firmware took our answer, which is the DHCP server's whole job; the rest of the
+chain belongs to the boot tests.
 
 The proxy cases put dnsmasq on the segment as the site's DHCP server (addresses only, no PXE
 settings): the firmware gets its address there and its boot file from us. UEFI behind a
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dhcp_support import SCRIPT_URL, SERVER_IP, BootNet, mac_of
+from dhcp_support import HTTP_BOOT_URL, SCRIPT_URL, SERVER_IP, BootNet, mac_of
 
 from tools.rigs.netns import Netns
 from tools.rigs.qemu_guest import QemuGuest
@@ -68,18 +69,38 @@ def first_fetch(sock: socket.socket, kind: str) -> tuple[bytes, str]:
     return request.split(b" ")[1], src[0]
 
 
+# OVMF tries PXEv4, PXEv6, then HTTPv4 on each NIC; these fw_cfg knobs switch PXE off so the
+# firmware goes straight to UEFI HTTP boot (DHCP with "HTTPClient", arch 16).
+HTTP_BOOT_ONLY = (
+    "-fw_cfg",
+    "name=opt/org.tianocore/IPv4PXESupport,string=n",
+    "-fw_cfg",
+    "name=opt/org.tianocore/IPv6PXESupport,string=n",
+)
+HTTP_BOOT_PATH = HTTP_BOOT_URL.split(SERVER_IP)[1].encode()
+
 CASES = [
-    # (firmware, mode, listener, expected fetch)
-    pytest.param("uefi", "proxy", "tftp", b"snponly.efi", id="uefi-behind-proxy"),
-    pytest.param("uefi", "server", "tftp", b"snponly.efi", id="uefi-full-server"),
-    pytest.param("bios", "proxy", "http", SCRIPT_URL.split("198.18.0.1")[1].encode(),
+    # (firmware, mode, listener, expected fetch, extra QEMU args)
+    pytest.param("uefi", "proxy", "tftp", b"snponly.efi", (), id="uefi-behind-proxy"),
+    pytest.param("uefi", "server", "tftp", b"snponly.efi", (), id="uefi-full-server"),
+    pytest.param("bios", "proxy", "http", SCRIPT_URL.split(SERVER_IP)[1].encode(), (),
                  id="ipxe-rom-behind-proxy"),
+    pytest.param("uefi", "server", "http", HTTP_BOOT_PATH, HTTP_BOOT_ONLY,
+                 id="uefi-http-boot-full-server"),
+    pytest.param("uefi", "proxy", "http", HTTP_BOOT_PATH, HTTP_BOOT_ONLY,
+                 id="uefi-http-boot-behind-proxy"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("firmware", "mode", "kind", "expected"), CASES)
+@pytest.mark.parametrize(("firmware", "mode", "kind", "expected", "qemu_args"), CASES)
 def test_firmware_boots_what_we_answer(
-    boot_net: BootNet, tmp_path: Path, firmware: str, mode: str, kind: str, expected: bytes
+    boot_net: BootNet,
+    tmp_path: Path,
+    firmware: str,
+    mode: str,
+    kind: str,
+    expected: bytes,
+    qemu_args: tuple[str, ...],
 ) -> None:
     reason = qemu_unavailable(firmware)  # type: ignore[arg-type]
     if reason or shutil.which("dnsmasq") is None:
@@ -96,6 +117,7 @@ def test_firmware_boots_what_we_answer(
             mac=mac_of(11),
             firmware=firmware,  # type: ignore[arg-type]
             workdir=tmp_path / "guest",
+            extra_args=qemu_args,
         ) as guest:
             try:
                 fetched, src = first_fetch(sock, kind)
