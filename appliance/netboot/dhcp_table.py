@@ -275,8 +275,12 @@ def boot_variant(req: wire.Request) -> str:
         return IPXE
     vc = req.vendor_class or b""
     arches = wire.client_arches(req)
-    if vc.startswith(b"HTTPClient") or ARCH_HTTP_X64 in arches:
+    if ARCH_HTTP_X64 in arches:
         return HTTP
+    if vc.startswith(b"HTTPClient"):
+        # Only x64 HTTP boot has a declared URL: an ARM64 (19) or IA32 (15) HTTP client must
+        # not be handed an x64 binary; it gets an address and no boot file.
+        return PLAIN if arches else HTTP
     if not vc.startswith(b"PXEClient"):
         return PLAIN
     arch = arches[0] if arches else ARCH_BIOS  # PXE 2.1 ROMs without option 93 are BIOS

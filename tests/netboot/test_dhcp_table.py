@@ -58,6 +58,7 @@ def test_table_needs_an_address_for_its_interface() -> None:
         ([("vendor_class_id", b"PXEClient"), ("pxe_client_architecture", b"\x00\x02")], t.PLAIN),
         ([("vendor_class_id", b"HTTPClient:Arch:00016")], t.HTTP),
         ([("pxe_client_architecture", b"\x00\x10")], t.HTTP),
+        ([("vendor_class_id", b"HTTPClient"), ("pxe_client_architecture", b"\x00\x13")], t.PLAIN),
         ([("vendor_class_id", b"PXEClient"), ("user_class", b"iPXE")], t.IPXE),
     ],
 )
