@@ -53,7 +53,14 @@ if str(ROOT) not in sys.path:
 HOSTS = 1000
 INITRD_MB = 64
 INITRD_NAME = "initrd.img"
-LOGS = ("none", "access", "structlog")
+# Our server's variants. none: no log line; access: aiohttp's access log (stdlib logging,
+# through appliance.log's formatter); structlog: our JSON line per request through
+# appliance.log's production pipeline (structlog -> stdlib -> ProcessorFormatter); direct:
+# the same JSON line with structlog writing straight to the file (no stdlib logging);
+# uvloop: no log, uvloop's event loop (only when it happens to be installed).
+VARIANTS = ("none", "access", "structlog", "direct")
+# One log line per 64 MiB does not matter: the file case runs with these only.
+FILE_VARIANTS = ("nginx", "none", "structlog", "uvloop")
 SCRIPT = """#!ipxe
 # {name} ({mac}), revision {revision}, stage 1 of 2: install
 set base-url http://198.18.0.1:8080
@@ -101,11 +108,26 @@ def serve_ours(port: int, cache_dir: Path, initrd_sha: str, log: str) -> None:
     from appliance.sot.models import Artifact
 
     configure_logging("json")  # production's pipeline; stdout is a file in the temp dir
+    if log == "direct":
+        import structlog
+
+        structlog.configure(
+            processors=[structlog.contextvars.merge_contextvars,
+                        structlog.processors.add_log_level,
+                        structlog.processors.TimeStamper(fmt="iso", utc=True),
+                        structlog.processors.JSONRenderer()],
+            logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            cache_logger_on_first_use=True)
+    if log == "uvloop":
+        import uvloop
+
+        uvloop.install()
     access_log = None
     if log == "access":
         access_log = logging.getLogger("aiohttp.access")
         access_log.setLevel(logging.INFO)
-    per_request = log == "structlog"
+    per_request = log in ("structlog", "direct")
     cache = ArtifactCache(cache_dir, log_requests=per_request)
     cache.register([Artifact(url="file:///nonexistent", sha256=initrd_sha, name=INITRD_NAME)])
     hosts = host_records()
@@ -132,9 +154,39 @@ def serve_ours(port: int, cache_dir: Path, initrd_sha: str, log: str) -> None:
         return
     import cProfile
 
-    with cProfile.Profile() as prof:  # stopped by SIGTERM -> GracefulExit -> returns
+    # CPU time, not wall time: on a busy machine wall time mostly measures waiting for a core.
+    with cProfile.Profile(time.process_time) as prof:  # SIGTERM -> GracefulExit -> returns
         web.run_app(app, host="127.0.0.1", port=port, access_log=access_log, print=None)
     prof.dump_stats(profile)
+
+
+def log_cost(pipeline: str, path: Path, lines: int = 20000) -> float:
+    """CPU µs for one per-request JSON line (child process: logging setup is global)."""
+    import logging
+
+    import structlog
+
+    from appliance.log import configure_logging
+
+    out = open(path, "w")  # noqa: SIM115 (the process ends right after)
+    sys.stdout = out
+    configure_logging("json")
+    if pipeline == "direct":
+        structlog.configure(
+            processors=[structlog.contextvars.merge_contextvars,
+                        structlog.processors.add_log_level,
+                        structlog.processors.TimeStamper(fmt="iso", utc=True),
+                        structlog.processors.JSONRenderer()],
+            logger_factory=structlog.WriteLoggerFactory(out),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            cache_logger_on_first_use=True)
+    blog = structlog.get_logger("vaquero.netboot.boot")
+    structlog.contextvars.bind_contextvars(peer="peer-1", site="dc1")
+    started = time.process_time()
+    for i in range(lines):
+        blog.info("boot.script", client="198.18.4.7", host=f"node{i % 1000}", stage=1,
+                  bytes=661)
+    return (time.process_time() - started) / lines * 1e6
 
 
 # -- the harness ----------------------------------------------------------------------------
@@ -146,6 +198,13 @@ class Result:
     mib_s: float
     latency: str
     errors: int
+
+
+def uvloop_available() -> bool:
+    """uvloop is not a project dependency: measured only if it happens to be installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def free_port() -> int:
@@ -278,9 +337,15 @@ def main() -> None:
                         help="cProfile our log=none server and print where its time goes")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds (the machine may be busy: medians are fairer)")
+    parser.add_argument("--log-cost", nargs=2, metavar=("PIPELINE", "FILE"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--serve-ours", nargs=4, metavar=("PORT", "DIR", "SHA", "LOG"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.log_cost:
+        us = log_cost(args.log_cost[0], Path(args.log_cost[1]))
+        print(f"{us:.1f}", file=sys.stderr)
+        return
     if args.serve_ours:
         port, directory, sha, log = args.serve_ours
         serve_ours(int(port), Path(directory), sha, log)
@@ -288,11 +353,8 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install wrk nginx-light)")
-    try:
-        import uvloop  # noqa: F401
-        print("uvloop is installed but not used (not a project dependency)")
-    except ImportError:
-        print("uvloop: not installed, asyncio's default loop")
+    print("uvloop: installed, measured as a variant" if uvloop_available() else
+          "uvloop: not installed, asyncio's default loop only")
 
     with tempfile.TemporaryDirectory(prefix="vaq-bench-http-") as t:
         run(Path(t), args)
@@ -334,14 +396,17 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     print(f"{INITRD_MB} MiB file; {HOSTS} scripts of ~{script_size} bytes; wrk -t{args.threads} "
           f"-d{args.duration}s; nginx {args.nginx_workers} worker(s); {os.cpu_count()} cores; "
           f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
-    servers: list[tuple[str, subprocess.Popen[bytes], str]] = []
+    servers: list[tuple[str, str, subprocess.Popen[bytes], str]] = []  # name, variant, ...
     with contextlib.ExitStack() as stack:
         port = free_port()
         conf = nginx_conf(tmp, root, port, args.nginx_workers)
         proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)], port,
                                            tmp / "nginx.log"))
-        servers.append(("nginx", proc, f"http://127.0.0.1:{port}"))
-        for log in LOGS:
+        servers.append(("nginx", "nginx", proc, f"http://127.0.0.1:{port}"))
+        variants = list(VARIANTS)
+        if uvloop_available():
+            variants.append("uvloop")
+        for log in variants:
             port = free_port()
             cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-ours", str(port),
                    str(cache_dir), sha, log]
@@ -349,9 +414,9 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             if args.profile and log == "none":
                 env["VAQ_BENCH_PROFILE"] = str(tmp / "ours.prof")
             proc = stack.enter_context(running(cmd, port, tmp / f"ours-{log}.log", env))
-            servers.append((f"ours, log={log}", proc, f"http://127.0.0.1:{port}"))
+            servers.append((f"ours, log={log}", log, proc, f"http://127.0.0.1:{port}"))
         sample = script_path("node7")
-        for _, _, base in servers:  # both answer the same bytes before anything is timed
+        for _, _, _, base in servers:  # all answer the same bytes before anything is timed
             assert hashlib.sha256(fetch(base + art_path)).hexdigest() == sha
             assert fetch(base + sample) == (root / sample.lstrip("/")).read_bytes()
         cases = (("64 MiB file", art_path, INITRD_MB << 20, None, args.connections),
@@ -360,14 +425,22 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         for rnd in range(args.rounds):
             print(f"round {rnd + 1}:")
             for case, path, size, script, conns in cases:
-                for name, proc, base in servers:
+                for name, variant, proc, base in servers:
+                    if case.startswith("64") and variant not in FILE_VARIANTS:
+                        continue
                     results.setdefault((case, name), []).append(measure(
                         f"{case}, {name}", proc, base + path, size, args, script, conns,
                         warm=rnd == 0))
-    for log in LOGS:
+    for log in variants:
         lines = (tmp / f"ours-{log}.log").read_bytes().count(b"\n")
         print(f"ours, log={log}: {lines} log lines written")
-    report(results, [name for name, _, _ in servers], [c[0] for c in cases])
+    report(results, [name for name, *_ in servers], [c[0] for c in cases])
+    for pipeline, what in (("structlog", "appliance.log pipeline (structlog -> stdlib)"),
+                           ("direct", "structlog straight to the file")):
+        cost = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--log-cost",
+                               pipeline, str(tmp / f"cost-{pipeline}.log")],
+                              capture_output=True, text=True, check=True, timeout=120)
+        print(f"one JSON log line, {what}: {float(cost.stderr.split()[-1]):.0f} µs CPU")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other work on this machine "
           "shares the cores: compare CPU µs per request, which load hardly changes)")
     if args.profile:
@@ -387,7 +460,9 @@ def report(results: dict[tuple[str, str], list[tuple[Result, float]]], servers: 
     for case in cases:
         ref = statistics.median(r.rps for r, _ in results[(case, "nginx")])
         for name in servers:
-            runs = results[(case, name)]
+            runs = results.get((case, name))
+            if not runs:
+                continue
             med = statistics.median(r.rps for r, _ in runs)
             best = max(r.rps for r, _ in runs)
             mib = statistics.median(r.mib_s for r, _ in runs)
