@@ -23,6 +23,7 @@ goes. The whole run is pinned to CPU 0 (as `taskset -c 0` would) and takes about
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import io
@@ -49,15 +50,27 @@ SITES = 2
 CHILD_TIMEOUT = 900  # seconds; a bound, not an expectation
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(CPU seconds, wall seconds, result). CPU time is the figure: the machine may be shared,
+    and on one pinned core the wall clock also counts other processes' turns."""
     gc.collect()
-    t0 = time.perf_counter()
+    c0, w0 = time.process_time(), time.perf_counter()
     out = fn()
-    return time.perf_counter() - t0, out
+    return time.process_time() - c0, time.perf_counter() - w0, out
 
 
-def _best(fn: Callable[[], Any], reps: int) -> float:
-    return min(_timed(fn)[0] for _ in range(reps))
+def _best(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
+    runs = [_timed(fn)[:2] for _ in range(reps)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
+
+
+def _pipeline_gc() -> Any:
+    """The context the SoT compiles in (cyclic GC paused), where the SoT package has one."""
+    try:
+        from appliance.sot.revision import no_cyclic_gc
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_cyclic_gc()
 
 
 def measure(hosts: int, reps: int) -> dict[str, Any]:
@@ -71,7 +84,7 @@ def measure(hosts: int, reps: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="sot-scale-") as tmp:
         base, changed = Path(tmp, "base"), Path(tmp, "changed")
-        t_gen, _ = _timed(lambda: gen_sot.generate(base, hosts, SITES, SEED))
+        t_gen = _timed(lambda: gen_sot.generate(base, hosts, SITES, SEED))[0]
         expect = gen_sot.generate(changed, hosts, SITES, SEED, "mixed")["expect"]
 
         # A peer holds the applied revision in memory while it compiles a new one, and the
@@ -79,7 +92,11 @@ def measure(hosts: int, reps: int) -> dict[str, Any]:
         old = compile_tree(DirectoryTree(base))
         if not old.valid:
             raise SystemExit(f"generated SoT is not valid: {old.problems[:3]}")
-        load = _best(lambda: load_sot(DirectoryTree(base)), reps)
+        def load_only() -> Any:
+            with _pipeline_gc():
+                return load_sot(DirectoryTree(base))
+
+        load = _best(load_only, reps)
         validate = _best(lambda: compile_tree(DirectoryTree(base)), reps)
         phases = _phases(base, reps)
         new = compile_tree(DirectoryTree(changed))
@@ -103,8 +120,9 @@ def measure(hosts: int, reps: int) -> dict[str, Any]:
         result: dict[str, Any] = {
             "hosts": hosts, "renders": old.result.renders,
             "files": len(list(DirectoryTree(base).files())),
-            "generate_s": t_gen, "load_s": load, "validate_s": validate,
-            "plan_excl_s": plan_excl, "plan_json_s": to_json, "plan_incl_s": plan_incl,
+            "generate_s": t_gen, "load_s": load[0], "validate_s": validate[0],
+            "plan_excl_s": plan_excl[0], "plan_json_s": to_json[0], "plan_incl_s": plan_incl[0],
+            "validate_wall_s": validate[1], "plan_excl_wall_s": plan_excl[1],
             "phases": phases, "plan_counts": counts, "plan_as_expected": all(checks.values()),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
@@ -127,20 +145,24 @@ def _phases(base: Path, reps: int) -> dict[str, float]:
     for _ in range(reps):
         gc.collect()
         tree = DirectoryTree(base)
-        marks = [time.perf_counter()]
-        _ = tree.revision_id
-        marks.append(time.perf_counter())
-        sot, problems = load_sot(tree)
-        marks.append(time.perf_counter())
-        check_sites(sot, problems)
-        check_references(sot, problems)
-        check_hosts(sot, problems)
-        check_rollouts(sot, problems)
-        marks.append(time.perf_counter())
-        render_all(sot, problems)
-        marks.append(time.perf_counter())
+        marks = [time.process_time()]
+        with _pipeline_gc():
+            _ = tree.revision_id
+            marks.append(time.process_time())
+            sot, problems = load_sot(tree)
+            marks.append(time.process_time())
+            check_sites(sot, problems)
+            check_references(sot, problems)
+            check_hosts(sot, problems)
+            check_rollouts(sot, problems)
+            marks.append(time.process_time())
+            render_all(sot, problems)
+            marks.append(time.process_time())
+        _ = [object() for _ in range(1000)]  # the first allocations run the deferred collection
+        marks.append(time.process_time())
         names = ("tree id (git hash of every file)", "load (YAML + pydantic models)",
-                 "cross-checks", "render + format-check every stage")
+                 "cross-checks", "render + format-check every stage",
+                 "cyclic GC once re-enabled")
         for i, name in enumerate(names):
             best[name] = min(best.get(name, 1e9), marks[i + 1] - marks[i])
     return best
@@ -173,7 +195,8 @@ def profile(hosts: int) -> str:
 
 
 def run_child(hosts: int, reps: int, profile: bool) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", str(hosts), "--reps", str(reps)]
+    # -P: tools/bench/ holds modules named like the stdlib's (http.py); keep it off sys.path.
+    cmd = [sys.executable, "-P", __file__, "--child", str(hosts), "--reps", str(reps)]
     if profile:
         cmd.append("--profile")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
@@ -187,6 +210,7 @@ def report(results: list[dict[str, Any]], cpus: set[int]) -> bool:
     print(f"SoT scale benchmark: Python {platform.python_version()}, pinned to CPU "
           f"{','.join(map(str, sorted(cpus)))}, {SITES} sites, seed {SEED}, change: "
           "gen_sot --mutate mixed")
+    print("Times are CPU seconds of the benchmark process, best of 3 (2 at 10,000 hosts).")
     head = (f"{'hosts':>7} {'renders':>8} {'load s':>8} {'validate s':>11} {'plan s':>8} "
             f"{'plan+json s':>12} {'plan incl. 2 compiles s':>24} {'peak RSS MiB':>13}")
     print(head)
@@ -213,8 +237,9 @@ def report(results: list[dict[str, Any]], cpus: set[int]) -> bool:
         return False
     total = goal["validate_s"] + goal["plan_excl_s"]
     met = total < GOAL_SECONDS
+    wall = goal["validate_wall_s"] + goal["plan_excl_wall_s"]
     print(f"  measured: validate {goal['validate_s']:.2f} s + plan {goal['plan_excl_s']:.2f} s "
-          f"= {total:.2f} s, {total / GOAL_SECONDS:.2f} x the goal: "
+          f"= {total:.2f} s CPU ({wall:.2f} s wall), {total / GOAL_SECONDS:.2f} x the goal: "
           f"{'MET' if met else 'NOT MET'}")
     return met
 
