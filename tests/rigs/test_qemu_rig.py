@@ -62,7 +62,7 @@ class BootServer:
     requests: list[str] = field(default_factory=list)
     # token -> (peer address, body, arrival time.monotonic())
     homes: dict[str, tuple[str, bytes, float]] = field(default_factory=dict)
-    arrived: threading.Condition = field(default_factory=threading.Condition)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> web.Application:
         async def boot_ipxe(request: web.Request) -> web.Response:
@@ -71,10 +71,9 @@ class BootServer:
 
         async def phone_home(request: web.Request) -> web.Response:
             body = await request.read()
-            with self.arrived:
+            with self.lock:
                 token = request.match_info["token"]
                 self.homes[token] = (request.remote or "", body, time.monotonic())
-                self.arrived.notify_all()
             return web.Response(text="ok\n")
 
         def file(path: Path):  # type: ignore[no-untyped-def]
@@ -90,12 +89,6 @@ class BootServer:
         app.router.add_get("/initrd.img", file(self.tos.initrd))
         app.router.add_post("/phone-home/{token}", phone_home)
         return app
-
-    def wait_home(self, token: str, deadline: float) -> tuple[str, bytes, float] | None:
-        with self.arrived:
-            self.arrived.wait_for(lambda: token in self.homes, max(0, deadline - time.monotonic()))
-            return self.homes.get(token)
-
 
 def start_dnsmasq(rig: NetnsRig, ns: Netns, work: Path) -> Path:
     """dnsmasq as the reference DHCP+TFTP server on br0; returns its log file."""
@@ -178,9 +171,8 @@ def test_bios_and_uefi_guests_netboot_and_phone_home(
         for fw, guest in guests.items():
             mac, ip = GUESTS[fw]
             token = mac.replace(":", "-")
-            got = server.wait_home(token, guest.started_at + BOOT_TIMEOUT)  # type: ignore[operator]
-            assert got is not None, f"{fw} guest never phoned home:\n{guest.console_tail()}"
-            peer, body, at = got
+            # Fails at once with the console if the guest ends without phoning home.
+            peer, body, at = guest.wait_for(lambda t=token: server.homes.get(t), BOOT_TIMEOUT)
             timings[fw] = at - guest.started_at  # type: ignore[operator]
             home = parse_phone_home(body)
             assert (home["mac"], home["ip"], peer) == (mac, ip, ip), (fw, home, peer)
@@ -233,15 +225,29 @@ def test_guest_without_answers_times_out_and_is_cleaned_up(bare_bridge: Netns) -
 
 
 @pytest.mark.slow
-def test_kernel_panic_with_panic_minus_one_ends_qemu(bare_bridge: Netns, test_os: GuestOS) -> None:
-    """The `panic=-1` + `-no-reboot` guidance: a boot that cannot run init ends QEMU by itself."""
-    append = f"{KERNEL_ARGS} rdinit=/does-not-exist init=/does-not-exist"
-    with QemuGuest(
-        bare_bridge, "br0", GUESTS["bios"][0], "bios",
-        kernel=test_os.kernel, initrd=test_os.initrd, append=append,
-    ) as guest:  # fmt: skip
-        guest.wait_exit(timeout=BOOT_TIMEOUT)
-        assert "Kernel panic" in guest.console_text(), guest.console_tail()
+def test_failed_boots_end_qemu_at_once(bare_bridge: Netns, test_os: GuestOS) -> None:
+    """`panic=-1` + `-no-reboot`: a kernel without init, and an initramfs without its phone-home
+    URL, both end QEMU by themselves, and `wait_for` reports it without waiting 180 s."""
+    mac = GUESTS["bios"][0]
+    boots = {  # what the console must show -> kernel command line
+        "Kernel panic": f"{KERNEL_ARGS} rdinit=/does-not-exist init=/does-not-exist",
+        "VAQ-TEST: FAILED: no vaq.phone_home=": KERNEL_ARGS,
+    }
+    guests = [
+        QemuGuest(bare_bridge, "br0", mac, "bios", kernel=test_os.kernel, initrd=test_os.initrd,
+                  append=append)
+        for append in boots.values()
+    ]  # fmt: skip
+    try:
+        for guest in guests:
+            guest.start()
+        for expected, guest in zip(boots, guests, strict=True):
+            with pytest.raises(GuestError, match="exited before"):
+                guest.wait_for(lambda: False, timeout=BOOT_TIMEOUT)
+            assert expected in guest.console_text(), guest.console_tail()
+    finally:
+        for guest in guests:
+            guest.close()
 
 
 def test_initramfs_has_init_busybox_and_modules_in_dependency_order(

@@ -23,7 +23,7 @@ Usage (the boot script: `tools.rigs.test_kernel.ipxe_script` / `kernel_cmdline`)
         rig.bridge(srv, "br0", "198.18.0.1/24")
         ... start DHCP/TFTP/HTTP servers in srv ...
         with QemuGuest(srv, "br0", mac="52:54:00:12:34:01", firmware="uefi") as guest:
-            guest.wait_exit(timeout=180)          # or poll your server for the phone home
+            home = guest.wait_for(lambda: my_server.phone_homes.get(mac), timeout=180)
             print(guest.console_tail())
 
 iPXE configures IPv4 (DHCP) and IPv6 (router solicitation) together and only goes on when both
@@ -49,8 +49,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -63,6 +64,7 @@ QEMU = "qemu-system-x86_64"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 Firmware = Literal["bios", "uefi"]
+T = TypeVar("T")
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _counter = itertools.count(1)
 
@@ -236,6 +238,28 @@ class QemuGuest:
         if self.exited_at is None:
             self.exited_at = time.monotonic()
         return rc
+
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 180) -> T:
+        """Poll `predicate` (e.g. "has my server seen this guest's phone home?") until it returns
+        something truthy; raise GuestError with the console tail as soon as the guest exits
+        without satisfying it (a failed boot ends QEMU at once: no waiting for the timeout), or
+        at `timeout` seconds after the guest started.
+        """
+        if self.started_at is None:
+            raise GuestError("guest not started")
+        deadline = self.started_at + timeout
+        while True:
+            exited = not self.running  # read before the predicate: no lost last-moment success
+            value = predicate()
+            if value:
+                return value
+            if exited or time.monotonic() > deadline:
+                state = "exited" if exited else f"still running after {timeout:.0f} s"
+                raise GuestError(
+                    f"guest {self.name} {state} before the condition held; console tail:\n"
+                    + self.console_tail()
+                )
+            time.sleep(0.2)
 
     def wait_console(self, pattern: str, timeout: float = 180) -> re.Match[str]:
         """Wait until the console log matches the regex `pattern` (debugging aid, bounded)."""

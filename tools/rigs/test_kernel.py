@@ -331,6 +331,7 @@ done
 mark() { [ "$MARKERS" = 1 ] && echo "@MARKER@ $*"; }
 fail() { echo "@MARKER@ FAILED: $*"; sleep 1; poweroff -f; sleep 5; exit 1; }
 mark init
+[ -n "$URL" ] || fail "no vaq.phone_home= on the kernel command line"
 for ko in $(cat /lib/modules/load.order); do
   insmod "/lib/modules/$ko" || fail "insmod $ko"
 done
@@ -359,7 +360,6 @@ udhcpc -i "$IFACE" -f -q -n -t 10 -T 1 -s /bin/udhcpc.script || fail "udhcpc on 
 [ -s /tmp/ip ] || fail "udhcpc gave no address"
 IP=$(cat /tmp/ip)
 mark "dhcp $IFACE $IP"
-[ -n "$URL" ] || fail "no vaq.phone_home= on the kernel command line"
 FW=bios
 [ -d /sys/firmware/efi ] && FW=uefi
 UUID=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null)
