@@ -35,10 +35,11 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
-    def rrq(self, port: int, name: str, mode: str = "octet", **options: object) -> None:
+    def rrq(self, port: int, name: str, mode: str = "octet", host: str = HOST,
+            **options: object) -> None:
         body = name.encode() + b"\0" + mode.encode() + b"\0"
         body += b"".join(f"{k}\0{v}\0".encode() for k, v in options.items())
-        self.sock.sendto(b"\x00\x01" + body, (HOST, port))
+        self.sock.sendto(b"\x00\x01" + body, (host, port))
 
     async def recv(self) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
@@ -438,3 +439,15 @@ async def test_bind_to_device(root, client) -> None:
         await srv.close()
     with pytest.raises(OSError):
         await TftpServer(roots=[root], port=0, interface="no-such-if0").start()
+
+
+async def test_replies_leave_from_the_address_the_request_was_sent_to(root, client) -> None:
+    """Listening on 0.0.0.0, a request to 127.0.0.2 is answered from 127.0.0.2 (IP_PKTINFO)."""
+    srv = TftpServer(roots=[root], host="0.0.0.0", port=0, timeout=5.0)
+    await srv.start()
+    try:
+        client.rrq(srv.port, "small.bin", host="127.0.0.2")
+        await client.recv_block(1)
+        assert client.tid is not None and client.tid[0] == "127.0.0.2"
+    finally:
+        await srv.close()
