@@ -46,6 +46,7 @@ GUESTS = {  # firmware -> (MAC, reserved address)
     "bios": ("52:54:00:18:00:11", "198.18.0.11"),
     "uefi": ("52:54:00:18:00:12", "198.18.0.12"),
 }
+UUIDS = {"bios": "a0a0a0a0-0000-4000-8000-000000000011", "uefi": None}  # None: QEMU's default
 BOOT_TIMEOUT = 180  # s from QEMU start to phone home; measured ~30 s (BIOS), ~40 s (UEFI)
 
 # ${mac:hexhyp} is expanded by iPXE: each guest phones home to its own URL.
@@ -153,6 +154,8 @@ def boot_network(
                 print("--- dnsmasq log tail ---\n" + "\n".join(
                     dnsmasq_log.read_text().splitlines()[-30:]))  # fmt: skip
                 print("--- HTTP requests ---\n" + "\n".join(server.requests))
+                for token, (peer, body, _at) in server.homes.items():
+                    print(f"--- phone home {token} from {peer}: {body.decode(errors='replace')}")
 
 
 @pytest.mark.slow
@@ -162,7 +165,8 @@ def test_bios_and_uefi_guests_netboot_and_phone_home(
     """Both guests in parallel (one core each): firmware PXE -> iPXE -> HTTP -> Linux -> POST."""
     _rig, srv, server, dnsmasq_log = boot_network
     guests = {
-        fw: QemuGuest(srv, "br0", mac, fw, workdir=tmp_path / fw) for fw, (mac, _) in GUESTS.items()
+        fw: QemuGuest(srv, "br0", mac, fw, uuid=UUIDS[fw], workdir=tmp_path / fw)
+        for fw, (mac, _) in GUESTS.items()
     }
     timings: dict[str, float] = {}
     try:
@@ -177,6 +181,8 @@ def test_bios_and_uefi_guests_netboot_and_phone_home(
             home = parse_phone_home(body)
             assert (home["mac"], home["ip"], peer) == (mac, ip, ip), (fw, home, peer)
             assert home["firmware"] == fw, home
+            if UUIDS[fw]:
+                assert home["uuid"].lower() == UUIDS[fw], home
             assert home["uname"].startswith("Linux "), home
         for fw, guest in guests.items():
             # After the POST the initramfs powers off: QEMU must end on its own.

@@ -100,6 +100,7 @@ class QemuGuest:
         firmware: Firmware = "bios",
         *,
         name: str | None = None,
+        uuid: str | None = None,
         memory_mb: int = 256,
         accel: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
@@ -121,6 +122,7 @@ class QemuGuest:
         self.name = name or f"{firmware}{n}"
         # Interface names are at most 15 characters; unique per process and guest.
         self.tap = f"vqt{os.getpid() % 100000}x{n}"[:15]
+        self.uuid = uuid  # SMBIOS system UUID (what PXE sends as option 97), QEMU's default if None
         self.memory_mb = memory_mb
         self.accel = accel or os.environ.get("VAQ_QEMU_ACCEL") or "tcg"
         self.kernel, self.initrd, self.append = kernel, initrd, append
@@ -145,6 +147,8 @@ class QemuGuest:
             "-serial", f"file:{self.console_log}",
             "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
         ]  # fmt: skip
+        if self.uuid:
+            argv += ["-uuid", self.uuid]
         if self.firmware == "bios":
             argv += ["-device", f"e1000,netdev=n0,mac={self.mac},bootindex=1"]
         else:
@@ -323,17 +327,28 @@ class RouterAdvertiser:
         self._sock: socket.socket | None = None
 
     def start(self) -> RouterAdvertiser:
+        """Start answering; without IPv6 here it only logs (guests then boot ~14 s slower)."""
         # No duplicate address detection on the bridge: its fe80:: address is usable at once.
         self.ns.run("sysctl", "-q", "-w", f"net.ipv6.conf.{self.bridge}.accept_dad=0", check=False)
         out = self.ns.run("cat", f"/sys/class/net/{self.bridge}/ifindex").stdout
         self._ifindex = int(out)
-        sock = self.ns.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.bridge.encode())
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        mreq = socket.inet_pton(socket.AF_INET6, "ff02::2") + struct.pack("@I", self._ifindex)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        try:
+            sock = self.ns.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        except OSError as exc:
+            log.warning("ra.unavailable", ns=self.ns.name, error=str(exc))
+            return self
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.bridge.encode())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            group = socket.inet_pton(socket.AF_INET6, "ff02::2")
+            mreq = group + struct.pack("@I", self._ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        except OSError as exc:
+            sock.close()
+            log.warning("ra.unavailable", ns=self.ns.name, error=str(exc))
+            return self
         self._sock = sock
         self._thread = threading.Thread(target=self._run, name=f"ra:{self.ns.name}", daemon=True)
         self._thread.start()
