@@ -54,6 +54,34 @@ class DhcpConfig(_Strict):
     proxy_port: Port = 4011
 
 
+class RaftConfig(_Strict):
+    """The peer group. Every peer lists the same `peers` (host:port on the peer network)."""
+
+    address: str  # this peer's Raft address, host:port
+    peers: list[str] = []  # all members, this one included; empty: a group of one
+    password_file: Path  # shared secret: encrypts Raft traffic, same on every peer
+
+    @model_validator(mode="after")
+    def _self_listed(self) -> RaftConfig:
+        if self.peers and self.address not in self.peers:
+            raise ValueError(f"address {self.address} must be one of peers ({self.peers})")
+        if len(self.peers) % 2 == 0 and self.peers:
+            raise ValueError(f"{len(self.peers)} peers: use an odd number (1, 3 or 5)")
+        return self
+
+
+class ApiToken(_Strict):
+    name: str
+    role: Literal["read", "admin"] = "read"
+    file: Path
+
+
+class ApiConfig(_Strict):
+    listen: str = "0.0.0.0"
+    port: Port | None = None  # default: the boot HTTP port serves the API too
+    tokens: list[ApiToken] = []
+
+
 class PeerConfig(_Strict):
     site: Id
     peer: Id  # this peer's name in the site's env.yml
@@ -62,6 +90,8 @@ class PeerConfig(_Strict):
     address: IPv4Address | None = None  # default: the peer's address in env.yml
     sot: SotSource
     token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
+    raft: RaftConfig
+    api: ApiConfig = ApiConfig()
     http: HttpConfig = HttpConfig()
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
@@ -102,4 +132,8 @@ def load_config(path: str | Path) -> PeerConfig:
             "path": base / config.sot.path if config.sot.path else None,
             "git": base / config.sot.git if config.sot.git else None}),
         "tftp": config.tftp.model_copy(update={"roots": [base / r for r in config.tftp.roots]}),
+        "raft": config.raft.model_copy(update={
+            "password_file": base / config.raft.password_file}),
+        "api": config.api.model_copy(update={"tokens": [
+            t.model_copy(update={"file": base / t.file}) for t in config.api.tokens]}),
     })

@@ -1,19 +1,31 @@
-"""One peer process: the data plane (DHCP, TFTP, HTTP boot) serving an applied revision.
+"""One peer process: Raft, the REST API and the data plane (DHCP, TFTP, HTTP boot).
 
-Until the peer group feeds it, the revision comes from the config (a SoT directory or a git
-revision). The revision is compiled in a worker thread; the boot table is swapped into the
-servers whole, so a packet never waits on a compile.
+Start order matters: the Raft node first (its port proves we are the only peer of that
+address), then the revision (compiled in a worker thread), then the servers. The data plane
+reads only the boot table and local state: a peer cut off from the majority keeps booting
+machines and queues what it learns (phone-homes, unknown machines) in an outbox that is
+replicated when the group is reachable again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from appliance import __version__
+from appliance.api.app import make_api_app
+from appliance.api.auth import TokenError, load_tokens
+from appliance.api.context import ApiContext
+from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
+from appliance.cluster import commands as raft_commands
+from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
@@ -57,14 +69,24 @@ def read_secret(path: Path) -> bytes:
     return secret
 
 
+def _counter_values(obj: Any) -> dict[str, float]:
+    if dataclasses.is_dataclass(obj):
+        return {k: float(v) for k, v in dataclasses.asdict(obj).items()
+                if isinstance(v, int | float)}
+    return {k: float(v) for k, v in dict(obj).items()}
+
+
 class Peer:
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
         self.revision: Revision | None = None
         self.table: BootTable | None = None
         self.progress = LocalProgress(config.data_dir)
+        self.cluster: Cluster | None = None
+        self.outbox: EventOutbox | None = None
         self.artifacts: ArtifactCache | None = None
-        self._prefetch: asyncio.Task[object] | None = None
+        self.boot_state: BootState | None = None
+        self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
         self._dhcp: DhcpServer | None = None
@@ -99,42 +121,122 @@ class Peer:
                  hosts=len(table.hosts), site=self.config.site)
         return table
 
-    async def _artifact(self, request: web.Request) -> web.StreamResponse:
-        """The cache's handler, with the requesting host's name on its log lines: each
-        request runs in its own task context, so the binding stays with this request."""
-        assert self.artifacts is not None and self.table is not None
-        host = self.table.by_ip.get(request.remote or "")
-        if host is not None:
-            structlog.contextvars.bind_contextvars(host=host)
-        return await self.artifacts.handler(request)
+    # --- what the data plane tells the group --------------------------------------------
 
-    def _on_event(self, kind: str, **fields: object) -> None:
+    def _on_event(self, kind: str, **fields: Any) -> None:
+        """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
         log.info("event", kind=kind, **fields)
+        if self.outbox is None:
+            return
+        host = fields.pop("host", None)
+        revision = fields.pop("revision", None)
+        data = {k: v for k, v in fields.items() if isinstance(v, str | int | float | bool)}
+        self.outbox.put(kind, host=host if isinstance(host, str) else None,
+                        revision=revision if isinstance(revision, str) else None,
+                        data=data or None)
+        if kind == "stage-done" and isinstance(host, str) and self.table is not None:
+            done = self.table.stages(host) <= int(fields.get("stage", 0))
+            self.outbox.put_command(raft_commands.build(
+                "host.set", time.time(), name=host, stage=str(fields.get("stage")),
+                state="done" if done else "in-progress", last_event=kind,
+                revision=revision if isinstance(revision, str) else None))
+
+    # --- the API's view of the applied revision ------------------------------------------
+
+    def _host_facts(self, name: str) -> dict[str, Any] | None:
+        table = self.table
+        if table is None or name not in table.hosts:
+            return None
+        entry = table.hosts[name]
+        record = self.progress.record(name)
+        return {
+            "site": entry.site, "cluster": entry.cluster, "workflow": entry.host.workflow,
+            "never_provision": entry.host.never_provision, "stages": table.stages(name),
+            "stages_done_here": record.done if record else 0,
+            "interfaces": [{"type": i.type, "mac": i.mac, "ipv4": str(i.ipv4),
+                            "subnet": i.subnet} for i in entry.host.interfaces],
+            "revision": table.sha,
+        }
+
+    def _sites(self) -> list[dict[str, Any]]:
+        if self.revision is None:
+            return []
+        out = []
+        for site in self.revision.sot.sites.values():
+            hosts = sum(1 for e in self.revision.sot.hosts.values() if e.site == site.id)
+            out.append({"id": site.id, "name": site.name, "local": site.id == self.config.site,
+                        "hosts": hosts, "peers": [{"name": p.name, "address": str(p.address)}
+                                                  for p in site.peers],
+                        "subnets": [str(s.cidr) for s in site.subnets],
+                        "dhcp_mode": site.netboot.dhcp_mode})
+        return out
+
+    def _metrics(self) -> dict[str, Any]:
+        sources: dict[str, Any] = {
+            "boot": lambda: _counter_values(self.boot_state.counters if self.boot_state else {}),
+            "outbox": lambda: {"queued": float(len(self.outbox)) if self.outbox else 0.0,
+                               "sent": float(self.outbox.sent) if self.outbox else 0.0,
+                               "dropped": float(self.outbox.dropped) if self.outbox else 0.0},
+        }
+        sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
+        sources["tftp"] = lambda: _counter_values(self._tftp.counters) if self._tftp else {}
+        sources["artifacts"] = lambda: (_counter_values(self.artifacts.counters)
+                                        if self.artifacts else {})
+        return sources
+
+    # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
             await self._start()
         except OSError as exc:
             await self.stop()
-            raise PeerError(f"cannot start the data plane: {exc.strerror or exc} "
-                            f"({exc.__class__.__name__}); is another server on that port, or "
-                            "is the boot interface missing?") from None
+            raise PeerError(f"cannot start: {exc.strerror or exc} ({exc.__class__.__name__}); "
+                            "is another server on that port, or is the boot interface "
+                            "missing?") from None
+        except (ClusterStartError, TokenError) as exc:
+            await self.stop()
+            raise PeerError(str(exc)) from None
+        except PeerError:
+            await self.stop()
+            raise
 
     async def _start(self) -> None:
-        table = await self.load()
         cfg = self.config
-        state = BootState(table, self.progress, list(cfg.tftp.roots), self._on_event)
+        tokens = load_tokens((t.name, t.role, t.file) for t in cfg.api.tokens)
+        peers = tuple(cfg.raft.peers) or (cfg.raft.address,)
+        self.cluster = Cluster(ClusterSettings(
+            self_address=cfg.raft.address, peers=peers, data_dir=cfg.data_dir / "raft",
+            password_file=cfg.raft.password_file))
+        await self.cluster.start()
+        self.outbox = EventOutbox(self.cluster)
+        self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        log.info("raft.started", address=cfg.raft.address, peers=list(peers))
+
+        table = await self.load()
+        self.boot_state = BootState(table, self.progress, list(cfg.tftp.roots), self._on_event)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
         self.artifacts.register(table.artifacts())
-        app = web.Application()
-        add_boot_routes(app, state)
-        app.router.add_get("/artifacts/{sha256}/{name}", self._artifact)
-        app.router.add_get("/healthz", lambda _: web.json_response({"ok": True}))
+        context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
+                             metrics=self._metrics(), host_facts=self._host_facts,
+                             sites=self._sites)
+
+        def boot_routes(app: web.Application) -> None:
+            assert self.boot_state is not None
+            add_boot_routes(app, self.boot_state)
+            app.router.add_get("/artifacts/{sha256}/{name}", self._artifact)
+
+        app = make_api_app(context, tokens, boot_routes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self.http_port = cfg.http.port or table.site.netboot.http_port
         await web.TCPSite(self._runner, cfg.http.listen, self.http_port).start()
-        log.info("http.listening", address=cfg.http.listen, port=self.http_port)
+        log.info("http.listening", address=cfg.http.listen, port=self.http_port,
+                 serves="boot" + ("" if cfg.api.port else " and API"))
+        if cfg.api.port and cfg.api.port != self.http_port:
+            await web.TCPSite(self._runner, cfg.api.listen, cfg.api.port).start()
+            log.info("api.listening", address=cfg.api.listen, port=cfg.api.port,
+                     tokens=[t.name for t in tokens])
         if cfg.tftp.enabled:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
@@ -148,8 +250,17 @@ class Peer:
             log.info("dhcp.listening", interface=cfg.interface, mode=table.site.netboot.dhcp_mode,
                      reservations=len(table.dhcp.reservations))
         # Warm the cache so the first boot of a storm does not wait on the upstream mirror.
-        self._prefetch = asyncio.create_task(
-            self.artifacts.prefetch(a.sha256 for a in table.artifacts()))
+        self._tasks.append(asyncio.create_task(
+            self.artifacts.prefetch(a.sha256 for a in table.artifacts()), name="prefetch"))
+
+    async def _artifact(self, request: web.Request) -> web.StreamResponse:
+        """The cache's handler, with the requesting host's name on its log lines: each
+        request runs in its own task context, so the binding stays with this request."""
+        assert self.artifacts is not None and self.table is not None
+        host = self.table.by_ip.get(request.remote or "")
+        if host is not None:
+            structlog.contextvars.bind_contextvars(host=host)
+        return await self.artifacts.handler(request)
 
     async def stop(self) -> None:
         if self._dhcp is not None:
@@ -161,12 +272,15 @@ class Peer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._prefetch is not None:
-            self._prefetch.cancel()
-            self._prefetch = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
         if self.artifacts is not None:
             await self.artifacts.close()
             self.artifacts = None
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
 
 
 async def serve(config: PeerConfig) -> None:

@@ -42,8 +42,13 @@ class EventOutbox:
     def put(self, kind: str, *, host: str | None = None, revision: str | None = None,
             message: str | None = None, data: dict | None = None) -> None:
         """Queue an event (validated now, so a bad one fails its writer, not the drain)."""
-        cmd = commands.build("event.append", time.time(), kind=kind, host=host,
-                             revision=revision, message=message, data=data)
+        self.put_command(commands.build("event.append", time.time(), kind=kind, host=host,
+                                        revision=revision, message=message, data=data))
+
+    def put_command(self, cmd: dict) -> None:
+        """Queue any replicated command (a host update from the data plane, say); commands
+        are applied in the order queued, each exactly once (op_id)."""
+        cmd = commands.validate(cmd)
         if len(self._queue) >= self.capacity:
             self._queue.popleft()
             self.dropped += 1
@@ -68,7 +73,8 @@ class EventOutbox:
             try:
                 await self.cluster.submit(cmd)
             except (CommandRejected, InvalidCommand) as exc:  # deterministic: do not retry
-                log.warning("cluster_outbox_event_refused", kind=cmd["kind"], error=str(exc))
+                log.warning("cluster_outbox_command_refused", op=cmd["op"],
+                            kind=cmd.get("kind"), error=str(exc))
             except ClusterError:
                 await asyncio.sleep(self.retry)  # no quorum, no leader, timeout: retry
                 continue

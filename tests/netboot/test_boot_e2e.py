@@ -82,9 +82,13 @@ def test_bios_and_uefi_guests_boot_from_the_peer_and_phone_home(guest_os, tmp_pa
               guest_os.initrd_sha256)
     secret = tmp_path / "secret"
     secret.write_text("ZTJlLXRlc3Qtc2VjcmV0LWtleS0wMTIzNDU2Nzg5\n")
+    raft_secret = tmp_path / "raft.secret"
+    raft_secret.write_text("ZTJlLXJhZnQtcGFzc3dvcmQ=\n")
+    raft_secret.chmod(0o600)
     config = tmp_path / "peer.yaml"
     config.write_text(f"site: e2e\npeer: peer-1\ndata_dir: {tmp_path / 'data'}\n"
-                      f"interface: br0\nsot: {{path: {sot}}}\ntoken_secret_file: {secret}\n")
+                      f"interface: br0\nsot: {{path: {sot}}}\ntoken_secret_file: {secret}\n"
+                      f"raft: {{address: '127.0.0.1:7950', password_file: {raft_secret}}}\n")
     log = tmp_path / "serve.log"
     with NetnsRig() as rig:
         srv = rig.netns("e2e")

@@ -42,6 +42,9 @@ def peer(netns_rig: NetnsRig, tmp_path: Path):
     netns_rig.bridge(srv, "br0", f"{SERVER}/24")
     secret = tmp_path / "secret"
     secret.write_text("c2VjcmV0LXRva2VuLWtleS1mb3ItdGVzdHMtb25seQ==\n")
+    raft_secret = tmp_path / "raft.secret"
+    raft_secret.write_text("cmFmdC1wYXNzd29yZC1mb3ItdGVzdHM=\n")
+    raft_secret.chmod(0o600)
     config = tmp_path / "peer.yaml"
     config.write_text(f"""
 site: kinds
@@ -50,6 +53,7 @@ data_dir: {tmp_path / 'data'}
 interface: br0
 sot: {{path: {REPO / 'tests/sot/fixtures/kinds'}}}
 token_secret_file: {secret}
+raft: {{address: "127.0.0.1:7950", password_file: {raft_secret}}}
 """)
     log = tmp_path / "serve.log"
     with log.open("w") as out:
@@ -124,7 +128,8 @@ def test_unknown_machine_gets_no_lease_and_an_event(peer, netns_rig, tmp_path) -
 def test_bad_config_is_refused_with_file_and_line(tmp_path: Path) -> None:
     config = tmp_path / "peer.yaml"
     config.write_text("site: kinds\npeer: peer-1\ndata_dir: d\ninterface: br0\n"
-                      "sot: {path: x, git: y}\ntoken_secret_file: s\nhttp: {port: 99999}\n")
+                      "sot: {path: x, git: y}\ntoken_secret_file: s\nhttp: {port: 99999}\n"
+                      "raft: {address: '127.0.0.1:7950', password_file: p}\n")
     out = subprocess.run([str(Path(sys.executable).parent / "vaq-peer"), "serve", "--config",
                           str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2

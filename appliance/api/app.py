@@ -1,0 +1,133 @@
+"""The API application: middlewares (request ids and logs, errors as JSON, auth), routes,
+/metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from appliance.cluster.errors import (
+    ClusterError,
+    CommandRejected,
+    CommitTimeout,
+    InvalidCommand,
+    MembershipChangeDenied,
+    NoLeader,
+    NoQuorum,
+    NotLeader,
+)
+
+from .auth import ApiToken, auth_middleware, is_public
+from .context import API_CONTEXT, ApiContext, ctx
+from .openapi import build_document, describe
+from .routes import add_api_routes
+
+log = structlog.get_logger("vaquero.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request id on every log line of the request; one access line at the end."""
+    structlog.contextvars.clear_contextvars()
+    c = request.app[API_CONTEXT]
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    structlog.contextvars.bind_contextvars(request_id=request_id, peer=c.peer, site=c.site)
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        # Public routes are health checks and the boot chain, which logs its own steps (and
+        # whose phone-home paths carry a host's token: never written to a log).
+        if not is_public(request.path):
+            log.info("api.request", method=request.method, path=request.path, status=status,
+                     ms=round((time.perf_counter() - start) * 1000, 1), client=request.remote)
+
+
+@web.middleware
+async def cluster_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Replication failures become clear HTTP answers; a cut-off peer says so with 503."""
+    try:
+        return await handler(request)
+    except NoQuorum as exc:
+        return _error(503, "no_quorum", str(exc), retry="any peer that reaches a majority")
+    except NoLeader as exc:
+        return _error(503, "no_leader", str(exc))
+    except NotLeader as exc:
+        return _error(409, "not_leader", str(exc), leader=exc.leader)
+    except CommitTimeout as exc:
+        return _error(504, "commit_timeout", str(exc))
+    except MembershipChangeDenied as exc:
+        return _error(409, "membership_change_in_progress", str(exc))
+    except CommandRejected as exc:
+        status = 404 if exc.code.startswith("unknown") else 409
+        return _error(status, exc.code, exc.message)
+    except InvalidCommand as exc:
+        return _error(400, "bad_request", str(exc))
+    except ClusterError as exc:
+        return _error(503, "cluster_error", str(exc))
+
+
+def _prometheus(values: dict[str, float]) -> str:
+    lines = []
+    for name, value in sorted(values.items()):
+        base = name.split("{", 1)[0]
+        lines.append(f"# TYPE {base} gauge")
+        lines.append(f"{name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+@describe("Prometheus metrics: Raft, boot steps, DHCP, TFTP, artifact cache", tag="health")
+async def metrics(request: web.Request) -> web.Response:
+    c = ctx(request)
+    st = c.cluster.status
+    values: dict[str, float] = {
+        "vaquero_raft_term": st.term, "vaquero_raft_commit_index": st.commit_index,
+        "vaquero_raft_last_applied": st.last_applied,
+        "vaquero_raft_is_leader": int(st.is_leader), "vaquero_raft_has_quorum": int(st.has_quorum),
+        "vaquero_raft_members": len(st.members),
+        "vaquero_raft_connected_peers": len(st.connected),
+        "vaquero_events_last_seq": c.cluster.events_since(0, 0)["last_seq"],
+        "vaquero_uptime_seconds": round(time.time() - c.started, 1),
+    }
+    for prefix, source in c.metrics.items():
+        for key, value in source().items():
+            values[f"vaquero_{prefix}_{key}"] = value
+    return web.Response(text=_prometheus(values), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+@describe("This API's OpenAPI 3 document", tag="health")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_document(request.app, ctx(request).version),
+                             dumps=lambda d: json.dumps(d, indent=1))
+
+
+def make_api_app(context: ApiContext, tokens: list[ApiToken],
+                 extra_routes: Callable[[web.Application], None] | None = None
+                 ) -> web.Application:
+    """The peer's one HTTP application: the API, plus (extra_routes) the boot endpoints."""
+    app = web.Application(middlewares=[request_context, cluster_errors, auth_middleware(tokens)])
+    app[API_CONTEXT] = context
+    add_api_routes(app)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi)
+    if extra_routes is not None:
+        extra_routes(app)
+    return app

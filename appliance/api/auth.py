@@ -1,0 +1,99 @@
+"""Bearer-token auth for the REST API.
+
+Tokens live in files on the peer, named by the peer config, each with a role: `read` may
+GET, `admin` may also change things. Tokens are compared in constant time and never logged;
+a request is logged with the token's *name* only. Health, readiness, metrics and the
+machine-facing boot endpoints are public by an explicit allowlist: a new route is protected
+unless someone decides otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("vaquero.api.auth")
+
+Role = Literal["read", "admin"]
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"})
+# The machine-facing boot chain: machines have no token (DESIGN.md, boot chain).
+PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    role: Role
+    secret: bytes
+
+
+class TokenError(Exception):
+    """A token file that cannot be used, with what to do about it."""
+
+
+def load_tokens(entries: Iterable[tuple[str, Role, Path]]) -> list[ApiToken]:
+    tokens = []
+    for name, role, path in entries:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise TokenError(f"API token {name!r}: cannot read {path}: {exc.strerror}") from None
+        if len(secret) < 16:
+            raise TokenError(f"API token {name!r}: {path} holds {len(secret)} bytes; use at least "
+                             "16 random characters (`head -c 32 /dev/urandom | base64`)")
+        tokens.append(ApiToken(name, role, secret))
+    return tokens
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+def match_token(tokens: list[ApiToken], presented: bytes) -> ApiToken | None:
+    """Compare against every token (no early exit), so timing says nothing about which."""
+    found = None
+    for token in tokens:
+        if hmac.compare_digest(token.secret, presented):
+            found = token
+    return found
+
+
+def auth_middleware(tokens: list[ApiToken]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if is_public(request.path):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return _error(401, "unauthorized", "this route needs `Authorization: Bearer <token>`",
+                          **{"WWW-Authenticate": 'Bearer realm="vaquero"'})
+        token = match_token(tokens, value.strip().encode())
+        if token is None:
+            log.warning("api.auth.refused", path=request.path, method=request.method,
+                        client=request.remote, reason="unknown token")
+            return _error(401, "unauthorized", "the bearer token is not valid",
+                          **{"WWW-Authenticate": 'Bearer realm="vaquero", error="invalid_token"'})
+        if request.method not in READ_METHODS and token.role != "admin":
+            log.warning("api.auth.forbidden", path=request.path, method=request.method,
+                        token=token.name)
+            return _error(403, "forbidden", f"token {token.name!r} may only read; this needs an "
+                          "admin token")
+        structlog.contextvars.bind_contextvars(token=token.name)
+        request["token_name"] = token.name
+        return await handler(request)
+
+    return middleware

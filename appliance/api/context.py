@@ -1,0 +1,33 @@
+"""What the API handlers read: typed application state (aiohttp AppKey), set once at start."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from appliance.cluster import Cluster
+
+
+@dataclass
+class ApiContext:
+    peer: str
+    site: str
+    version: str
+    cluster: Cluster
+    # Counters of the data plane and others, by metric name, read at scrape time.
+    metrics: dict[str, Callable[[], dict[str, float]]] = field(default_factory=dict)
+    # The applied revision's SoT facts for a host (site, cluster, workflow...), if known.
+    host_facts: Callable[[str], dict[str, Any] | None] = lambda _: None
+    sites: Callable[[], list[dict[str, Any]]] = list
+    started: float = field(default_factory=time.time)
+
+
+API_CONTEXT = web.AppKey("api_context", ApiContext)
+
+
+def ctx(request: web.Request) -> ApiContext:
+    return request.app[API_CONTEXT]

@@ -1,0 +1,237 @@
+"""The REST API under /v1, identical on every peer. Reads come from the local replica;
+writes go through Raft from whichever peer receives them (pysyncobj forwards a follower's
+command to the leader), so a client may talk to any peer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+from .context import ctx
+from .openapi import describe
+
+
+def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
+                                                  f"{name} must be an integer"}),
+                                 content_type="application/json") from None
+    return max(lo, min(hi, value))
+
+
+async def _body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
+                                                  "the body must be a JSON object"}),
+                                 content_type="application/json") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
+                                                  "the body must be a JSON object"}),
+                                 content_type="application/json")
+    return data
+
+
+def _not_found(what: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": "not_found", "message": what}),
+                            content_type="application/json")
+
+
+def _status_dict(request: web.Request) -> dict:
+    c = ctx(request)
+    st = c.cluster.status
+    return {
+        "peer": c.peer, "site": c.site, "version": c.version, "time": time.time(),
+        "uptime_s": round(time.time() - c.started, 1),
+        "raft": {"self": st.self_address, "leader": st.leader, "is_leader": st.is_leader,
+                 "has_quorum": st.has_quorum, "term": st.term, "commit_index": st.commit_index,
+                 "last_applied": st.last_applied, "members": list(st.members),
+                 "connected": list(st.connected), "ready": st.ready},
+        "applied_revision": c.cluster.applied_revision(),
+    }
+
+
+@describe("Liveness: the process answers", tag="health")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "peer": ctx(request).peer})
+
+
+@describe("Readiness: this peer reaches a quorum and knows the leader", tag="health")
+async def readyz(request: web.Request) -> web.Response:
+    st = ctx(request).cluster.status
+    ready = st.has_quorum and st.leader is not None and st.ready
+    reason = None if ready else ("no quorum reachable" if not st.has_quorum else "no leader")
+    return web.json_response({"ready": ready, "reason": reason, "leader": st.leader},
+                             status=200 if ready else 503)
+
+
+@describe("This peer, its Raft view and the applied revision")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(_status_dict(request))
+
+
+@describe("The leader as this peer sees it")
+async def leader(request: web.Request) -> web.Response:
+    st = ctx(request).cluster.status
+    return web.json_response({"leader": st.leader, "term": st.term, "self": st.self_address,
+                              "is_leader": st.is_leader, "has_quorum": st.has_quorum})
+
+
+@describe("The peers of the group, with this peer's connection to each")
+async def peers(request: web.Request) -> web.Response:
+    c = ctx(request)
+    st = c.cluster.status
+    listed = {p["address"]: p for p in c.cluster.peers()}
+    out = []
+    for address in sorted(set(st.members) | set(listed)):
+        entry = dict(listed.get(address, {"address": address}))
+        entry.update(member=address in st.members, leader=address == st.leader,
+                     self=address == st.self_address,
+                     connected=address == st.self_address or address in st.connected)
+        out.append(entry)
+    return web.json_response({"peers": out})
+
+
+@describe("Add a peer to the group (one at a time; start it after this returns)",
+          body="{address: host:port, name?, api_url?}")
+async def add_peer(request: web.Request) -> web.Response:
+    body = await _body(request)
+    address = body.get("address")
+    if not isinstance(address, str):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
+                                                  "address (host:port) is required"}),
+                                 content_type="application/json")
+    await ctx(request).cluster.add_peer(address, name=body.get("name"),
+                                        api_url=body.get("api_url"))
+    return web.json_response({"added": address}, status=201)
+
+
+@describe("Remove a peer from the group")
+async def remove_peer(request: web.Request) -> web.Response:
+    address = request.match_info["address"]
+    await ctx(request).cluster.remove_peer(address)
+    return web.json_response({"removed": address})
+
+
+@describe("Revisions and their lifecycle", query={"state": "only revisions in this state"})
+async def revisions(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"revisions": c.cluster.revisions(request.query.get("state")),
+                              "applied": c.cluster.applied_revision()})
+
+
+@describe("One revision: its lifecycle, validation report summary, plan summary, approvals")
+async def revision(request: web.Request) -> web.Response:
+    record = ctx(request).cluster.revision(request.match_info["sha"])
+    if record is None:
+        raise _not_found(f"no revision {request.match_info['sha']}")
+    return web.json_response(record)
+
+
+@describe("Approve a revision", body="{note?}")
+async def approve(request: web.Request) -> web.Response:
+    body = await _body(request)
+    sha = request.match_info["sha"]
+    by = request.get("token_name", "api")
+    result = await ctx(request).cluster.approve_revision(sha, by=by, note=body.get("note"))
+    return web.json_response(result)
+
+
+@describe("Hosts and where each is in its workflow")
+async def hosts(request: web.Request) -> web.Response:
+    return web.json_response({"hosts": ctx(request).cluster.hosts()})
+
+
+@describe("One host: its record and what the applied revision says of it")
+async def host(request: web.Request) -> web.Response:
+    c = ctx(request)
+    name = request.match_info["name"]
+    record, facts = c.cluster.host(name), c.host_facts(name)
+    if record is None and facts is None:
+        raise _not_found(f"no host {name!r}")
+    return web.json_response({"name": name, "record": record, "sot": facts})
+
+
+@describe("Events, oldest first, after a sequence number",
+          query={"after": "sequence number already seen (default 0)",
+                 "limit": "at most this many (default 100, max 1000)"})
+async def events(request: web.Request) -> web.Response:
+    after = _int(request, "after", 0, 0, 2**63)
+    limit = _int(request, "limit", 100, 1, 1000)
+    return web.json_response(ctx(request).cluster.events_since(after, limit))
+
+
+@describe("Follow events live: newline-delimited JSON, one event a line",
+          query={"after": "sequence number already seen", "for": "seconds to follow (max 3600)"})
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    c = ctx(request)
+    after = _int(request, "after", c.cluster.events_since(0, 0)["last_seq"], 0, 2**63)
+    duration = _int(request, "for", 3600, 1, 3600)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    deadline = time.monotonic() + duration
+    while (remaining := deadline - time.monotonic()) > 0:
+        page = await c.cluster.follow_events(after, limit=500, timeout=min(remaining, 15))
+        if page["first_seq"] > after + 1 and after:
+            gap = {"kind": "gap", "message": f"events {after + 1}..{page['first_seq'] - 1} "
+                   "left the journal before they were read"}
+            await response.write((json.dumps(gap) + "\n").encode())
+        for event in page["events"]:
+            await response.write((json.dumps(event) + "\n").encode())
+            after = event["seq"]
+        if not page["events"]:
+            await response.write(b"\n")  # keep-alive; also notices a client that left
+        await asyncio.sleep(0)
+    await response.write_eof()
+    return response
+
+
+@describe("Record an operator note in the event journal", body="{message, host?}")
+async def add_event(request: web.Request) -> web.Response:
+    body = await _body(request)
+    message = body.get("message")
+    if not isinstance(message, str) or not message:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
+                                                  "message is required"}),
+                                 content_type="application/json")
+    seq = await ctx(request).cluster.append_event(
+        "note", host=body.get("host"), message=message,
+        data={"by": request.get("token_name", "api")})
+    return web.json_response({"seq": seq}, status=201)
+
+
+@describe("Sites known to this peer")
+async def sites(request: web.Request) -> web.Response:
+    return web.json_response({"sites": ctx(request).sites()})
+
+
+def add_api_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/v1/status", status)
+    r.add_get("/v1/leader", leader)
+    r.add_get("/v1/peers", peers)
+    r.add_post("/v1/peers", add_peer)
+    r.add_delete("/v1/peers/{address}", remove_peer)
+    r.add_get("/v1/revisions", revisions)
+    r.add_get("/v1/revisions/{sha}", revision)
+    r.add_post("/v1/revisions/{sha}/approve", approve)
+    r.add_get("/v1/hosts", hosts)
+    r.add_get("/v1/hosts/{name}", host)
+    r.add_get("/v1/events", events)
+    r.add_post("/v1/events", add_event)
+    r.add_get("/v1/events/stream", events_stream)
+    r.add_get("/v1/sites", sites)
+
