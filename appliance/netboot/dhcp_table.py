@@ -193,14 +193,25 @@ class DhcpTable:
         return header + wire.encode_options(opts) + tail
 
 
-def _subnet_options(sub: SubnetSpec, hostname: str) -> tuple[bytes, bytes]:
+@dataclass(slots=True)
+class _EncodedSubnet:
+    """A subnet's options encoded once; each host only adds its hostname (option 12)."""
+
+    network: ipaddress.IPv4Network
+    first: int  # first and last host address, as integers
+    last: int
+    common: bytes
+    lease: bytes
+    extra: bytes
+
+
+def _encode_subnet(sub: SubnetSpec) -> _EncodedSubnet:
     net = ipaddress.IPv4Network(sub.cidr)
     common: list[tuple[int, bytes]] = [(wire.OPT_SUBNET_MASK, net.netmask.packed)]
     if sub.gateway:
         common.append((wire.OPT_ROUTER, _ip(sub.gateway)))
     if sub.dns:
         common.append((wire.OPT_DNS, b"".join(_ip(a) for a in sub.dns)))
-    common.append((wire.OPT_HOSTNAME, hostname.split(".")[0].encode()))
     if sub.domain:
         common.append((wire.OPT_DOMAIN, sub.domain.encode()))
     if sub.mtu:
@@ -208,11 +219,13 @@ def _subnet_options(sub: SubnetSpec, hostname: str) -> tuple[bytes, bytes]:
     common.append((wire.OPT_BROADCAST, net.broadcast_address.packed))
     if sub.ntp:
         common.append((wire.OPT_NTP, b"".join(_ip(a) for a in sub.ntp)))
-    extra = list(sub.extra_options)
-    lease = [(wire.OPT_LEASE_TIME, struct.pack("!I", sub.lease_time))]
-    return (
-        wire.encode_options(common + lease + extra),
-        wire.encode_options(common + extra),
+    return _EncodedSubnet(
+        network=net,
+        first=int(net.network_address) + 1,
+        last=int(net.broadcast_address) - 1,
+        common=wire.encode_options(common),
+        lease=wire.encode_option(wire.OPT_LEASE_TIME, struct.pack("!I", sub.lease_time)),
+        extra=wire.encode_options(sub.extra_options),
     )
 
 
@@ -220,36 +233,46 @@ def compile_table(spec: TableSpec, interface: str, revision: str = "") -> DhcpTa
     """Validate the spec and encode every reservation's options for the given interface.
 
     Raises ValueError on a contradiction (duplicate MAC, UUID or address, an address outside
-    its subnet, an unknown subnet): a bad table must never replace a good one.
+    its subnet, an unknown subnet): a bad table must never replace a good one. Costs about
+    30 us per reservation: run it off the event loop for large sites.
     """
     try:
         server_ip = _ip(spec.server.addresses[interface])
     except KeyError:
         raise ValueError(f"no server address for interface {interface!r}") from None
-    subnets = {ipaddress.IPv4Network(s.cidr): s for s in spec.subnets}
+    subnets: dict[str, _EncodedSubnet] = {}
+    for s in spec.subnets:
+        enc = _encode_subnet(s)
+        subnets[s.cidr] = subnets[str(enc.network)] = enc
     by_mac: dict[bytes, Host] = {}
     by_uuid: dict[bytes, Host] = {}
     seen_ip: set[bytes] = set()
-    encoded: dict[tuple[ipaddress.IPv4Network, str], tuple[bytes, bytes]] = {}
     for r in spec.reservations:
-        net = ipaddress.IPv4Network(r.subnet)
-        sub = subnets.get(net)
+        sub = subnets.get(r.subnet)
         if sub is None:
-            raise ValueError(f"{r.hostname}: subnet {r.subnet} is not declared")
+            sub = subnets.get(str(ipaddress.IPv4Network(r.subnet)))
+            if sub is None:
+                raise ValueError(f"{r.hostname}: subnet {r.subnet} is not declared")
         addr = ipaddress.IPv4Address(r.ipv4)
-        if addr not in net or addr in (net.network_address, net.broadcast_address):
-            raise ValueError(f"{r.hostname}: {addr} is not a host address of {net}")
+        if not sub.first <= int(addr) <= sub.last:
+            raise ValueError(f"{r.hostname}: {addr} is not a host address of {sub.network}")
         mac = _mac(r.mac)
         if mac in by_mac:
             raise ValueError(f"{r.hostname}: MAC {r.mac} is reserved twice")
-        if addr.packed in seen_ip:
+        packed = addr.packed
+        if packed in seen_ip:
             raise ValueError(f"{r.hostname}: address {addr} is reserved twice")
-        seen_ip.add(addr.packed)
-        key = (net, r.hostname)
-        if key not in encoded:
-            encoded[key] = _subnet_options(sub, r.hostname)
-        lease_opts, inform_opts = encoded[key]
-        host = Host(r.hostname, mac, addr.packed, net, lease_opts, inform_opts, r.boot)
+        seen_ip.add(packed)
+        name = wire.encode_option(wire.OPT_HOSTNAME, r.hostname.split(".")[0].encode())
+        host = Host(
+            r.hostname,
+            mac,
+            packed,
+            sub.network,
+            sub.common + name + sub.lease + sub.extra,
+            sub.common + name + sub.extra,
+            r.boot,
+        )
         by_mac[mac] = host
         if r.uuid:
             u = uuidlib.UUID(r.uuid)

@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -219,6 +220,12 @@ class NetnsRig:
             _ip("-n", ns_b.name, "addr", "add", cidr_b, "dev", name_b)
         _ip("-n", ns_a.name, "link", "set", name_a, "up")
         _ip("-n", ns_b.name, "link", "set", name_b, "up")
+        # The kernel reports carrier through linkwatch, up to a second later; a bridge port
+        # forwards only after that. Frames sent before are lost, so wait (bounded).
+        wait_link(ns_a, name_a, forwarding=bridge is not None)
+        wait_link(ns_b, name_b)
+        if bridge:
+            wait_link(ns_a, bridge)
         return name_a, name_b
 
     def close(self) -> None:
@@ -240,6 +247,21 @@ class NetnsRig:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def wait_link(ns: Netns, ifname: str, *, forwarding: bool = False, timeout: float = 10) -> None:
+    """Wait until a link is operationally up (and, for a bridge port, forwarding)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(
+            ["ip", "-n", ns.name, "-d", "-o", "link", "show", "dev", ifname],
+            capture_output=True, text=True, timeout=10,
+        ).stdout  # fmt: skip
+        if " state UP " in out and (not forwarding or "bridge_slave state forwarding" in out):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ifname} in {ns.name} is not up: {out.strip()}")
+        time.sleep(0.02)
 
 
 def _kill_namespace_pids(name: str) -> None:
