@@ -35,7 +35,6 @@ CLIENT_IP = "198.18.0.200"
 def client(boot_net: BootNet):
     ns = boot_net.client("cli", "52:54:00:aa:00:01", cidr=f"{CLIENT_IP}/24")
     c = Client(ns, ("0.0.0.0", 68))
-    c.ns = ns
     yield c
     c.close()
 
