@@ -69,6 +69,7 @@ class Responder:
         self._on_event = on_event
         self._clock = clock
         self._last_event: dict[tuple[str, bytes], float] = {}
+        self._next_prune = 0.0
         self._malformed_last = -MALFORMED_EVENT_PERIOD_S
 
     # -- events ---------------------------------------------------------------------------
@@ -91,8 +92,10 @@ class Responder:
             self.counters.inc("events_suppressed")
             return False
         if len(self._last_event) >= MAX_TRACKED_MACS:
-            cutoff = now - EVENT_PERIOD_S
-            self._last_event = {k: t for k, t in self._last_event.items() if t >= cutoff}
+            if now >= self._next_prune:  # at most once a second: a MAC flood stays cheap
+                self._next_prune = now + 1.0
+                cutoff = now - EVENT_PERIOD_S
+                self._last_event = {k: t for k, t in self._last_event.items() if t >= cutoff}
             if len(self._last_event) >= MAX_TRACKED_MACS:
                 self.counters.inc("events_suppressed")
                 return False

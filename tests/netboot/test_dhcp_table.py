@@ -10,7 +10,7 @@ from scapy.layers.dhcp import BOOTP
 
 from appliance.netboot import dhcp_codec as wire
 from appliance.netboot import dhcp_table as t
-from appliance.netboot.dhcp_responder import EVENT_PERIOD_S, Responder
+from appliance.netboot.dhcp_responder import EVENT_PERIOD_S, MAX_TRACKED_MACS, Responder
 
 SRC = ("0.0.0.0", 68)
 
@@ -149,3 +149,24 @@ def test_declines_are_journaled_once_per_period() -> None:
     r.handle(decline, SRC)
     assert events == ["decline", "decline"]
     assert r.counters["decline"] == 4
+
+
+def test_a_flood_of_fresh_macs_is_counted_but_not_journaled() -> None:
+    now = [0.0]
+    events: list[str] = []
+    r = Responder(
+        t.compile_table(make_spec(), "br0"),
+        on_event=lambda k, **f: events.append(k),
+        clock=lambda: now[0],
+    )
+    flood = MAX_TRACKED_MACS + 500
+    for i in range(flood):
+        r.handle(
+            dhcp_packet(f"52:54:01:{i >> 16:02x}:{i >> 8 & 255:02x}:{i & 255:02x}", "discover", i),
+            SRC,
+        )
+    assert len(events) == MAX_TRACKED_MACS  # memory stays bounded
+    assert r.counters["unknown"] == flood and r.counters["events_suppressed"] == 500
+    now[0] += EVENT_PERIOD_S + 1  # old entries expire: new MACs are reported again
+    r.handle(dhcp_packet("52:54:02:00:00:01", "discover", 1), SRC)
+    assert len(events) == MAX_TRACKED_MACS + 1
