@@ -196,7 +196,8 @@ class ArtifactCache:
         if task is None:
             failed = self._failed.get(sha256)
             if failed is not None and failed[0] > time.monotonic():
-                raise failed[1]
+                # A new instance each time: re-raising one would grow its traceback per request.
+                raise FetchError(failed[1].url, failed[1].reason, permanent=True)
             task = asyncio.create_task(self._fill(artifact), name=f"artifact-fetch-{sha256[:12]}")
             self._inflight[sha256] = task
             task.add_done_callback(lambda t: self._fill_done(sha256, t))
@@ -242,8 +243,9 @@ class ArtifactCache:
             except FetchError as exc:
                 last = exc
                 retry = not exc.permanent and attempt < self._attempts
-                log.warning("artifact.fetch_failed", url=url, sha256=artifact.sha256,
-                            attempt=attempt, error=exc.reason, retry=retry)
+                (log.warning if retry else log.error)(
+                    "artifact.fetch_failed", url=url, sha256=artifact.sha256, attempt=attempt,
+                    error=exc.reason, retry=retry)
                 if not retry:
                     break
                 await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
