@@ -270,7 +270,8 @@ class Responder:
 
     def _nak(self, table: tbl.DhcpTable, req: wire.Request, why: str) -> Reply:
         self.counters.inc("nak")
-        log.info("dhcp.nak", mac=mac_text(req.chaddr), reason=why)
+        if self._may_report("nak", req.chaddr):  # logged, not journaled: the client recovers
+            log.info("dhcp.nak", mac=mac_text(req.chaddr), reason=why)
         body = wire.encode_header(htype=req.htype, hlen=req.hlen, chaddr16=req.chaddr16)
         body += wire.encode_options(
             [(wire.OPT_MESSAGE_TYPE, bytes((wire.NAK,))), (wire.OPT_SERVER_ID, table.server_ip)]
