@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import os
@@ -173,6 +174,11 @@ class ArtifactCache:
 
     def cached(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def metrics(self) -> dict[str, int]:
+        """Counters plus the current state, flat, for /metrics."""
+        return {**dataclasses.asdict(self.counters), "fetches_in_flight": len(self._inflight),
+                "known": len(self._known)}
 
     # -- filling ----------------------------------------------------------------------------
 

@@ -169,6 +169,10 @@ async def test_first_request_fetches_and_verifies_then_serves_from_disk(
         assert (c.misses, c.hits, c.fetches, c.fetch_failures) == (1, 1, 1, 0)
         assert c.bytes_served == 2 * len(DATA)
         assert c.bytes_fetched == len(DATA)
+        assert cache.metrics() == {
+            "hits": 1, "misses": 1, "fetches": 1, "fetch_failures": 0, "not_found": 0,
+            "bytes_served": 2 * len(DATA), "bytes_fetched": len(DATA),
+            "fetches_in_flight": 0, "known": 1}
 
 
 async def test_served_after_upstream_stopped_and_after_restart(tmp_path: Path) -> None:
