@@ -157,8 +157,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n== vaq-peer plan none {sot}   (the first rollout of the lab site)")
     cmd_plan(argparse.Namespace(old="none", new=str(sot), git=None, json=False, max_hosts=50))
     print(f"\n== vaq-peer render lab-01 --sot {sot}")
-    return cmd_render(argparse.Namespace(host="lab-01", stage=None, sot=str(sot), git=None,
+    code = cmd_render(argparse.Namespace(host="lab-01", stage=None, sot=str(sot), git=None,
                                          rev=None, what="all", json=False))
+    if code != EXIT_OK:
+        return code
+    print("\n== a peer serving the lab site on loopback, lab-01 walked through its workflow")
+    from .demo import run
+    from .log import configure_logging
+
+    configure_logging("console", "warning")
+    return run(sot)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

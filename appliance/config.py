@@ -95,6 +95,9 @@ class PeerConfig(_Strict):
     http: HttpConfig = HttpConfig()
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
+    # Fetch every artifact of the applied revision at start, so a boot storm never waits on
+    # the upstream mirror; off: fetched on first request.
+    prefetch_artifacts: bool = True
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

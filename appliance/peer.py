@@ -249,9 +249,9 @@ class Peer:
             await self._dhcp.start()
             log.info("dhcp.listening", interface=cfg.interface, mode=table.site.netboot.dhcp_mode,
                      reservations=len(table.dhcp.reservations))
-        # Warm the cache so the first boot of a storm does not wait on the upstream mirror.
-        self._tasks.append(asyncio.create_task(
-            self.artifacts.prefetch(a.sha256 for a in table.artifacts()), name="prefetch"))
+        if cfg.prefetch_artifacts:  # a boot storm should not wait on the upstream mirror
+            self._tasks.append(asyncio.create_task(
+                self.artifacts.prefetch(a.sha256 for a in table.artifacts()), name="prefetch"))
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
