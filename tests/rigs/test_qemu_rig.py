@@ -108,6 +108,8 @@ def start_dnsmasq(rig: NetnsRig, ns: Netns, work: Path) -> Path:
         "--dhcp-ignore-clid",
         "--enable-tftp", f"--tftp-root={tftp}",
         "--dhcp-match=set:ipxe,175",
+        # iPXE's no-pxedhcp (175.176 = 1): no ProxyDHCP on this network, do not wait for one.
+        "--dhcp-option=tag:ipxe,encap:175,176,1b",
         "--dhcp-match=set:efi64,option:client-arch,7",
         "--dhcp-match=set:efi64,option:client-arch,9",
         "--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe",
