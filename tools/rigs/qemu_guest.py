@@ -314,7 +314,8 @@ class RouterAdvertiser:
 
     Why: iPXE's "Configuring (net0 ...)" waits for DHCPv4 *and* an IPv6 router advertisement;
     with no router on the link it retries solicitations for ~14 s before giving up, on every
-    iPXE start (twice per UEFI boot chain when the NBP is iPXE). An RA with no prefix, no
+    iPXE start (the BIOS guest's ROM, or snponly.efi after the UEFI firmware's PXE, which does
+    not solicit itself). An RA with no prefix, no
     M/O flags and router lifetime 0 ends iPXE's IPv6 autoconfiguration immediately without
     configuring anything (no address, no route). It is link-local only: sent from the bridge's
     fe80:: address to ff02::1 on the namespace's bridge, so it never leaves the test network.
