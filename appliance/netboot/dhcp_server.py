@@ -57,8 +57,16 @@ class DhcpServer:
     """Static-reservation DHCP (mode "server") or proxyDHCP for PXE (mode "proxy").
 
     `table_provider()` gives the table to start with; `swap_table` installs a newer one
-    compiled elsewhere. Events (unknown-mac, decline, release, malformed) go to
-    `on_event(kind, **fields)` so the peer can journal them.
+    compiled elsewhere. Events go to `on_event(kind, **fields)` so the peer can journal them,
+    at most one per kind and MAC a minute (malformed: one per 10 s):
+    unknown-mac (mac, message, src, giaddr[, uuid]), decline (mac, ip, src),
+    release (mac, ip, known), malformed (reason, src, size).
+
+    `counters` (plain ints, for /metrics): one per message type received (discover, request,
+    inform, decline, release, ...), replies, nak, unknown, malformed, ignored (not ours to
+    answer), other_server, wrong_subnet, unbootable, pxe_port, events_suppressed, dropped
+    (send failed), rx_overflow_<port> (the kernel's count of requests lost before we read
+    them), errors (a bug cost one packet).
     """
 
     def __init__(
