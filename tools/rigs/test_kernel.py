@@ -297,6 +297,22 @@ def _load(out: Path) -> GuestOS | None:
     return tos if tos.kernel.is_file() and tos.initrd.is_file() else None
 
 
+def _prune(cache: Path, keep_builds: int = 4, keep_debs: int = 2) -> None:
+    """Bound the cache: the most recently used builds and the newest kernel packages stay."""
+
+    def newest_first(paths: list[Path]) -> list[Path]:
+        return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    with contextlib.suppress(OSError):
+        for old in newest_first([p for p in (cache / "test-os").iterdir() if p.is_dir()])[
+            keep_builds:
+        ]:
+            shutil.rmtree(old, ignore_errors=True)
+        for old in newest_first(list((cache / "debs").glob("linux-image-*.deb")))[keep_debs:]:
+            old.unlink()
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+
+
 def build_test_os(cache: Path | None = None, *, markers: bool = False) -> GuestOS:
     """Build (or reuse) the test OS; `markers` makes /init print each step on the console."""
     cache = cache or cache_dir()
@@ -320,6 +336,8 @@ def build_test_os(cache: Path | None = None, *, markers: bool = False) -> GuestO
         out = cache / "test-os" / key
         found = _load(out)
         if found is not None:
+            with contextlib.suppress(OSError):
+                os.utime(out)  # recently used: kept by _prune
             return found
         with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
             root = Path(tmp) / "root"
@@ -349,6 +367,7 @@ def build_test_os(cache: Path | None = None, *, markers: bool = False) -> GuestO
             if out.exists():
                 shutil.rmtree(out)
             os.rename(stage, out)
+        _prune(cache)
         built = _load(out)
         assert built is not None
         return built
