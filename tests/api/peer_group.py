@@ -171,6 +171,32 @@ api:
         logs = "\n".join(p.log.read_text()[-2000:] for p in self.peers)
         raise AssertionError(f"no leader among {[p.index for p in among]} in {timeout} s\n{logs}")
 
+    def wait_settled(self, timeout: float = 30) -> None:
+        """Every live peer knows the same leader and is connected to every other live peer:
+        a fresh group gets there a moment after its first leader is elected."""
+        live = [p for p in self.peers if p.alive()]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            views = [self.call(p, "GET", "/v1/status", timeout=2).body.get("raft", {})
+                     for p in live]
+            leaders = {v.get("leader") for v in views}
+            if (len(leaders) == 1 and None not in leaders
+                    and all(v.get("has_quorum") for v in views)
+                    and all({q.raft for q in live} - {v.get("self")} <= set(v.get("connected", []))
+                            for v in views)):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the group did not settle in {timeout} s: {views}")
+
+    def register_api_urls(self) -> None:
+        """Name every peer and record its API URL in the replicated peer list (POST
+        /v1/peers of an existing member only updates its entry), as an operator would."""
+        leader = self.wait_leader()
+        for peer in self.peers:
+            ans = self.call(leader, "POST", "/v1/peers", {"address": peer.raft, "name":
+                            f"peer-{peer.index + 1}", "api_url": peer.url})
+            assert ans.status == 201, ans
+
     def all_events(self, peer: PeerProc) -> list[dict]:
         out, after = [], 0
         for _ in range(1000):
