@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tools.rigs.netns import NetnsRig
-from tools.rigs.qemu_guest import QemuGuest
+from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
 from tools.rigs.test_kernel import build_test_os
 
@@ -98,11 +98,15 @@ def test_bios_and_uefi_guests_boot_from_the_peer_and_phone_home(guest_os, tmp_pa
                               "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
         guests = [QemuGuest(srv, "br0", mac=mac, firmware=fw, name=name)
                   for name, (mac, _, fw) in GUESTS.items()]
+        # iPXE waits ~14 s for an IPv6 router advertisement unless one arrives (rig notes).
+        advertiser = RouterAdvertiser(srv, "br0")
+        advertiser.start()
         try:
             for guest in guests:
                 guest.start()
             done = _wait_phone_homes(log, set(GUESTS), peer, timeout=240)
         finally:
+            advertiser.close()
             for guest in guests:
                 guest.close()
             if peer.poll() is None:
