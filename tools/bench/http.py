@@ -452,13 +452,12 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
 
 def report(results: dict[tuple[str, str], list[tuple[Result, float]]], servers: list[str],
            cases: list[str]) -> None:
-    print("\nmedian of rounds (best in brackets); ratio = median ours / median nginx; "
-          "CPU = server cores used")
+    print("\nmedian of rounds (best in brackets); ours/nginx = median over rounds of the "
+          "ratio within a round;\nCPU = server cores used; µs/req = server CPU per request")
     print(f"{'case':<12} {'server':<22} {'req/s':>18} {'MiB/s':>9} {'ours/nginx':>10} "
           f"{'CPU':>5} {'µs/req':>7} {'req/s per core':>14}")
     ratios: dict[tuple[str, str], float] = {}
     for case in cases:
-        ref = statistics.median(r.rps for r, _ in results[(case, "nginx")])
         for name in servers:
             runs = results.get((case, name))
             if not runs:
@@ -467,10 +466,14 @@ def report(results: dict[tuple[str, str], list[tuple[Result, float]]], servers: 
             best = max(r.rps for r, _ in runs)
             mib = statistics.median(r.mib_s for r, _ in runs)
             cpu = statistics.median(c for _, c in runs)
-            ratios[(case, name)] = med / ref
+            # Paired: ours against nginx of the same round, a few seconds apart, so load
+            # that comes and goes on the machine weighs on both sides of each ratio.
+            ratio = statistics.median(r.rps / n.rps for (r, _), (n, _) in zip(
+                runs, results[(case, "nginx")], strict=True))
+            ratios[(case, name)] = ratio
             us = statistics.median(c / r.rps * 1e6 for r, c in runs if r.rps)
             print(f"{case:<12} {name:<22} {med:>9.1f} [{best:>7.1f}] {mib:>9.1f} "
-                  f"{med / ref:>9.2f}x {cpu:>5.2f} {us:>7.0f} {1e6 / us:>14.0f}")
+                  f"{ratio:>9.2f}x {cpu:>5.2f} {us:>7.0f} {1e6 / us:>14.0f}")
     file_ratio = ratios[("64 MiB file", "ours, log=none")]
     script_rps = statistics.median(r.rps for r, _ in results[("scripts", "ours, log=none")])
     print(f"\ngoals: 64 MiB file >= 0.8x nginx: {file_ratio:.2f}x "
