@@ -241,7 +241,8 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         if cfg.dhcp.enabled:
-            dhcp_table = compile_table(table.dhcp, cfg.interface, table.sha)
+            dhcp_table = await asyncio.to_thread(compile_table, table.dhcp, cfg.interface,
+                                                 table.sha)  # ~0.4 s per 10,000 hosts
             self._dhcp = DhcpServer(lambda: dhcp_table, cfg.interface,
                                     mode=table.site.netboot.dhcp_mode,
                                     on_event=self._on_event, port=cfg.dhcp.port,

@@ -30,6 +30,8 @@ PROXY_OFFER, PROXY_ACK = "proxy-offer", "proxy-ack"
 # PXE vendor options (option 43): discovery control 8 = "boot the file named in this offer,
 # skip boot server discovery and menus", then the PXE END.
 PXE_BOOT_FILE_ONLY = wire.encode_option(6, b"\x08") + b"\xff"
+IPXE_ENCAP = 175
+IPXE_NO_PXEDHCP = bytes((176, 1, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,10 @@ class DhcpTable:
         msg_type = wire.OFFER if kind in (OFFER, PROXY_OFFER) else wire.ACK
         opts = [(wire.OPT_MESSAGE_TYPE, bytes((msg_type,))), (wire.OPT_SERVER_ID, self.server_ip)]
         proxy = kind in (PROXY_OFFER, PROXY_ACK)
+        if variant == IPXE and not proxy:
+            # iPXE's encapsulated option 175, setting 176 "no-pxedhcp" = 1: our answer is
+            # complete, so iPXE need not wait ~2 s for a ProxyDHCP offer that never comes.
+            opts.append((IPXE_ENCAP, IPXE_NO_PXEDHCP))
         if variant == HTTP:
             opts.append((wire.OPT_VENDOR_CLASS, b"HTTPClient"))
         elif proxy:

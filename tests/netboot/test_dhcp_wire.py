@@ -71,6 +71,8 @@ def test_architecture_selects_boot_file(
     assert reply.yiaddr == "198.18.0.12"
     assert o["server_id"] == SERVER_IP
     assert o.get("vendor_class_id") == vendor_reply
+    # iPXE is told not to wait for a ProxyDHCP offer (option 175, sub-option 176 = 1)
+    assert (o.get(175) == b"\xb0\x01\x01") == (user_class == b"iPXE"), o.get(175)
     if expected is None:
         assert "boot-file-name" not in o
         assert reply.file.rstrip(b"\0") == b""
