@@ -31,6 +31,16 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def cli_command() -> list[str]:
+    """How to run the `vaq-peer` API commands: the console script once it registers them;
+    until then the same commands through their module entry point."""
+    exe = Path(sys.executable).parent / "vaq-peer"
+    probe = subprocess.run([str(exe), "doctor", "--help"], capture_output=True, timeout=30)
+    if probe.returncode == 0:
+        return [str(exe)]
+    return [sys.executable, "-m", "appliance.cli_peer"]
+
+
 @dataclass
 class Answer:
     status: int

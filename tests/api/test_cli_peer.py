@@ -9,30 +9,16 @@ import re
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peer_group import ADMIN, READER, REPO, PeerGroup, PeerProc, free_ports
+from peer_group import ADMIN, READER, REPO, PeerGroup, PeerProc, cli_command, free_ports
 
 pytestmark = pytest.mark.slow
 
-VAQ_PEER = Path(sys.executable).parent / "vaq-peer"
-
-
-def _command() -> list[str]:
-    """The console script once `vaq-peer` registers these commands; until then the same
-    commands through their module entry point (python -m appliance.cli_peer)."""
-    probe = subprocess.run([str(VAQ_PEER), "doctor", "--help"], capture_output=True,
-                           timeout=30)
-    if probe.returncode == 0:
-        return [str(VAQ_PEER)]
-    return [sys.executable, "-m", "appliance.cli_peer"]
-
-
-COMMAND = _command()
+COMMAND = cli_command()
 
 
 def vaq(peer: PeerProc | str, *args: str, token: str | None = ADMIN,
