@@ -179,7 +179,9 @@ class Peer:
                                "dropped": float(self.outbox.dropped) if self.outbox else 0.0},
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
-        sources["tftp"] = lambda: _counter_values(self._tftp.counters) if self._tftp else {}
+        sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
+                                    "active": float(self._tftp.counters.active)}
+                                   if self._tftp else {})
         sources["artifacts"] = lambda: (_counter_values(self.artifacts.counters)
                                         if self.artifacts else {})
         return sources
