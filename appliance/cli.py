@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_peer import add_peer_commands
 from .sot.revision import Revision, compile_tree, empty_revision
 from .sot.tree import DirectoryTree, Tree
 
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)
+    add_peer_commands(sub)
     return parser
 
 

@@ -32,13 +32,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def cli_command() -> list[str]:
-    """How to run the `vaq-peer` API commands: the console script once it registers them;
-    until then the same commands through their module entry point."""
-    exe = Path(sys.executable).parent / "vaq-peer"
-    probe = subprocess.run([str(exe), "doctor", "--help"], capture_output=True, timeout=30)
-    if probe.returncode == 0:
-        return [str(exe)]
-    return [sys.executable, "-m", "appliance.cli_peer"]
+    """The `vaq-peer` console script of this virtualenv, as an operator runs it."""
+    return [str(Path(sys.executable).parent / "vaq-peer")]
 
 
 @dataclass
