@@ -264,7 +264,7 @@ class Bmc(Strict):
     address: str | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     credentials: Id
-    system_id: str | None = None  # Redfish ComputerSystem id; discovered when absent
+    system_id: VersionStr | None = None  # Redfish system id ("1" on iLO); found if absent
     verify_tls: bool = True
 
 

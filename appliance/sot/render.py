@@ -95,6 +95,11 @@ class Urls:
     def phone_home(self) -> str:
         return f"{self.base}/phone-home/{self.host}/{self.stage}/{self.token}"
 
+    def phone_home_at(self, stage: int) -> str:
+        """The phone-home URL of another stage: an installer writes the next (local) stage's
+        URL into the system it installs, which reports from its first boot."""
+        return f"{self.base}/phone-home/{self.host}/{int(stage)}/{self.token}"
+
     def artifact(self, artifact: Artifact) -> str:
         return f"{self.base}/artifacts/{artifact.sha256}/{artifact.filename}"
 

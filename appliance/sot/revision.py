@@ -57,6 +57,10 @@ def no_cyclic_gc() -> Iterator[None]:
     try:
         yield
     finally:
+        # What was built lives long (a cached revision): freezing moves it out of the
+        # collector's generations, so the next full collection does not rescan it all
+        # (~1 s at 10,000 hosts). Refcounting still frees it when the revision is dropped.
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
