@@ -31,7 +31,7 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info") -> None:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     # Our own events go straight to stdout through structlog's writer: through the stdlib
-    # logging machinery a line costs 25-40 us instead of 11-16 us (tools/bench/http.py),
+    # logging machinery a line costs 25-40 us instead of 11-16 us (tools/bench/http_boot.py),
     # which matters on the per-host script path of a boot storm.
     structlog.configure(
         processors=[*shared, renderer],

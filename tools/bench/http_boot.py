@@ -16,7 +16,7 @@ worker by default: the same CPU for both, the other core drives wrk). Our server
 with no access log, with aiohttp's access log to a file, and with our structured (JSON,
 appliance.log) line per request to a file, because a log line per request costs a lot.
 
-    .venv/bin/python tools/bench/http.py [--duration 10] [--connections 8] [--nginx-workers 1]
+    .venv/bin/python tools/bench/http_boot.py [--duration 10] [--connections 8] [--nginx-workers 1]
 
 Goals: 64 MiB file >= 0.8x nginx; per-host scripts above 5,000 requests/s.
 """
