@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from peer_group import PeerGroup
+from peer_group import READER, PeerGroup
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +124,25 @@ def test_cut_off_peer_refuses_writes_serves_reads_and_boots(group3: PeerGroup) -
         while "rejoined" not in {e.get("message") for e in group3.all_events(peer)}:
             assert time.monotonic() < deadline, f"peer {peer.index} never applied the write"
             time.sleep(0.1)
+
+
+def test_remove_a_peer_through_the_api(group3: PeerGroup) -> None:
+    leader = group3.wait_leader()
+    follower = next(p for p in group3.peers if p is not leader)
+    other = next(p for p in group3.peers if p is not leader and p is not follower)
+    refused = group3.call(other, "DELETE", f"/v1/peers/{follower.raft}", token=READER)
+    assert refused.status == 403
+    ans = group3.call(other, "DELETE", f"/v1/peers/{follower.raft}")  # through a follower
+    assert ans.status == 200, ans
+    deadline = time.monotonic() + 10
+    while True:
+        peers = group3.call(leader, "GET", "/v1/peers").body["peers"]
+        members = {p["address"] for p in peers if p["member"]}
+        if follower.raft not in members or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert members == {leader.raft, other.raft}, peers
+    group3.kill(follower)  # a removed peer can go away without costing the group its quorum
+    assert group3.call(other, "POST", "/v1/events", {"message": "two left"}).status == 201
+    removing_leader = group3.call(other, "DELETE", f"/v1/peers/{leader.raft}")
+    assert removing_leader.status == 409 and removing_leader.body["error"] == "not_leader"
