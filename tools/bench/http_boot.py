@@ -1,24 +1,31 @@
-"""HTTP boot benchmark: our aiohttp serving against nginx, same files, same wrk load, loopback.
+"""HTTP boot benchmark: a real `vaq-peer serve` process against nginx, same bytes, same wrk load.
 
-Why: in a boot storm every host pulls its kernel and initrds (tens to hundreds of MB) and a
-small per-host iPXE script from a peer. Big files must go at close to what the machine can
-push (sendfile, like nginx), and the small dynamic answers must not be the queue.
+Why: in a boot storm every host pulls a small per-host iPXE script and then its kernel and
+initrds (tens to hundreds of MB) from a peer. The scripts must not be the queue, and big files
+must go at close to what the machine can push (sendfile, like nginx).
 
-(a) a 64 MiB initrd: nginx (`sendfile on`) serving it from a temp root, against our server
-    process with `ArtifactCache.handler` serving it from its cache directory.
-(b) per-host scripts: nginx serving 1,000 small static files, against our server process
-    building a ~600-byte iPXE script per request from a dict of 1,000 hosts keyed by a URL
-    path segment (the integrator's real route is measured elsewhere); wrk cycles over the
-    1,000 paths with a Lua script.
+The SoT is `tools/gen_sot.py OUT --hosts 1000 --sites 1 --seed 1` (the same 1,000 hosts
+as the DHCP and TFTP benchmarks' 1,000 reservations), with one initrd (Flatcar's, which most
+hosts boot) pointed at a 64 MiB local file so that the peer can serve it; it must pass
+`vaq-peer validate`. Each peer is started as an operator starts it (`vaq-peer serve
+--config`, loopback, a Raft group of one, DHCP and TFTP off, JSON logs to a file):
 
-Our server runs in its own process, as in production, with one event loop (so nginx gets one
-worker by default: the same CPU for both, the other core drives wrk). Our server is measured
-with no access log, with aiohttp's access log to a file, and with our structured (JSON,
-appliance.log) line per request to a file, because a log line per request costs a lot.
+(a) per-host scripts: wrk cycles (Lua) over the 1,000 hosts' `GET /ipxe?mac=&uuid=&arch=
+    &platform=`, the request iPXE makes after `boot.ipxe`; each answer is that host's rendered
+    stage script. Every host is fetched once before anything is timed (the first request
+    renders and caches it). nginx serves the very same bytes (fetched from the peer) as 1,000
+    static files, mapped from the same URL by `try_files /scripts/$arg_mac`.
+(b) the 64 MiB initrd at `/artifacts/<sha256>/<name>`, through the peer's artifact route, and
+    nginx (`sendfile on`) serving the same inode.
 
-    .venv/bin/python tools/bench/http_boot.py [--duration 10] [--connections 8] [--nginx-workers 1]
+The peer logs one `boot.script` line per script request (production logging, appliance.log):
+that is part of the real cost, so the peer is measured with `log_level: info` (production)
+and, for comparison, `log_level: warning` (no line). nginx runs one worker (the peer is one
+event loop), without access log; the other core drives wrk.
 
-Goals: 64 MiB file >= 0.8x nginx; per-host scripts above 5,000 requests/s.
+    .venv/bin/python tools/bench/http_boot.py [--duration 10] [--rounds 3] [--py-spy 10]
+
+Goals: per-host scripts above 5,000 requests/s; 64 MiB file >= 0.8x nginx.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# standard library's `http` package (which aiohttp and urllib import).
+# Run as a script, this file's folder comes first on sys.path; keep it off, so that no file
+# here can shadow a standard library module that aiohttp or urllib import.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
@@ -41,7 +48,9 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
+from collections import Counter  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,162 +58,87 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent  # vaq-peer and py-spy of this virtualenv
 
 HOSTS = 1000
 INITRD_MB = 64
-INITRD_NAME = "initrd.img"
-# Our server's variants. none: no log line; access: aiohttp's access log (stdlib logging,
-# through appliance.log's formatter); structlog: our JSON line per request through
-# appliance.log's production pipeline (structlog -> stdlib -> ProcessorFormatter); direct:
-# the same JSON line with structlog writing straight to the file (no stdlib logging);
-# uvloop: no log, uvloop's event loop (only when it happens to be installed).
-VARIANTS = ("none", "access", "structlog", "direct")
-# One log line per 64 MiB does not matter: the file case runs with these only.
-FILE_VARIANTS = ("nginx", "none", "structlog", "uvloop")
-SCRIPT = """#!ipxe
-# {name} ({mac}), revision {revision}, stage 1 of 2: install
-set base-url http://198.18.0.1:8080
-kernel ${{base-url}}/artifacts/{kernel_sha}/vmlinuz initrd=initrd.img \\
-  ip={ip}::198.18.0.1:255.255.240.0:{name}:eth0:none console=ttyS0,115200n8 \\
-  ignition.config.url=${{base-url}}/boot/{name}/1/config ignition.platform.id=metal
-initrd ${{base-url}}/artifacts/{initrd_sha}/initrd.img
-boot || goto failed
-:failed
-echo Boot failed for {name}; retrying in 10 s
-sleep 10
-chain ${{base-url}}/boot/{name}/1/script.ipxe
-"""
+LEVELS = ("info", "warning")  # the peer's log_level variants; info is production
+SCRIPT_LINE = b'"boot.script"'
 
 
-def host_records() -> dict[str, dict[str, str]]:
-    """The per-host data the scripts are built from (what a boot table holds per host)."""
-    kernel = hashlib.sha256(b"kernel").hexdigest()
-    initrd = hashlib.sha256(b"initrd").hexdigest()
-    return {
-        f"node{i}": {
-            "name": f"node{i}", "mac": f"52:54:00:12:{i >> 8:02x}:{i & 0xFF:02x}",
-            "ip": f"198.18.{4 + (i >> 8)}.{i & 0xFF}", "revision": "9f3c2e1d" * 5,
-            "kernel_sha": kernel, "initrd_sha": initrd,
-        }
-        for i in range(HOSTS)
-    }
+# -- the SoT and what the hosts ask for ---------------------------------------------------
 
 
-def script_path(name: str) -> str:
-    return f"/boot/{name}/1/script.ipxe"
+def make_sot(tmp: Path) -> tuple[Path, Path, str, str]:
+    """Generate the 1,000-host SoT; point Flatcar's initrd at a local 64 MiB file.
 
-
-# -- our server (child process) -------------------------------------------------------------
-
-
-def serve_ours(port: int, cache_dir: Path, initrd_sha: str, log: str) -> None:
-    """Entry point of the child process: one aiohttp app with both routes."""
-    import logging
-
-    from aiohttp import web
-
-    from appliance.log import configure_logging
-    from appliance.netboot.artifacts import ROUTE, ArtifactCache
-    from appliance.sot.models import Artifact
-
-    configure_logging("json")  # production's pipeline; stdout is a file in the temp dir
-    if log == "direct":
-        import structlog
-
-        structlog.configure(
-            processors=[structlog.contextvars.merge_contextvars,
-                        structlog.processors.add_log_level,
-                        structlog.processors.TimeStamper(fmt="iso", utc=True),
-                        structlog.processors.JSONRenderer()],
-            logger_factory=structlog.WriteLoggerFactory(sys.stdout),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            cache_logger_on_first_use=True)
-    if log == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    access_log = None
-    if log == "access":
-        access_log = logging.getLogger("aiohttp.access")
-        access_log.setLevel(logging.INFO)
-    per_request = log in ("structlog", "direct")
-    cache = ArtifactCache(cache_dir, log_requests=per_request)
-    cache.register([Artifact(url="file:///nonexistent", sha256=initrd_sha, name=INITRD_NAME)])
-    hosts = host_records()
-    import structlog
-
-    blog = structlog.get_logger("vaquero.netboot.boot")
-
-    async def script(request: web.Request) -> web.Response:
-        record = hosts.get(request.match_info["host"])
-        if record is None:
-            raise web.HTTPNotFound()
-        text = SCRIPT.format(**record)
-        if per_request:
-            blog.info("boot.script", client=request.remote, host=record["name"], stage=1,
-                      bytes=len(text))
-        return web.Response(text=text)
-
-    app = web.Application()
-    app.router.add_get(ROUTE, cache.handler)
-    app.router.add_get("/boot/{host}/{stage}/script.ipxe", script)
-    profile = os.environ.get("VAQ_BENCH_PROFILE")
-    if not profile:
-        web.run_app(app, host="127.0.0.1", port=port, access_log=access_log, print=None)
-        return
-    import cProfile
-
-    # CPU time, not wall time: on a busy machine wall time mostly measures waiting for a core.
-    with cProfile.Profile(time.process_time) as prof:  # SIGTERM -> GracefulExit -> returns
-        web.run_app(app, host="127.0.0.1", port=port, access_log=access_log, print=None)
-    prof.dump_stats(profile)
-
-
-def log_cost(pipeline: str, path: Path, lines: int = 20000) -> float:
-    """CPU µs for one per-request JSON line (child process: logging setup is global)."""
-    import logging
-
-    import structlog
-
-    from appliance.log import configure_logging
-
-    out = open(path, "w")  # noqa: SIM115 (the process ends right after)
-    sys.stdout = out
-    configure_logging("json")
-    if pipeline == "direct":
-        structlog.configure(
-            processors=[structlog.contextvars.merge_contextvars,
-                        structlog.processors.add_log_level,
-                        structlog.processors.TimeStamper(fmt="iso", utc=True),
-                        structlog.processors.JSONRenderer()],
-            logger_factory=structlog.WriteLoggerFactory(out),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            cache_logger_on_first_use=True)
-    blog = structlog.get_logger("vaquero.netboot.boot")
-    structlog.contextvars.bind_contextvars(peer="peer-1", site="dc1")
-    started = time.process_time()
-    for i in range(lines):
-        blog.info("boot.script", client="198.18.4.7", host=f"node{i % 1000}", stage=1,
-                  bytes=661)
-    return (time.process_time() - started) / lines * 1e6
-
-
-# -- the harness ----------------------------------------------------------------------------
+    Returns (SoT dir, the file, its sha256, its URL path on a peer)."""
+    sot = tmp / "sot"
+    subprocess.run([sys.executable, str(ROOT / "tools/gen_sot.py"), str(sot), "--hosts",
+                    str(HOSTS), "--sites", "1", "--seed", "1"], check=True, timeout=120,
+                   stdout=subprocess.DEVNULL)
+    data = os.urandom(INITRD_MB << 20)
+    sha = hashlib.sha256(data).hexdigest()
+    upstream = tmp / "upstream" / "flatcar_production_pxe_image.cpio.gz"
+    upstream.parent.mkdir()
+    upstream.write_bytes(data)
+    os_file = sot / "os" / "flatcar.yml"
+    text, n = re.subn(r"(initrd:\n\s+- url: )\S+(\n\s+sha256: )[0-9a-f]{64}",
+                      rf"\g<1>file://{upstream}\g<2>{sha}", os_file.read_text())
+    if n != 1:
+        raise RuntimeError(f"{os_file}: no single initrd entry to point at the test file")
+    os_file.write_text(text)
+    check = subprocess.run([str(BIN / "vaq-peer"), "validate", str(sot)], capture_output=True,
+                           text=True, timeout=120)
+    if check.returncode != 0:
+        raise RuntimeError(f"vaq-peer validate {sot} failed:\n{check.stdout}{check.stderr}")
+    print(check.stdout.strip())
+    return sot, upstream, sha, f"/artifacts/{sha}/{upstream.name}"
 
 
 @dataclass
-class Result:
-    rps: float
-    mib_s: float
-    latency: str
-    errors: int
+class Site:
+    id: str
+    peer: str
+    queries: list[tuple[str, str]]  # (boot MAC, the URL iPXE requests), one per host
 
 
-def uvloop_available() -> bool:
-    """uvloop is not a project dependency: measured only if it happens to be installed."""
-    import importlib.util
+def site_and_queries(sot: Path) -> Site:
+    """The hosts' boot MACs and SMBIOS UUIDs, as the product reads them from the SoT."""
+    from appliance.sot.revision import compile_tree
+    from appliance.sot.tree import DirectoryTree
 
-    return importlib.util.find_spec("uvloop") is not None
+    revision = compile_tree(DirectoryTree(sot))
+    (site,) = revision.sot.sites.values()
+    queries = []
+    for entry in revision.sot.hosts.values():
+        iface = entry.host.boot_interface()
+        assert iface is not None
+        uuid = f"&uuid={entry.host.uuid}" if entry.host.uuid is not None else ""
+        queries.append((iface.mac, f"/ipxe?mac={iface.mac}{uuid}&arch=x86_64&platform=efi"))
+    if len(queries) != HOSTS:
+        raise RuntimeError(f"{sot}: {len(queries)} hosts, expected {HOSTS}")
+    return Site(site.id, site.peers[0].name, queries)
+
+
+def write_lua(tmp: Path, queries: list[tuple[str, str]]) -> Path:
+    """wrk request generator: every connection cycles over all hosts from a random start."""
+    lua = tmp / "hosts.lua"
+    paths = ",\n".join(f'  "{url}"' for _, url in queries)
+    lua.write_text(f"""
+local paths = {{
+{paths}
+}}
+local n = math.random(#paths) - 1
+request = function()
+  n = n % #paths + 1
+  return wrk.format("GET", paths[n])
+end
+""")
+    return lua
+
+
+# -- servers ------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -213,84 +147,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-@contextlib.contextmanager
-def running(cmd: list[str], port: int, log: Path,
-            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    try:
-        wait_port(port, proc)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its direct children (nginx workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
-
-
-def run_wrk(url: str, size: int, args: argparse.Namespace, lua: Path | None,
-            threads: int, connections: int) -> Result:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{args.duration}s", "--timeout", "10s"]
-    if lua is not None:
-        cmd += ["-s", str(lua)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True,
-                         timeout=args.duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = re.search(r"Latency\s+([\d.]+\w+)", out)
-    errors = 0
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                      out):
-        errors += sum(int(n) for n in m.groups())
-    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(m.group(1))
-    return Result(rps, rps * size / 2**20, lat.group(1) if lat else "?", errors)
-
-
-def measure(label: str, proc: subprocess.Popen[bytes], url: str, size: int,
-            args: argparse.Namespace, lua: Path | None, conns: int,
-            warm: bool) -> tuple[Result, float]:
-    if warm:
-        run_wrk(url, size, argparse.Namespace(duration=1), lua, 1, 2)
-    before = cpu_seconds(proc.pid)
-    result = run_wrk(url, size, args, lua, args.threads, conns)
-    cpu = (cpu_seconds(proc.pid) - before) / args.duration
-    print(f"  {label:<34} {result.rps:>9.1f} req/s {result.mib_s:>7.1f} MiB/s "
-          f"lat {result.latency:>8}  server CPU {cpu:.2f} cores  errors {result.errors}",
-          flush=True)
-    return result, cpu
+def peer_config(tmp: Path, site: Site, level: str, sha: str, upstream: Path) -> tuple[Path, int]:
+    """A loopback peer config (group of one, no DHCP/TFTP); the initrd already in its cache,
+    hard-linked, so the peer and nginx serve one inode from the same page cache."""
+    secret, raft_secret = tmp / "token.secret", tmp / "raft.secret"
+    if not secret.exists():
+        secret.write_text("YmVuY2gtcGhvbmUtaG9tZS10b2tlbi1zZWNyZXQ=\n")
+        raft_secret.write_text("YmVuY2gtcmFmdC1ncm91cC1wYXNzd29yZA==\n")
+        secret.chmod(0o600)
+        raft_secret.chmod(0o600)
+    data = tmp / f"peer-{level}"
+    (data / "artifacts" / "sha256").mkdir(parents=True)
+    os.link(upstream, data / "artifacts" / "sha256" / sha)
+    port = free_port()
+    config = tmp / f"peer-{level}.yaml"
+    config.write_text(f"""
+site: {site.id}
+peer: {site.peer}
+data_dir: {data}
+interface: lo
+address: 127.0.0.1
+sot: {{path: {tmp / 'sot'}}}
+token_secret_file: {secret}
+http: {{listen: 127.0.0.1, port: {port}}}
+tftp: {{enabled: false}}
+dhcp: {{enabled: false}}
+prefetch_artifacts: false
+raft:
+  address: "127.0.0.1:{free_port()}"
+  password_file: {raft_secret}
+log_format: json
+log_level: {level}
+""")
+    return config, port
 
 
 def nginx_conf(tmp: Path, root: Path, port: int, workers: int) -> Path:
@@ -309,176 +198,345 @@ http {{
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
-    types {{ text/plain ipxe; application/octet-stream img; }}
     default_type application/octet-stream;
 {temps}
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        location = /ipxe {{
+            default_type "text/plain; charset=utf-8";
+            try_files /scripts/$arg_mac =404;
+        }}
     }}
 }}
 """)
     return conf
 
 
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # loopback only
+            return
+        except urllib.error.HTTPError:
+            return  # answering, if not with 200
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} does not answer after {timeout} s")
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_http(ready_url, proc, log)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process (all its threads) and its direct children (nginx's worker)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
+    with urllib.request.urlopen(url, timeout=30) as resp:  # loopback only
         return resp.read()
+
+
+# -- wrk ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    cpu: float  # server cores used
+    errors: int
+    log_lines: int  # boot.script lines the server wrote meanwhile (-1: not counted)
+
+    @property
+    def us_per_req(self) -> float:
+        return self.cpu / self.rps * 1e6 if self.rps else float("nan")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+
+def run_wrk(url: str, duration: float, threads: int, connections: int,
+            lua: Path | None) -> tuple[float, int, float, float, int]:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+           "--timeout", "10s"]
+    if lua is not None:
+        cmd += ["-s", str(lua)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True,
+                         timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = 0
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                      out):
+        errors += sum(int(n) for n in m.groups())
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    return rps, requests, _ms(pct.get("50", "")), _ms(pct.get("99", "")), errors
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    log: Path | None = None  # a peer's log, where its boot.script lines are counted
+    _offset: int = 0
+
+    def new_script_lines(self) -> int:
+        if self.log is None:
+            return -1
+        with open(self.log, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        return data.count(SCRIPT_LINE)
+
+
+def measure(label: str, server: Server, path: str, args: argparse.Namespace,
+            lua: Path | None, conns: int) -> Result:
+    server.new_script_lines()
+    before = cpu_seconds(server.proc.pid)
+    rps, requests, p50, p99, errors = run_wrk(server.base + path, args.duration, args.threads,
+                                              conns, lua)
+    cpu = (cpu_seconds(server.proc.pid) - before) / args.duration
+    result = Result(rps, requests, p50, p99, cpu, errors, server.new_script_lines())
+    lines = f"  log lines {result.log_lines}" if lua is not None and server.log else ""
+    print(f"  {label:<30} {rps:>9.1f} req/s  p50 {p50:>7.2f} ms  p99 {p99:>7.2f} ms  "
+          f"server {cpu:.2f} cores {result.us_per_req:>6.0f} µs/req  errors {errors}{lines}",
+          flush=True)
+    return result
+
+
+# -- the run ------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--connections", type=int, default=8, help="for the 64 MiB file")
-    parser.add_argument("--script-connections", type=int, default=50, help="for the scripts")
-    parser.add_argument("--nginx-workers", type=int, default=1)
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile our log=none server and print where its time goes")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds (the machine may be busy: medians are fairer)")
-    parser.add_argument("--log-cost", nargs=2, metavar=("PIPELINE", "FILE"),
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--serve-ours", nargs=4, metavar=("PORT", "DIR", "SHA", "LOG"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=50, help="for the scripts")
+    parser.add_argument("--file-connections", type=int, default=8, help="for the 64 MiB file")
+    parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--no-file", action="store_true", help="skip the 64 MiB file case")
+    parser.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
+                        help="then sample the log_level=info peer with py-spy under the "
+                        "scripts load, and print where its CPU time goes")
     args = parser.parse_args()
-    if args.log_cost:
-        us = log_cost(args.log_cost[0], Path(args.log_cost[1]))
-        print(f"{us:.1f}", file=sys.stderr)
-        return
-    if args.serve_ours:
-        port, directory, sha, log = args.serve_ours
-        serve_ours(int(port), Path(directory), sha, log)
-        return
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install wrk nginx-light)")
-    print("uvloop: installed, measured as a variant" if uvloop_available() else
-          "uvloop: not installed, asyncio's default loop only")
-
     with tempfile.TemporaryDirectory(prefix="vaq-bench-http-") as t:
         run(Path(t), args)
 
 
-def prepare_root(tmp: Path) -> tuple[Path, Path, str, int, Path]:
-    """The same bytes for both servers: nginx's web root and our cache directory."""
+def prepare_nginx_root(tmp: Path, servers: list[Server], queries: list[tuple[str, str]],
+                       art_path: str, upstream: Path) -> tuple[Path, int]:
+    """Every host's script, fetched once from each peer (rendering and caching it there),
+    written as nginx's files; the peers must agree byte for byte. Returns (root, mean size)."""
     root = tmp / "www"
-    data = os.urandom(INITRD_MB << 20)
-    sha = hashlib.sha256(data).hexdigest()
-    cache_dir = tmp / "cache"
-    (cache_dir / "sha256").mkdir(parents=True)
-    (cache_dir / "sha256" / sha).write_bytes(data)
-    art = root / "artifacts" / sha / INITRD_NAME
+    (root / "scripts").mkdir(parents=True)
+    art = root / art_path.lstrip("/")
     art.parent.mkdir(parents=True)
-    os.link(cache_dir / "sha256" / sha, art)  # one inode: both serve from the same page cache
-    hosts = host_records()
-    for name, record in hosts.items():
-        p = root / script_path(name).lstrip("/")
-        p.parent.mkdir(parents=True)
-        p.write_text(SCRIPT.format(**record))
-    script_size = sum(len(SCRIPT.format(**r)) for r in hosts.values()) // len(hosts)
-    lua = tmp / "paths.lua"
-    lua.write_text(f"""
-local paths = {{}}
-for i = 0, {HOSTS - 1} do paths[i + 1] = "/boot/node" .. i .. "/1/script.ipxe" end
-local n = math.random({HOSTS}) - 1
-request = function()
-  n = n % {HOSTS} + 1
-  return wrk.format("GET", paths[n])
-end
-""")
-    return root, cache_dir, sha, script_size, lua
+    os.link(upstream, art)
+    started = time.monotonic()
+    total = 0
+    for mac, url in queries:
+        answers = {fetch(s.base + url) for s in servers}
+        if len(answers) != 1:
+            raise RuntimeError(f"the peers answer {url} differently")
+        (body,) = answers
+        if not body.startswith(b"#!ipxe"):
+            raise RuntimeError(f"{url}: not an iPXE script: {body[:80]!r}")
+        (root / "scripts" / mac).write_bytes(body)
+        total += len(body)
+    print(f"warm-up: {HOSTS} scripts fetched from {len(servers)} peer(s) in "
+          f"{time.monotonic() - started:.1f} s (first requests render and cache)")
+    return root, total // HOSTS
 
 
 def run(tmp: Path, args: argparse.Namespace) -> None:
-    root, cache_dir, sha, script_size, lua = prepare_root(tmp)
-    art_path = f"/artifacts/{sha}/{INITRD_NAME}"
-    print(f"{INITRD_MB} MiB file; {HOSTS} scripts of ~{script_size} bytes; wrk -t{args.threads} "
-          f"-d{args.duration}s; nginx {args.nginx_workers} worker(s); {os.cpu_count()} cores; "
-          f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
-    servers: list[tuple[str, str, subprocess.Popen[bytes], str]] = []  # name, variant, ...
+    load = os.getloadavg()
+    sot, upstream, sha, art_path = make_sot(tmp)
+    site = site_and_queries(sot)
+    lua = write_lua(tmp, site.queries)
+    servers: list[Server] = []
     with contextlib.ExitStack() as stack:
+        for level in LEVELS:
+            config, port = peer_config(tmp, site, level, sha, upstream)
+            log = tmp / f"peer-{level}.log"
+            base = f"http://127.0.0.1:{port}"
+            proc = stack.enter_context(running(
+                [str(BIN / "vaq-peer"), "serve", "--config", str(config)], base + "/healthz",
+                log))
+            servers.append(Server(f"vaq-peer, log {level}", proc, base, log))
+        root, size = prepare_nginx_root(tmp, servers, site.queries, art_path, upstream)
         port = free_port()
         conf = nginx_conf(tmp, root, port, args.nginx_workers)
-        proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)], port,
-                                           tmp / "nginx.log"))
-        servers.append(("nginx", "nginx", proc, f"http://127.0.0.1:{port}"))
-        variants = list(VARIANTS)
-        if uvloop_available():
-            variants.append("uvloop")
-        for log in variants:
-            port = free_port()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-ours", str(port),
-                   str(cache_dir), sha, log]
-            env = dict(os.environ)
-            if args.profile and log == "none":
-                env["VAQ_BENCH_PROFILE"] = str(tmp / "ours.prof")
-            proc = stack.enter_context(running(cmd, port, tmp / f"ours-{log}.log", env))
-            servers.append((f"ours, log={log}", log, proc, f"http://127.0.0.1:{port}"))
-        sample = script_path("node7")
-        for _, _, _, base in servers:  # all answer the same bytes before anything is timed
-            assert hashlib.sha256(fetch(base + art_path)).hexdigest() == sha
-            assert fetch(base + sample) == (root / sample.lstrip("/")).read_bytes()
-        cases = (("64 MiB file", art_path, INITRD_MB << 20, None, args.connections),
-                 ("scripts", "/", script_size, lua, args.script_connections))
-        results: dict[tuple[str, str], list[tuple[Result, float]]] = {}
+        base = f"http://127.0.0.1:{port}"
+        proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)],
+                                           base + "/", tmp / "nginx.log"))
+        nginx = Server("nginx", proc, base)
+        servers.insert(0, nginx)
+        for server in servers:  # the same bytes before anything is timed
+            for mac, url in site.queries:
+                assert fetch(server.base + url) == (root / "scripts" / mac).read_bytes(), url
+            if not args.no_file:
+                assert hashlib.sha256(fetch(server.base + art_path)).hexdigest() == sha
+        print(f"{HOSTS} hosts of site {site.id}, scripts of {size} bytes on average; 64 MiB "
+              f"file {art_path}; wrk -t{args.threads} -d{args.duration}s; nginx "
+              f"{args.nginx_workers} worker(s); {os.cpu_count()} cores; {args.rounds} "
+              f"interleaved rounds; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        cases = [("scripts", "/", lua, args.connections, servers)]
+        if not args.no_file:
+            cases.append(("64 MiB file", art_path, None, args.file_connections, servers[:2]))
+        for _, path, script, conns, group in cases:  # connections, page cache, wrk's Lua
+            for server in group:
+                run_wrk(server.base + path, 2, args.threads, conns, script)
+        results: dict[tuple[str, str], list[Result]] = {}
         for rnd in range(args.rounds):
             print(f"round {rnd + 1}:")
-            for case, path, size, script, conns in cases:
-                for name, variant, proc, base in servers:
-                    if case.startswith("64") and variant not in FILE_VARIANTS:
-                        continue
-                    results.setdefault((case, name), []).append(measure(
-                        f"{case}, {name}", proc, base + path, size, args, script, conns,
-                        warm=rnd == 0))
-    for log in variants:
-        lines = (tmp / f"ours-{log}.log").read_bytes().count(b"\n")
-        print(f"ours, log={log}: {lines} log lines written")
-    report(results, [name for name, *_ in servers], [c[0] for c in cases])
-    for pipeline, what in (("structlog", "appliance.log pipeline (structlog -> stdlib)"),
-                           ("direct", "structlog straight to the file")):
-        cost = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--log-cost",
-                               pipeline, str(tmp / f"cost-{pipeline}.log")],
-                              capture_output=True, text=True, check=True, timeout=120)
-        print(f"one JSON log line, {what}: {float(cost.stderr.split()[-1]):.0f} µs CPU")
-    print(f"load average at the end {os.getloadavg()[0]:.1f} (other work on this machine "
-          "shares the cores: compare CPU µs per request, which load hardly changes)")
-    if args.profile:
-        import pstats
-
-        print("\nours, log=none, whole run (both cases), top functions by own time:")
-        pstats.Stats(str(tmp / "ours.prof")).sort_stats("tottime").print_stats(25)
+            for case, path, script, conns, group in cases:
+                for server in group:
+                    results.setdefault((case, server.name), []).append(measure(
+                        f"{case}, {server.name}", server, path, args, script, conns))
+        report(results, [s.name for s in servers], [c[0] for c in cases])
+        if args.py_spy:
+            profile(tmp, servers[1], lua, args)
+    end = os.getloadavg()
+    print(f"load average before {load[0]:.2f}, after {end[0]:.2f} {end[1]:.2f} {end[2]:.2f} "
+          "(other work shares the cores: compare µs of server CPU per request, which load "
+          "hardly changes)")
 
 
-def report(results: dict[tuple[str, str], list[tuple[Result, float]]], servers: list[str],
+def report(results: dict[tuple[str, str], list[Result]], servers: list[str],
            cases: list[str]) -> None:
-    print("\nmedian of rounds (best in brackets); ours/nginx = median over rounds of the "
-          "ratio within a round;\nCPU = server cores used; µs/req = server CPU per request")
-    print(f"{'case':<12} {'server':<22} {'req/s':>18} {'MiB/s':>9} {'ours/nginx':>10} "
-          f"{'CPU':>5} {'µs/req':>7} {'req/s per core':>14}")
-    ratios: dict[tuple[str, str], float] = {}
+    print("\nmedians over rounds; ours/nginx = median of the ratios within each round "
+          "(paired, as load drifts);\nCPU = server cores used; µs/req = server CPU per request")
+    print(f"{'case':<12} {'server':<20} {'req/s':>9} {'MiB/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'ours/nginx':>10} {'CPU':>5} {'µs/req':>7} {'log lines/req':>13}")
     for case in cases:
         for name in servers:
             runs = results.get((case, name))
             if not runs:
                 continue
-            med = statistics.median(r.rps for r, _ in runs)
-            best = max(r.rps for r, _ in runs)
-            mib = statistics.median(r.mib_s for r, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
-            # Paired: ours against nginx of the same round, a few seconds apart, so load
-            # that comes and goes on the machine weighs on both sides of each ratio.
-            ratio = statistics.median(r.rps / n.rps for (r, _), (n, _) in zip(
+            rps = statistics.median(r.rps for r in runs)
+            mib = rps * (INITRD_MB if case.startswith("64") else 0)
+            ratio = statistics.median(r.rps / n.rps for r, n in zip(
                 runs, results[(case, "nginx")], strict=True))
-            ratios[(case, name)] = ratio
-            us = statistics.median(c / r.rps * 1e6 for r, c in runs if r.rps)
-            print(f"{case:<12} {name:<22} {med:>9.1f} [{best:>7.1f}] {mib:>9.1f} "
-                  f"{ratio:>9.2f}x {cpu:>5.2f} {us:>7.0f} {1e6 / us:>14.0f}")
-    file_ratio = ratios[("64 MiB file", "ours, log=none")]
-    script_rps = statistics.median(r.rps for r, _ in results[("scripts", "ours, log=none")])
-    print(f"\ngoals: 64 MiB file >= 0.8x nginx: {file_ratio:.2f}x "
-          f"{'met' if file_ratio >= 0.8 else 'MISSED'}; scripts > 5000 req/s: "
-          f"{script_rps:.0f} {'met' if script_rps > 5000 else 'MISSED'}")
+            lines = (f"{sum(r.log_lines for r in runs) / sum(r.requests for r in runs):.2f}"
+                     if case == "scripts" and runs[0].log_lines >= 0 else "-")
+            print(f"{case:<12} {name:<20} {rps:>9.1f} {mib:>8.0f} "
+                  f"{statistics.median(r.p50_ms for r in runs):>7.2f} "
+                  f"{statistics.median(r.p99_ms for r in runs):>7.2f} {ratio:>9.2f}x "
+                  f"{statistics.median(r.cpu for r in runs):>5.2f} "
+                  f"{statistics.median(r.us_per_req for r in runs):>7.0f} {lines:>13}")
+    ours = statistics.median(r.rps for r in results[("scripts", "vaq-peer, log info")])
+    print(f"\ngoal: per-host scripts > 5000 req/s with production logging: {ours:.0f} "
+          f"{'met' if ours > 5000 else 'MISSED'}")
+    if ("64 MiB file", "nginx") in results:
+        ratio = statistics.median(r.rps / n.rps for r, n in zip(
+            results[("64 MiB file", "vaq-peer, log info")], results[("64 MiB file", "nginx")],
+            strict=True))
+        print(f"goal: 64 MiB file >= 0.8x nginx: {ratio:.2f}x "
+              f"{'met' if ratio >= 0.8 else 'MISSED'}")
+
+
+# Where a sample's time goes, by a frame anywhere on its stack (areas may overlap).
+AREAS = {
+    "log line (structlog)": "(structlog/",
+    "socket send (syscall: loopback TCP)": "_SelectorSocketTransport.write ",
+    "API middlewares (appliance/api/app.py, auth.py)": "(appliance/api/",
+    "boot handler (boot_http.py)": "(appliance/netboot/boot_http.py",
+    "Raft thread (pysyncobj)": "(pysyncobj/",
+}
+
+
+def profile(tmp: Path, server: Server, lua: Path, args: argparse.Namespace) -> None:
+    """py-spy samples the peer (without pausing it) while wrk loads the scripts route."""
+    raw = tmp / "py-spy.txt"
+    spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(server.proc.pid),
+                            "--duration", str(args.py_spy), "--rate", "250", "--nonblocking",
+                            "--format", "raw", "--output", str(raw)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1)
+        run_wrk(server.base + "/", args.py_spy, args.threads, args.connections, lua)
+        _, err = spy.communicate(timeout=args.py_spy + 60)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait(5)
+    if not raw.exists():
+        print(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}")
+        return
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [re.sub(r" \(/.*/(site-packages|lib/python3\.\d+)/", " (", f)
+                  for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+        for what, pattern in AREAS.items():
+            if any(pattern in f for f in frames):
+                areas[what] += n
+    print(f"\npy-spy, {server.name}, {total} samples of busy threads under the scripts load")
+    parts = ", ".join(f"{what} {100 * n / total:.1f}%" for what, n in sorted(
+        areas.items(), key=lambda kv: -kv[1]))
+    print(f"inclusive, by area: {parts}")
+    for title, counter in (("own time", own), ("inclusive time", inclusive)):
+        print(f"top 25 by {title}:")
+        for frame, n in counter.most_common(25):
+            print(f"  {100 * n / total:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":
