@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,29 @@ def make_environment(sot: Sot) -> ImmutableSandboxedEnvironment:
     )
     env.filters["cmdline_quote"] = _quote_cmdline_value
     env.filters["tojson"] = _tojson
+    env.filters["urlencode"] = _urlencode
     return env
+
+
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_QUOTE = [chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256)]
+_QUOTE_PATH = [*_QUOTE]
+_QUOTE_PATH[ord("/")] = "/"
+
+
+def _quote(value: Any, for_qs: bool) -> str:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    text = "".join(map((_QUOTE if for_qs else _QUOTE_PATH).__getitem__, data))
+    return text.replace("%20", "+") if for_qs else text
+
+
+def _urlencode(value: Any) -> str:
+    """Jinja's urlencode, same output, by table: its per-byte Python calls were a tenth of
+    the render time of templates that embed files as data: URLs (Ignition)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return _quote(value, for_qs=False)
+    items = value.items() if isinstance(value, dict) else value
+    return "&".join(f"{_quote(k, True)}={_quote(v, True)}" for k, v in items)
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
