@@ -69,7 +69,17 @@ def compile_tree(tree: Tree) -> Revision:
     with no_cyclic_gc():
         sot, problems = load_sot(tree)
         result = validate_sot(sot, problems)
+        _release_line_maps(sot)
         return Revision(tree.revision_id, tree.description, sot, result)
+
+
+def _release_line_maps(sot: Sot) -> None:
+    """Line numbers serve only the validation report, now written: the YAML node trees
+    behind them were half the memory of a compiled revision (~200 MB at 10,000 hosts)."""
+    for located in sot.at.values():
+        located.doc.node = None
+    for entry in sot.hosts.values():
+        entry.at.doc.node = None
 
 
 def empty_revision() -> Revision:
