@@ -247,10 +247,12 @@ def running(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Po
             proc.wait(5)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process (all its threads) and its direct children (nginx's worker)."""
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """(user, system, run-queue wait) seconds of a process (all its threads) and its direct
+    children (nginx's worker). System time is the kernel's share (sockets, log writes); the
+    wait is how long it was ready to run but other work held the cores."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    user = system = wait = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -259,8 +261,12 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
+            for task in Path(f"/proc/{entry}/task").glob("*/schedstat"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    wait += int(task.read_text().split()[1]) / 1e9
+    return user, system, wait
 
 
 def fetch(url: str) -> bytes:
@@ -278,6 +284,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu: float  # server cores used
+    sys_share: float  # of which in the kernel
+    waited: float  # seconds per second ready to run but without a core
     errors: int
     log_lines: int  # boot.script lines the server wrote meanwhile (-1: not counted)
 
@@ -335,14 +343,19 @@ class Server:
 def measure(label: str, server: Server, path: str, args: argparse.Namespace,
             lua: Path | None, conns: int) -> Result:
     server.new_script_lines()
-    before = cpu_seconds(server.proc.pid)
+    user0, sys0, wait0 = cpu_seconds(server.proc.pid)
     rps, requests, p50, p99, errors = run_wrk(server.base + path, args.duration, args.threads,
                                               conns, lua)
-    cpu = (cpu_seconds(server.proc.pid) - before) / args.duration
-    result = Result(rps, requests, p50, p99, cpu, errors, server.new_script_lines())
+    user1, sys1, wait1 = cpu_seconds(server.proc.pid)
+    cpu = (user1 - user0 + sys1 - sys0) / args.duration
+    sys_share = (sys1 - sys0) / args.duration / cpu if cpu else 0.0
+    waited = (wait1 - wait0) / args.duration
+    result = Result(rps, requests, p50, p99, cpu, sys_share, waited, errors,
+                    server.new_script_lines())
     lines = f"  log lines {result.log_lines}" if lua is not None and server.log else ""
     print(f"  {label:<30} {rps:>9.1f} req/s  p50 {p50:>7.2f} ms  p99 {p99:>7.2f} ms  "
-          f"server {cpu:.2f} cores {result.us_per_req:>6.0f} µs/req  errors {errors}{lines}",
+          f"server {cpu:.2f} cores {result.us_per_req:>6.0f} µs/req ({100 * sys_share:.0f}% "
+          f"kernel) waited {waited:.2f}  errors {errors}{lines}",
           flush=True)
     return result
 
@@ -453,9 +466,13 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
 def report(results: dict[tuple[str, str], list[Result]], servers: list[str],
            cases: list[str]) -> None:
     print("\nmedians over rounds; ours/nginx = median of the ratios within each round "
-          "(paired, as load drifts);\nCPU = server cores used; µs/req = server CPU per request")
-    print(f"{'case':<12} {'server':<20} {'req/s':>9} {'MiB/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'ours/nginx':>10} {'CPU':>5} {'µs/req':>7} {'log lines/req':>13}")
+          "(paired, as load drifts);\nCPU = server cores used; µs/req = server CPU per request, "
+          "kernel = its system-time share;\nwaited = seconds per second the server was ready "
+          "to run but other work held the cores;\nper core = 1e6 / µs/req, the rate one whole "
+          "core would serve (what a shared machine's load hardly changes)")
+    print(f"{'case':<12} {'server':<20} {'req/s':>9} {'MiB/s':>6} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'ours/nginx':>10} {'CPU':>5} {'waited':>6} {'µs/req':>7} {'kernel':>6} "
+          f"{'per core':>8} {'log lines/req':>13}")
     for case in cases:
         for name in servers:
             runs = results.get((case, name))
@@ -467,14 +484,21 @@ def report(results: dict[tuple[str, str], list[Result]], servers: list[str],
                 runs, results[(case, "nginx")], strict=True))
             lines = (f"{sum(r.log_lines for r in runs) / sum(r.requests for r in runs):.2f}"
                      if case == "scripts" and runs[0].log_lines >= 0 else "-")
-            print(f"{case:<12} {name:<20} {rps:>9.1f} {mib:>8.0f} "
+            us = statistics.median(r.us_per_req for r in runs)
+            print(f"{case:<12} {name:<20} {rps:>9.1f} {mib:>6.0f} "
                   f"{statistics.median(r.p50_ms for r in runs):>7.2f} "
                   f"{statistics.median(r.p99_ms for r in runs):>7.2f} {ratio:>9.2f}x "
                   f"{statistics.median(r.cpu for r in runs):>5.2f} "
-                  f"{statistics.median(r.us_per_req for r in runs):>7.0f} {lines:>13}")
-    ours = statistics.median(r.rps for r in results[("scripts", "vaq-peer, log info")])
+                  f"{statistics.median(r.waited for r in runs):>6.2f} {us:>7.0f} "
+                  f"{100 * statistics.median(r.sys_share for r in runs):>5.0f}% "
+                  f"{1e6 / us:>8.0f} {lines:>13}")
+    runs = results[("scripts", "vaq-peer, log info")]
+    ours = statistics.median(r.rps for r in runs)
+    per_core = 1e6 / statistics.median(r.us_per_req for r in runs)
+    cores = statistics.median(r.cpu for r in runs)
     print(f"\ngoal: per-host scripts > 5000 req/s with production logging: {ours:.0f} "
-          f"{'met' if ours > 5000 else 'MISSED'}")
+          f"{'met' if ours > 5000 else 'MISSED'} (the peer got {cores:.2f} cores; "
+          f"{per_core:.0f} req/s per core of its CPU)")
     if ("64 MiB file", "nginx") in results:
         ratio = statistics.median(r.rps / n.rps for r, n in zip(
             results[("64 MiB file", "vaq-peer, log info")], results[("64 MiB file", "nginx")],
