@@ -38,6 +38,7 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerGroup]:
     g.start_all()
     try:
         g.register_api_urls()
+        g.wait_settled()  # every peer knows the leader: the tests compare their answers
         yield g
     finally:
         g.stop_all()
