@@ -11,7 +11,8 @@ Exit codes:
   0  success (doctor: every check passed or warned)
   1  failed: not found (404), refused by the state machine (409), server error (5xx),
      doctor found a FAIL, `leader` knows no leader
-  2  usage: bad arguments, unreadable token file, ambiguous revision prefix
+  2  usage: bad arguments, unreadable token file, ambiguous revision prefix, a request
+     the API calls malformed (400)
   3  the peer is unreachable (the message names the URL and the reason)
   4  the token is missing, not valid (401) or may not do this (403)
   5  this peer cannot reach a quorum: writes are refused there (reads still work);
