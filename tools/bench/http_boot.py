@@ -50,7 +50,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
-from collections import Counter  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -507,60 +506,13 @@ def report(results: dict[tuple[str, str], list[Result]], servers: list[str],
               f"{'met' if ratio >= 0.8 else 'MISSED'}")
 
 
-# Where a sample's time goes, by a frame anywhere on its stack (areas may overlap).
-AREAS = {
-    "log line (structlog)": "(structlog/",
-    "socket send (syscall: loopback TCP)": "_SelectorSocketTransport.write ",
-    "API middlewares (appliance/api/app.py, auth.py)": "(appliance/api/",
-    "boot handler (boot_http.py)": "(appliance/netboot/boot_http.py",
-    "Raft thread (pysyncobj)": "(pysyncobj/",
-}
-
-
 def profile(tmp: Path, server: Server, lua: Path, args: argparse.Namespace) -> None:
-    """py-spy samples the peer (without pausing it) while wrk loads the scripts route."""
-    raw = tmp / "py-spy.txt"
-    spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(server.proc.pid),
-                            "--duration", str(args.py_spy), "--rate", "250", "--nonblocking",
-                            "--format", "raw", "--output", str(raw)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(1)
-        run_wrk(server.base + "/", args.py_spy, args.threads, args.connections, lua)
-        _, err = spy.communicate(timeout=args.py_spy + 60)
-    finally:
-        if spy.poll() is None:
-            spy.kill()
-            spy.wait(5)
-    if not raw.exists():
-        print(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}")
-        return
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    areas: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [re.sub(r" \(/.*/(site-packages|lib/python3\.\d+)/", " (", f)
-                  for f in stack.split(";")]
-        n = int(count)
-        total += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-        for what, pattern in AREAS.items():
-            if any(pattern in f for f in frames):
-                areas[what] += n
-    print(f"\npy-spy, {server.name}, {total} samples of busy threads under the scripts load")
-    parts = ", ".join(f"{what} {100 * n / total:.1f}%" for what, n in sorted(
-        areas.items(), key=lambda kv: -kv[1]))
-    print(f"inclusive, by area: {parts}")
-    for title, counter in (("own time", own), ("inclusive time", inclusive)):
-        print(f"top 25 by {title}:")
-        for frame, n in counter.most_common(25):
-            print(f"  {100 * n / total:5.1f}%  {frame}")
+    """py-spy samples the peer while wrk loads the scripts route."""
+    from tools.bench.spy_profile import record
+
+    report = record(server.proc.pid, args.py_spy, lambda: run_wrk(
+        server.base + "/", args.py_spy, args.threads, args.connections, lua), tmp / "spy.txt")
+    print(f"\npy-spy, {server.name}, under the scripts load:\n{report}")
 
 
 if __name__ == "__main__":
