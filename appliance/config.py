@@ -79,6 +79,9 @@ class ApiToken(_Strict):
 class ApiConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the boot HTTP port serves the API too
+    # The URL other peers and `vaq-peer doctor` use to reach this API; recorded in the
+    # replicated peer list. Default: http://<this peer's address>:<API port>.
+    url: str | None = None
     tokens: list[ApiToken] = []
 
 

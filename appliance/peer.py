@@ -171,6 +171,41 @@ class Peer:
                         "dhcp_mode": site.netboot.dhcp_mode})
         return out
 
+    def _boot_info(self) -> dict[str, Any]:
+        cfg, table = self.config, self.table
+        return {
+            "interface": cfg.interface,
+            "address": table.dhcp.server.next_server if table else None,
+            "http_port": self.http_port or None,
+            "api_port": cfg.api.port or self.http_port or None,
+            "tftp_port": cfg.tftp.port if cfg.tftp.enabled else None,
+            "dhcp_port": cfg.dhcp.port if cfg.dhcp.enabled else None,
+            "proxy_port": (cfg.dhcp.proxy_port if cfg.dhcp.enabled and table
+                           and table.site.netboot.dhcp_mode == "proxy" else None),
+            "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
+            "revision": table.sha if table else None,
+        }
+
+    def api_url(self) -> str:
+        cfg = self.config
+        if cfg.api.url:
+            return cfg.api.url.rstrip("/")
+        host = self._boot_info()["address"] or "127.0.0.1"
+        return f"http://{host}:{cfg.api.port or self.http_port}"
+
+    async def _announce(self) -> None:
+        """Keep this peer's name and API URL in the replicated peer list, so operators and
+        `vaq-peer doctor` can reach every peer. Re-checked: the leader's first
+        reconciliation of the list may race with the first announcement."""
+        assert self.cluster is not None and self.outbox is not None
+        me, url = self.config.raft.address, self.api_url()
+        while True:
+            mine = next((p for p in self.cluster.peers() if p["address"] == me), None)
+            if mine is None or mine.get("api_url") != url or mine.get("name") != self.config.peer:
+                self.outbox.put_command(raft_commands.build(
+                    "peer.add", time.time(), address=me, name=self.config.peer, api_url=url))
+            await asyncio.sleep(5)
+
     def _metrics(self) -> dict[str, Any]:
         sources: dict[str, Any] = {
             "boot": lambda: _counter_values(self.boot_state.counters if self.boot_state else {}),
@@ -221,7 +256,7 @@ class Peer:
         self.artifacts.register(table.artifacts())
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              metrics=self._metrics(), host_facts=self._host_facts,
-                             sites=self._sites)
+                             sites=self._sites, boot=self._boot_info)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -252,6 +287,7 @@ class Peer:
             await self._dhcp.start()
             log.info("dhcp.listening", interface=cfg.interface, mode=table.site.netboot.dhcp_mode,
                      reservations=len(table.dhcp.reservations))
+        self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
         if cfg.prefetch_artifacts:  # a boot storm should not wait on the upstream mirror
             self._tasks.append(asyncio.create_task(
                 self.artifacts.prefetch(a.sha256 for a in table.artifacts()), name="prefetch"))

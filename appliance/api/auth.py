@@ -25,6 +25,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"}
 # The machine-facing boot chain: machines have no token (DESIGN.md, boot chain).
 PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOKEN_NAME = web.RequestKey("token_name", str)  # the authenticated token's name, never its value
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def auth_middleware(tokens: list[ApiToken]) -> Callable[..., Awaitable[web.Strea
             return _error(403, "forbidden", f"token {token.name!r} may only read; this needs an "
                           "admin token")
         structlog.contextvars.bind_contextvars(token=token.name)
-        request["token_name"] = token.name
+        request[TOKEN_NAME] = token.name
         return await handler(request)
 
     return middleware

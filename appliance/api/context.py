@@ -23,6 +23,8 @@ class ApiContext:
     # The applied revision's SoT facts for a host (site, cluster, workflow...), if known.
     host_facts: Callable[[str], dict[str, Any] | None] = lambda _: None
     sites: Callable[[], list[dict[str, Any]]] = list
+    # The boot network as this peer serves it (interface, address, ports; None when off).
+    boot: Callable[[], dict[str, Any]] = dict
     started: float = field(default_factory=time.time)
 
 

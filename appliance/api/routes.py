@@ -10,6 +10,7 @@ import time
 
 from aiohttp import web
 
+from .auth import TOKEN_NAME
 from .context import ctx
 from .openapi import describe
 
@@ -59,6 +60,7 @@ def _status_dict(request: web.Request) -> dict:
                  "last_applied": st.last_applied, "members": list(st.members),
                  "connected": list(st.connected), "ready": st.ready},
         "applied_revision": c.cluster.applied_revision(),
+        "boot": c.boot(),
     }
 
 
@@ -143,7 +145,7 @@ async def revision(request: web.Request) -> web.Response:
 async def approve(request: web.Request) -> web.Response:
     body = await _body(request)
     sha = request.match_info["sha"]
-    by = request.get("token_name", "api")
+    by = request.get(TOKEN_NAME, "api")
     result = await ctx(request).cluster.approve_revision(sha, by=by, note=body.get("note"))
     return web.json_response(result)
 
@@ -207,7 +209,7 @@ async def add_event(request: web.Request) -> web.Response:
                                  content_type="application/json")
     seq = await ctx(request).cluster.append_event(
         "note", host=body.get("host"), message=message,
-        data={"by": request.get("token_name", "api")})
+        data={"by": request.get(TOKEN_NAME, "api")})
     return web.json_response({"seq": seq}, status=201)
 
 
