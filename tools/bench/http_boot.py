@@ -43,6 +43,7 @@ import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -380,6 +381,8 @@ def main() -> None:
                         help="then sample the log_level=info peer with py-spy under the "
                         "scripts load, and print where its CPU time goes")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the servers are stopped and the files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install wrk nginx-light)")
