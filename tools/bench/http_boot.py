@@ -60,6 +60,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent  # vaq-peer and py-spy of this virtualenv
 
+from tools.bench.wrkload import cpu_seconds, run_wrk  # noqa: E402
+
 HOSTS = 1000
 INITRD_MB = 64
 LEVELS = ("info", "warning")  # the peer's log_level variants; info is production
@@ -113,7 +115,8 @@ def site_and_queries(sot: Path) -> Site:
     queries = []
     for entry in revision.sot.hosts.values():
         iface = entry.host.boot_interface()
-        assert iface is not None
+        if iface is None:
+            raise RuntimeError(f"{sot}: a host has no boot interface")
         uuid = f"&uuid={entry.host.uuid}" if entry.host.uuid is not None else ""
         queries.append((iface.mac, f"/ipxe?mac={iface.mac}{uuid}&arch=x86_64&platform=efi"))
     if len(queries) != HOSTS:
@@ -247,34 +250,12 @@ def running(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Po
             proc.wait(5)
 
 
-def cpu_seconds(pid: int) -> tuple[float, float, float]:
-    """(user, system, run-queue wait) seconds of a process (all its threads) and its direct
-    children (nginx's worker). System time is the kernel's share (sockets, log writes); the
-    wait is how long it was ready to run but other work held the cores."""
-    tick = os.sysconf("SC_CLK_TCK")
-    user = system = wait = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:
-            user += int(fields[11]) / tick
-            system += int(fields[12]) / tick
-            for task in Path(f"/proc/{entry}/task").glob("*/schedstat"):
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    wait += int(task.read_text().split()[1]) / 1e9
-    return user, system, wait
-
-
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as resp:  # loopback only
         return resp.read()
 
 
-# -- wrk ----------------------------------------------------------------------------------
+# -- measuring ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -286,41 +267,9 @@ class Result:
     cpu: float  # server cores used
     sys_share: float  # of which in the kernel
     waited: float  # seconds per second ready to run but without a core
-    cpu_us: float  # server CPU per request
+    us_per_req: float  # server CPU per request
     errors: int
     log_lines: int  # boot.script lines the server wrote meanwhile (-1: not counted)
-
-    @property
-    def us_per_req(self) -> float:
-        return self.cpu_us
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
-
-
-def run_wrk(url: str, duration: float, threads: int, connections: int,
-            lua: Path | None) -> tuple[float, int, float, float, int]:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-           "--timeout", "10s"]
-    if lua is not None:
-        cmd += ["-s", str(lua)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True,
-                         timeout=duration + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    errors = 0
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                      out):
-        errors += sum(int(n) for n in m.groups())
-    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(m.group(1))
-    return rps, requests, _ms(pct.get("50", "")), _ms(pct.get("99", "")), errors
 
 
 @dataclass
@@ -440,9 +389,11 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         servers.insert(0, nginx)
         for server in servers:  # the same bytes before anything is timed
             for mac, url in site.queries:
-                assert fetch(server.base + url) == (root / "scripts" / mac).read_bytes(), url
-            if not args.no_file:
-                assert hashlib.sha256(fetch(server.base + art_path)).hexdigest() == sha
+                if fetch(server.base + url) != (root / "scripts" / mac).read_bytes():
+                    raise RuntimeError(f"{server.name} answers {url} with other bytes")
+            if not args.no_file and hashlib.sha256(fetch(server.base + art_path)).hexdigest(
+                    ) != sha:
+                raise RuntimeError(f"{server.name} serves other bytes at {art_path}")
         print(f"{HOSTS} hosts of site {site.id}, scripts of {size} bytes on average; 64 MiB "
               f"file {art_path}; wrk -t{args.threads} -d{args.duration}s; nginx "
               f"{args.nginx_workers} worker(s); {os.cpu_count()} cores; {args.rounds} "
