@@ -75,7 +75,9 @@ class _TooLarge(Exception):
 
 class GithubWebhook:
     """`POST /v1/hooks/github`. Public route (GitHub has no bearer token): the HMAC of the
-    raw body is the authentication, so it is checked before anything in the body is read."""
+    raw body is the authentication, so it is checked before anything in the body is read.
+    `on_push` is awaited before answering, and GitHub gives up on a delivery after 10 s: it
+    should enqueue the SHA, not fetch it."""
 
     def __init__(self, secret: bytes, branch: str,
                  on_push: Callable[[str], Awaitable[None]], *,

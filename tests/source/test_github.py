@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -36,6 +38,8 @@ class FakeGithub:
         self.calls: list[dict] = []
         self.fail: list[int] = []
         self.statuses: dict[str, list[dict]] = {}
+        self.hang = 0  # calls to leave unanswered until the test ends
+        self.release = asyncio.Event()
         app = web.Application()
         app.router.add_post("/repos/{owner}/{repo}/statuses/{sha}", self.post_status)
         app.router.add_get("/repos/{owner}/{repo}/commits/{sha}/status", self.combined)
@@ -46,6 +50,10 @@ class FakeGithub:
         self.calls.append({"method": request.method, "path": request.path,
                            "query": dict(request.query), "headers": dict(request.headers),
                            "body": json.loads(body) if body else None})
+        if self.hang:
+            self.hang -= 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), 30)
         if self.fail:
             code = self.fail.pop(0)
             return web.json_response({"message": f"fake failure {code}"}, status=code)
@@ -79,6 +87,7 @@ async def github():
     try:
         yield fake
     finally:
+        fake.release.set()
         await server.close()
 
 
@@ -175,6 +184,18 @@ async def test_report_network_error_is_returned_not_raised(token_file: Path):
         result = await status.report(SHA, "pending", "x")
     assert not result.ok and result.status is None and result.attempts == 2
     assert result.error
+    assert_no_token(logs)
+
+
+async def test_report_times_out_and_retries(github: FakeGithub, token_file: Path):
+    github.hang = 1
+    status = GithubStatus(github.base, "acme/sot", token_file, timeout=0.3, backoff=0.01)
+    with structlog.testing.capture_logs() as logs:
+        result = await status.report(SHA, "pending", "x")
+    assert result.ok and result.attempts == 2
+    assert len(github.calls) == 2
+    [retry] = [e for e in logs if e["event"] == "github.api.retry"]
+    assert "Timeout" in retry["error"]
     assert_no_token(logs)
 
 
@@ -292,6 +313,22 @@ async def test_missing_signature_refused(hook: TestClient):
     assert resp.status == 401
     assert hook.pushed == []
     assert any(e["event"] == "github.webhook.refused" for e in logs)
+
+
+async def test_push_with_curl(hook: TestClient, tmp_path: Path):
+    """The same delivery from curl, as GitHub's sender would make it (not aiohttp's client)."""
+    body = push_body()
+    (tmp_path / "body.json").write_bytes(body)
+    args = ["curl", "-sS", "--max-time", "10", "-o", str(tmp_path / "out"), "-w",
+            "%{http_code}", "--data-binary", f"@{tmp_path / 'body.json'}"]
+    for name, value in signed(body, "push").items():
+        args += ["-H", f"{name}: {value}"]
+    proc = await asyncio.create_subprocess_exec(*args, str(hook.make_url(WEBHOOK_PATH)),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert out == b"202"
+    assert json.loads((tmp_path / "out").read_bytes()) == {"accepted": SHA}
+    assert hook.pushed == [SHA]
 
 
 async def test_ping(hook: TestClient):
