@@ -7,10 +7,14 @@ readable by GitTree at the fetched SHA.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
+import http.server
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -352,3 +356,92 @@ async def test_poller_survives_the_remote_going_away(daemon: Daemon, remote: Rem
         assert poller.consecutive_failures == 0 and poller.last_error is None
     finally:
         await poller.close()
+
+
+class AuthGitHTTP(http.server.BaseHTTPRequestHandler):
+    """Smart HTTP through the real `git http-backend` CGI, behind a basic-auth check."""
+
+    root: Path
+    expected: str
+    seen_auth: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _serve(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        self.seen_auth.append(auth)
+        if not hmac.compare_digest(auth, self.expected):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="sot"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        env = {**GIT_ENV, "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
+               "REQUEST_METHOD": self.command, "PATH_INFO": path, "QUERY_STRING": query,
+               "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+               "CONTENT_LENGTH": str(len(body)), "REMOTE_USER": "x-access-token",
+               "GATEWAY_INTERFACE": "CGI/1.1"}
+        if self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        if self.headers.get("Git-Protocol"):
+            env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
+        out = subprocess.run(["git", "http-backend"], input=body, capture_output=True,
+                             env=env, timeout=30, check=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(": ")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            else:
+                headers.append((name, value))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _serve
+
+
+@pytest.fixture
+def http_remote(remote: Remote) -> Iterator[tuple[str, type[AuthGitHTTP]]]:
+    token = "ghs_t0ken-for-test"
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    handler = type("Handler", (AuthGitHTTP,), {"root": remote.root,
+                                               "expected": f"Basic {basic}", "seen_auth": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/sot.git", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_https_token_is_sent_as_basic_auth(http_remote: tuple[str, type[AuthGitHTTP]],
+                                           remote: Remote, tmp_path: Path) -> None:
+    url, handler = http_remote
+    head = remote.commit({"hosts.yml": "over http\n"})
+    token_file = tmp_path / "token"
+    token_file.write_text("ghs_t0ken-for-test\n")
+    mirror = GitMirror(tmp_path / "mirror.git", url, token_file=token_file)
+    assert mirror.fetch() == head
+    assert GitTree(mirror.path, head).read("hosts.yml") == b"over http\n"
+
+    token_file.write_text("ghs_wr0ng\n")  # rotated to a bad one: read again at each fetch
+    with capture_logs() as logs, pytest.raises(FetchError) as info:
+        mirror.fetch()
+    text = " ".join([str(info.value), repr(info.value.__context__), repr(logs)])
+    assert "ghs_wr0ng" not in text and "ghs_t0ken" not in text
+    assert any(a and a != handler.expected for a in handler.seen_auth)  # it was sent
+
+    anonymous = GitMirror(tmp_path / "anon.git", url)
+    with pytest.raises(FetchError):
+        anonymous.fetch()
