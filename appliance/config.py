@@ -37,6 +37,30 @@ class SotSource(_Strict):
         return self
 
 
+class SourceConfig(_Strict):
+    """Follow a git remote: every new commit of `ref` goes through the revision pipeline, and
+    the data plane serves whatever revision the group applies."""
+
+    url: str  # file://, git://, http(s)://, ssh://, or a path
+    ref: str = "main"
+    token_file: Path | None = None  # for http(s) remotes
+    poll_interval: Annotated[float, Field(ge=1)] = 60.0
+    poll_jitter: Annotated[float, Field(ge=0)] = 10.0
+
+
+class GithubConfig(_Strict):
+    webhook_secret_file: Path | None = None  # enables POST /v1/hooks/github
+    api_base: str = "https://api.github.com"
+    repo: str | None = None  # owner/name, for commit statuses
+    token_file: Path | None = None
+    required_contexts: list[str] = []
+
+
+class PipelineConfig(_Strict):
+    require_manual_approval: bool = False  # even where the site allows auto_rerender
+    approvals_required: Annotated[int, Field(ge=1, le=5)] = 1
+
+
 class HttpConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the site's netboot.http_port
@@ -91,7 +115,10 @@ class PeerConfig(_Strict):
     data_dir: Path
     interface: str  # the boot network interface
     address: IPv4Address | None = None  # default: the peer's address in env.yml
-    sot: SotSource
+    sot: SotSource | None = None  # a fixed revision to serve (tests, demos, a lab)
+    source: SourceConfig | None = None  # or follow a git remote through the pipeline
+    github: GithubConfig = GithubConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
     raft: RaftConfig
     api: ApiConfig = ApiConfig()
@@ -103,6 +130,13 @@ class PeerConfig(_Strict):
     prefetch_artifacts: bool = True
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _one_revision_source(self) -> PeerConfig:
+        if (self.sot is None) == (self.source is None):
+            raise ValueError("give exactly one of `sot` (a fixed SoT) or `source` (a git remote "
+                             "to follow)")
+        return self
 
 
 class ConfigError(Exception):
@@ -136,7 +170,13 @@ def load_config(path: str | Path) -> PeerConfig:
         "token_secret_file": base / config.token_secret_file,
         "sot": config.sot.model_copy(update={
             "path": base / config.sot.path if config.sot.path else None,
-            "git": base / config.sot.git if config.sot.git else None}),
+            "git": base / config.sot.git if config.sot.git else None}) if config.sot else None,
+        "source": config.source.model_copy(update={
+            "token_file": base / config.source.token_file if config.source.token_file
+            else None}) if config.source else None,
+        "github": config.github.model_copy(update={
+            k: base / v for k, v in (("webhook_secret_file", config.github.webhook_secret_file),
+                                     ("token_file", config.github.token_file)) if v}),
         "tftp": config.tftp.model_copy(update={"roots": [base / r for r in config.tftp.roots]}),
         "raft": config.raft.model_copy(update={
             "password_file": base / config.raft.password_file}),

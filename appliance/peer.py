@@ -34,8 +34,10 @@ from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
 from appliance.netboot.progress import LocalProgress
 from appliance.netboot.tftp import TftpServer
-from appliance.sot.revision import Revision, compile_tree
+from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
+from appliance.source.gittree import GitTree
+from appliance.source.pipeline import PipelineSettings, RevisionPipeline
 
 log = structlog.get_logger("vaquero.peer")
 
@@ -45,6 +47,7 @@ class PeerError(Exception):
 
 
 def _tree(config: PeerConfig) -> Tree:
+    assert config.sot is not None
     if config.sot.path is not None:
         return DirectoryTree(config.sot.path)
     from appliance.source.gittree import GitTree, RevisionNotFound
@@ -86,6 +89,10 @@ class Peer:
         self.outbox: EventOutbox | None = None
         self.artifacts: ArtifactCache | None = None
         self.boot_state: BootState | None = None
+        self.revisions = RevisionCache()
+        self.mirror: Any = None  # appliance.source.fetch.GitMirror in source mode
+        self.poller: Any = None
+        self.pipeline: RevisionPipeline | None = None
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -105,6 +112,9 @@ class Peer:
     async def load(self) -> BootTable:
         tree = _tree(self.config)
         revision = await asyncio.to_thread(compile_tree, tree)
+        return self._table_for(revision)
+
+    def _table_for(self, revision: Revision) -> BootTable:
         if not revision.valid:
             for problem in revision.problems[:20]:
                 log.error("sot.problem", problem=str(problem))
@@ -116,10 +126,112 @@ class Peer:
                                        self._address(revision), secret)
         except ValueError as exc:
             raise PeerError(str(exc)) from None
-        self.revision, self.table = revision, table
         log.info("revision.loaded", revision=revision.sha, source=revision.source,
                  hosts=len(table.hosts), site=self.config.site)
         return table
+
+    async def _install(self, table: BootTable) -> None:
+        """Serve `table` from now on: one reference swap per server, no packet waits."""
+        cfg, old = self.config, self.table
+        assert self.boot_state is not None and self.artifacts is not None
+        self.revision, self.table = table.revision, table
+        self.boot_state.table = table
+        # Hosts still booting the previous revision may ask for its artifacts.
+        self.artifacts.register([*table.artifacts(), *(old.artifacts() if old else [])])
+        if cfg.dhcp.enabled:
+            dhcp_table = await asyncio.to_thread(compile_table, table.dhcp, cfg.interface,
+                                                 table.sha)  # ~0.4 s per 10,000 hosts
+            mode = table.site.netboot.dhcp_mode
+            if self._dhcp is not None and self._dhcp.mode != mode:
+                await self._dhcp.close()
+                self._dhcp = None
+            if self._dhcp is None:
+                self._dhcp = DhcpServer(lambda: dhcp_table, cfg.interface, mode=mode,
+                                        on_event=self._on_event, port=cfg.dhcp.port,
+                                        pxe_port=cfg.dhcp.proxy_port)
+                await self._dhcp.start()
+                log.info("dhcp.listening", interface=cfg.interface, mode=mode,
+                         reservations=len(table.dhcp.reservations))
+            else:
+                self._dhcp.swap_table(dhcp_table)
+        if cfg.prefetch_artifacts:  # a boot storm should not wait on the upstream mirror
+            self._tasks.append(asyncio.create_task(
+                self.artifacts.prefetch(a.sha256 for a in table.artifacts()), name="prefetch"))
+        log.info("revision.serving", revision=table.sha, hosts=len(table.hosts),
+                 previous=old.sha if old else None)
+
+    # --- source mode: follow a git remote through the revision pipeline ---------------------
+
+    def _tree_for(self, sha: str) -> Tree:
+        """Blocking (called in a worker thread): the agreed commit, fetched if we lack it."""
+        self.mirror.ensure(sha)
+        return GitTree(self.mirror.path, sha)
+
+    async def _on_new_commit(self, sha: str) -> None:
+        """The followed ref moved. Queued through the outbox: observed even if the group is
+        out of reach right now."""
+        assert self.outbox is not None and self.pipeline is not None
+        from appliance.source.fetch import redact_url
+
+        self.outbox.put_command(raft_commands.build(
+            "revision.observe", time.time(), sha=sha, source=redact_url(self.mirror.url)))
+        log.info("source.new_commit", revision=sha)
+        self.pipeline.wake()
+
+    async def _follow_applied(self) -> None:
+        """Every peer serves the revision the group applied, read by SHA from its mirror."""
+        assert self.cluster is not None
+        failed: str | None = None
+        while True:
+            sha = self.cluster.applied_revision()
+            if sha and sha != (self.table.sha if self.table else None) and sha != failed:
+                try:
+                    revision = await asyncio.to_thread(
+                        lambda sha=sha: self.revisions.get(self._tree_for(sha)))
+                    await self._install(self._table_for(revision))
+                except Exception as exc:  # keep serving the last good revision
+                    failed = sha
+                    log.error("revision.cannot_serve", revision=sha, error=str(exc))
+            await asyncio.sleep(0.5)
+
+    def _start_source(self) -> list[tuple[str, Any]]:
+        from appliance.source.fetch import GitMirror, Poller
+
+        cfg, src = self.config, self.config.source
+        assert src is not None and self.cluster is not None
+        self.mirror = GitMirror(cfg.data_dir / "sot.git", src.url, src.ref, src.token_file)
+        settings = PipelineSettings(site=cfg.site,
+                                    require_manual_approval=cfg.pipeline.require_manual_approval,
+                                    approvals_required=cfg.pipeline.approvals_required)
+        routes: list[tuple[str, Any]] = []
+        gh = cfg.github
+        if gh.repo and gh.token_file:
+            from appliance.source.github import GithubStatus
+
+            status = GithubStatus(gh.api_base, gh.repo, gh.token_file, site=cfg.site)
+            settings.report_status = status.report
+            if gh.required_contexts:
+                contexts = list(gh.required_contexts)
+                settings.status_gate = lambda sha: status.required_contexts_ok(sha, contexts)
+        self.pipeline = RevisionPipeline(self.cluster, self._tree_for, settings, self.revisions)
+        self.poller = Poller(self.mirror, src.poll_interval, src.poll_jitter,
+                             self._on_new_commit, last_sha=self.cluster.applied_revision())
+        if gh.webhook_secret_file:
+            from appliance.source.github import GithubWebhook, load_webhook_secret
+
+            async def on_push(sha: str) -> None:
+                self.poller.trigger()  # fetch now; the poller observes what it finds
+
+            hook = GithubWebhook(load_webhook_secret(gh.webhook_secret_file), src.ref, on_push)
+            routes.append(("/v1/hooks/github", hook.handle))
+        self._tasks += [asyncio.create_task(self.pipeline.run(), name="pipeline"),
+                        asyncio.create_task(self._follow_applied(), name="follow-applied")]
+        self.poller.start()
+        from appliance.source.fetch import redact_url
+
+        log.info("source.following", url=redact_url(src.url), ref=src.ref,
+                 poll_interval=src.poll_interval)
+        return routes
 
     # --- what the data plane tells the group --------------------------------------------
 
@@ -250,10 +362,13 @@ class Peer:
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         log.info("raft.started", address=cfg.raft.address, peers=list(peers))
 
-        table = await self.load()
-        self.boot_state = BootState(table, self.progress, list(cfg.tftp.roots), self._on_event)
+        self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self._on_event)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
-        self.artifacts.register(table.artifacts())
+        extra: list[tuple[str, Any]] = []
+        if cfg.sot is not None:  # a fixed revision, served at once
+            await self._install(await self.load())
+        else:  # follow a git remote; serve what the group applies (503 until then)
+            extra = self._start_source()
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info)
@@ -262,11 +377,14 @@ class Peer:
             assert self.boot_state is not None
             add_boot_routes(app, self.boot_state)
             app.router.add_get("/artifacts/{sha256}/{name}", self._artifact)
+            for path, handler in extra:
+                app.router.add_post(path, handler)
 
         app = make_api_app(context, tokens, boot_routes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        self.http_port = cfg.http.port or table.site.netboot.http_port
+        self.http_port = cfg.http.port or (self.table.site.netboot.http_port if self.table
+                                           else 80)
         await web.TCPSite(self._runner, cfg.http.listen, self.http_port).start()
         log.info("http.listening", address=cfg.http.listen, port=self.http_port,
                  serves="boot" + ("" if cfg.api.port else " and API"))
@@ -277,26 +395,13 @@ class Peer:
         if cfg.tftp.enabled:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
-        if cfg.dhcp.enabled:
-            dhcp_table = await asyncio.to_thread(compile_table, table.dhcp, cfg.interface,
-                                                 table.sha)  # ~0.4 s per 10,000 hosts
-            self._dhcp = DhcpServer(lambda: dhcp_table, cfg.interface,
-                                    mode=table.site.netboot.dhcp_mode,
-                                    on_event=self._on_event, port=cfg.dhcp.port,
-                                    pxe_port=cfg.dhcp.proxy_port)
-            await self._dhcp.start()
-            log.info("dhcp.listening", interface=cfg.interface, mode=table.site.netboot.dhcp_mode,
-                     reservations=len(table.dhcp.reservations))
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
-        if cfg.prefetch_artifacts:  # a boot storm should not wait on the upstream mirror
-            self._tasks.append(asyncio.create_task(
-                self.artifacts.prefetch(a.sha256 for a in table.artifacts()), name="prefetch"))
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
         request runs in its own task context, so the binding stays with this request."""
-        assert self.artifacts is not None and self.table is not None
-        host = self.table.by_ip.get(request.remote or "")
+        assert self.artifacts is not None
+        host = self.table.by_ip.get(request.remote or "") if self.table else None
         if host is not None:
             structlog.contextvars.bind_contextvars(host=host)
         return await self.artifacts.handler(request)

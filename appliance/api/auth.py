@@ -21,7 +21,9 @@ from aiohttp import web
 log = structlog.get_logger("vaquero.api.auth")
 
 Role = Literal["read", "admin"]
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"})
+# The GitHub webhook authenticates by the HMAC of its body instead of a bearer token.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json",
+                          "/v1/hooks/github"})
 # The machine-facing boot chain: machines have no token (DESIGN.md, boot chain).
 PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

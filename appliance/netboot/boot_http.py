@@ -44,7 +44,7 @@ IPXE_TYPE = "text/plain; charset=utf-8"
 class BootState:
     """What the routes read: swapped as a whole when a new revision is applied."""
 
-    table: BootTable
+    table: BootTable | None  # None until the group has applied a revision
     progress: HostProgress
     firmware_roots: list[Path] = field(default_factory=list)
     on_event: Callable[..., None] | None = None
@@ -62,33 +62,41 @@ BOOT_STATE = web.AppKey("boot_state", BootState)
 
 
 def _state(request: web.Request) -> BootState:
-    return request.app[BOOT_STATE]
+    state = request.app[BOOT_STATE]
+    if state.table is None:
+        raise web.HTTPServiceUnavailable(text="no revision has been applied yet\n",
+                                         headers={"Retry-After": "10"})
+    return state
 
 
 def _client(request: web.Request) -> str:
     return request.remote or "?"
 
 
-def _host_stage(request: web.Request) -> tuple[BootState, str, int]:
+def _host_stage(request: web.Request) -> tuple[BootState, BootTable, str, int]:
     state = _state(request)
+    table = state.table
+    assert table is not None
     host = request.match_info["host"]
-    if host not in state.table.hosts:
+    if host not in table.hosts:
         raise web.HTTPNotFound(text=f"no host {host!r} in this site's applied revision\n")
     try:
         stage = int(request.match_info["stage"])
     except ValueError:
         raise web.HTTPNotFound(text="stage must be a number\n") from None
-    if not 1 <= stage <= state.table.stages(host):
+    if not 1 <= stage <= table.stages(host):
         raise web.HTTPNotFound(text=f"host {host!r} has no stage {stage}\n")
-    return state, host, stage
+    return state, table, host, stage
 
 
 async def boot_ipxe(request: web.Request) -> web.Response:
     state = _state(request)
+    table = state.table
+    assert table is not None  # one table for the whole request, even across a swap
     state.count("boot_ipxe")
-    host = state.table.by_ip.get(_client(request))
+    host = table.by_ip.get(_client(request))
     log.info("boot.chain", host=host, client=_client(request))
-    return web.Response(text=BOOT_IPXE.format(base=state.table.base_url), content_type="text/plain")
+    return web.Response(text=BOOT_IPXE.format(base=table.base_url), content_type="text/plain")
 
 
 def _normal_mac(value: str) -> str:
@@ -98,6 +106,7 @@ def _normal_mac(value: str) -> str:
 async def host_script(request: web.Request) -> web.Response:
     state = _state(request)
     table = state.table
+    assert table is not None
     mac = _normal_mac(request.query.get("mac", ""))
     uuid = request.query.get("uuid", "").strip().lower()
     host = table.by_mac.get(mac) or table.by_uuid.get(uuid)
@@ -124,16 +133,16 @@ async def host_script(request: web.Request) -> web.Response:
 
 
 async def stage_script(request: web.Request) -> web.Response:
-    state, host, stage = _host_stage(request)
-    script, _ = state.table.stage_content(host, stage)
+    state, table, host, stage = _host_stage(request)
+    script, _ = table.stage_content(host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
     return web.Response(text=script, content_type="text/plain")
 
 
 async def stage_config(request: web.Request) -> web.Response:
-    state, host, stage = _host_stage(request)
-    _, config = state.table.stage_content(host, stage)
+    state, table, host, stage = _host_stage(request)
+    _, config = table.stage_content(host, stage)
     if config is None:
         raise web.HTTPNotFound(text=f"stage {stage} of {host!r} has no install config\n")
     kind, text = config
@@ -144,35 +153,36 @@ async def stage_config(request: web.Request) -> web.Response:
 
 
 async def stage_meta_data(request: web.Request) -> web.Response:
-    state, host, stage = _host_stage(request)
-    entry = state.table.hosts[host]
+    _, table, host, stage = _host_stage(request)
+    entry = table.hosts[host]
     iface = entry.host.boot_interface()
     hostname = (iface.hostname if iface and iface.hostname else host)
     return web.Response(content_type="text/plain", text=(
-        f"instance-id: {host}-{stage}-{state.table.sha[:12]}\nlocal-hostname: {hostname}\n"))
+        f"instance-id: {host}-{stage}-{table.sha[:12]}\nlocal-hostname: {hostname}\n"))
 
 
 async def phone_home(request: web.Request) -> web.Response:
-    state, host, stage = _host_stage(request)
+    state, table, host, stage = _host_stage(request)
     token = request.match_info["token"]
-    if not hmac.compare_digest(token.encode(), state.table.token(host).encode()):
+    if not hmac.compare_digest(token.encode(), table.token(host).encode()):
         state.count("phone_home_refused")
         log.warning("boot.phone_home_refused", host=host, stage=stage, client=_client(request),
                     reason="bad token")
         raise web.HTTPForbidden(text="bad token\n")
     body = (await request.content.read(4096)).decode(errors="replace")
-    record = state.progress.stage_done(host, stage, state.table.sha)
-    stages = state.table.stages(host)
+    record = state.progress.stage_done(host, stage, table.sha)
+    stages = table.stages(host)
     state.count("phone_homes")
     log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),
              done=record.done >= stages, report=body[:1024] or None)
-    state.event("stage-done", host=host, stage=stage, revision=state.table.sha)
+    state.event("stage-done", host=host, stage=stage, revision=table.sha)
     return web.json_response({"host": host, "stage": stage, "done": record.done,
                               "workflow_done": record.done >= stages})
 
 
 async def firmware(request: web.Request) -> web.StreamResponse:
     state = _state(request)
+    table = state.table
     name = request.match_info["name"]
     if "/" in name or name.startswith("."):
         raise web.HTTPNotFound()
@@ -180,7 +190,7 @@ async def firmware(request: web.Request) -> web.StreamResponse:
         path = root / name
         if path.is_file():
             log.info("boot.firmware", file=name, client=_client(request),
-                     host=state.table.by_ip.get(_client(request)))
+                     host=table.by_ip.get(_client(request)) if table else None)
             return web.FileResponse(path)
     raise web.HTTPNotFound(text=f"no firmware {name!r}\n")
 

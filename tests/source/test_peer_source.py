@@ -1,0 +1,171 @@
+"""A peer following a git remote: pushes made with the real git CLI, signalled by a signed
+GitHub webhook, go through the replicated pipeline; only approved revisions are served.
+
+One `vaq-peer serve` process (a one-peer group) follows a bare repository over file://.
+Nothing is served before a revision is applied; an invalid push is rejected with its report
+and the applied revision keeps being served; an approval through the CLI makes the new
+revision the one every boot request gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {"GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.test",
+       "GIT_COMMITTER_NAME": "Ops", "GIT_COMMITTER_EMAIL": "ops@example.test",
+       "HOME": "/nonexistent", "PATH": "/usr/bin:/bin"}
+ADMIN = "source-test-admin-token-0123456789"
+HOOK_SECRET = b"webhook-secret-for-tests-0123456789"
+LAB01 = "52:54:00:18:00:11"
+pytestmark = pytest.mark.slow
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                          text=True, env=ENV, timeout=30).stdout.strip()
+
+
+def push(work: Path, message: str) -> str:
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", message)
+    git(work, "push", "-q", "origin", "main")
+    return git(work, "rev-parse", "HEAD")
+
+
+def call(url: str, method: str = "GET", body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, ""
+
+
+def hook(base: str, sha: str) -> int:
+    body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+    sig = "sha256=" + hmac.new(HOOK_SECRET, body, hashlib.sha256).hexdigest()
+    status, _ = call(f"{base}/v1/hooks/github", "POST", body, {
+        "X-GitHub-Event": "push", "X-Hub-Signature-256": sig, "X-GitHub-Delivery": "t1",
+        "Content-Type": "application/json"})
+    return status
+
+
+def revision_state(base: str, sha: str) -> str | None:
+    status, text = call(f"{base}/v1/revisions/{sha}", headers={"Authorization": f"Bearer {ADMIN}"})
+    return json.loads(text)["state"] if status == 200 else None
+
+
+def until(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_peer_follows_pushes_through_the_pipeline(tmp_path: Path) -> None:
+    bare, work = tmp_path / "sot.git", tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=ENV, timeout=30)
+    shutil.copytree(REPO / "sot_examples" / "lab", work)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "remote", "add", "origin", f"file://{bare}")
+    first = push(work, "lab site")
+
+    import socket
+
+    with socket.socket() as s1, socket.socket() as s2:
+        s1.bind(("127.0.0.1", 0))
+        s2.bind(("127.0.0.1", 0))
+        http_port, raft_port = s1.getsockname()[1], s2.getsockname()[1]
+    for name, value in (("secret", "cGhvbmUtaG9tZS1rZXktZm9yLXRlc3Rz"),
+                        ("raft.secret", "cmFmdC1rZXktZm9yLXRlc3Rz"), ("admin.token", ADMIN),
+                        ("hook.secret", HOOK_SECRET.decode())):
+        (tmp_path / name).write_text(value + "\n")
+        (tmp_path / name).chmod(0o600)
+    config = tmp_path / "peer.yaml"
+    config.write_text(f"""
+site: lab
+peer: peer-1
+data_dir: {tmp_path / 'data'}
+interface: lo
+address: 127.0.0.1
+source: {{url: "file://{bare}", ref: main, poll_interval: 60, poll_jitter: 0}}
+github: {{webhook_secret_file: hook.secret}}
+token_secret_file: secret
+http: {{listen: 127.0.0.1, port: {http_port}}}
+tftp: {{enabled: false}}
+dhcp: {{enabled: false}}
+prefetch_artifacts: false
+raft: {{address: "127.0.0.1:{raft_port}", password_file: raft.secret}}
+api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
+""")
+    base = f"http://127.0.0.1:{http_port}"
+    log = tmp_path / "serve.log"
+    exe = Path(sys.executable).parent / "vaq-peer"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(exe), "serve", "--config", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        until(lambda: call(f"{base}/healthz")[0] == 200, "the peer")
+        # the first fetch at start observes the commit; approval is manual (lab policy)
+        until(lambda: revision_state(base, first) == "awaiting_approval", "first revision",
+              timeout=60)
+        assert call(f"{base}/ipxe?mac={LAB01}")[0] == 503  # nothing applied: nothing served
+
+        (tmp_path / "tok").write_text(ADMIN)
+        auth = ["--peer", base, "--token-file", str(tmp_path / "tok")]
+        approve = subprocess.run([str(exe), "approve", first[:12], *auth],
+                                 capture_output=True, text=True, timeout=30)
+        assert approve.returncode == 0, approve.stdout + approve.stderr
+        until(lambda: revision_state(base, first) == "applied", "first applied")
+        until(lambda: call(f"{base}/ipxe?mac={LAB01}")[0] == 200, "boot script served")
+        assert f"revision {first[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1]
+
+        edit = work / "sites/lab/cluster-lab.yml"
+        edit.write_text(edit.read_text().replace('"52:54:00:18:00:12"', '"52:54:00:18:00:11"'))
+        bad = push(work, "duplicate MAC")
+        assert hook(base, bad) == 202  # the webhook makes the peer fetch at once
+        until(lambda: revision_state(base, bad) == "rejected", "invalid push rejected")
+        assert f"revision {first[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1]
+
+        git(work, "revert", "--no-edit", "HEAD")
+        os_file = work / "os/flatcar-stable.yml"
+        os_file.write_text(os_file.read_text().replace(
+            "6b7d1c2b8a8e1b5fd0a2b3f2c0e6a1d4f7e9b3c5a8d2f4e6b1c3d5f7a9b2c4e6", "ab" * 32))
+        upgrade = push(work, "flatcar kernel bump")
+        assert hook(base, upgrade) == 202
+        until(lambda: revision_state(base, upgrade) == "awaiting_approval", "upgrade planned")
+        _, text = call(f"{base}/v1/revisions/{upgrade}",
+                            headers={"Authorization": f"Bearer {ADMIN}"})
+        assert json.loads(text)["summaries"]["planned"]["counts"] == {"reinstall": 3}
+        show = subprocess.run([str(exe), "show", upgrade[:12], *auth], capture_output=True,
+                              text=True, timeout=30)
+        assert show.returncode == 0 and "awaiting_approval" in show.stdout, show.stdout
+        assert subprocess.run([str(exe), "approve", upgrade, *auth], capture_output=True,
+                              timeout=30).returncode == 0
+        until(lambda: f"revision {upgrade[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1],
+              "upgrade served")
+        assert revision_state(base, first) == "superseded"
+        bad_sig = call(f"{base}/v1/hooks/github", "POST", b"{}", {
+            "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64})
+        assert bad_sig[0] == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    text = log.read_text()
+    assert ADMIN not in text and HOOK_SECRET.decode() not in text
