@@ -23,7 +23,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +39,7 @@ log = structlog.get_logger("vaquero.source")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _HTTP_USER = "x-access-token"
 _HTTP_TIMEOUT_S = 60
+_LOCK_TIMEOUT_S = 120
 
 
 class FetchError(RuntimeError):
@@ -72,11 +73,23 @@ class GitMirror:
         self.ref = ref
         self.token_file = token_file
         self._lock = threading.Lock()
+        self.lock_timeout = _LOCK_TIMEOUT_S
         if not (self.path / "objects").is_dir():
             self.path.mkdir(parents=True, exist_ok=True)
             Repo.init_bare(str(self.path)).close()
 
     # -- fetching -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # git:// has no socket timeout in dulwich: a remote that stops answering holds a
+        # fetch (and this lock) forever. Later callers fail instead of piling up threads.
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise FetchError(f"a previous fetch from {redact_url(self.url)} is still running")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _token(self) -> str | None:
         if self.token_file is None:
@@ -95,7 +108,7 @@ class GitMirror:
     def fetch(self) -> str:
         """Fetch every branch and tag; return the commit SHA the followed ref points to."""
         token = self._token()
-        with self._lock:
+        with self._locked():
             try:
                 refs = self._fetch_refs(token, wants=None)
             except FetchError:
@@ -178,7 +191,7 @@ class GitMirror:
             # Not reachable from any ref: ask for it by id (GitHub allows that; git-daemon
             # only with uploadpack.allowAnySHA1InWant).
             token = self._token()
-            with self._lock:
+            with self._locked():
                 try:
                     self._fetch_refs(token, wants=[sha.encode()])
                 except Exception as exc:
@@ -211,12 +224,14 @@ class Poller:
     Failures never end the task: they are logged and retried with exponential backoff from
     `min_backoff` to `max_backoff`. `last_sha` is the SHA `on_new` last accepted: pass the
     currently applied one so a restart does not report it again (None reports the first
-    fetch). If `on_new` raises, the SHA is offered again at the next poll.
+    fetch). If `on_new` raises, the SHA is offered again at the next poll. A fetch that
+    takes longer than `fetch_timeout` counts as a failure (dulwich's git:// has no timeout).
     """
 
     def __init__(self, mirror: GitMirror, interval: float, jitter: float,
                  on_new: Callable[[str], Awaitable[None]], *, last_sha: str | None = None,
-                 min_backoff: float = 1.0, max_backoff: float = 300.0) -> None:
+                 min_backoff: float = 1.0, max_backoff: float = 300.0,
+                 fetch_timeout: float = 600.0) -> None:
         self.mirror = mirror
         self.interval = interval
         self.jitter = jitter
@@ -224,6 +239,7 @@ class Poller:
         self.last_sha = last_sha
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.fetch_timeout = fetch_timeout
         self.last_success: float | None = None  # time.time() of the last good fetch
         self.last_error: str | None = None
         self.consecutive_failures = 0
@@ -263,10 +279,14 @@ class Poller:
     async def poll_once(self) -> None:
         """One fetch and, if the ref moved, one `on_new`. Never raises (but on cancel)."""
         try:
-            sha = await asyncio.to_thread(self.mirror.fetch)
+            # On timeout the worker thread stays blocked (threads cannot be cancelled); the
+            # mirror's lock makes the next polls fail fast until it returns.
+            sha = await asyncio.wait_for(asyncio.to_thread(self.mirror.fetch),
+                                         timeout=self.fetch_timeout)
         except Exception as exc:
             self.consecutive_failures += 1
-            self.last_error = str(exc)
+            self.last_error = (f"fetch timed out after {self.fetch_timeout} s"
+                               if isinstance(exc, TimeoutError) else str(exc))
             log.warning("source.fetch_failed", url=redact_url(self.mirror.url),
                         reason=self.last_error, failures=self.consecutive_failures,
                         retry_in_s=round(self.backoff(), 3))

@@ -445,3 +445,28 @@ def test_https_token_is_sent_as_basic_auth(http_remote: tuple[str, type[AuthGitH
     anonymous = GitMirror(tmp_path / "anon.git", url)
     with pytest.raises(FetchError):
         anonymous.fetch()
+
+
+async def test_poller_survives_a_remote_that_stops_answering(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts (in the kernel) and never says a word
+    port = listener.getsockname()[1]
+
+    async def on_new(sha: str) -> None:
+        raise AssertionError("nothing to report")
+
+    mirror = GitMirror(tmp_path / "mirror.git", f"git://127.0.0.1:{port}/sot.git")
+    mirror.lock_timeout = 0.05
+    poller = Poller(mirror, 0.05, 0, on_new, min_backoff=0.05, max_backoff=0.1,
+                    fetch_timeout=0.3).start()
+    try:
+        with capture_logs() as logs:
+            assert await wait_until(lambda: poller.consecutive_failures >= 3)
+        reasons = [e["reason"] for e in logs if e["event"] == "source.fetch_failed"]
+        assert reasons[0] == "fetch timed out after 0.3 s"
+        assert any("still running" in r for r in reasons[1:])
+        assert poller._task is not None and not poller._task.done()
+    finally:
+        await poller.close()
+        listener.close()  # the hung fetch gets a reset and its thread ends
