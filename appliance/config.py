@@ -59,6 +59,10 @@ class GithubConfig(_Strict):
 class PipelineConfig(_Strict):
     require_manual_approval: bool = False  # even where the site allows auto_rerender
     approvals_required: Annotated[int, Field(ge=1, le=5)] = 1
+    # Signed commits: SSH public keys trusted to sign SoT commits (one per line). Required
+    # when the site policy says `signed_commits: true`, or when `require_signed_commits`.
+    signing_keys_file: Path | None = None
+    require_signed_commits: bool = False
 
 
 class HttpConfig(_Strict):
@@ -174,6 +178,9 @@ def load_config(path: str | Path) -> PeerConfig:
         "source": config.source.model_copy(update={
             "token_file": base / config.source.token_file if config.source.token_file
             else None}) if config.source else None,
+        "pipeline": config.pipeline.model_copy(update={
+            "signing_keys_file": base / config.pipeline.signing_keys_file
+            if config.pipeline.signing_keys_file else None}),
         "github": config.github.model_copy(update={
             k: base / v for k, v in (("webhook_secret_file", config.github.webhook_secret_file),
                                      ("token_file", config.github.token_file)) if v}),

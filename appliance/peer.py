@@ -36,8 +36,10 @@ from appliance.netboot.progress import LocalProgress
 from appliance.netboot.tftp import TftpServer
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
-from appliance.source.gittree import GitTree
+from appliance.source.github import WebhookSecretError
+from appliance.source.gittree import GitTree, RevisionNotFound
 from appliance.source.pipeline import PipelineSettings, RevisionPipeline
+from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
 
@@ -50,8 +52,6 @@ def _tree(config: PeerConfig) -> Tree:
     assert config.sot is not None
     if config.sot.path is not None:
         return DirectoryTree(config.sot.path)
-    from appliance.source.gittree import GitTree, RevisionNotFound
-
     try:
         return GitTree(config.sot.git, config.sot.rev)  # type: ignore[arg-type]
     except RevisionNotFound as exc:
@@ -202,7 +202,13 @@ class Peer:
         self.mirror = GitMirror(cfg.data_dir / "sot.git", src.url, src.ref, src.token_file)
         settings = PipelineSettings(site=cfg.site,
                                     require_manual_approval=cfg.pipeline.require_manual_approval,
-                                    approvals_required=cfg.pipeline.approvals_required)
+                                    approvals_required=cfg.pipeline.approvals_required,
+                                    require_signed_commits=cfg.pipeline.require_signed_commits)
+        if cfg.pipeline.signing_keys_file is not None:
+            from appliance.source.signatures import CommitVerifier, load_signing_keys
+
+            verifier = CommitVerifier(load_signing_keys(cfg.pipeline.signing_keys_file))
+            settings.verify_signature = lambda sha: verifier.verify(self.mirror.path, sha)
         routes: list[tuple[str, Any]] = []
         gh = cfg.github
         if gh.repo and gh.token_file:
@@ -343,7 +349,7 @@ class Peer:
             raise PeerError(f"cannot start: {exc.strerror or exc} ({exc.__class__.__name__}); "
                             "is another server on that port, or is the boot interface "
                             "missing?") from None
-        except (ClusterStartError, TokenError) as exc:
+        except (ClusterStartError, TokenError, SigningKeysError, WebhookSecretError) as exc:
             await self.stop()
             raise PeerError(str(exc)) from None
         except PeerError:

@@ -45,6 +45,9 @@ class PipelineSettings:
     require_manual_approval: bool = False
     approvals_required: int = 1
     status_gate: StatusGate | None = None  # required contexts ok? (GitHub combined status)
+    # Signed commits: `verify_signature(sha)` gives None (trusted) or the reason it is not.
+    require_signed_commits: bool = False
+    verify_signature: Callable[[str], str | None] | None = None
     report_status: StatusReport | None = None  # (sha, state, description) -> commit status
     poll: float = 1.0  # seconds between checks when nothing wakes the loop
 
@@ -137,6 +140,14 @@ class RevisionPipeline:
             if revision.sha != sha:  # content addressing: what we read must be what was agreed
                 await self._move(sha, "rejected", f"read commit {revision.sha}, not {sha}")
                 return
+            policy = await self._policy(revision)
+            if policy.signed_commits or self.settings.require_signed_commits:
+                verify = self.settings.verify_signature
+                reason = ("signed commits are required but no signing keys are configured on "
+                          "the peers") if verify is None else await asyncio.to_thread(verify, sha)
+                if reason is not None:
+                    await self._move(sha, "rejected", f"signature: {reason}")
+                    return
             if not revision.valid:
                 first = str(revision.problems[0]) if revision.problems else "invalid"
                 await self._move(sha, "rejected", f"{len(revision.problems)} problem(s); "

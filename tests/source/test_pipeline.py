@@ -8,15 +8,13 @@ touches no hardware applies by itself; a required status context holds a revisio
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from appliance.cluster import Cluster, ClusterSettings
+from appliance.cluster import Cluster
 from appliance.source.gittree import GitTree
 from appliance.source.pipeline import PipelineSettings, RevisionPipeline
 
@@ -42,23 +40,6 @@ def edit(repo: Path, path: str, old: str, new: str) -> None:
     text = target.read_text()
     assert old in text, (path, old)
     target.write_text(text.replace(old, new, 1))
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    password = tmp_path / "raft.password"
-    password.write_text(secrets.token_urlsafe(24))
-    password.chmod(0o600)
-    address = f"127.0.0.1:{port}"
-    node = Cluster(ClusterSettings(self_address=address, peers=(address,),
-                                   data_dir=tmp_path / "raft", password_file=password))
-    await node.start()
-    await node.wait_for_leader(timeout=10)
-    yield node
-    await node.stop()
 
 
 @pytest.fixture
