@@ -169,3 +169,64 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
         proc.wait(timeout=15)
     text = log.read_text()
     assert ADMIN not in text and HOOK_SECRET.decode() not in text
+
+
+def test_three_peers_serve_the_revision_the_group_applied(tmp_path: Path) -> None:
+    """Each peer mirrors the remote itself; the leader judges; all serve the applied SHA."""
+    import socket
+
+    bare, work = tmp_path / "sot.git", tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=ENV, timeout=30)
+    shutil.copytree(REPO / "sot_examples" / "lab", work)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "remote", "add", "origin", f"file://{bare}")
+    first = push(work, "lab site")
+    socks = [socket.socket() for _ in range(6)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    raft = [f"127.0.0.1:{p}" for p in ports[3:]]
+    for name, value in (("secret", "cGhvbmUtaG9tZS1rZXktZm9yLXRlc3Rz"),
+                        ("raft.secret", "cmFmdC1rZXktZm9yLXRlc3Rz"), ("admin.token", ADMIN)):
+        (tmp_path / name).write_text(value + "\n")
+        (tmp_path / name).chmod(0o600)
+    exe = Path(sys.executable).parent / "vaq-peer"
+    procs, bases = [], []
+    try:
+        for i in range(3):
+            config = tmp_path / f"peer{i}.yaml"
+            config.write_text(f"""
+site: lab
+peer: peer-{i + 1}
+data_dir: {tmp_path / f'data{i}'}
+interface: lo
+address: 127.0.0.1
+source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}
+token_secret_file: secret
+http: {{listen: 127.0.0.1, port: {ports[i]}}}
+tftp: {{enabled: false}}
+dhcp: {{enabled: false}}
+prefetch_artifacts: false
+raft: {{address: "{raft[i]}", peers: {json.dumps(raft)}, password_file: raft.secret}}
+api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
+""")
+            with (tmp_path / f"peer{i}.log").open("w") as out:
+                procs.append(subprocess.Popen([str(exe), "serve", "--config", str(config)],
+                                              stdout=out, stderr=subprocess.STDOUT))
+            bases.append(f"http://127.0.0.1:{ports[i]}")
+        until(lambda: all(revision_state(b, first) == "awaiting_approval" for b in bases),
+              "the group to plan the first commit", timeout=60)
+        status, _ = call(f"{bases[2]}/v1/revisions/{first}/approve", "POST", b"{}", {
+            "Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+        assert status == 200
+        for base in bases:  # every peer, from its own mirror, serves the applied revision
+            until(lambda base=base: f"revision {first[:12]}" in
+                  call(f"{base}/ipxe?mac={LAB01}")[1], f"{base} serving", timeout=30)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=15)
