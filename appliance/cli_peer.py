@@ -242,6 +242,19 @@ def cmd_approve(client: PeerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rearm(client: PeerClient, args: argparse.Namespace) -> int:
+    """Rolling back: the superseded revision is planned again against the applied one."""
+    sha = resolve_revision(client, args.rev)
+    result = client.post(f"/v1/revisions/{sha}/rearm",
+                         {"note": args.note} if args.note else {})
+    if args.json:
+        print_json(result)
+    else:
+        print(f"re-armed {short(sha)}: it is planned again against the applied revision; "
+              f"review it with `vaq-peer show {short(sha)}`, then `vaq-peer approve`")
+    return EXIT_OK
+
+
 def cmd_note(client: PeerClient, args: argparse.Namespace) -> int:
     result = client.post("/v1/events", {"message": args.message, "host": args.host})
     if args.json:
@@ -402,6 +415,10 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add("approve", cmd_approve, "approve a revision awaiting approval (admin token)")
     p.add_argument("rev", metavar="REV", help="commit SHA or a unique prefix")
     p.add_argument("--note", help="recorded with the approval")
+    p = add("rearm", cmd_rearm, "roll back: re-arm a superseded revision for a new plan and "
+            "approval (admin token)")
+    p.add_argument("rev", metavar="REV", help="commit SHA or a unique prefix")
+    p.add_argument("--note", help="why (recorded in the revision's history)")
     p = add("note", cmd_note, "record an operator note in the event journal (admin token)")
     p.add_argument("message")
     p.add_argument("--host", help="the host the note is about")

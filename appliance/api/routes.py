@@ -150,6 +150,18 @@ async def approve(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+@describe("Re-arm a superseded revision (rolling back): it is planned again against the "
+          "applied one and then awaits approval", body="{note?}")
+async def rearm(request: web.Request) -> web.Response:
+    body = await _body(request)
+    sha = request.match_info["sha"]
+    by = request.get(TOKEN_NAME, "api")
+    note = body.get("note") if isinstance(body.get("note"), str) else None
+    result = await ctx(request).cluster.transition_revision(
+        sha, "validated", by=by, reason=f"re-armed for rollback{': ' + note if note else ''}")
+    return web.json_response(result)
+
+
 @describe("Hosts and where each is in its workflow")
 async def hosts(request: web.Request) -> web.Response:
     return web.json_response({"hosts": ctx(request).cluster.hosts()})
@@ -230,6 +242,7 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get("/v1/revisions", revisions)
     r.add_get("/v1/revisions/{sha}", revision)
     r.add_post("/v1/revisions/{sha}/approve", approve)
+    r.add_post("/v1/revisions/{sha}/rearm", rearm)
     r.add_get("/v1/hosts", hosts)
     r.add_get("/v1/hosts/{name}", host)
     r.add_get("/v1/events", events)

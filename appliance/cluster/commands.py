@@ -29,6 +29,7 @@ REVISION_STATES = (
     "applied",
     "superseded",
 )
+# States a revision rests in: the oldest of them are pruned when the table is full.
 TERMINAL_STATES = frozenset({"rejected", "superseded"})
 # Allowed lifecycle moves. "applied" is reached once per revision; when a revision becomes
 # applied the state machine supersedes the previously applied one by itself.
@@ -41,7 +42,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "applying": frozenset({"applied", "superseded"}),
     "applied": frozenset({"superseded"}),
     "rejected": frozenset(),
-    "superseded": frozenset(),
+    # Rolling back: an operator re-arms an older revision; it is planned again against the
+    # applied one and needs approval like any other.
+    "superseded": frozenset({"validated"}),
 }
 
 MAX_TEXT = 1024  # characters of a free-text field (message, reason, detail)

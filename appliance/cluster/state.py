@@ -134,6 +134,9 @@ class ClusterState:
         if new == "applied" and self.applied_sha not in (None, cmd["sha"]):
             superseded = self.revisions.get(self.applied_sha)
         self._set_state(rev, new, at, cmd["by"], cmd["reason"])
+        if old == "superseded":  # re-armed for a rollback: judged and approved afresh
+            rev["approvals"] = []
+            rev["summaries"] = {}
         if cmd["summary"] is not None:
             rev["summaries"][new] = cmd["summary"]
         if new == "awaiting_approval":

@@ -161,6 +161,15 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
         until(lambda: f"revision {upgrade[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1],
               "upgrade served")
         assert revision_state(base, first) == "superseded"
+        # roll back: re-arm the first revision, review its new plan, approve it
+        rearm = subprocess.run([str(exe), "rearm", first[:12], "--note", "kernel regression",
+                                *auth], capture_output=True, text=True, timeout=30)
+        assert rearm.returncode == 0, rearm.stdout + rearm.stderr
+        until(lambda: revision_state(base, first) == "awaiting_approval", "rollback planned")
+        assert subprocess.run([str(exe), "approve", first[:12], *auth], capture_output=True,
+                              timeout=30).returncode == 0
+        until(lambda: f"revision {first[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1],
+              "rolled back")
         bad_sig = call(f"{base}/v1/hooks/github", "POST", b"{}", {
             "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64})
         assert bad_sig[0] == 401

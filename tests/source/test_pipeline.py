@@ -132,3 +132,39 @@ async def test_auto_rerender_applies_by_itself_and_status_gate_holds(cluster: Cl
         assert (first, "success") in reported and (rerender, "success") in reported
     finally:
         task.cancel()
+
+
+async def test_rollback_is_rearming_and_approving_an_older_revision(cluster: Cluster,
+                                                                    repo: Path) -> None:
+    pipeline = RevisionPipeline(cluster, lambda sha: GitTree(repo, sha),
+                                PipelineSettings(site="lab", poll=0.1))
+    task = asyncio.create_task(pipeline.run())
+    try:
+        old = commit(repo, "lab site")
+        await pipeline.observe(old)
+        await until(lambda: state(cluster, old) == "awaiting_approval")
+        await cluster.approve_revision(old, by="ops")
+        pipeline.wake()
+        await until(lambda: cluster.applied_revision() == old)
+        edit(repo, "os/flatcar-stable.yml",
+             "6b7d1c2b8a8e1b5fd0a2b3f2c0e6a1d4f7e9b3c5a8d2f4e6b1c3d5f7a9b2c4e6", "cd" * 32)
+        new = commit(repo, "kernel bump")
+        await pipeline.observe(new)
+        await until(lambda: state(cluster, new) == "awaiting_approval")
+        await cluster.approve_revision(new, by="ops")
+        pipeline.wake()
+        await until(lambda: cluster.applied_revision() == new)
+        assert state(cluster, old) == "superseded"
+
+        # roll back: re-arm the old revision; it is planned against what is applied now
+        await cluster.transition_revision(old, "validated", by="ops", reason="rollback")
+        pipeline.wake()
+        await until(lambda: state(cluster, old) == "awaiting_approval")
+        replanned = cluster.revision(old)["summaries"]["planned"]
+        assert replanned["from"] == new and replanned["counts"] == {"reinstall": 3}
+        await cluster.approve_revision(old, by="ops", note="roll back the kernel")
+        pipeline.wake()
+        await until(lambda: cluster.applied_revision() == old)
+        assert state(cluster, new) == "superseded"
+    finally:
+        task.cancel()
