@@ -41,11 +41,19 @@ class SourceConfig(_Strict):
     """Follow a git remote: every new commit of `ref` goes through the revision pipeline, and
     the data plane serves whatever revision the group applies."""
 
-    url: str  # file://, git://, http(s)://, ssh://, or a path
+    url: str  # file://, git://, http(s)://, ssh://, or "local": this peer's own remote
     ref: str = "main"
     token_file: Path | None = None  # for http(s) remotes
     poll_interval: Annotated[float, Field(ge=1)] = 60.0
     poll_jitter: Annotated[float, Field(ge=0)] = 10.0
+
+
+class RemoteConfig(_Strict):
+    """Air-gapped sites: this peer is the SoT's git remote (`git push` to
+    http://<peer>/git/sot.git; read tokens fetch, admin tokens push)."""
+
+    enabled: bool = False
+    max_push_mb: Annotated[int, Field(ge=1, le=4096)] = 256
 
 
 class GithubConfig(_Strict):
@@ -122,6 +130,7 @@ class PeerConfig(_Strict):
     sot: SotSource | None = None  # a fixed revision to serve (tests, demos, a lab)
     source: SourceConfig | None = None  # or follow a git remote through the pipeline
     github: GithubConfig = GithubConfig()
+    remote: RemoteConfig = RemoteConfig()
     pipeline: PipelineConfig = PipelineConfig()
     token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
     raft: RaftConfig

@@ -91,6 +91,7 @@ class Peer:
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
         self.mirror: Any = None  # appliance.source.fetch.GitMirror in source mode
+        self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.poller: Any = None
         self.pipeline: RevisionPipeline | None = None
         self._tasks: list[asyncio.Task[object]] = []
@@ -199,7 +200,8 @@ class Peer:
 
         cfg, src = self.config, self.config.source
         assert src is not None and self.cluster is not None
-        self.mirror = GitMirror(cfg.data_dir / "sot.git", src.url, src.ref, src.token_file)
+        url = src.url if src.url != "local" else f"file://{cfg.data_dir / 'remote.git'}"
+        self.mirror = GitMirror(cfg.data_dir / "sot.git", url, src.ref, src.token_file)
         settings = PipelineSettings(site=cfg.site,
                                     require_manual_approval=cfg.pipeline.require_manual_approval,
                                     approvals_required=cfg.pipeline.approvals_required,
@@ -235,7 +237,7 @@ class Peer:
         self.poller.start()
         from appliance.source.fetch import redact_url
 
-        log.info("source.following", url=redact_url(src.url), ref=src.ref,
+        log.info("source.following", url=redact_url(url), ref=src.ref,
                  poll_interval=src.poll_interval)
         return routes
 
@@ -371,6 +373,16 @@ class Peer:
         self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self._on_event)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
         extra: list[tuple[str, Any]] = []
+        if cfg.remote.enabled:
+            from appliance.source.remote import GitRemote
+
+            async def pushed() -> None:
+                if self.poller is not None:
+                    self.poller.trigger()  # fetch what was just pushed, now
+
+            self.git_remote = GitRemote(cfg.data_dir / "remote.git", tokens, pushed,
+                                        max_body=cfg.remote.max_push_mb << 20,
+                                        branch=cfg.source.ref if cfg.source else "main")
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
         else:  # follow a git remote; serve what the group applies (503 until then)
@@ -385,6 +397,8 @@ class Peer:
             app.router.add_get("/artifacts/{sha256}/{name}", self._artifact)
             for path, handler in extra:
                 app.router.add_post(path, handler)
+            if self.git_remote is not None:
+                self.git_remote.add_routes(app)
 
         app = make_api_app(context, tokens, boot_routes)
         self._runner = web.AppRunner(app, access_log=None)

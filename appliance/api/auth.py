@@ -25,7 +25,9 @@ Role = Literal["read", "admin"]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json",
                           "/v1/hooks/github"})
 # The machine-facing boot chain: machines have no token (DESIGN.md, boot chain).
-PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/")
+# The git remote (/git/) checks tokens itself, with HTTP basic auth as the git CLI sends it.
+PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/",
+                   "/git/")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_NAME = web.RequestKey("token_name", str)  # the authenticated token's name, never its value
 
