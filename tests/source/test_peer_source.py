@@ -181,23 +181,45 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
 
 
 def test_three_peers_serve_the_revision_the_group_applied(tmp_path: Path) -> None:
-    """Each peer mirrors the remote itself; the leader judges; all serve the applied SHA."""
+    """Each peer mirrors a `git daemon` remote itself (git://, loopback); the leader judges;
+    all serve the applied SHA."""
     import socket
 
     bare, work = tmp_path / "sot.git", tmp_path / "work"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
                    env=ENV, timeout=30)
-    shutil.copytree(REPO / "sot_examples" / "lab", work)
-    git(work, "init", "-q", "-b", "main")
-    git(work, "remote", "add", "origin", f"file://{bare}")
-    first = push(work, "lab site")
-    socks = [socket.socket() for _ in range(6)]
+    socks = [socket.socket() for _ in range(7)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
     ports = [s.getsockname()[1] for s in socks]
     for s in socks:
         s.close()
-    raft = [f"127.0.0.1:{p}" for p in ports[3:]]
+    raft = [f"127.0.0.1:{p}" for p in ports[3:6]]
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={tmp_path}",
+                               "--export-all", "--enable=receive-pack", "--listen=127.0.0.1",
+                               f"--port={ports[6]}", str(tmp_path)], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"git://127.0.0.1:{ports[6]}/sot.git"
+    try:
+        _three_peers(tmp_path, work, url, ports, raft)
+    finally:
+        daemon.kill()
+        daemon.wait(timeout=10)
+
+
+def _three_peers(tmp_path: Path, work: Path, url: str, ports: list[int],
+                 raft: list[str]) -> None:
+    shutil.copytree(REPO / "sot_examples" / "lab", work)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "remote", "add", "origin", url)
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "lab site")
+    first = git(work, "rev-parse", "HEAD")
+    deadline = time.monotonic() + 15
+    while subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "main"], env=ENV,
+                         capture_output=True, timeout=30).returncode != 0:
+        assert time.monotonic() < deadline, "git daemon did not come up"
+        time.sleep(0.2)  # the daemon takes a moment to listen
     for name, value in (("secret", "cGhvbmUtaG9tZS1rZXktZm9yLXRlc3Rz"),
                         ("raft.secret", "cmFmdC1rZXktZm9yLXRlc3Rz"), ("admin.token", ADMIN)):
         (tmp_path / name).write_text(value + "\n")
@@ -213,7 +235,7 @@ peer: peer-{i + 1}
 data_dir: {tmp_path / f'data{i}'}
 interface: lo
 address: 127.0.0.1
-source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}
+source: {{url: "{url}", ref: main, poll_interval: 1, poll_jitter: 0}}
 token_secret_file: secret
 http: {{listen: 127.0.0.1, port: {ports[i]}}}
 tftp: {{enabled: false}}
