@@ -70,6 +70,7 @@ class PipelineConfig(_Strict):
     # Signed commits: SSH public keys trusted to sign SoT commits (one per line). Required
     # when the site policy says `signed_commits: true`, or when `require_signed_commits`.
     signing_keys_file: Path | None = None
+    gpg_keys_file: Path | None = None  # ASCII-armored OpenPGP public keys, trusted likewise
     require_signed_commits: bool = False
 
 
@@ -188,8 +189,8 @@ def load_config(path: str | Path) -> PeerConfig:
             "token_file": base / config.source.token_file if config.source.token_file
             else None}) if config.source else None,
         "pipeline": config.pipeline.model_copy(update={
-            "signing_keys_file": base / config.pipeline.signing_keys_file
-            if config.pipeline.signing_keys_file else None}),
+            k: base / v for k, v in (("signing_keys_file", config.pipeline.signing_keys_file),
+                                     ("gpg_keys_file", config.pipeline.gpg_keys_file)) if v}),
         "github": config.github.model_copy(update={
             k: base / v for k, v in (("webhook_secret_file", config.github.webhook_secret_file),
                                      ("token_file", config.github.token_file)) if v}),

@@ -206,10 +206,20 @@ class Peer:
                                     require_manual_approval=cfg.pipeline.require_manual_approval,
                                     approvals_required=cfg.pipeline.approvals_required,
                                     require_signed_commits=cfg.pipeline.require_signed_commits)
-        if cfg.pipeline.signing_keys_file is not None:
-            from appliance.source.signatures import CommitVerifier, load_signing_keys
+        if cfg.pipeline.signing_keys_file or cfg.pipeline.gpg_keys_file:
+            from appliance.source.signatures import (
+                CommitVerifier,
+                import_gpg_keys,
+                load_signing_keys,
+            )
 
-            verifier = CommitVerifier(load_signing_keys(cfg.pipeline.signing_keys_file))
+            ssh_keys = (load_signing_keys(cfg.pipeline.signing_keys_file)
+                        if cfg.pipeline.signing_keys_file else [])
+            gpg_home = None
+            if cfg.pipeline.gpg_keys_file:
+                gpg_home = cfg.data_dir / "trusted-gnupg"
+                import_gpg_keys(cfg.pipeline.gpg_keys_file, gpg_home)
+            verifier = CommitVerifier(ssh_keys, gpg_home)
             settings.verify_signature = lambda sha: verifier.verify(self.mirror.path, sha)
         routes: list[tuple[str, Any]] = []
         gh = cfg.github

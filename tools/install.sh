@@ -13,7 +13,7 @@ PACKAGES=(
   python3 python3-venv python3-dev gcc git iproute2 curl procps
   qemu-system-x86 qemu-utils ipxe ovmf openipmi ipmitool
   isc-dhcp-client tftp-hpa kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light wrk
-  busybox-static cpio
+  busybox-static cpio gnupg openssh-client
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -96,3 +96,47 @@ async def test_pipeline_rejects_unsigned_commits_when_the_site_demands_them(
         await until(lambda: state(cluster, good) == "awaiting_approval")
     finally:
         task.cancel()
+
+
+def gpg_key(home: Path, uid: str) -> str:
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
+                    "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                   check=True, capture_output=True, timeout=120)
+    out = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--with-colons",
+                          "--list-keys", uid], check=True, capture_output=True, text=True,
+                         timeout=30).stdout
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+
+
+def gpg_signed_commit(repo: Path, message: str, home: Path, fpr: str) -> str:
+    env = {**ENV, "GNUPGHOME": str(home)}
+    for args in (["add", "-A"], ["-c", f"user.signingkey={fpr}", "-c", "gpg.format=openpgp",
+                                 "commit", "-q", "-S", "-m", message]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                       env=env, timeout=60)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="no gpg")
+def test_gpg_signatures_against_a_private_keyring(repo: Path, tmp_path: Path) -> None:
+    from appliance.source.signatures import import_gpg_keys
+
+    ops_home, intruder_home = tmp_path / "ops-gnupg", tmp_path / "intruder-gnupg"
+    ops = gpg_key(ops_home, "Ops <ops@example.test>")
+    intruder = gpg_key(intruder_home, "Intruder <x@example.test>")
+    armored = tmp_path / "trusted.asc"
+    armored.write_bytes(subprocess.run(["gpg", "--homedir", str(ops_home), "--armor",
+                                        "--export", ops], check=True, capture_output=True,
+                                       timeout=30).stdout)
+    assert import_gpg_keys(armored, tmp_path / "trusted") == [ops]
+    verifier = CommitVerifier([], tmp_path / "trusted")
+    good = gpg_signed_commit(repo, "ops", ops_home, ops)
+    assert verifier.verify(repo, good) is None
+    (repo / "README").write_text("x\n")
+    forged = gpg_signed_commit(repo, "intruder", intruder_home, intruder)
+    assert "not by a trusted key" in verifier.verify(repo, forged)
+    bad = tmp_path / "bad.asc"
+    bad.write_text("not a key\n")
+    with pytest.raises(SigningKeysError, match="no OpenPGP public key"):
+        import_gpg_keys(bad, tmp_path / "other")
