@@ -314,7 +314,20 @@ class Peer:
                            and table.site.netboot.dhcp_mode == "proxy" else None),
             "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
             "revision": table.sha if table else None,
+            "source": self._source_info(),
         }
+
+    def _source_info(self) -> dict[str, Any] | None:
+        """How following the git remote goes: fetch failures are reported here (and in
+        /metrics), not only logged."""
+        if self.poller is None:
+            return None
+        from appliance.source.fetch import redact_url
+
+        return {"url": redact_url(self.mirror.url), "ref": self.mirror.ref,
+                "last_fetched_sha": self.poller.last_sha,
+                "last_success": self.poller.last_success, "last_error": self.poller.last_error,
+                "consecutive_failures": self.poller.consecutive_failures}
 
     def api_url(self) -> str:
         cfg = self.config
@@ -344,6 +357,10 @@ class Peer:
                                "dropped": float(self.outbox.dropped) if self.outbox else 0.0},
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
+        sources["source"] = lambda: ({"fetch_consecutive_failures":
+                                      float(self.poller.consecutive_failures),
+                                      "fetch_last_success": float(self.poller.last_success or 0)}
+                                     if self.poller is not None else {})
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
                                    if self._tftp else {})

@@ -126,7 +126,9 @@ class RevisionPipeline:
                                                summary=summary, **extra)  # type: ignore[arg-type]
         log.info("revision.transition", revision=sha, state=state, reason=reason)
         if self.settings.report_status is not None and state in (
-                "rejected", "awaiting_approval", "approved", "applied"):
+                "rejected", "planned", "awaiting_approval", "approved", "applied"):
+            # the commit shows its verdict: the validation report's first problem, or the
+            # plan's counts, then where it stands
             github_state = {"rejected": "failure", "applied": "success"}.get(state, "pending")
             await self.settings.report_status(sha, github_state, f"{state}: {reason}"[:140])
 
@@ -159,7 +161,9 @@ class RevisionPipeline:
             revision, applied = await self._compile(sha), await self._applied()
             plan = await asyncio.to_thread(make_plan, applied, revision)
             counts = ", ".join(f"{v} {k}" for k, v in plan.counts().items() if v)
-            await self._move(sha, "planned", counts or "no host changes", _plan_summary(plan))
+            hardware = "touches hardware" if plan.touches_hardware else "no hardware touched"
+            await self._move(sha, "planned", f"valid; plan: {counts or 'no host changes'}; "
+                             f"{hardware}", _plan_summary(plan))
             state = "planned"
         if state == "planned":
             revision = await self._compile(sha)

@@ -126,6 +126,10 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
         until(lambda: revision_state(base, first) == "awaiting_approval", "first revision",
               timeout=60)
         assert call(f"{base}/ipxe?mac={LAB01}")[0] == 503  # nothing applied: nothing served
+        _, status_text = call(f"{base}/v1/status", headers={"Authorization": f"Bearer {ADMIN}"})
+        source = json.loads(status_text)["boot"]["source"]
+        assert source["last_fetched_sha"] == first and source["consecutive_failures"] == 0
+        assert source["url"] == f"file://{bare}"
 
         (tmp_path / "tok").write_text(ADMIN)
         auth = ["--peer", base, "--token-file", str(tmp_path / "tok")]

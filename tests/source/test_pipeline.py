@@ -102,9 +102,11 @@ async def test_auto_rerender_applies_by_itself_and_status_gate_holds(cluster: Cl
         return contexts_ok["value"], [] if contexts_ok["value"] else ["ci/tests"]
 
     reported: list[tuple[str, str]] = []
+    descriptions: list[str] = []
 
     async def report(sha: str, github_state: str, description: str) -> None:
         reported.append((sha, github_state))
+        descriptions.append(description)
 
     pipeline = RevisionPipeline(cluster, lambda sha: GitTree(repo, sha), PipelineSettings(
         site="lab", poll=0.1, status_gate=status_gate, report_status=report))
@@ -130,6 +132,8 @@ async def test_auto_rerender_applies_by_itself_and_status_gate_holds(cluster: Cl
                                            cluster.revision(rerender)["history"]]
         assert state(cluster, first) == "superseded"
         assert (first, "success") in reported and (rerender, "success") in reported
+        # the commit status carries the verdict: validation passed and the plan's counts
+        assert "planned: valid; plan: 3 install; touches hardware" in descriptions
     finally:
         task.cancel()
 
