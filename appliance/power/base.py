@@ -1,0 +1,106 @@
+"""The power driver interface: what the workflow engine needs from any BMC protocol.
+
+One driver instance talks to one BMC. Drivers are async; the protocol modules (`ipmi`,
+`redfish`) decide how they do I/O. Errors always name the BMC, never the password, because
+they end up in events and logs that operators read.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class PowerState(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+class BootDevice(enum.StrEnum):
+    """Next-boot targets we use; PXE is the one that matters for provisioning."""
+
+    PXE = "pxe"
+    DISK = "disk"
+    CDROM = "cdrom"
+    BIOS = "bios"
+
+
+@dataclass(frozen=True)
+class BmcCredentials:
+    """A user and password from the peer's secrets file. The repr hides the password so a
+    stray log line or traceback cannot leak it."""
+
+    user: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"BmcCredentials(user={self.user!r}, password='***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class BmcTarget:
+    """Where a host's BMC is, as the SoT declares it (credentials by name only)."""
+
+    host: str
+    address: str
+    credentials: str
+    type: Literal["ipmi", "redfish"] = "ipmi"
+    port: int | None = None  # default: 623 for IPMI, 443 for Redfish
+    system_id: str | None = None  # Redfish system id; found if absent
+    verify_tls: bool = True
+
+    @property
+    def label(self) -> str:
+        """How errors and logs name this BMC."""
+        port = f":{self.port}" if self.port else ""
+        return f"{self.type} BMC {self.address}{port} (host {self.host})"
+
+
+class PowerError(Exception):
+    """A BMC command failed. The message names the BMC and the operation, never a secret."""
+
+    def __init__(self, target: BmcTarget, operation: str, reason: str) -> None:
+        self.target = target
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"{target.label}: {operation} failed: {reason}")
+
+
+class PowerDriver(abc.ABC):
+    """One BMC. Every method is idempotent where the hardware allows it: `on()` on a host
+    that is already on succeeds, so a new Raft leader can replay an intent safely."""
+
+    def __init__(self, target: BmcTarget) -> None:
+        self.target = target
+
+    @abc.abstractmethod
+    async def status(self) -> PowerState: ...
+
+    @abc.abstractmethod
+    async def on(self) -> None: ...
+
+    @abc.abstractmethod
+    async def off(self) -> None:
+        """Hard power off (no OS shutdown)."""
+
+    @abc.abstractmethod
+    async def soft_off(self) -> None:
+        """Ask the OS to shut down (ACPI power button); returns once the BMC accepted it."""
+
+    @abc.abstractmethod
+    async def cycle(self) -> None:
+        """Power the host on if it is off, else reset it: either way it boots again."""
+
+    @abc.abstractmethod
+    async def set_next_boot(self, device: BootDevice | str = BootDevice.PXE,
+                            persistent: bool = False, uefi: bool | None = None) -> None:
+        """Set the boot device for the next boot (or every boot when `persistent`).
+        `uefi=None` leaves the BIOS/UEFI mode as the BMC has it."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release sessions or connections; the default driver holds none."""
