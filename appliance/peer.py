@@ -38,7 +38,6 @@ from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.github import WebhookSecretError
 from appliance.source.gittree import GitTree, RevisionNotFound
-from appliance.source.pipeline import PipelineSettings, RevisionPipeline
 from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
@@ -90,10 +89,8 @@ class Peer:
         self.artifacts: ArtifactCache | None = None
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
-        self.mirror: Any = None  # appliance.source.fetch.GitMirror in source mode
+        self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
-        self.poller: Any = None
-        self.pipeline: RevisionPipeline | None = None
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -161,96 +158,6 @@ class Peer:
         log.info("revision.serving", revision=table.sha, hosts=len(table.hosts),
                  previous=old.sha if old else None)
 
-    # --- source mode: follow a git remote through the revision pipeline ---------------------
-
-    def _tree_for(self, sha: str) -> Tree:
-        """Blocking (called in a worker thread): the agreed commit, fetched if we lack it."""
-        self.mirror.ensure(sha)
-        return GitTree(self.mirror.path, sha)
-
-    async def _on_new_commit(self, sha: str) -> None:
-        """The followed ref moved. Queued through the outbox: observed even if the group is
-        out of reach right now."""
-        assert self.outbox is not None and self.pipeline is not None
-        from appliance.source.fetch import redact_url
-
-        self.outbox.put_command(raft_commands.build(
-            "revision.observe", time.time(), sha=sha, source=redact_url(self.mirror.url)))
-        log.info("source.new_commit", revision=sha)
-        self.pipeline.wake()
-
-    async def _follow_applied(self) -> None:
-        """Every peer serves the revision the group applied, read by SHA from its mirror."""
-        assert self.cluster is not None
-        failed: str | None = None
-        while True:
-            sha = self.cluster.applied_revision()
-            if sha and sha != (self.table.sha if self.table else None) and sha != failed:
-                try:
-                    revision = await asyncio.to_thread(
-                        lambda sha=sha: self.revisions.get(self._tree_for(sha)))
-                    await self._install(self._table_for(revision))
-                except Exception as exc:  # keep serving the last good revision
-                    failed = sha
-                    log.error("revision.cannot_serve", revision=sha, error=str(exc))
-            await asyncio.sleep(0.5)
-
-    def _start_source(self) -> list[tuple[str, Any]]:
-        from appliance.source.fetch import GitMirror, Poller
-
-        cfg, src = self.config, self.config.source
-        assert src is not None and self.cluster is not None
-        url = src.url if src.url != "local" else f"file://{cfg.data_dir / 'remote.git'}"
-        self.mirror = GitMirror(cfg.data_dir / "sot.git", url, src.ref, src.token_file)
-        settings = PipelineSettings(site=cfg.site,
-                                    require_manual_approval=cfg.pipeline.require_manual_approval,
-                                    approvals_required=cfg.pipeline.approvals_required,
-                                    require_signed_commits=cfg.pipeline.require_signed_commits)
-        if cfg.pipeline.signing_keys_file or cfg.pipeline.gpg_keys_file:
-            from appliance.source.signatures import (
-                CommitVerifier,
-                import_gpg_keys,
-                load_signing_keys,
-            )
-
-            ssh_keys = (load_signing_keys(cfg.pipeline.signing_keys_file)
-                        if cfg.pipeline.signing_keys_file else [])
-            gpg_home = None
-            if cfg.pipeline.gpg_keys_file:
-                gpg_home = cfg.data_dir / "trusted-gnupg"
-                import_gpg_keys(cfg.pipeline.gpg_keys_file, gpg_home)
-            verifier = CommitVerifier(ssh_keys, gpg_home)
-            settings.verify_signature = lambda sha: verifier.verify(self.mirror.path, sha)
-        routes: list[tuple[str, Any]] = []
-        gh = cfg.github
-        if gh.repo and gh.token_file:
-            from appliance.source.github import GithubStatus
-
-            status = GithubStatus(gh.api_base, gh.repo, gh.token_file, site=cfg.site)
-            settings.report_status = status.report
-            if gh.required_contexts:
-                contexts = list(gh.required_contexts)
-                settings.status_gate = lambda sha: status.required_contexts_ok(sha, contexts)
-        self.pipeline = RevisionPipeline(self.cluster, self._tree_for, settings, self.revisions)
-        self.poller = Poller(self.mirror, src.poll_interval, src.poll_jitter,
-                             self._on_new_commit, last_sha=self.cluster.applied_revision())
-        if gh.webhook_secret_file:
-            from appliance.source.github import GithubWebhook, load_webhook_secret
-
-            async def on_push(sha: str) -> None:
-                self.poller.trigger()  # fetch now; the poller observes what it finds
-
-            hook = GithubWebhook(load_webhook_secret(gh.webhook_secret_file), src.ref, on_push)
-            routes.append(("/v1/hooks/github", hook.handle))
-        self._tasks += [asyncio.create_task(self.pipeline.run(), name="pipeline"),
-                        asyncio.create_task(self._follow_applied(), name="follow-applied")]
-        self.poller.start()
-        from appliance.source.fetch import redact_url
-
-        log.info("source.following", url=redact_url(url), ref=src.ref,
-                 poll_interval=src.poll_interval)
-        return routes
-
     # --- what the data plane tells the group --------------------------------------------
 
     def _on_event(self, kind: str, **fields: Any) -> None:
@@ -314,20 +221,8 @@ class Peer:
                            and table.site.netboot.dhcp_mode == "proxy" else None),
             "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
             "revision": table.sha if table else None,
-            "source": self._source_info(),
+            "source": self.follower.info() if self.follower else None,
         }
-
-    def _source_info(self) -> dict[str, Any] | None:
-        """How following the git remote goes: fetch failures are reported here (and in
-        /metrics), not only logged."""
-        if self.poller is None:
-            return None
-        from appliance.source.fetch import redact_url
-
-        return {"url": redact_url(self.mirror.url), "ref": self.mirror.ref,
-                "last_fetched_sha": self.poller.last_sha,
-                "last_success": self.poller.last_success, "last_error": self.poller.last_error,
-                "consecutive_failures": self.poller.consecutive_failures}
 
     def api_url(self) -> str:
         cfg = self.config
@@ -357,10 +252,7 @@ class Peer:
                                "dropped": float(self.outbox.dropped) if self.outbox else 0.0},
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
-        sources["source"] = lambda: ({"fetch_consecutive_failures":
-                                      float(self.poller.consecutive_failures),
-                                      "fetch_last_success": float(self.poller.last_success or 0)}
-                                     if self.poller is not None else {})
+        sources["source"] = lambda: self.follower.metrics() if self.follower else {}
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
                                    if self._tftp else {})
@@ -404,8 +296,8 @@ class Peer:
             from appliance.source.remote import GitRemote
 
             async def pushed() -> None:
-                if self.poller is not None:
-                    self.poller.trigger()  # fetch what was just pushed, now
+                if self.follower is not None:
+                    self.follower.trigger()  # fetch what was just pushed, now
 
             self.git_remote = GitRemote(cfg.data_dir / "remote.git", tokens, pushed,
                                         max_body=cfg.remote.max_push_mb << 20,
@@ -413,7 +305,16 @@ class Peer:
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
         else:  # follow a git remote; serve what the group applies (503 until then)
-            extra = self._start_source()
+            from appliance.source.follow import SourceFollower
+
+            async def install(revision: Revision) -> None:
+                await self._install(self._table_for(revision))
+
+            self.follower = SourceFollower(cfg, self.cluster, self.outbox, self.revisions,
+                                           install, lambda: self.table.sha if self.table
+                                           else None)
+            extra = self.follower.routes
+            self._tasks += self.follower.start()
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info)
@@ -466,6 +367,8 @@ class Peer:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
+        if self.follower is not None:
+            await self.follower.close()
         if self.artifacts is not None:
             await self.artifacts.close()
             self.artifacts = None
