@@ -78,9 +78,9 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.fixture(scope="module")
-def bmc_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    tmp = tmp_path_factory.mktemp("sushy")
+@contextlib.contextmanager
+def _emulator(tmp: Path, systems: list[dict]) -> Iterator[int]:
+    """Run sushy-emulator on loopback over HTTPS with basic auth; yield its port."""
     cert, key = _self_signed(tmp)
     users = tmp / "users"
     users.write_text(f"{USER}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()}\n")
@@ -94,7 +94,7 @@ def bmc_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         f"SUSHY_EMULATOR_AUTH_FILE = {str(users)!r}\n"
         f"SUSHY_EMULATOR_STATE_DIR = {str(tmp / 'state')!r}\n"
         f"SUSHY_EMULATOR_FAKE_DRIVER = True\n"
-        f"SUSHY_EMULATOR_FAKE_SYSTEMS = {SYSTEMS!r}\n"
+        f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
     )
     log = (tmp / "emulator.log").open("wb")
     proc = subprocess.Popen(
@@ -118,6 +118,12 @@ def bmc_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def bmc_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with _emulator(tmp_path_factory.mktemp("sushy"), SYSTEMS) as port:
+        yield port
 
 
 def _driver(port: int, *, system_id: str | None = SYS_A, password: str = PASSWORD,
@@ -147,6 +153,16 @@ async def test_discovery_needs_system_id_when_several(bmc_port: int) -> None:
             await driver.status()
     finally:
         await driver.close()
+
+
+async def test_discovery_of_the_only_system(tmp_path: Path) -> None:
+    with _emulator(tmp_path, SYSTEMS[1:]) as port:
+        driver = _driver(port, system_id=None)
+        try:
+            assert await driver.status() is PowerState.OFF
+            assert driver._system_path == f"/redfish/v1/Systems/{SYS_B}"
+        finally:
+            await driver.close()
 
 
 async def test_discovery_by_id_and_status(bmc_port: int) -> None:
