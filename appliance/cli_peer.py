@@ -255,6 +255,30 @@ def cmd_rearm(client: PeerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_power(client: PeerClient, args: argparse.Namespace) -> int:
+    """Status from any peer; an action from the leader (followed when this peer is not it)."""
+    path = f"/v1/hosts/{args.host}/power"
+    if args.action == "status":
+        result = client.get(path)
+    else:
+        try:
+            result = client.post(path, {"action": args.action})
+        except ApiError as exc:
+            leader = exc.body.get("leader") if exc.body.get("error") == "not_leader" else None
+            url = next((p.get("api_url") for p in client.get("/v1/peers").get("peers", [])
+                        if p.get("address") == leader and p.get("api_url")), None)
+            if url is None:
+                raise
+            result = client.at(url).post(path, {"action": args.action})
+    if args.json:
+        print_json(result)
+    elif args.action == "status":
+        print(f"{args.host}: {result.get('state')}")
+    else:
+        print(f"{args.host}: {args.action} done (intent {result.get('intent')})")
+    return EXIT_OK
+
+
 def cmd_note(client: PeerClient, args: argparse.Namespace) -> int:
     result = client.post("/v1/events", {"message": args.message, "host": args.host})
     if args.json:
@@ -415,6 +439,11 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add("approve", cmd_approve, "approve a revision awaiting approval (admin token)")
     p.add_argument("rev", metavar="REV", help="commit SHA or a unique prefix")
     p.add_argument("--note", help="recorded with the approval")
+    p = add("power", cmd_power, "a host's power through its BMC: status (read token), or an "
+            "action on the leader (admin token)")
+    p.add_argument("host")
+    p.add_argument("action", choices=["status", "on", "off", "soft_off", "cycle", "pxe",
+                                      "pxe_persistent"])
     p = add("rearm", cmd_rearm, "roll back: re-arm a superseded revision for a new plan and "
             "approval (admin token)")
     p.add_argument("rev", metavar="REV", help="commit SHA or a unique prefix")

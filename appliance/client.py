@@ -110,6 +110,10 @@ class PeerClient:
         self.timeout = timeout
 
     @property
+    def at(self, url: str) -> PeerClient:
+        """The same credentials against another peer: to follow the leader for an action."""
+        return PeerClient(url, self._token, self.timeout)
+
     def has_token(self) -> bool:
         return bool(self._token)
 

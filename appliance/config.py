@@ -74,6 +74,13 @@ class PipelineConfig(_Strict):
     require_signed_commits: bool = False
 
 
+class BmcConfig(_Strict):
+    """Power control. Credentials live in this file, by the name the SoT gives each BMC."""
+
+    secrets_file: Path | None = None
+    max_sessions: Annotated[int, Field(ge=1, le=256)] = 8  # concurrent BMC sessions per peer
+
+
 class HttpConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the site's netboot.http_port
@@ -132,6 +139,7 @@ class PeerConfig(_Strict):
     source: SourceConfig | None = None  # or follow a git remote through the pipeline
     github: GithubConfig = GithubConfig()
     remote: RemoteConfig = RemoteConfig()
+    bmc: BmcConfig = BmcConfig()
     pipeline: PipelineConfig = PipelineConfig()
     token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
     raft: RaftConfig
@@ -188,6 +196,9 @@ def load_config(path: str | Path) -> PeerConfig:
         "source": config.source.model_copy(update={
             "token_file": base / config.source.token_file if config.source.token_file
             else None}) if config.source else None,
+        "bmc": config.bmc.model_copy(update={
+            "secrets_file": base / config.bmc.secrets_file if config.bmc.secrets_file
+            else None}),
         "pipeline": config.pipeline.model_copy(update={
             k: base / v for k, v in (("signing_keys_file", config.pipeline.signing_keys_file),
                                      ("gpg_keys_file", config.pipeline.gpg_keys_file)) if v}),

@@ -90,6 +90,7 @@ class Peer:
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
         self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
+        self.power: Any = None  # appliance.power.manager.PowerManager when configured
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
@@ -179,6 +180,25 @@ class Peer:
                 revision=revision if isinstance(revision, str) else None))
 
     # --- the API's view of the applied revision ------------------------------------------
+
+    async def _power(self, name: str, action: str) -> dict[str, Any]:
+        """A power action through the BMC. Reads on any peer; actions only on the leader, each
+        logged as an intent before it runs and as a result after (DESIGN.md)."""
+        assert self.power is not None and self.cluster is not None
+        table = self.table
+        if table is None or name not in table.hosts:
+            raise KeyError(name)
+        entry = table.hosts[name]
+        if action == "status":
+            return await self.power.run(entry, action)
+        intent = await self.cluster.record_intent(name, f"power.{action}", revision=table.sha)
+        try:
+            result = await self.power.run(entry, action)
+        except Exception as exc:
+            await self.cluster.record_result(intent, False, str(exc)[:1000])
+            raise
+        await self.cluster.record_result(intent, True, f"power {action}")
+        return {**result, "intent": intent}
 
     def _host_facts(self, name: str) -> dict[str, Any] | None:
         table = self.table
@@ -315,9 +335,14 @@ class Peer:
                                            else None)
             extra = self.follower.routes
             self._tasks += self.follower.start()
+        if cfg.bmc.secrets_file is not None:
+            from appliance.power.manager import PowerManager
+
+            self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              metrics=self._metrics(), host_facts=self._host_facts,
-                             sites=self._sites, boot=self._boot_info)
+                             sites=self._sites, boot=self._boot_info,
+                             power=self._power if self.power else None)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -369,6 +394,8 @@ class Peer:
         self._tasks.clear()
         if self.follower is not None:
             await self.follower.close()
+        if self.power is not None:
+            self.power.close()
         if self.artifacts is not None:
             await self.artifacts.close()
             self.artifacts = None

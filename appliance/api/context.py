@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,8 @@ class ApiContext:
     sites: Callable[[], list[dict[str, Any]]] = list
     # The boot network as this peer serves it (interface, address, ports; None when off).
     boot: Callable[[], dict[str, Any]] = dict
+    # power(host, action) -> result; None when this peer has no power control configured.
+    power: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
     started: float = field(default_factory=time.time)
 
 

@@ -177,6 +177,47 @@ async def host(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "record": record, "sot": facts})
 
 
+async def _power(request: web.Request, action: str) -> web.Response:
+    from appliance.power.base import PowerError
+    from appliance.power.manager import NoBmc
+
+    power = ctx(request).power
+    name = request.match_info["name"]
+    if power is None:
+        return web.json_response({"error": "no_power", "message": "this peer has no BMC "
+                                  "secrets configured (bmc.secrets_file)"}, status=409)
+    try:
+        return web.json_response(await power(name, action))
+    except NoBmc as exc:
+        return web.json_response({"error": "no_bmc", "message": str(exc)}, status=409)
+    except PowerError as exc:
+        return web.json_response({"error": "bmc_error", "message": str(exc)}, status=502)
+    except KeyError:
+        raise _not_found(f"no host {name!r} in the applied revision") from None
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message": str(exc)}),
+                                 content_type="application/json") from None
+
+
+@describe("A host's power state, asked of its BMC (any peer)")
+async def host_power(request: web.Request) -> web.Response:
+    return await _power(request, "status")
+
+
+@describe("A power action on a host's BMC: on, off, soft_off, cycle, pxe (next boot once), "
+          "pxe_persistent. Leader only: written to Raft as an intent, then its result",
+          body="{action}")
+async def host_power_action(request: web.Request) -> web.Response:
+    body = await _body(request)
+    action = body.get("action")
+    if not isinstance(action, str) or action == "status":
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
+                                                  "action: on|off|soft_off|cycle|pxe|"
+                                                  "pxe_persistent"}),
+                                 content_type="application/json")
+    return await _power(request, action)
+
+
 @describe("Events, oldest first, after a sequence number",
           query={"after": "sequence number already seen (default 0)",
                  "limit": "at most this many (default 100, max 1000)"})
@@ -245,6 +286,8 @@ def add_api_routes(app: web.Application) -> None:
     r.add_post("/v1/revisions/{sha}/rearm", rearm)
     r.add_get("/v1/hosts", hosts)
     r.add_get("/v1/hosts/{name}", host)
+    r.add_get("/v1/hosts/{name}/power", host_power)
+    r.add_post("/v1/hosts/{name}/power", host_power_action)
     r.add_get("/v1/events", events)
     r.add_post("/v1/events", add_event)
     r.add_get("/v1/events/stream", events_stream)
