@@ -37,10 +37,11 @@ SYSTEMS = [
 SYS_A = SYSTEMS[0]["uuid"]
 SYS_B = SYSTEMS[1]["uuid"]
 
-# The fake driver delays each power transition by random.randint(1, 11) s, like real
-# hardware; pin it to the 1 s minimum so the test stays short.
+# The fake driver applies each power transition at int(now) + random.randint(1, 11), like slow
+# hardware. Pin the delay to 2 (applied 1 to 2 s later) so the test stays short and a state
+# read right after an action still sees the state before the transition lands.
 LAUNCH = (
-    "import random, sys; random.randint = lambda a, b: a; "
+    "import random, sys; random.randint = lambda a, b: a + 1; "
     "from sushy_tools.emulator.main import main; sys.exit(main())"
 )
 
