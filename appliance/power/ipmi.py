@@ -1,0 +1,197 @@
+"""IPMI power driver on pyghmi.
+
+pyghmi is blocking (its own I/O thread and events), so every command runs in a bounded
+thread pool, never on the event loop. Each command logs in, does one thing and logs out:
+BMCs allow few sessions (often 4 or 5, shared with every other tool), so a session held
+idle by a keepalive is a session an operator cannot use. The `BmcLimiter`, shared by every
+driver of a peer, caps how many BMC sessions are open at once and keeps a minimum interval
+between commands to the same BMC (Ironic does the same: some BMCs fail when commands
+arrive too fast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+from pyghmi import exceptions as pyghmi_exc
+from pyghmi.ipmi.command import Command
+from pyghmi.ipmi.private.session import Session as _Session
+
+from .base import BmcCredentials, BmcTarget, BootDevice, PowerDriver, PowerError, PowerState
+
+log = structlog.get_logger("vaquero.power")
+
+T = TypeVar("T")
+
+_BOOTDEV = {BootDevice.PXE: "network", BootDevice.DISK: "hd", BootDevice.CDROM: "optical",
+            BootDevice.BIOS: "setup"}
+# Substrings of pyghmi errors worth one more try: no answer, a dropped session, a busy BMC.
+_TRANSIENT = ("timeout", "timed out", "no longer connected", "unable to establish",
+              "busy", "session disconnected", "temporarily")
+_CHASSIS_CYCLE = 0x02  # IPMI chassis control: power cycle
+
+
+def make_executor(max_workers: int = 8) -> ThreadPoolExecutor:
+    """The pool BMC commands run in. Size it at least to the limiter's session cap, plus
+    room for calls abandoned after a timeout that pyghmi is still finishing."""
+    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vaq-ipmi")
+
+
+class BmcLimiter:
+    """Per-peer BMC admission: at most `max_sessions` commands in flight across all BMCs, one
+    at a time per BMC, and `min_interval` seconds between two commands to the same BMC.
+
+    A slot is released when the worker thread really finishes, not when the caller gives up
+    on it, so a timed-out call still counts until pyghmi lets go of its session."""
+
+    def __init__(self, max_sessions: int = 4, min_interval: float = 0.5) -> None:
+        self.max_sessions = max_sessions
+        self.min_interval = min_interval
+        self._sessions = asyncio.Semaphore(max_sessions)
+        self._per_bmc: dict[tuple[str, int], asyncio.Lock] = {}
+        self._last: dict[tuple[str, int], float] = {}
+
+    async def acquire(self, key: tuple[str, int]) -> None:
+        lock = self._per_bmc.setdefault(key, asyncio.Lock())
+        await lock.acquire()
+        try:
+            wait = self._last.get(key, 0.0) + self.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._sessions.acquire()
+        except BaseException:
+            lock.release()
+            raise
+
+    def release(self, key: tuple[str, int]) -> None:
+        self._last[key] = time.monotonic()
+        self._sessions.release()
+        self._per_bmc[key].release()
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return True
+    if isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError)):
+        return True
+    if isinstance(exc, pyghmi_exc.IpmiException):
+        text = str(exc.args[0] if exc.args else "").lower()
+        return not text or text == "none" or any(t in text for t in _TRANSIENT)
+    return False
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, pyghmi_exc.IpmiException):
+        text = exc.args[0] if exc.args else None
+        return str(text) if text else "no answer from the BMC (IPMI session timed out)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class IpmiDriver(PowerDriver):
+    def __init__(self, target: BmcTarget, credentials: BmcCredentials, executor: Executor,
+                 limiter: BmcLimiter, timeout: float = 20.0, retries: int = 2,
+                 retry_delay: float = 1.0) -> None:
+        super().__init__(target)
+        self._credentials = credentials
+        self._executor = executor
+        self._limiter = limiter
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._key = (target.address, target.port or 623)
+
+    # -- the blocking side (worker threads) ------------------------------------------------
+
+    def _session_call(self, op: Callable[[Command], T]) -> T:
+        """One BMC session: log in, run `op`, log out. Runs in a worker thread."""
+        cmd = Command(bmc=self.target.address, userid=self._credentials.user,
+                      password=self._credentials.password, port=self.target.port or 623)
+        try:
+            result = op(cmd)
+            if isinstance(result, dict) and "error" in result:
+                raise pyghmi_exc.IpmiException(result["error"])
+            return result
+        finally:
+            sess = cmd.ipmi_session
+            try:
+                sess.logout()
+            except Exception:  # a failed logout must not hide the result
+                log.debug("ipmi_logout_failed", bmc=self.target.address)
+            # pyghmi 1.6 leaves a logged-out session registered as "initting" under its
+            # (bmc, user, password, port, kg) key and hands it to the next Command, which
+            # then fails inside pyghmi; forget it so the next command logs in afresh.
+            for key, value in list(_Session.initting_sessions.items()):
+                if value is sess:
+                    _Session.initting_sessions.pop(key, None)
+
+    # -- the async side ------------------------------------------------------------------------
+
+    async def _once(self, op: Callable[[Command], T]) -> T:
+        loop = asyncio.get_running_loop()
+        await self._limiter.acquire(self._key)
+        try:
+            fut = loop.run_in_executor(self._executor, self._session_call, op)
+        except BaseException:
+            self._limiter.release(self._key)
+            raise
+        fut.add_done_callback(lambda _f: self._limiter.release(self._key))
+        return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+
+    async def _run(self, operation: str, op: Callable[[Command], T]) -> T:
+        attempts = 1 + max(0, self.retries)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._once(op)
+            except Exception as exc:  # every failure becomes a PowerError
+                if attempt < attempts and _is_transient(exc):
+                    log.info("ipmi_retry", bmc=self.target.address, host=self.target.host,
+                             operation=operation, attempt=attempt,
+                             reason=_reason(exc, self.timeout))
+                    await asyncio.sleep(self.retry_delay * attempt)
+                    continue
+                raise PowerError(self.target, operation, _reason(exc, self.timeout)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def status(self) -> PowerState:
+        result: dict[str, Any] = await self._run("power status", lambda c: c.get_power())
+        state = result.get("powerstate")
+        return PowerState(state) if state in ("on", "off") else PowerState.UNKNOWN
+
+    async def on(self) -> None:
+        await self._run("power on", lambda c: c.set_power("on"))
+
+    async def off(self) -> None:
+        await self._run("power off", lambda c: c.set_power("off"))
+
+    async def soft_off(self) -> None:
+        await self._run("soft power off", lambda c: c.set_power("shutdown"))
+
+    async def cycle(self) -> None:
+        def op(c: Command) -> Any:
+            # pyghmi has no "cycle"; chassis control 0x02 is the standard power cycle,
+            # which BMCs refuse for a host that is off, hence the check in the same session.
+            if c.get_power().get("powerstate") == "off":
+                return c.set_power("on")
+            return c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE])
+
+        await self._run("power cycle", op)
+
+    async def set_next_boot(self, device: BootDevice | str = BootDevice.PXE,
+                            persistent: bool = False, uefi: bool | None = None) -> None:
+        try:
+            bootdev = _BOOTDEV[BootDevice(device)]
+        except ValueError:
+            raise PowerError(self.target, "set boot device",
+                             f"unknown boot device {device!r}") from None
+        kwargs: dict[str, Any] = {"persist": persistent}
+        if uefi is not None:
+            kwargs["uefiboot"] = uefi
+        await self._run(f"set boot device {bootdev}",
+                        lambda c: c.set_bootdev(bootdev, **kwargs))

@@ -1,0 +1,264 @@
+"""IpmiDriver against OpenIPMI's real BMC simulator, `ipmi_sim`, on loopback.
+
+ipmi_sim models power with its `startcmd`: the process it starts is the machine (power on
+starts it, power off kills it). Ours is a `sleep` with an argument unique to the test, so
+we can see the "machine" in /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.power.base import BmcCredentials, BmcTarget, PowerError, PowerState
+from appliance.power.ipmi import BmcLimiter, IpmiDriver, make_executor
+
+pytestmark = pytest.mark.skipif(shutil.which("ipmi_sim") is None,
+                                reason="ipmi_sim (Debian package openipmi) not installed")
+
+PASSWORD = "s3cret-Pw-9431"
+ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")  # one LAN channel each
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _udp_bound(port: int) -> bool:
+    text = Path("/proc/net/udp").read_text()
+    return f":{port:04X} " in text
+
+
+@dataclass
+class Sim:
+    port: int
+    marker: str  # the startcmd's argument: finds the "machine" process
+    proc: subprocess.Popen[bytes]
+
+    def machine_pids(self) -> list[int]:
+        pids = []
+        needle = f"sleep\0{self.marker}\0".encode()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "cmdline").read_bytes() == needle:
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    port = _free_udp_port()
+    marker = f"7{port}"
+    lans = "".join(f"""\
+  startlan {channel}
+    addr {address} {port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+""" for channel, address in enumerate(ADDRESSES, start=1))
+    (tmp_path / "lan.conf").write_text(f"""\
+name "vaqsim"
+set_working_mc 0x20
+{lans}  serial 15 127.0.0.1 {_free_udp_port()} codec VM
+  startcmd "sleep {marker}"
+  startnow false
+  poweroff_wait 1
+  kill_wait 1
+  user 2 true "admin" "{PASSWORD}" admin 10 none md2 md5 straight
+""")
+    (tmp_path / "emu.cmds").write_text("""\
+mc_setbmc 0x20
+mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
+sel_enable 0x20 1000 0x0a
+mc_enable 0x20
+""")
+    state = tmp_path / "state"
+    state.mkdir()
+    log = (tmp_path / "sim.log").open("wb")
+    proc = subprocess.Popen(
+        ["ipmi_sim", "-c", str(tmp_path / "lan.conf"), "-f", str(tmp_path / "emu.cmds"),
+         "-n", "-s", str(state)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    s = Sim(port, marker, proc)
+    try:
+        deadline = time.monotonic() + 10
+        while not _udp_bound(port):
+            assert proc.poll() is None, (tmp_path / "sim.log").read_text()
+            assert time.monotonic() < deadline, "ipmi_sim did not bind its port in 10 s"
+            time.sleep(0.05)
+        yield s
+    finally:
+        for pid in s.machine_pids():
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        log.close()
+        for pid in s.machine_pids():  # a machine started while we were killing the sim
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def executor() -> Iterator[object]:
+    pool = make_executor(8)
+    yield pool
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _driver(sim: Sim, executor, limiter: BmcLimiter, address: str = "127.0.0.1",
+            password: str = PASSWORD, port: int | None = None, **kw) -> IpmiDriver:
+    target = BmcTarget(host="node-1", address=address, credentials="lab-ipmi", type="ipmi",
+                       port=port or sim.port)
+    return IpmiDriver(target, BmcCredentials("admin", password), executor, limiter, **kw)
+
+
+async def _wait_state(driver: IpmiDriver, want: PowerState) -> PowerState:
+    state = PowerState.UNKNOWN
+    for _ in range(40):  # bounded: 40 polls of at most the driver's timeout each
+        state = await driver.status()
+        if state == want:
+            break
+        await asyncio.sleep(0.1)
+    return state
+
+
+async def _wait_machine(sim: Sim, running: bool, not_pid: int | None = None) -> list[int]:
+    pids: list[int] = []
+    for _ in range(100):
+        pids = [p for p in sim.machine_pids() if p != not_pid]
+        if bool(pids) == running:
+            break
+        await asyncio.sleep(0.05)
+    return pids
+
+
+async def test_power_on_cycle_off(sim: Sim, executor) -> None:
+    driver = _driver(sim, executor, BmcLimiter(max_sessions=2, min_interval=0.05), timeout=10)
+    assert await driver.status() == PowerState.OFF
+    assert sim.machine_pids() == []
+
+    await driver.on()
+    assert await _wait_state(driver, PowerState.ON) == PowerState.ON
+    [first] = await _wait_machine(sim, running=True)
+
+    await driver.cycle()  # on -> chassis power cycle: the machine process is restarted
+    [second] = await _wait_machine(sim, running=True, not_pid=first)
+    assert second != first
+    assert await _wait_state(driver, PowerState.ON) == PowerState.ON
+
+    await driver.off()
+    assert await _wait_state(driver, PowerState.OFF) == PowerState.OFF
+    assert await _wait_machine(sim, running=False) == []
+
+    await driver.cycle()  # off -> on
+    assert await _wait_state(driver, PowerState.ON) == PowerState.ON
+    assert await _wait_machine(sim, running=True)
+    await driver.off()
+    assert await _wait_state(driver, PowerState.OFF) == PowerState.OFF
+
+
+async def test_boot_device_and_soft_off_refused_without_vm(sim: Sim, executor) -> None:
+    """ipmi_sim answers "Invalid data field" to set_bootdev and to soft off while no VM is
+    attached to its serial (VM codec) port: the driver must turn that into a PowerError that
+    names the BMC and the operation, and must not retry it (it is not transient)."""
+    driver = _driver(sim, executor, BmcLimiter(min_interval=0.05), timeout=10,
+                     retries=2, retry_delay=30)  # a retry would blow the test's bound
+    with pytest.raises(PowerError) as err:
+        await asyncio.wait_for(driver.set_next_boot("pxe", persistent=False), 20)
+    text = str(err.value)
+    assert "127.0.0.1" in text and "set boot device network" in text
+    assert "Invalid data field" in text
+    assert PASSWORD not in text
+
+    await driver.on()
+    assert await _wait_state(driver, PowerState.ON) == PowerState.ON
+    with pytest.raises(PowerError, match="soft power off failed: Invalid data field"):
+        await asyncio.wait_for(driver.soft_off(), 20)
+    with pytest.raises(PowerError, match="unknown boot device"):
+        await driver.set_next_boot("floppy")
+
+
+async def test_wrong_password(sim: Sim, executor) -> None:
+    wrong = "not-the-Pw-5512"
+    driver = _driver(sim, executor, BmcLimiter(min_interval=0.05), password=wrong, timeout=10,
+                     retry_delay=30)  # wrong credentials are not transient: no retry
+    with pytest.raises(PowerError) as err:
+        await asyncio.wait_for(driver.status(), 20)
+    text = str(err.value)
+    assert "127.0.0.1" in text and "power status failed" in text
+    assert "password" in text.lower()
+    assert wrong not in text and PASSWORD not in text
+    assert wrong not in repr(driver._credentials)
+
+
+async def test_unreachable_bmc(executor) -> None:
+    port = _free_udp_port()  # nothing listens there
+    target = BmcTarget(host="node-9", address="127.0.0.1", credentials="lab-ipmi", port=port)
+    driver = IpmiDriver(target, BmcCredentials("admin", PASSWORD), executor,
+                        BmcLimiter(min_interval=0.05), timeout=1.5, retries=1, retry_delay=0.1)
+    with pytest.raises(PowerError) as err:
+        await asyncio.wait_for(driver.on(), 30)
+    text = str(err.value)
+    assert f"127.0.0.1:{port}" in text and "power on failed" in text
+    assert "no answer" in text
+    assert PASSWORD not in text
+
+
+class _CountingDriver(IpmiDriver):
+    """Counts BMC sessions open at once, across all instances, in the worker threads."""
+
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+    calls = 0
+
+    def _session_call(self, op):
+        cls = _CountingDriver
+        with cls.lock:
+            cls.active += 1
+            cls.calls += 1
+            cls.peak = max(cls.peak, cls.active)
+        try:
+            time.sleep(0.2)  # hold the session so that overlaps are certain if allowed
+            return super()._session_call(op)
+        finally:
+            with cls.lock:
+                cls.active -= 1
+
+
+async def test_session_cap_across_drivers(sim: Sim, executor) -> None:
+    limiter = BmcLimiter(max_sessions=2, min_interval=0.05)
+    drivers = [_CountingDriver(BmcTarget(host=f"node-{i}", address=ADDRESSES[i % 4],
+                                         credentials="lab-ipmi", port=sim.port),
+                               BmcCredentials("admin", PASSWORD), executor, limiter,
+                               timeout=20)
+               for i in range(10)]
+
+    async def twice(d: IpmiDriver) -> list[PowerState]:
+        return [await d.status(), await d.status()]
+
+    results = await asyncio.wait_for(asyncio.gather(*(twice(d) for d in drivers)), 45)
+    assert results == [[PowerState.OFF, PowerState.OFF]] * 10
+    assert _CountingDriver.calls == 20
+    assert _CountingDriver.peak == 2  # 4 BMCs were available: the cap, not the BMCs, bound it
