@@ -119,6 +119,9 @@ def load_bmc_secrets(path: str | Path) -> BmcSecrets:
             for err in exc.errors(include_url=False):
                 err = {**err, "loc": (name, *err["loc"]), "input": "***"}
                 _, sentence = explain(err, _Entry)
+                if err["type"] == "string_type":  # a bare YAML number or boolean
+                    sentence = (f"{'.'.join(map(str, err['loc']))} must be a string: "
+                                "put it in quotes")
                 problems.append(f"{path}:{doc.line_of(tuple(err['loc']))}: {sentence}")
             continue
         if entry.password_file is not None:
