@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -49,12 +50,23 @@ class BmcLimiter:
     A slot is released when the worker thread really finishes, not when the caller gives up
     on it, so a timed-out call still counts until pyghmi lets go of its session."""
 
-    def __init__(self, max_sessions: int = 4, min_interval: float = 0.5) -> None:
+    def __init__(self, max_sessions: int = 4, min_interval: float = 0.5,
+                 sessions: asyncio.Semaphore | None = None) -> None:
         self.max_sessions = max_sessions
         self.min_interval = min_interval
-        self._sessions = asyncio.Semaphore(max_sessions)
+        self._sessions = sessions if sessions is not None else asyncio.Semaphore(max_sessions)
         self._per_bmc: dict[tuple[str, int], asyncio.Lock] = {}
         self._last: dict[tuple[str, int], float] = {}
+
+    @classmethod
+    def sharing(cls, sessions: asyncio.Semaphore) -> BmcLimiter:
+        """The limiter built around a peer's plain session semaphore (the one its Redfish
+        drivers take too), the same one for every IPMI driver given that semaphore, so the
+        per-BMC order and interval hold across drivers as well."""
+        limiter = _SHARED.get(sessions)
+        if limiter is None:
+            limiter = _SHARED[sessions] = cls(max_sessions=0, sessions=sessions)
+        return limiter
 
     async def acquire(self, key: tuple[str, int]) -> None:
         lock = self._per_bmc.setdefault(key, asyncio.Lock())
@@ -72,6 +84,9 @@ class BmcLimiter:
         self._last[key] = time.monotonic()
         self._sessions.release()
         self._per_bmc[key].release()
+
+
+_SHARED: weakref.WeakKeyDictionary[asyncio.Semaphore, BmcLimiter] = weakref.WeakKeyDictionary()
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -96,11 +111,13 @@ def _reason(exc: BaseException, timeout: float) -> str:
 
 class IpmiDriver(PowerDriver):
     def __init__(self, target: BmcTarget, credentials: BmcCredentials, executor: Executor,
-                 limiter: BmcLimiter, timeout: float = 20.0, retries: int = 2,
-                 retry_delay: float = 1.0) -> None:
+                 limiter: BmcLimiter | asyncio.Semaphore, timeout: float = 20.0,
+                 retries: int = 2, retry_delay: float = 1.0) -> None:
         super().__init__(target)
         self._credentials = credentials
         self._executor = executor
+        if isinstance(limiter, asyncio.Semaphore):
+            limiter = BmcLimiter.sharing(limiter)
         self._limiter = limiter
         self.timeout = timeout
         self.retries = retries
@@ -144,8 +161,10 @@ class IpmiDriver(PowerDriver):
         fut.add_done_callback(lambda _f: self._limiter.release(self._key))
         return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
 
-    async def _run(self, operation: str, op: Callable[[Command], T]) -> T:
-        attempts = 1 + max(0, self.retries)
+    async def _run(self, operation: str, op: Callable[[Command], T], retry: bool = True) -> T:
+        """`retry=False` for commands that must not run twice: after a lost answer we cannot
+        tell whether the BMC already did it."""
+        attempts = 1 + max(0, self.retries) if retry else 1
         for attempt in range(1, attempts + 1):
             try:
                 return await self._once(op)
@@ -181,7 +200,7 @@ class IpmiDriver(PowerDriver):
                 return c.set_power("on")
             return c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE])
 
-        await self._run("power cycle", op)
+        await self._run("power cycle", op, retry=False)  # twice would cycle the host twice
 
     async def set_next_boot(self, device: BootDevice | str = BootDevice.PXE,
                             persistent: bool = False, uefi: bool | None = None) -> None:

@@ -247,8 +247,13 @@ class _CountingDriver(IpmiDriver):
                 cls.active -= 1
 
 
-async def test_session_cap_across_drivers(sim: Sim, executor) -> None:
-    limiter = BmcLimiter(max_sessions=2, min_interval=0.05)
+@pytest.mark.parametrize("kind", ["limiter", "semaphore"])
+async def test_session_cap_across_drivers(sim: Sim, executor, kind: str) -> None:
+    """The cap holds across drivers whether they share a BmcLimiter or, as PowerManager
+    gives them, one plain asyncio.Semaphore (then a shared limiter is built around it)."""
+    _CountingDriver.active = _CountingDriver.peak = _CountingDriver.calls = 0
+    limiter = (BmcLimiter(max_sessions=2, min_interval=0.05) if kind == "limiter"
+               else asyncio.Semaphore(2))
     drivers = [_CountingDriver(BmcTarget(host=f"node-{i}", address=ADDRESSES[i % 4],
                                          credentials="lab-ipmi", port=sim.port),
                                BmcCredentials("admin", PASSWORD), executor, limiter,
@@ -262,3 +267,5 @@ async def test_session_cap_across_drivers(sim: Sim, executor) -> None:
     assert results == [[PowerState.OFF, PowerState.OFF]] * 10
     assert _CountingDriver.calls == 20
     assert _CountingDriver.peak == 2  # 4 BMCs were available: the cap, not the BMCs, bound it
+    if kind == "semaphore":
+        assert len({id(d._limiter) for d in drivers}) == 1
