@@ -212,6 +212,7 @@ async def test_wrong_password(sim: Sim, executor) -> None:
     assert wrong not in repr(driver._credentials)
 
 
+@pytest.mark.slow  # the retry waits for pyghmi's own give-up (about 5 s) on the first try
 async def test_unreachable_bmc(executor) -> None:
     port = _free_udp_port()  # nothing listens there
     target = BmcTarget(host="node-9", address="127.0.0.1", credentials="lab-ipmi", port=port)
