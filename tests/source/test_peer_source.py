@@ -13,20 +13,28 @@ import hashlib
 import hmac
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tools.rigs.peer_proc import (
+    ADMIN,
+    EXE,
+    PeerProcess,
+    call,
+    free_tcp_ports,
+    single_peer,
+    start_peer,
+    write_config,
+    write_secrets,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.test",
        "GIT_COMMITTER_NAME": "Ops", "GIT_COMMITTER_EMAIL": "ops@example.test",
        "HOME": "/nonexistent", "PATH": "/usr/bin:/bin"}
-ADMIN = "source-test-admin-token-0123456789"
 HOOK_SECRET = b"webhook-secret-for-tests-0123456789"
 LAB01 = "52:54:00:18:00:11"
 pytestmark = pytest.mark.slow
@@ -42,18 +50,6 @@ def push(work: Path, message: str) -> str:
     git(work, "commit", "-qm", message)
     git(work, "push", "-q", "origin", "main")
     return git(work, "rev-parse", "HEAD")
-
-
-def call(url: str, method: str = "GET", body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, ""
 
 
 def hook(base: str, sha: str) -> int:
@@ -86,41 +82,10 @@ def test_peer_follows_pushes_through_the_pipeline(tmp_path: Path) -> None:
     git(work, "remote", "add", "origin", f"file://{bare}")
     first = push(work, "lab site")
 
-    import socket
-
-    with socket.socket() as s1, socket.socket() as s2:
-        s1.bind(("127.0.0.1", 0))
-        s2.bind(("127.0.0.1", 0))
-        http_port, raft_port = s1.getsockname()[1], s2.getsockname()[1]
-    for name, value in (("secret", "cGhvbmUtaG9tZS1rZXktZm9yLXRlc3Rz"),
-                        ("raft.secret", "cmFmdC1rZXktZm9yLXRlc3Rz"), ("admin.token", ADMIN),
-                        ("hook.secret", HOOK_SECRET.decode())):
-        (tmp_path / name).write_text(value + "\n")
-        (tmp_path / name).chmod(0o600)
-    config = tmp_path / "peer.yaml"
-    config.write_text(f"""
-site: lab
-peer: peer-1
-data_dir: {tmp_path / 'data'}
-interface: lo
-address: 127.0.0.1
-source: {{url: "file://{bare}", ref: main, poll_interval: 60, poll_jitter: 0}}
-github: {{webhook_secret_file: hook.secret}}
-token_secret_file: secret
-http: {{listen: 127.0.0.1, port: {http_port}}}
-tftp: {{enabled: false}}
-dhcp: {{enabled: false}}
-prefetch_artifacts: false
-raft: {{address: "127.0.0.1:{raft_port}", password_file: raft.secret}}
-api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
-""")
-    base = f"http://127.0.0.1:{http_port}"
-    log = tmp_path / "serve.log"
-    exe = Path(sys.executable).parent / "vaq-peer"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(exe), "serve", "--config", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
+    source = (f'source: {{url: "file://{bare}", ref: main, poll_interval: 60, poll_jitter: 0}}\n'
+              "github: {webhook_secret_file: hook.secret}")
+    with single_peer(tmp_path, source, **{"hook.secret": HOOK_SECRET.decode()}) as peer:
+        base, log = peer.base, peer.log
         until(lambda: call(f"{base}/healthz")[0] == 200, "the peer")
         # the first fetch at start observes the commit; approval is manual (lab policy)
         until(lambda: revision_state(base, first) == "awaiting_approval", "first revision",
@@ -131,9 +96,8 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
         assert source["last_fetched_sha"] == first and source["consecutive_failures"] == 0
         assert source["url"] == f"file://{bare}"
 
-        (tmp_path / "tok").write_text(ADMIN)
-        auth = ["--peer", base, "--token-file", str(tmp_path / "tok")]
-        approve = subprocess.run([str(exe), "approve", first[:12], *auth],
+        auth = ["--peer", base, "--token-file", str(tmp_path / "admin.token")]
+        approve = subprocess.run([EXE, "approve", first[:12], *auth],
                                  capture_output=True, text=True, timeout=30)
         assert approve.returncode == 0, approve.stdout + approve.stderr
         until(lambda: revision_state(base, first) == "applied", "first applied")
@@ -157,29 +121,26 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
         _, text = call(f"{base}/v1/revisions/{upgrade}",
                             headers={"Authorization": f"Bearer {ADMIN}"})
         assert json.loads(text)["summaries"]["planned"]["counts"] == {"reinstall": 3}
-        show = subprocess.run([str(exe), "show", upgrade[:12], *auth], capture_output=True,
+        show = subprocess.run([EXE, "show", upgrade[:12], *auth], capture_output=True,
                               text=True, timeout=30)
         assert show.returncode == 0 and "awaiting_approval" in show.stdout, show.stdout
-        assert subprocess.run([str(exe), "approve", upgrade, *auth], capture_output=True,
+        assert subprocess.run([EXE, "approve", upgrade, *auth], capture_output=True,
                               timeout=30).returncode == 0
         until(lambda: f"revision {upgrade[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1],
               "upgrade served")
         assert revision_state(base, first) == "superseded"
         # roll back: re-arm the first revision, review its new plan, approve it
-        rearm = subprocess.run([str(exe), "rearm", first[:12], "--note", "kernel regression",
+        rearm = subprocess.run([EXE, "rearm", first[:12], "--note", "kernel regression",
                                 *auth], capture_output=True, text=True, timeout=30)
         assert rearm.returncode == 0, rearm.stdout + rearm.stderr
         until(lambda: revision_state(base, first) == "awaiting_approval", "rollback planned")
-        assert subprocess.run([str(exe), "approve", first[:12], *auth], capture_output=True,
+        assert subprocess.run([EXE, "approve", first[:12], *auth], capture_output=True,
                               timeout=30).returncode == 0
         until(lambda: f"revision {first[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1],
               "rolled back")
         bad_sig = call(f"{base}/v1/hooks/github", "POST", b"{}", {
             "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64})
         assert bad_sig[0] == 401
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
     text = log.read_text()
     assert ADMIN not in text and HOOK_SECRET.decode() not in text
 
@@ -187,17 +148,10 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
 def test_three_peers_serve_the_revision_the_group_applied(tmp_path: Path) -> None:
     """Each peer mirrors a `git daemon` remote itself (git://, loopback); the leader judges;
     all serve the applied SHA."""
-    import socket
-
     bare, work = tmp_path / "sot.git", tmp_path / "work"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
                    env=ENV, timeout=30)
-    socks = [socket.socket() for _ in range(7)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports = free_tcp_ports(7)
     raft = [f"127.0.0.1:{p}" for p in ports[3:6]]
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={tmp_path}",
                                "--export-all", "--enable=receive-pack", "--listen=127.0.0.1",
@@ -224,34 +178,15 @@ def _three_peers(tmp_path: Path, work: Path, url: str, ports: list[int],
                          capture_output=True, timeout=30).returncode != 0:
         assert time.monotonic() < deadline, "git daemon did not come up"
         time.sleep(0.2)  # the daemon takes a moment to listen
-    for name, value in (("secret", "cGhvbmUtaG9tZS1rZXktZm9yLXRlc3Rz"),
-                        ("raft.secret", "cmFmdC1rZXktZm9yLXRlc3Rz"), ("admin.token", ADMIN)):
-        (tmp_path / name).write_text(value + "\n")
-        (tmp_path / name).chmod(0o600)
-    exe = Path(sys.executable).parent / "vaq-peer"
-    procs, bases = [], []
+    write_secrets(tmp_path)
+    source = f'source: {{url: "{url}", ref: main, poll_interval: 1, poll_jitter: 0}}'
+    peers: list[PeerProcess] = []
     try:
         for i in range(3):
-            config = tmp_path / f"peer{i}.yaml"
-            config.write_text(f"""
-site: lab
-peer: peer-{i + 1}
-data_dir: {tmp_path / f'data{i}'}
-interface: lo
-address: 127.0.0.1
-source: {{url: "{url}", ref: main, poll_interval: 1, poll_jitter: 0}}
-token_secret_file: secret
-http: {{listen: 127.0.0.1, port: {ports[i]}}}
-tftp: {{enabled: false}}
-dhcp: {{enabled: false}}
-prefetch_artifacts: false
-raft: {{address: "{raft[i]}", peers: {json.dumps(raft)}, password_file: raft.secret}}
-api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
-""")
-            with (tmp_path / f"peer{i}.log").open("w") as out:
-                procs.append(subprocess.Popen([str(exe), "serve", "--config", str(config)],
-                                              stdout=out, stderr=subprocess.STDOUT))
-            bases.append(f"http://127.0.0.1:{ports[i]}")
+            config = write_config(tmp_path, source, name=f"peer{i}.yaml", index=i,
+                                  http_port=ports[i], raft=raft)
+            peers.append(start_peer(config, ports[i]))
+        bases = [peer.base for peer in peers]
         until(lambda: all(revision_state(b, first) == "awaiting_approval" for b in bases),
               "the group to plan the first commit", timeout=60)
         status, _ = call(f"{bases[2]}/v1/revisions/{first}/approve", "POST", b"{}", {
@@ -261,7 +196,5 @@ api: {{tokens: [{{name: ops, role: admin, file: admin.token}}]}}
             until(lambda base=base: f"revision {first[:12]}" in
                   call(f"{base}/ipxe?mac={LAB01}")[1], f"{base} serving", timeout=30)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=15)
+        for peer in peers:
+            peer.stop()
