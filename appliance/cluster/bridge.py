@@ -269,6 +269,28 @@ class Cluster:
         cmd.update(fields)
         return await self.submit(cmd)
 
+    async def arm_host(self, name: str, revision: str, stages: int, *, by: str | None = None,
+                       reason: str | None = None) -> dict:
+        """Arm a host for a revision: every peer serves it stage 1, then each next stage."""
+        return await self._do("host.arm", name=name, revision=revision, stages=stages, by=by,
+                              reason=reason)
+
+    async def step_host(self, name: str, revision: str, state: str, stage: int, *,
+                        attempt: int = 0, message: str | None = None,
+                        deadline: float | None = None) -> dict:
+        """The workflow engine's progress on one host (refused once the host is finished)."""
+        return await self._do("host.step", name=name, revision=revision, state=state,
+                              stage=stage, attempt=attempt, message=message, deadline=deadline)
+
+    async def start_rollout(self, revision: str, base: str | None, by: str | None = None
+                            ) -> dict:
+        return await self._do("rollout.start", revision=revision, base=base, by=by)
+
+    async def set_rollout(self, revision: str, state: str, *, by: str | None = None,
+                          reason: str | None = None) -> dict:
+        return await self._do("rollout.set", revision=revision, state=state, by=by,
+                              reason=reason)
+
     async def record_intent(self, host: str, action: str, *, stage: str | None = None,
                             revision: str | None = None, intent_id: str | None = None) -> str:
         """Leader only: log an action before running it. Returns the intent id. The intent
@@ -392,6 +414,16 @@ class Cluster:
 
     def hosts(self) -> list[dict]:
         return self.node.vq_read(lambda s: s.host_list())
+
+    def rollout(self, sha: str) -> dict | None:
+        return self.node.vq_read(lambda s: s.rollout(sha))
+
+    def rollouts(self) -> list[dict]:
+        return self.node.vq_read(lambda s: s.rollout_list())
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return after the next applied entry or leadership change, or at the timeout."""
+        await self._wait_change(timeout)
 
     def intent(self, intent_id: str) -> dict | None:
         return self.node.vq_read(lambda s: s.intent(intent_id))

@@ -47,6 +47,23 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "superseded": frozenset({"validated"}),
 }
 
+# Where a revision's rollout (the hardware work of applying it) stands, and the moves between.
+ROLLOUT_STATES = ("running", "paused", "aborted", "failed", "done", "superseded")
+ROLLOUT_TRANSITIONS: dict[str, frozenset[str]] = {
+    "running": frozenset({"paused", "aborted", "failed", "done", "superseded"}),
+    "paused": frozenset({"running", "aborted", "superseded"}),
+    # a failed rollout halts; an operator may resume it (after fixing the cause) or abort it
+    "failed": frozenset({"running", "aborted", "superseded"}),
+    "aborted": frozenset(),
+    "done": frozenset({"superseded"}),
+    "superseded": frozenset(),
+}
+# What a host record says of the machine. A host is served its next stage while it is armed
+# (queued ... checking) and has stages left; otherwise it boots its disk.
+HOST_STATES = ("queued", "powering", "booting", "waiting", "retrying", "installed", "checking",
+               "done", "failed", "aborted")
+HOST_TERMINAL = frozenset({"done", "failed", "aborted"})
+
 MAX_TEXT = 1024  # characters of a free-text field (message, reason, detail)
 MAX_NAME = 253  # a DNS name
 MAX_BLOB = 4096  # bytes of a small structured value (report summary, event data), as JSON
@@ -128,6 +145,14 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "revision.approve": (frozenset({"sha", "by"}), frozenset({"note"})),
     "host.set": (frozenset({"name"}), frozenset({"stage", "state", "last_event", "revision"})),
+    "host.arm": (frozenset({"name", "revision", "stages"}), frozenset({"by", "reason"})),
+    "host.step": (
+        frozenset({"name", "revision", "state", "stage"}),
+        frozenset({"attempt", "message", "deadline"}),
+    ),
+    "host.stage_done": (frozenset({"name", "stage", "stages"}), frozenset({"revision"})),
+    "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
+    "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
     "intent.record": (
         frozenset({"intent_id", "host", "action", "term"}),
         frozenset({"stage", "revision"}),
@@ -185,6 +210,42 @@ def validate(cmd: Any) -> dict:
                 out[key] = _text(cmd, key, max_len=MAX_NAME if key != "last_event" else MAX_TEXT)
         if "revision" in cmd:
             out["revision"] = _sha(cmd, "revision", required=False)
+    elif op == "host.arm":
+        out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
+        out["revision"] = _sha(cmd, "revision")
+        out["stages"] = _int(cmd, "stages", low=1, high=64)
+        out["by"] = _text(cmd, "by", max_len=MAX_NAME)
+        out["reason"] = _text(cmd, "reason")
+    elif op == "host.step":
+        out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
+        out["revision"] = _sha(cmd, "revision")
+        if cmd["state"] not in HOST_STATES:
+            raise _fail(f"state must be one of {', '.join(HOST_STATES)}")
+        out["state"] = cmd["state"]
+        out["stage"] = _int(cmd, "stage", low=1, high=64)
+        out["attempt"] = _int(cmd, "attempt", low=0, high=100, default=0)
+        out["message"] = _text(cmd, "message")
+        deadline = cmd.get("deadline")
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(
+                deadline, int | float) or not math.isfinite(deadline)):
+            raise _fail("deadline must be a timestamp in seconds")
+        out["deadline"] = float(deadline) if deadline is not None else None
+    elif op == "host.stage_done":
+        out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
+        out["stage"] = _int(cmd, "stage", low=1, high=64)
+        out["stages"] = _int(cmd, "stages", low=1, high=64)
+        out["revision"] = _sha(cmd, "revision", required=False)
+    elif op == "rollout.start":
+        out["revision"] = _sha(cmd, "revision")
+        out["base"] = _sha(cmd, "base", required=False)
+        out["by"] = _text(cmd, "by", max_len=MAX_NAME)
+    elif op == "rollout.set":
+        out["revision"] = _sha(cmd, "revision")
+        if cmd["state"] not in ROLLOUT_STATES:
+            raise _fail(f"state must be one of {', '.join(ROLLOUT_STATES)}")
+        out["state"] = cmd["state"]
+        out["by"] = _text(cmd, "by", max_len=MAX_NAME)
+        out["reason"] = _text(cmd, "reason")
     elif op == "intent.record":
         out["intent_id"] = _text(cmd, "intent_id", required=True, max_len=64)
         out["host"] = _text(cmd, "host", required=True, max_len=MAX_NAME)

@@ -28,7 +28,7 @@ class _Reject(Exception):
 
 
 class ClusterState:
-    """Revision lifecycle, approvals, hosts, intents/results, event ring, peers."""
+    """Revision lifecycle, approvals, hosts, rollouts, intents/results, event ring, peers."""
 
     def __init__(
         self,
@@ -45,6 +45,7 @@ class ClusterState:
         self.revisions: dict[str, dict] = {}
         self.applied_sha: str | None = None
         self.hosts: dict[str, dict] = {}
+        self.rollouts: dict[str, dict] = {}
         self.intents: dict[str, dict] = {}
         self.completed_intents: deque[str] = deque()
         self.fence_term = 0
@@ -176,6 +177,98 @@ class ClusterState:
                          message=record["state"])
         return {"ok": True, "seq": seq}
 
+    # ---- hosts and rollouts (the workflow engine's records) ------------------------------
+
+    def _host_arm(self, cmd: dict) -> dict:
+        name, at = cmd["name"], cmd["at"]
+        current = self.hosts.get(name)
+        if (current is not None and current.get("revision") == cmd["revision"]
+                and current.get("state") not in commands.HOST_TERMINAL
+                and current.get("armed_seq") is not None):
+            raise _Reject("already_armed", f"host {name} is already armed for this revision "
+                                           f"({current.get('state')})")
+        seq = self._emit(at, "host.armed", host=name, revision=cmd["revision"],
+                         message=cmd["reason"], data={"by": cmd["by"]} if cmd["by"] else None)
+        self.hosts[name] = {
+            "name": name, "revision": cmd["revision"], "stages": cmd["stages"], "done": 0,
+            "stage": 1, "state": "queued", "attempt": 0, "armed_seq": seq,
+            "message": cmd["reason"], "deadline": None, "last_event": "host.armed",
+            "updated_at": at,
+        }
+        return {"ok": True, "seq": seq}
+
+    def _host_step(self, cmd: dict) -> dict:
+        name = cmd["name"]
+        record = self.hosts.get(name)
+        if record is None or record.get("revision") != cmd["revision"]:
+            raise _Reject("stale", f"host {name} is not armed for revision {cmd['revision']}")
+        if record.get("state") in commands.HOST_TERMINAL:
+            raise _Reject("host_finished", f"host {name} is {record['state']} for this revision")
+        waiting = cmd["state"] in ("powering", "booting", "waiting", "retrying")
+        if waiting and record.get("done", 0) >= cmd["stage"]:
+            raise _Reject("stage_already_done", f"host {name} already reported stage "
+                                                 f"{cmd['stage']}")
+        at = cmd["at"]
+        record.update(stage=cmd["stage"], state=cmd["state"], attempt=cmd["attempt"],
+                      message=cmd["message"], deadline=cmd["deadline"],
+                      last_event=f"host.{cmd['state']}", updated_at=at)
+        seq = self._emit(at, f"host.{cmd['state']}", host=name, revision=cmd["revision"],
+                         message=cmd["message"],
+                         data={"stage": cmd["stage"], "attempt": cmd["attempt"]})
+        return {"ok": True, "seq": seq}
+
+    def _host_stage_done(self, cmd: dict) -> dict:
+        """A phone-home, as any peer's data plane saw it. Never lowers what is done."""
+        name, at, stage = cmd["name"], cmd["at"], cmd["stage"]
+        record = self.hosts.get(name)
+        if record is None or "done" not in record:
+            record = {"name": name, "revision": cmd["revision"], "stages": cmd["stages"],
+                      "done": 0, "stage": stage, "state": "booting", "attempt": 0,
+                      "armed_seq": None, "message": "reported without being armed",
+                      "deadline": None}
+            self.hosts[name] = record
+        stages = record.get("stages") or cmd["stages"]
+        record["done"] = max(record.get("done", 0), stage)
+        if record["done"] >= stages and record.get("state") not in commands.HOST_TERMINAL:
+            record["state"] = "installed"
+            record["deadline"] = None
+        record.update(last_event="host.stage_done", updated_at=at)
+        seq = self._emit(at, "host.stage_done", host=name, revision=cmd["revision"],
+                         data={"stage": stage, "done": record["done"], "stages": stages})
+        return {"ok": True, "seq": seq, "done": record["done"]}
+
+    def _rollout_start(self, cmd: dict) -> dict:
+        sha, at = cmd["revision"], cmd["at"]
+        if sha in self.rollouts:
+            return {"ok": True, "existing": True, "state": self.rollouts[sha]["state"]}
+        self.rollouts[sha] = {"revision": sha, "base": cmd["base"], "state": "running",
+                              "started_at": at, "updated_at": at, "by": cmd["by"],
+                              "reason": None, "history": [{"state": "running", "at": at,
+                                                           "by": cmd["by"], "reason": None}]}
+        while len(self.rollouts) > self.revision_capacity:
+            oldest = next(iter(self.rollouts))
+            del self.rollouts[oldest]
+        seq = self._emit(at, "rollout.started", revision=sha,
+                         data={"base": cmd["base"]} if cmd["base"] else None)
+        return {"ok": True, "state": "running", "seq": seq}
+
+    def _rollout_set(self, cmd: dict) -> dict:
+        sha, at, new = cmd["revision"], cmd["at"], cmd["state"]
+        rollout = self.rollouts.get(sha)
+        if rollout is None:
+            raise _Reject("unknown_rollout", f"revision {sha} has no rollout")
+        old = rollout["state"]
+        if new not in commands.ROLLOUT_TRANSITIONS[old]:
+            raise _Reject("bad_transition", f"the rollout of {sha[:12]} is {old}; it cannot "
+                                            f"become {new}")
+        rollout.update(state=new, updated_at=at, by=cmd["by"], reason=cmd["reason"])
+        rollout["history"].append({"state": new, "at": at, "by": cmd["by"],
+                                   "reason": cmd["reason"]})
+        del rollout["history"][:-HISTORY_LIMIT]
+        seq = self._emit(at, f"rollout.{new}", revision=sha, message=cmd["reason"],
+                         data={"by": cmd["by"]} if cmd["by"] else None)
+        return {"ok": True, "state": new, "previous": old, "seq": seq}
+
     def _intent_record(self, cmd: dict) -> dict:
         if cmd["term"] < self.fence_term:
             raise _Reject("fenced", f"term {cmd['term']} is older than {self.fence_term}: "
@@ -246,6 +339,13 @@ class ClusterState:
     def host_list(self) -> list[dict]:
         return [dict(r) for r in self.hosts.values()]
 
+    def rollout(self, sha: str) -> dict | None:
+        rec = self.rollouts.get(sha)
+        return copy.deepcopy(rec) if rec is not None else None
+
+    def rollout_list(self) -> list[dict]:
+        return [copy.deepcopy(r) for r in self.rollouts.values()]
+
     def intent(self, intent_id: str) -> dict | None:
         rec = self.intents.get(intent_id)
         return copy.deepcopy(rec) if rec is not None else None
@@ -282,6 +382,7 @@ class ClusterState:
             "revisions": self.revisions,
             "applied_sha": self.applied_sha,
             "hosts": self.hosts,
+            "rollouts": self.rollouts,
             "intents": self.intents,
             "completed_intents": list(self.completed_intents),
             "fence_term": self.fence_term,
@@ -302,6 +403,7 @@ class ClusterState:
         state.revisions = data["revisions"]
         state.applied_sha = data["applied_sha"]
         state.hosts = data["hosts"]
+        state.rollouts = data.get("rollouts", {})
         state.intents = data["intents"]
         state.completed_intents = deque(data["completed_intents"])
         state.fence_term = data["fence_term"]
@@ -318,6 +420,11 @@ _HANDLERS = {
     "revision.transition": ClusterState._transition,
     "revision.approve": ClusterState._approve,
     "host.set": ClusterState._host_set,
+    "host.arm": ClusterState._host_arm,
+    "host.step": ClusterState._host_step,
+    "host.stage_done": ClusterState._host_stage_done,
+    "rollout.start": ClusterState._rollout_start,
+    "rollout.set": ClusterState._rollout_set,
     "intent.record": ClusterState._intent_record,
     "intent.result": ClusterState._intent_result,
     "event.append": ClusterState._event,
