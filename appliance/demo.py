@@ -100,7 +100,7 @@ async def run_demo_peer(sot: Path) -> int:
             await _walk(peer, (root / "admin.token").read_text().strip())
         finally:
             await peer.stop()
-            peer.progress.close()
+            peer.local_progress.close()
     return 0
 
 

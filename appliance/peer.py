@@ -32,7 +32,7 @@ from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
 from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
-from appliance.netboot.progress import LocalProgress
+from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
@@ -83,7 +83,8 @@ class Peer:
         self.config = config
         self.revision: Revision | None = None
         self.table: BootTable | None = None
-        self.progress = LocalProgress(config.data_dir)
+        self.local_progress = LocalProgress(config.data_dir)
+        self.progress = ReplicatedProgress(self._host_record, self.local_progress)
         self.cluster: Cluster | None = None
         self.outbox: EventOutbox | None = None
         self.artifacts: ArtifactCache | None = None
@@ -97,6 +98,13 @@ class Peer:
         self._tftp: TftpServer | None = None
         self._dhcp: DhcpServer | None = None
         self.http_port = 0
+
+    def _host_record(self, name: str) -> dict | None:
+        cluster = self.cluster
+        try:
+            return cluster.host(name) if cluster is not None else None
+        except Exception:  # the node is stopping: local records only
+            return None
 
     def _address(self, revision: Revision) -> str:
         if self.config.address is not None:
@@ -172,11 +180,10 @@ class Peer:
         self.outbox.put(kind, host=host if isinstance(host, str) else None,
                         revision=revision if isinstance(revision, str) else None,
                         data=data or None)
-        if kind == "stage-done" and isinstance(host, str) and self.table is not None:
-            done = self.table.stages(host) <= int(fields.get("stage", 0))
+        if kind == "stage-done" and isinstance(host, str):
             self.outbox.put_command(raft_commands.build(
-                "host.set", time.time(), name=host, stage=str(fields.get("stage")),
-                state="done" if done else "in-progress", last_event=kind,
+                "host.stage_done", time.time(), name=host, stage=int(fields["stage"]),
+                stages=int(fields["stages"]),
                 revision=revision if isinstance(revision, str) else None))
 
     # --- the API's view of the applied revision ------------------------------------------
@@ -419,4 +426,4 @@ async def serve(config: PeerConfig) -> None:
     finally:
         log.info("peer.stopping")
         await peer.stop()
-        peer.progress.close()
+        peer.local_progress.close()

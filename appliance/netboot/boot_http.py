@@ -118,10 +118,14 @@ async def host_script(request: web.Request) -> web.Response:
             f"#!ipxe\necho Vaquero: machine {mac} is not declared in the SoT\nexit\n"))
     stages = table.stages(host)
     entry = table.hosts[host]
-    stage = None if entry.host.never_provision else state.progress.stage_to_serve(host, stages)
+    stage = None if entry.host.never_provision else state.progress.stage_to_serve(
+        host, stages, fresh=table.site.policy.install_new_hosts)
     if stage is None:
         state.count("local_boot")
-        reason = "never_provision" if entry.host.never_provision else "workflow done"
+        record = state.progress.record(host)
+        reason = ("never_provision" if entry.host.never_provision
+                  else "workflow done" if record is not None and record.done >= stages
+                  else "not armed (failed, aborted, or held by site policy)")
         log.info("boot.local_disk", host=host, reason=reason, revision=table.sha[:12])
         return web.Response(text=local_disk_script(host, reason), content_type="text/plain")
     script, _ = table.stage_content(host, stage)
@@ -175,7 +179,7 @@ async def phone_home(request: web.Request) -> web.Response:
     state.count("phone_homes")
     log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),
              done=record.done >= stages, report=body[:1024] or None)
-    state.event("stage-done", host=host, stage=stage, revision=table.sha)
+    state.event("stage-done", host=host, stage=stage, stages=stages, revision=table.sha)
     return web.json_response({"host": host, "stage": stage, "done": record.done,
                               "workflow_done": record.done >= stages})
 

@@ -67,7 +67,8 @@ class BootTable:
         cached = self._rendered.get(key)
         if cached is None:
             if self._renderer is None:
-                self._renderer = Renderer(self.revision.sot, self.revision.sha)
+                self._renderer = Renderer(self.revision.sot, self.revision.sha,
+                                          {self.site.id: self.base_url})
             cached = self._renderer.render_stage(self.hosts[host], stage, self.token(host))
             self._rendered[key] = cached
         return cached
@@ -111,7 +112,11 @@ def compile_boot_table(revision: Revision, site_id: str, interface: str,
     if site is None:
         raise ValueError(f"site {site_id!r} is not in revision {revision.sha[:12]} "
                          f"(sites: {', '.join(sorted(sot.sites))})")
-    base = site.boot_url()
+    # Unless the site names one boot URL (a VIP or load balancer), every peer points the
+    # machines it answers at itself: any peer may be down, each serves the whole chain.
+    port = site.netboot.http_port
+    base = site.netboot.boot_url or (
+        f"http://{server_address}" + ("" if port == 80 else f":{port}"))
     boot_files = BootFiles(
         ipxe_script_url=f"{base}/boot.ipxe", bios=site.netboot.ipxe_bios,
         uefi=site.netboot.ipxe_uefi, arm64=site.netboot.ipxe_arm64,

@@ -1,9 +1,10 @@
 """Which stage each host is at: what decides the iPXE script a peer serves it.
 
 DESIGN: no install loops. A host gets stage 1, then each phone-home moves it on; after its
-last stage it boots its local disk until it is re-armed. The replicated state (Raft) will
-own these records; until the peer group exists, `LocalProgress` keeps them in an append-only
-journal in the peer's data dir, so a restart forgets nothing.
+last stage it boots its local disk until it is re-armed. The replicated host records (Raft)
+decide, so every peer serves the same thing (`ReplicatedProgress`). A phone-home is also kept
+in `LocalProgress`, an append-only journal in the peer's data dir, until it is replicated: a
+peer cut off from the majority still moves a host on instead of installing it again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -28,8 +29,10 @@ class HostRecord:
 
 
 class HostProgress(Protocol):
-    def stage_to_serve(self, host: str, stages: int) -> int | None:
-        """The 1-based stage to serve, or None when the workflow is done (boot the disk)."""
+    def stage_to_serve(self, host: str, stages: int, fresh: bool = True) -> int | None:
+        """The 1-based stage to serve, or None when the workflow is done (boot the disk).
+        `fresh`: whether a host with no record at all is served stage 1 (the site's
+        install_new_hosts policy)."""
         ...
 
     def record(self, host: str) -> HostRecord | None: ...
@@ -59,8 +62,10 @@ class LocalProgress:
     def close(self) -> None:
         self._journal.close()
 
-    def stage_to_serve(self, host: str, stages: int) -> int | None:
+    def stage_to_serve(self, host: str, stages: int, fresh: bool = True) -> int | None:
         record = self._records.get(host)
+        if record is None and not fresh:
+            return None
         done = record.done if record else 0
         return done + 1 if done < stages else None
 
@@ -82,3 +87,58 @@ class LocalProgress:
 
     def rearm(self, host: str, revision: str) -> None:
         self._write(host, HostRecord(0, revision, time.time()))
+
+
+# Host states in which the engine is walking the machine through its stages.
+_SERVING_STATES = frozenset({"queued", "powering", "booting", "waiting", "retrying"})
+
+
+class ReplicatedProgress:
+    """What to serve, from the host records in this peer's replica of the Raft state, raised
+    by phone-homes this peer accepted that the group has not applied yet.
+
+    A local phone-home counts only for the arming it was made under (`armed_seq` of the
+    record): once the host is armed again, old local reports no longer apply."""
+
+    def __init__(self, records: Any, local: LocalProgress) -> None:
+        self.records = records  # callable: host name -> replicated record (dict) or None
+        self.local = local
+
+    def _key(self, record: dict | None) -> str:
+        return f"armed:{record.get('armed_seq')}" if record else "armed:None"
+
+    def _local_done(self, host: str, record: dict | None) -> int:
+        mine = self.local.record(host)
+        return mine.done if mine is not None and mine.revision == self._key(record) else 0
+
+    def stage_to_serve(self, host: str, stages: int, fresh: bool = True) -> int | None:
+        record = self.records(host)
+        if record is None or "done" not in record:
+            done = self._local_done(host, None)
+            if done == 0 and not fresh:
+                return None
+        else:
+            if record.get("state") not in _SERVING_STATES:
+                return None  # done, installed, failed, aborted: the disk
+            done = max(record["done"], self._local_done(host, record))
+        return done + 1 if done < stages else None
+
+    def record(self, host: str) -> HostRecord | None:
+        record = self.records(host)
+        if record is None or "done" not in record:
+            return self.local.record(host)
+        done = max(record["done"], self._local_done(host, record))
+        return HostRecord(done, record.get("revision") or "", record.get("updated_at", 0.0))
+
+    def stage_done(self, host: str, stage: int, revision: str) -> HostRecord:
+        record = self.records(host)
+        key = self._key(record if record is not None and "done" in record else None)
+        mine = self.local.record(host)
+        base = mine.done if mine is not None and mine.revision == key else 0
+        replicated = record.get("done", 0) if record else 0
+        done = max(stage, base, replicated)
+        self.local._write(host, HostRecord(done, key, time.time()))
+        return HostRecord(done, revision, time.time())
+
+    def rearm(self, host: str, revision: str) -> None:
+        self.local.rearm(host, revision)

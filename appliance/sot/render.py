@@ -228,7 +228,10 @@ def local_disk_script(host: str, note: str) -> str:
 class Renderer:
     """Renders hosts of one revision; holds the compiled templates for reuse across hosts."""
 
-    def __init__(self, sot: Sot, revision: str) -> None:
+    def __init__(self, sot: Sot, revision: str,
+                 boot_urls: dict[str, str] | None = None) -> None:
+        """`boot_urls` overrides a site's base URL: a peer renders with its own address, so a
+        machine that booted from it keeps talking to it (and to no dead peer)."""
         self.sot = sot
         self.revision = {"sha": revision, "short": revision[:12]}
         self.env = make_environment(sot)
@@ -236,6 +239,7 @@ class Renderer:
         self._subnet_views: dict[tuple[str, str], dict[str, Any]] = {}
         self._interfaces: dict[str, dict[str, Any]] = {}
         self._boot_urls = {sid: site.boot_url() for sid, site in sot.sites.items()}
+        self._boot_urls.update(boot_urls or {})
         self._ipxe_parts: dict[tuple[str, str], tuple[str, str]] = {}
 
     def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
