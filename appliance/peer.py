@@ -93,6 +93,7 @@ class Peer:
         self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
         self.power: Any = None  # appliance.power.manager.PowerManager when configured
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
+        self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -206,6 +207,11 @@ class Peer:
             raise
         await self.cluster.record_result(intent, True, f"power {action}")
         return {**result, "intent": intent}
+
+    async def _rollout_progress(self, sha: str) -> dict[str, Any]:
+        assert self.engine is not None and self.cluster is not None
+        progress = await self.engine.progress(sha)
+        return {"rollout": self.cluster.rollout(sha), **progress.to_json()}
 
     def _host_facts(self, name: str) -> dict[str, Any] | None:
         table = self.table
@@ -329,6 +335,10 @@ class Peer:
             self.git_remote = GitRemote(cfg.data_dir / "remote.git", tokens, pushed,
                                         max_body=cfg.remote.max_push_mb << 20,
                                         branch=cfg.source.ref if cfg.source else "main")
+        if cfg.bmc.secrets_file is not None:
+            from appliance.power.manager import PowerManager
+
+            self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
         else:  # follow a git remote; serve what the group applies (503 until then)
@@ -342,14 +352,16 @@ class Peer:
                                            else None)
             extra = self.follower.routes
             self._tasks += self.follower.start()
-        if cfg.bmc.secrets_file is not None:
-            from appliance.power.manager import PowerManager
+            from appliance.workflow import WorkflowEngine
 
-            self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
+            self.engine = WorkflowEngine(self.cluster, cfg.site, self.follower.tree_for,
+                                         self.revisions, self.power)
+            self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
-                             power=self._power if self.power else None)
+                             power=self._power if self.power else None,
+                             rollout_progress=self._rollout_progress if self.engine else None)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None

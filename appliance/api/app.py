@@ -26,6 +26,7 @@ from appliance.cluster.errors import (
 from .auth import ApiToken, auth_middleware, is_public
 from .context import API_CONTEXT, ApiContext, ctx
 from .openapi import build_document, describe
+from .rollout_routes import add_rollout_routes
 from .routes import add_api_routes
 
 log = structlog.get_logger("vaquero.api")
@@ -131,6 +132,7 @@ def make_api_app(context: ApiContext, tokens: list[ApiToken],
     app = web.Application(middlewares=[request_context, cluster_errors, auth_middleware(tokens)])
     app[API_CONTEXT] = context
     add_api_routes(app)
+    add_rollout_routes(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)
     if extra_routes is not None:

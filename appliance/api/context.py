@@ -27,6 +27,8 @@ class ApiContext:
     boot: Callable[[], dict[str, Any]] = dict
     # power(host, action) -> result; None when this peer has no power control configured.
     power: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
+    # rollout_progress(sha) -> the rollout's progress; None without a workflow engine.
+    rollout_progress: Callable[[str], Awaitable[dict[str, Any]]] | None = None
     started: float = field(default_factory=time.time)
 
 

@@ -230,7 +230,9 @@ class ClusterState:
         stages = record.get("stages") or cmd["stages"]
         record["done"] = max(record.get("done", 0), stage)
         if record["done"] >= stages and record.get("state") not in commands.HOST_TERMINAL:
-            record["state"] = "installed"
+            # armed by the engine: it runs the health gate and says done; not armed (a fixed
+            # SoT peer, or a machine that booted by itself): nothing else will, so done now
+            record["state"] = "installed" if record.get("armed_seq") is not None else "done"
             record["deadline"] = None
         record.update(last_event="host.stage_done", updated_at=at)
         seq = self._emit(at, "host.stage_done", host=name, revision=cmd["revision"],

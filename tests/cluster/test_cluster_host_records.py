@@ -60,7 +60,7 @@ def test_a_phone_home_from_a_host_never_armed_creates_its_record():
     st = ClusterState()
     st.apply(cmd("host.stage_done", name="x", stage=1, stages=1, revision=R1))
     rec = st.host("x")
-    assert (rec["done"], rec["state"], rec["armed_seq"]) == (1, "installed", None)
+    assert (rec["done"], rec["state"], rec["armed_seq"]) == (1, "done", None)
     # an old-style record (host.set) gains the progress fields on its first phone-home
     st.apply(cmd("host.set", name="y", stage="1", state="in-progress"))
     st.apply(cmd("host.stage_done", name="y", stage=1, stages=2, revision=R1))

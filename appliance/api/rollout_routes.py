@@ -1,0 +1,117 @@
+"""Rollouts under /v1: where the hardware work of a revision stands, and the operator's hand on
+it (pause, resume, abort, arm one host). Progress is derived on the peer asked, from its
+replica and the plan; the controls are Raft writes, so any peer takes them."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from .auth import TOKEN_NAME
+from .context import ctx
+from .openapi import describe
+
+CONTROLS = {"pause": "paused", "resume": "running", "abort": "aborted"}
+
+
+def _bad(message: str, status: int = 400, error: str = "bad_request") -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
+    return cls(text=json.dumps({"error": error, "message": message}),
+               content_type="application/json")
+
+
+def _sha(request: web.Request) -> str:
+    sha = request.match_info["sha"]
+    if sha in ("current", "applied"):
+        applied = ctx(request).cluster.applied_revision()
+        if applied is None:
+            raise _bad("no revision has been applied yet", 404, "not_found")
+        return applied
+    return sha
+
+
+async def _reason(request: web.Request) -> str | None:
+    if not request.can_read_body:
+        return None
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _bad("the body must be a JSON object") from None
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return reason if isinstance(reason, str) and reason else None
+
+
+@describe("Rollouts: the hardware work of each applied revision, newest last")
+async def rollouts(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"rollouts": c.cluster.rollouts(),
+                              "applied": c.cluster.applied_revision()})
+
+
+@describe("One rollout's progress ('current' for the applied revision): per wave and cluster, "
+          "each batch's hosts with their stage and state, what is armed next, what failed "
+          "and why")
+async def rollout(request: web.Request) -> web.Response:
+    c = ctx(request)
+    sha = _sha(request)
+    if c.rollout_progress is None:
+        raise _bad("this peer runs no workflow engine (a fixed `sot:` peer)", 409, "no_engine")
+    if c.cluster.revision(sha) is None:
+        raise _bad(f"no revision {sha}", 404, "not_found")
+    return web.json_response(await c.rollout_progress(sha))
+
+
+async def _control(request: web.Request, action: str) -> web.Response:
+    c = ctx(request)
+    sha = _sha(request)
+    by = request.get(TOKEN_NAME, "api")
+    result = await c.cluster.set_rollout(sha, CONTROLS[action], by=by,
+                                         reason=await _reason(request) or f"{action} by {by}")
+    return web.json_response(result)
+
+
+@describe("Pause a rollout: hosts in flight finish their stage, no new batch starts",
+          body="{reason?}")
+async def pause(request: web.Request) -> web.Response:
+    return await _control(request, "pause")
+
+
+@describe("Resume a paused or failed rollout", body="{reason?}")
+async def resume(request: web.Request) -> web.Response:
+    return await _control(request, "resume")
+
+
+@describe("Abort a rollout: no new batch; hosts in flight get no further power action and "
+          "boot their disk", body="{reason?}")
+async def abort(request: web.Request) -> web.Response:
+    return await _control(request, "abort")
+
+
+@describe("Arm one host for the applied revision: it is walked through its workflow again "
+          "(re-provisioning by hand, or a host the site policy did not install)",
+          body="{reason?}")
+async def arm(request: web.Request) -> web.Response:
+    c = ctx(request)
+    name = request.match_info["name"]
+    facts = c.host_facts(name)
+    applied = c.cluster.applied_revision()
+    if facts is None or applied is None:
+        raise _bad(f"no host {name!r} in this site's applied revision", 404, "not_found")
+    if facts.get("never_provision"):
+        raise _bad(f"host {name!r} is never_provision; change the SoT to provision it", 409,
+                   "never_provision")
+    by = request.get(TOKEN_NAME, "api")
+    result = await c.cluster.arm_host(name, applied, facts["stages"], by=by,
+                                      reason=await _reason(request) or f"armed by {by}")
+    return web.json_response(result)
+
+
+def add_rollout_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/rollouts", rollouts)
+    r.add_get("/v1/rollouts/{sha}", rollout)
+    r.add_post("/v1/rollouts/{sha}/pause", pause)
+    r.add_post("/v1/rollouts/{sha}/resume", resume)
+    r.add_post("/v1/rollouts/{sha}/abort", abort)
+    r.add_post("/v1/hosts/{name}/arm", arm)

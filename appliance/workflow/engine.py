@@ -1,0 +1,173 @@
+"""The workflow engine: makes the hardware match the applied revision. Leader only.
+
+Every peer runs `run()`; only the Raft leader acts. Each round it:
+1. starts the rollout of the applied revision (recorded in Raft, base = the revision it was
+   planned against) and supersedes any older one still open;
+2. derives the rollout's progress from the plan and the replicated host records
+   (workflow/schedule.py) and arms the hosts whose turn it is, unless the rollout is paused,
+   aborted or failed;
+3. keeps one runner task per armed, unfinished host (workflow/host_run.py), also for hosts an
+   operator armed by hand;
+4. closes the rollout: done when every planned host finished, failed when a cluster went over
+   its `max_fail`.
+All of that is read back from Raft each round, so a new leader continues where the old one
+stopped. When leadership is lost every runner is cancelled at once: a deposed leader must not
+touch hardware (and its intents would be fenced anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from appliance.cluster import Cluster
+from appliance.cluster.commands import HOST_TERMINAL
+from appliance.cluster.errors import ClusterError, CommandRejected
+from appliance.sot.plan import Plan, make_plan
+from appliance.sot.revision import Revision, RevisionCache, empty_revision
+from appliance.sot.tree import Tree
+from appliance.workflow.host_run import HostRunner
+from appliance.workflow.schedule import RolloutProgress, progress
+
+log = structlog.get_logger("vaquero.workflow")
+
+EMPTY = "0" * 40
+OPEN = ("running", "paused", "failed")
+
+
+def planned_base(revision_record: dict | None) -> str:
+    """The revision this one was planned against (its plan's `from`)."""
+    summary = ((revision_record or {}).get("summaries") or {}).get("planned") or {}
+    return summary.get("from") or EMPTY
+
+
+class WorkflowEngine:
+    def __init__(self, cluster: Cluster, site: str, tree_for: Callable[[str], Tree],
+                 cache: RevisionCache, power: Any, *, poll: float = 1.0) -> None:
+        self.cluster, self.site, self.tree_for = cluster, site, tree_for
+        self.cache, self.power, self.poll = cache, power, poll
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
+
+    # --- revisions and plans (shared with the API) ----------------------------------------
+
+    async def revision(self, sha: str) -> Revision:
+        if sha == EMPTY:
+            return empty_revision()
+        return await asyncio.to_thread(lambda: self.cache.get(self.tree_for(sha)))
+
+    async def plan(self, base: str, sha: str) -> Plan:
+        key = (base, sha)
+        if key not in self._plans:
+            old, new = await self.revision(base), await self.revision(sha)
+            self._plans = {key: await asyncio.to_thread(make_plan, old, new)}  # keep one
+        return self._plans[key]
+
+    async def progress(self, sha: str) -> RolloutProgress:
+        """Where the rollout of `sha` stands, as this peer's replica says (any peer)."""
+        rollout = self.cluster.rollout(sha)
+        base = (rollout or {}).get("base") or planned_base(self.cluster.revision(sha))
+        plan = await self.plan(base, sha)
+        records = {r["name"]: r for r in self.cluster.hosts()}
+        return progress(plan, self.site, records, rollout)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                st = self.cluster.status
+                if st.is_leader and st.has_quorum:
+                    try:
+                        await self.step()
+                    except ClusterError as exc:
+                        log.info("workflow.step_interrupted", error=str(exc))
+                    except Exception:
+                        log.exception("workflow.step_failed")
+                else:
+                    self._stop_runners("not the leader")
+                await self.cluster.wait_change(self.poll)
+        finally:
+            self._stop_runners("engine stopping")
+
+    def _stop_runners(self, why: str) -> None:
+        if self._runners:
+            log.info("workflow.runners_stopped", hosts=len(self._runners), reason=why)
+        for task in self._runners.values():
+            task.cancel()
+        self._runners.clear()
+
+    def _reap(self) -> None:
+        for name, task in list(self._runners.items()):
+            if task.done():
+                del self._runners[name]
+                if not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.error("workflow.runner_failed", host=name,
+                              error=f"{exc.__class__.__name__}: {exc}")
+
+    async def step(self) -> None:
+        self._reap()
+        sha = self.cluster.applied_revision()
+        if sha is None:
+            return
+        rollout = self.cluster.rollout(sha)
+        if rollout is None:
+            base = planned_base(self.cluster.revision(sha))
+            await self.cluster.start_rollout(sha, base, by="engine")
+            log.info("workflow.rollout_started", revision=sha, base=base)
+            rollout = self.cluster.rollout(sha)
+            assert rollout is not None
+        for other in self.cluster.rollouts():
+            if other["revision"] != sha and other["state"] in (*OPEN, "done"):
+                with contextlib.suppress(CommandRejected):
+                    await self.cluster.set_rollout(other["revision"], "superseded", by="engine",
+                                                   reason=f"revision {sha[:12]} was applied")
+        prog = await self.progress(sha)
+        if rollout["state"] == "running":
+            if prog.halted:
+                await self.cluster.set_rollout(sha, "failed", by="engine", reason=prog.halted)
+                log.warning("workflow.rollout_failed", revision=sha, reason=prog.halted)
+            elif prog.finished and not self._runners:
+                failed = prog.counts.get("failed", 0)
+                await self.cluster.set_rollout(
+                    sha, "done", by="engine",
+                    reason=f"{prog.counts.get('done', 0)} host(s) done, {failed} failed")
+                log.info("workflow.rollout_done", revision=sha, counts=prog.counts)
+            else:
+                await self._arm(sha, prog)
+        await self._drive(sha)
+
+    async def _arm(self, sha: str, prog: RolloutProgress) -> None:
+        revision = await self.revision(sha)
+        for name in prog.to_arm:
+            entry = revision.sot.hosts[name]
+            stages = len(revision.sot.workflows[entry.host.workflow].stages)
+            try:
+                await self.cluster.arm_host(name, sha, stages, by="engine",
+                                            reason=f"rollout of {sha[:12]}")
+            except CommandRejected as exc:
+                if exc.code != "already_armed":
+                    raise
+            log.info("workflow.host_armed", host=name, revision=sha, stages=stages)
+
+    async def _drive(self, sha: str) -> None:
+        """One runner per host armed for the applied revision and not finished."""
+        revision = None
+        for record in self.cluster.hosts():
+            name = record["name"]
+            if (record.get("revision") != sha or record.get("armed_seq") is None
+                    or record.get("state") in HOST_TERMINAL or name in self._runners):
+                continue
+            revision = revision or await self.revision(sha)
+            entry = revision.sot.hosts.get(name)
+            if entry is None or entry.site != self.site:
+                continue
+            workflow = revision.sot.workflows[entry.host.workflow]
+            runner = HostRunner(self.cluster, self.power, entry, workflow, sha,
+                                lambda: (self.cluster.rollout(sha) or {}).get("state"))
+            self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")

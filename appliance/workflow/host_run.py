@@ -1,0 +1,207 @@
+"""One host's way through its workflow, driven by the leader: for each stage, next boot PXE,
+power it on (or cycle it if it runs), wait for the stage's phone-home; retry a stage that does
+not report in time, then mark the host failed.
+
+Every hardware action is written to Raft as an intent before it runs and as a result after,
+under an id derived from (revision, host, stage, attempt, step). A new leader resuming the
+host finds the same ids: a step with a result is not run again, and a step with an intent but
+no result (the old leader died during it) is not repeated either; its outcome shows in the
+phone-home, or in the stage's timeout, which leads to the next attempt. So a power cycle is
+never run twice for one attempt, and never lost for longer than the stage's timeout.
+The host's record (stage, attempt, deadline) is the runner's only memory: nothing is kept
+in this object that a new leader would need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from appliance.cluster import Cluster
+from appliance.cluster.commands import HOST_TERMINAL
+from appliance.cluster.errors import CommandRejected
+from appliance.power.manager import NoBmc, target_for
+from appliance.sot.loader import HostEntry
+from appliance.sot.models import Stage, Workflow
+from appliance.workflow.health import wait_healthy
+
+log = structlog.get_logger("vaquero.workflow.host")
+
+POWER_TIMEOUT = 120.0  # seconds for one BMC action (Redfish may need 90 s)
+
+
+class StepFailed(Exception):
+    """A power step failed: the stage's attempt is over."""
+
+
+def intent_id(revision: str, host: str, stage: int, attempt: int, step: str) -> str:
+    """The same on every leader, so a resumed host finds what the previous one did."""
+    key = f"{revision}\0{host}\0{stage}\0{attempt}\0{step}".encode()
+    return "wf-" + hashlib.sha256(key).hexdigest()[:40]
+
+
+class HostRunner:
+    def __init__(self, cluster: Cluster, power: Any, entry: HostEntry, workflow: Workflow,
+                 revision: str, rollout_state: Callable[[], str | None]) -> None:
+        self.cluster, self.power, self.entry = cluster, power, entry
+        self.workflow, self.revision = workflow, revision
+        self.rollout_state = rollout_state
+        self.name = entry.host.name
+        self.log = log.bind(host=self.name, revision=revision[:12])
+
+    def _record(self) -> dict | None:
+        rec = self.cluster.host(self.name)
+        if rec is None or rec.get("revision") != self.revision:
+            return None
+        return rec
+
+    async def _step(self, state: str, stage: int, attempt: int, message: str | None = None,
+                    deadline: float | None = None) -> None:
+        await self.cluster.step_host(self.name, self.revision, state, stage, attempt=attempt,
+                                     message=message[:1000] if message else None,
+                                     deadline=deadline)
+        self.log.info("workflow.host_step", state=state, stage=stage, attempt=attempt,
+                      detail=message)
+
+    async def run(self) -> None:
+        """Walk the host on from wherever its record says it is; returns when it is finished
+        (done, failed, aborted) or no longer armed for this revision."""
+        for _ in range(10_000):  # bounded: every turn advances a stage, an attempt or a wait
+            rec = self._record()
+            if rec is None or rec["state"] in HOST_TERMINAL:
+                return
+            if rec["state"] in ("installed", "checking"):
+                await self._health(rec)
+                return
+            stage = rec["done"] + 1
+            attempt = rec["attempt"] if rec["stage"] == stage else 0
+            if rec["state"] in ("booting", "waiting") and rec["stage"] == stage:
+                if await self._wait_stage(stage, rec.get("deadline") or time.time()):
+                    continue
+                await self._timed_out(stage, attempt)
+                continue
+            if self.rollout_state() == "aborted":
+                await self._step("aborted", stage, attempt, "the rollout was aborted")
+                return
+            await self._boot(stage, attempt)
+        raise RuntimeError(f"host {self.name}: runner did not converge")
+
+    # --- one attempt of one stage ---------------------------------------------------------
+
+    async def _boot(self, stage: int, attempt: int) -> None:
+        spec: Stage = self.workflow.stages[stage - 1]
+        label = f"stage {stage}/{len(self.workflow.stages)} {spec.label}"
+        timeout = float(spec.timeout)
+        try:
+            target_for(self.entry)
+        except NoBmc:
+            await self._step("waiting", stage, attempt,
+                             f"{label}: no BMC declared: power it on into PXE by hand",
+                             deadline=time.time() + timeout)
+            return
+        if self.power is None:
+            await self._step("waiting", stage, attempt,
+                             f"{label}: this peer has no BMC secrets file (bmc.secrets_file): "
+                             "power it on by hand", deadline=time.time() + timeout)
+            return
+        await self._step("powering", stage, attempt, label)
+        try:
+            if spec.boot is not None:
+                await self._once(stage, attempt, "pxe", lambda: self._power("pxe"))
+                await self._once(stage, attempt, "boot", self._power_on_or_cycle)
+            elif attempt > 0 or await self._is_off():
+                # a local stage: the installer reboots into the disk by itself; a retry (or a
+                # machine found off) is powered, without PXE
+                await self._once(stage, attempt, "boot", self._power_on_or_cycle)
+        except StepFailed as exc:
+            await self._failed_attempt(stage, attempt, f"{label}: {exc}")
+            return
+        await self._step("booting", stage, attempt, f"{label}: waiting for its phone-home",
+                         deadline=time.time() + timeout)
+
+    async def _power(self, action: str) -> str:
+        await asyncio.wait_for(self.power.run(self.entry, action), POWER_TIMEOUT)
+        return action
+
+    async def _is_off(self) -> bool:
+        result = await asyncio.wait_for(self.power.run(self.entry, "status"), POWER_TIMEOUT)
+        return result.get("state") == "off"
+
+    async def _power_on_or_cycle(self) -> str:
+        action = "on" if await self._is_off() else "cycle"
+        return await self._power(action)
+
+    async def _once(self, stage: int, attempt: int, step: str, run: Any) -> None:
+        """Run a hardware step at most once per (revision, host, stage, attempt, step)."""
+        iid = intent_id(self.revision, self.name, stage, attempt, step)
+        existing = self.cluster.intent(iid)
+        if existing is not None:
+            result = existing["result"]
+            if result is None:  # a previous leader died during it: never run it twice
+                self.log.warning("workflow.intent_outcome_unknown", intent=iid, step=step,
+                                 stage=stage, attempt=attempt)
+                await self.cluster.record_result(iid, False, "outcome unknown: the leader "
+                                                 "running it stopped; not repeated")
+                return
+            if result["ok"] or "outcome unknown" in (result.get("detail") or ""):
+                return
+            raise StepFailed(result.get("detail") or f"{step} failed")
+        try:
+            await self.cluster.record_intent(self.name, f"power.{step}", stage=str(stage),
+                                             revision=self.revision, intent_id=iid)
+        except CommandRejected as exc:
+            if exc.code == "duplicate_intent":  # recorded by us an instant ago (retried write)
+                return await self._once(stage, attempt, step, run)
+            raise
+        try:
+            action = await run()
+        except Exception as exc:
+            detail = f"{step}: {exc.__class__.__name__}: {exc}"[:1000]
+            await self.cluster.record_result(iid, False, detail)
+            raise StepFailed(detail) from exc
+        await self.cluster.record_result(iid, True, f"power {action}")
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    async def _wait_stage(self, stage: int, deadline: float) -> bool:
+        """True once the host reported `stage`; False at the deadline (wall clock: the
+        deadline is in the replicated record, written by whichever leader set it)."""
+        while True:
+            rec = self._record()
+            if rec is None or rec["state"] in HOST_TERMINAL or rec["done"] >= stage:
+                return True
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return False
+            await self.cluster.wait_change(min(remaining, 2.0))
+
+    async def _timed_out(self, stage: int, attempt: int) -> None:
+        spec = self.workflow.stages[stage - 1]
+        await self._failed_attempt(stage, attempt, f"stage {stage} {spec.label}: no phone-home "
+                                   f"within {spec.timeout} s")
+
+    async def _failed_attempt(self, stage: int, attempt: int, why: str) -> None:
+        spec = self.workflow.stages[stage - 1]
+        if attempt < spec.retries:
+            await self._step("retrying", stage, attempt + 1,
+                             f"{why}; retry {attempt + 1} of {spec.retries}")
+        else:
+            await self._step("failed", stage, attempt, f"{why}; no retries left")
+
+    async def _health(self, rec: dict) -> None:
+        check = self.workflow.rollout.health
+        stage = rec["stages"] or len(self.workflow.stages)
+        if check is None:
+            await self._step("done", stage, rec["attempt"], "workflow done")
+            return
+        iface = self.entry.host.boot_interface()
+        address = str(iface.ipv4) if iface else ""
+        await self._step("checking", stage, rec["attempt"],
+                         f"health: {check.type} {address}:{check.port}")
+        ok, detail = await wait_healthy(check, address)
+        await self._step("done" if ok else "failed", stage, rec["attempt"], detail)
