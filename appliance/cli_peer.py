@@ -463,6 +463,9 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="with --follow: stop after this long")
     add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
         "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    from .cli_rollout import add_rollout_commands  # it imports this module's helpers
+
+    add_rollout_commands(add)
 
 
 def main(argv: list[str] | None = None) -> int:
