@@ -103,6 +103,12 @@ def test_power_and_bootdev_over_ipmi_lan_drive_a_real_guest(lab: Lab) -> None:
         assert g.boot_device() == "pxe"
         g.wait_console(nic_probe, timeout=60)  # the firmware is trying to network boot
         assert lab.ipmitool(g.bmc, "power", "status") == "Chassis Power is on"
+        # "on" again is not a restart; soft off (the ACPI button via QMP) is delivered, and
+        # the firmware, like a real one without an OS, ignores it.
+        (pid,) = g.qemu_pids()
+        lab.ipmitool(g.bmc, "power", "on")
+        lab.ipmitool(g.bmc, "power", "soft")
+        assert g.qemu_pids() == [pid] and g.power_ons() == 1
 
         lab.ipmitool(g.bmc, "power", "cycle")  # off, then on once the sim sees it off
         assert g.wait_power_ons(2) == 2
@@ -115,20 +121,21 @@ def test_power_and_bootdev_over_ipmi_lan_drive_a_real_guest(lab: Lab) -> None:
 
         # The guest ending QEMU by itself (what -no-reboot makes of its poweroff or reboot)
         # is a machine that is off, as far as its BMC knows.
-        (pid,) = g._machine_pids(qemu_only=True)
+        (pid,) = g.qemu_pids()
         os.kill(pid, signal.SIGKILL)
         g.wait_stopped(timeout=10)
         assert lab.ipmitool(g.bmc, "power", "status") == "Chassis Power is off"
 
         assert lab.pyghmi(g.bmc, ("set_power", ["on", 30])) == [{"powerstate": "on"}]
         assert g.wait_power_ons(4) == 4
-        (pid,) = g._machine_pids(qemu_only=True)
+        (pid,) = g.qemu_pids()
         assert lab.pyghmi(g.bmc, ("set_power", ["off", 30]), ("get_power", [])) == [
             {"powerstate": "off"}, {"powerstate": "off"}]  # fmt: skip
         assert not qemu_alive(pid) and not g.running()
         assert g.power_ons() == 4
-        assert g.chassis_requests() == ["boot pxe", "power 1", "power 0", "power 1", "boot pxe",
-                                        "reset 1", "power 1", "power 0"]  # fmt: skip
+        assert g.chassis_requests() == [
+            "boot pxe", "power 1", "power 1", "shutdown 1", "power 0", "power 1", "boot pxe",
+            "reset 1", "power 1", "power 0"]  # fmt: skip
         tap, sim = g.tap, g.sim
     # close(): the BMC is gone, its address and the guest's tap too.
     assert sim is not None and sim.poll() is not None
@@ -167,7 +174,7 @@ def test_two_guests_on_one_bridge_answer_each_for_its_own_machine(lab: Lab) -> N
         for g in guests:
             g.close()
     assert not any(w.exists() for w in workdirs)  # their own temporary directories
-    assert not any(g._machine_pids() for g in guests)
+    assert not any(g.running() for g in guests)
 
 
 def test_bad_settings_are_refused_without_echoing_the_password() -> None:

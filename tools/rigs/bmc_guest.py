@@ -76,20 +76,15 @@ _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 # ipmi_sim's chassis_control program: called as `<prog> get power boot` (prints `name:value`
 # lines) or `<prog> set power 1` / `set reset 1` / `set boot pxe` / `set shutdown 1`. The sim
 # blocks while it runs, so it never waits long. Its settings come from chassis.json beside it.
+# The rig itself uses its `machine_pids` (one implementation of "is this machine running").
 CHASSIS_PROGRAM = r'''
 import json, os, signal, socket, subprocess, sys, time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "chassis.json")) as f:
-    C = json.load(f)
 
-
-def pids():
-    """Live (not zombie) processes of this machine: the power-on script, then QEMU."""
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+def machine_pids(marker, script=None):
+    """Live (not zombie) processes of one machine: QEMU (-name marker), its power-on script."""
+    name, found = marker.encode(), []
+    for d in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{d}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
@@ -99,81 +94,84 @@ def pids():
             continue
         if stat[stat.rfind(")") + 2:][:1] in ("Z", "X"):
             continue
-        name = C["marker"].encode()
-        if argv[1:2] == [C["script"].encode()] or any(
+        if (script and argv[1:2] == [script.encode()]) or any(
                 a == b"-name" and b == name for a, b in zip(argv, argv[1:])):
             found.append(int(d))
     return found
 
 
-def power_on():
-    if not pids():
-        subprocess.Popen(["/bin/sh", C["script"]], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
+def main(here, op, *items):
+    with open(os.path.join(here, "chassis.json")) as f:
+        c = json.load(f)
+    pids = lambda: machine_pids(c["marker"], c["script"])
 
+    def power_off():
+        deadline = time.monotonic() + 3
+        while (live := pids()) and time.monotonic() < deadline:
+            for pid in live:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
 
-def power_off():
-    deadline = time.monotonic() + 3
-    while True:
-        live = pids()
-        if not live or time.monotonic() > deadline:
-            return
-        for pid in live:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
+    def power_on():
+        if not pids():
+            subprocess.Popen(["/bin/sh", c["script"]], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True, close_fds=True)
 
+    def soft_off():  # the ACPI power button through QMP: the guest OS decides what to do
+        if c["qmp"] and pids():
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(c["qmp"])
+                f = s.makefile("rwb")
+                f.readline()
+                for cmd in ("qmp_capabilities", "system_powerdown"):
+                    f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                    f.flush()
+                    f.readline()
 
-def soft_off():
-    """The ACPI power button, through QEMU's QMP socket (the guest OS decides what to do)."""
-    if not C["qmp"] or not pids():
-        return
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(2)
-        s.connect(C["qmp"])
-        f = s.makefile("rwb")
-        f.readline()
-        for cmd in ("qmp_capabilities", "system_powerdown"):
-            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
-            f.flush()
-            f.readline()
-
-
-def main(args):
-    op, items = args[0], args[1:]
+    bootdev = os.path.join(here, "bootdev")
     if op == "get":
         for name in items:
             if name == "power":
                 print(f"power:{1 if pids() else 0}")
             elif name == "boot":
-                try:
-                    with open(os.path.join(HERE, "bootdev")) as f:
-                        print(f"boot:{f.read().strip() or 'default'}")
-                except FileNotFoundError:
-                    print("boot:default")
+                dev = open(bootdev).read().strip() if os.path.exists(bootdev) else ""
+                print(f"boot:{dev or 'default'}")
             else:
                 print(f"{name}:0")
     elif op == "set":
         for name, value in zip(items[::2], items[1::2]):
-            with open(os.path.join(HERE, "chassis.log"), "a") as f:
+            with open(os.path.join(here, "chassis.log"), "a") as f:
                 f.write(f"{time.time():.3f} {name} {value}\n")
-            if name == "power":
-                power_on() if value == "1" else power_off()
-            elif name == "reset":
+            if name == "reset" or (name, value) == ("power", "0"):
                 power_off()
+            if name in ("power", "reset") and value == "1":
                 power_on()
             elif name == "boot":
-                with open(os.path.join(HERE, "bootdev"), "w") as f:
+                with open(bootdev, "w") as f:
                     f.write(value + "\n")
             elif name == "shutdown":
                 soft_off()
 
 
-main(sys.argv[1:])
+if __name__ == "__main__":
+    main(os.path.dirname(os.path.abspath(__file__)), *sys.argv[1:])
 '''
+_PROGRAM: dict[str, Any] = {"__name__": "chassis"}
+exec(compile(CHASSIS_PROGRAM, "<chassis program>", "exec"), _PROGRAM)
+
+# Starts ipmi_sim as a child subreaper (the flag survives execve): the machines, orphaned by the
+# short-lived chassis program, become its children and it reaps them, whatever PID 1 does.
+_SUBREAPER_EXEC = (
+    "import ctypes, os, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0):  # PR_SET_CHILD_SUBREAPER\n"
+    "    sys.exit('prctl(PR_SET_CHILD_SUBREAPER) failed')\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
 
 
 def unavailable_reason(firmware: Firmware = "bios") -> str | None:
@@ -293,7 +291,8 @@ class BmcGuest:
             self._write_files()
             with open(self.sim_log, "ab") as out:
                 self.sim = self.ns.popen(
-                    [IPMI_SIM, "-c", str(self.workdir / "lan.conf"),
+                    [sys.executable, "-I", "-S", "-c", _SUBREAPER_EXEC,
+                     IPMI_SIM, "-c", str(self.workdir / "lan.conf"),
                      "-f", str(self.workdir / "emu.cmds"), "-n",
                      "-s", str(self.workdir / "state")],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -308,22 +307,14 @@ class BmcGuest:
         return self
 
     def close(self) -> None:
-        """Kill the sim, then every QEMU of this guest; delete tap and address. Idempotent."""
+        """Kill every QEMU of this guest and the sim; delete tap and address. Idempotent."""
+        self._kill_machine()  # first, so that the sim (their reaper) is still there
         if self.sim is not None and self.sim.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.sim.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.sim.wait(timeout=10)
-        # The sim is gone, so nothing starts the machine again; kill what is left (bounded).
-        deadline = time.monotonic() + 10
-        while pids := self._machine_pids():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            if time.monotonic() > deadline:
-                log.warning("bmc_guest.unkillable", guest=self.marker, pids=pids)
-                break
-            time.sleep(0.05)
+        self._kill_machine()  # one started by an IPMI request that came in meanwhile
         if self._tap_made:
             self._ip("link", "del", self.tap, check=False)
             self._tap_made = False
@@ -347,7 +338,11 @@ class BmcGuest:
 
     def running(self) -> bool:
         """Is a QEMU of this guest alive (not a zombie) right now?"""
-        return bool(self._machine_pids(qemu_only=True))
+        return bool(self.qemu_pids())
+
+    def qemu_pids(self) -> list[int]:
+        """The live QEMU of this guest (one at most, unless something is badly wrong)."""
+        return self._machine_pids(qemu_only=True)
 
     def boot_device(self) -> str:
         """The boot device last set over IPMI (ipmi_sim's names: pxe, default, none, ...)."""
@@ -409,23 +404,21 @@ class BmcGuest:
 
     # --- internals ---
 
+    def _kill_machine(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while pids := self._machine_pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log.warning("bmc_guest.unkillable", guest=self.marker, pids=pids)
+                return
+            time.sleep(0.05)
+
     def _machine_pids(self, qemu_only: bool = False) -> list[int]:
-        """Live processes of this machine: QEMU (`-name <marker>`) and its power-on script."""
-        name, script = self.marker.encode(), str(self.script).encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.rfind(")") + 2 :].startswith(("Z", "X")):
-                continue
-            is_qemu = any(a == b"-name" and b == name for a, b in itertools.pairwise(argv))
-            if is_qemu or (not qemu_only and argv[1:2] == [script]):
-                pids.append(int(entry.name))
+        """Live processes of this machine: QEMU, and (unless qemu_only) its power-on script."""
+        pids: list[int] = _PROGRAM["machine_pids"](
+            self.marker, None if qemu_only else str(self.script))
         return pids
 
     def _add_address(self) -> None:
