@@ -1,0 +1,145 @@
+"""The workflow engine in a real peer process following a real git remote, with hosts that
+have no BMC: the engine arms them in the order the rollout policy says and waits for each
+stage's phone-home; the test plays the machines (it fetches the host's iPXE script as the
+firmware would, and calls the phone-home URL found in it, as the booted OS does).
+
+Shows: waves (workers only after etcd), batches of max_concurrent, stages served in order
+and the disk after the last, pause holding the next batch, resume, a stage that never
+reports retried then failed, the failure halting the rollout, `vaq-peer rollout` output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from wf_sot import LabHost, init_repo, push, write_sot
+
+from tools.rigs.peer_proc import ADMIN, EXE, call, single_peer
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+HOSTS = [LabHost("etcd-1", "etcd", "52:54:00:77:00:01", "198.18.0.31"),
+         LabHost("work-1", "workers", "52:54:00:77:00:02", "198.18.0.32"),
+         LabHost("work-2", "workers", "52:54:00:77:00:03", "198.18.0.33"),
+         LabHost("work-3", "workers", "52:54:00:77:00:04", "198.18.0.34")]
+MAC = {h.name: h.mac for h in HOSTS}
+
+
+def until(predicate, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def api(base: str, path: str, method: str = "GET", body: dict | None = None) -> dict:
+    status, text = call(f"{base}{path}", method,
+                        json.dumps(body).encode() if body is not None else None, AUTH)
+    assert status in (200, 201), (path, status, text)
+    return json.loads(text)
+
+
+def record(base: str, name: str) -> dict:
+    return api(base, f"/v1/hosts/{name}")["record"] or {}
+
+
+def boot_as_machine(base: str, name: str) -> tuple[int | None, str]:
+    """What the firmware would get: (stage served or None for the disk, script)."""
+    # 503 until this peer serves the applied revision (it swaps within a second)
+    status, script = until(lambda: (r := call(f"{base}/ipxe?mac={MAC[name]}"))[0] != 503 and r,
+                           "the applied revision served")
+    assert status == 200, (name, status, script)
+    m = re.search(r"stage (\d+)/\d+", script)
+    return (int(m.group(1)) if m and "boot from the local disk" not in script else None), script
+
+
+def phone_home(base: str, script: str) -> None:
+    url = re.search(r"vaq\.phone_home=(\S+)", script).group(1)
+    path = url.split("/", 3)[3]  # the site's address in the URL; this peer is on loopback
+    status, _ = call(f"{base}/{path}", "POST", b"{}")
+    assert status == 200, url
+
+
+def run_stages(base: str, name: str, stages: int = 2) -> None:
+    for stage in range(1, stages + 1):
+        until(lambda stage=stage: record(base, name).get("state") == "waiting"
+              and record(base, name).get("stage") == stage, f"{name} waiting for stage {stage}")
+        served, script = boot_as_machine(base, name)
+        assert served == stage, script
+        phone_home(base, script)
+    until(lambda: record(base, name).get("state") == "done", f"{name} done")
+    assert boot_as_machine(base, name)[0] is None  # no install loop: the disk from now on
+
+
+def armed(base: str) -> set[str]:
+    hosts = api(base, "/v1/hosts")["hosts"]
+    return {h["name"] for h in hosts if h.get("armed_seq") is not None}
+
+
+def vaq(base: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args, "--peer", base], capture_output=True, text=True,
+                          timeout=60, env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"})
+
+
+def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
+    work, bare = init_repo(tmp_path)
+    blob = tmp_path / "never-fetched"
+    blob.write_bytes(b"artifacts are not fetched in this test")
+    write_sot(work, HOSTS, blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=10,
+              retries=1)
+    sha = push(work, "lab with etcd and workers")
+    source = f'source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}'
+    with single_peer(tmp_path, source) as peer:
+        base = peer.base
+        until(lambda: call(f"{base}/v1/revisions/{sha}", headers=AUTH)[0] == 200
+              and api(base, f"/v1/revisions/{sha}")["state"] == "awaiting_approval",
+              "the revision planned", timeout=60)
+        assert armed(base) == set()  # nothing moves before the approval
+        api(base, f"/v1/revisions/{sha}/approve", "POST", {"note": "go"})
+        until(lambda: armed(base) == {"etcd-1"}, "etcd armed first")
+        progress = api(base, "/v1/rollouts/current")
+        assert progress["state"] == "running" and progress["revision"] == sha
+        assert [c["cluster"] for c in progress["clusters"]] == ["etcd", "workers"]
+        assert progress["clusters"][1]["state"] == "waiting"
+        assert record(base, "etcd-1")["message"].endswith("power it on into PXE by hand")
+        run_stages(base, "etcd-1")
+
+        # wave 2: batches of two, work-3 only after both of the first batch finished
+        until(lambda: armed(base) >= {"work-1", "work-2"}, "first worker batch armed")
+        assert "work-3" not in armed(base)
+        run_stages(base, "work-1")
+        assert "work-3" not in armed(base)
+        paused = vaq(base, "rollout", "pause", "--reason", "look at work-1 first")
+        assert paused.returncode == 0 and "running -> paused" in paused.stdout, paused
+        run_stages(base, "work-2")  # in flight: finishes while paused
+        time.sleep(3)  # several engine rounds: a paused rollout arms nothing new
+        assert "work-3" not in armed(base)
+        shown = vaq(base, "rollout")
+        assert shown.returncode == 0 and "paused" in shown.stdout, shown
+        assert "batch 2: work-3 pending" in shown.stdout, shown.stdout
+        assert vaq(base, "rollout", "resume").returncode == 0
+        until(lambda: "work-3" in armed(base), "work-3 armed after resume")
+
+        # work-3 never reports: retried once after 10 s, failed after 10 more, rollout halts
+        until(lambda: record(base, "work-3").get("attempt") == 1, "work-3 retried", 40)
+        until(lambda: record(base, "work-3").get("state") == "failed", "work-3 failed", 40)
+        until(lambda: api(base, "/v1/rollouts/current")["state"] == "failed",
+              "the rollout halted")
+        follow = vaq(base, "rollout", "--follow", "--for", "5")
+        assert follow.returncode == 1, follow  # ended, not done
+        assert "FAILED work-3 (cluster workers, stage 1): stage 1 firmware: no phone-home " \
+               "within 10 s; no retries left" in follow.stdout, follow.stdout
+        assert "HALTED: cluster workers: 1 host(s) failed, max_fail is 0" in follow.stdout
+        assert boot_as_machine(base, "work-3")[0] is None  # failed: left on its disk
+
+        kinds = [e["kind"] for e in api(base, "/v1/events?limit=1000")["events"]]
+        assert "rollout.started" in kinds and "rollout.paused" in kinds
+        assert kinds.index("rollout.failed") > kinds.index("rollout.running")

@@ -1,0 +1,117 @@
+"""A SoT for workflow tests: one site `lab`, an `etcd` cluster and a `workers` cluster whose
+workflow depends on etcd's, two network-boot stages each (firmware, install) of the test OS.
+
+Hosts are (name, cluster, mac, ipv4, bmc) with bmc None (powered by hand: the test acts as
+the machine) or (address, port) of an IPMI BMC using the credentials `lab-ipmi`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = {"GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.test",
+       "GIT_COMMITTER_NAME": "Ops", "GIT_COMMITTER_EMAIL": "ops@example.test",
+       "HOME": "/nonexistent", "PATH": "/usr/bin:/bin"}
+
+
+@dataclass
+class LabHost:
+    name: str
+    cluster: str
+    mac: str
+    ipv4: str
+    bmc: tuple[str, int] | None = None
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                          text=True, env=ENV, timeout=30).stdout.strip()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
+              peers: list[str], http_port: int, worker_concurrency: int = 2,
+              stage_timeout: int = 300, retries: int = 1, install_note: str = "v1") -> None:
+    """The whole tree; `install_note` lands on the install stage's cmdline (change it to make
+    every host of the workers cluster need a reinstall)."""
+    for sub in ("sites/lab", "os", "boot", "workflows"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    peer_lines = "\n".join(f"  - {{name: peer-{i}, address: {a}}}"
+                           for i, a in enumerate(peers, start=1))
+    (root / "sites/lab/env.yml").write_text(f"""
+id: lab
+subnets:
+  - {{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], domain: lab.test}}
+peers:
+{peer_lines}
+netboot: {{http_port: {http_port}}}
+""")
+    for cluster in sorted({h.cluster for h in hosts}):
+        docs = []
+        for h in (h for h in hosts if h.cluster == cluster):
+            text = (f"name: {h.name}\nworkflow: {cluster}\ninterfaces:\n"
+                    f"  - {{type: physical, mac: \"{h.mac}\", subnet: boot, ipv4: {h.ipv4}}}\n")
+            if h.bmc is not None:
+                last = int(h.mac.split(":")[-1], 16)
+                text += (f"  - {{type: bmc, mac: \"52:54:00:bb:00:{last:02x}\", subnet: boot, "
+                         f"ipv4: 198.18.0.{200 + last}, ignore_dhcp: true,\n"
+                         f"     bmc: {{type: ipmi, address: \"{h.bmc[0]}\", port: {h.bmc[1]}, "
+                         "credentials: lab-ipmi}}\n")
+            docs.append(text)
+        (root / f"sites/lab/cluster-{cluster}.yml").write_text("---\n".join(docs))
+    for stage, note in (("firmware", "fw"), ("install", install_note)):
+        (root / f"os/testos-{stage}.yml").write_text(f"""
+id: testos-{stage}
+os_family: busybox
+major_version: "1"
+boot:
+  kernel: {{url: "file://{kernel}", sha256: {sha256(kernel)}, name: vmlinuz}}
+  initrd:
+    - {{url: "file://{initrd}", sha256: {sha256(initrd)}, name: initrd.img}}
+cmdline:
+  - console: ttyS0
+  - panic: "-1"
+  - vaq.stage: "{stage}-{note}"
+  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
+""")
+        (root / f"boot/testos-{stage}.yml").write_text(
+            f"id: testos-{stage}\noperating_system: testos-{stage}\n")
+    stages = (f"  - {{name: firmware, boot: testos-firmware, timeout: {stage_timeout}, "
+              f"retries: {retries}}}\n"
+              f"  - {{name: install, boot: testos-install, timeout: {stage_timeout}, "
+              f"retries: {retries}}}\n")
+    (root / "workflows/etcd.yml").write_text(
+        f"id: etcd\nstages:\n{stages}rollout: {{max_concurrent: 1}}\n")
+    (root / "workflows/workers.yml").write_text(
+        f"id: workers\nstages:\n{stages}depends_on: [etcd]\n"
+        f"rollout: {{max_concurrent: {worker_concurrency}, max_fail: 0}}\n")
+
+
+def init_repo(tmp: Path) -> tuple[Path, Path]:
+    """(work tree, bare remote) with `origin` pointing at the bare one."""
+    bare, work = tmp / "sot.git", tmp / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=ENV, timeout=30)
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    git(work, "remote", "add", "origin", str(bare))
+    return work, bare
+
+
+def push(work: Path, message: str) -> str:
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", message)
+    git(work, "push", "-q", "origin", "main")
+    return git(work, "rev-parse", "HEAD")
+
+
+def reset(root: Path) -> None:
+    for sub in ("sites", "os", "boot", "workflows"):
+        shutil.rmtree(root / sub, ignore_errors=True)
