@@ -24,6 +24,11 @@ carries a unique marker as its `-name`, which is how the BMC, `running()` and `c
 it whatever process group it is in. The boot device is recorded, not obeyed: guests always
 netboot (they have no disk).
 
+Measured on 2 cores under TCG, BIOS guest, ipmitool from another namespace: BMC start 0.07 s;
+`power on` 0.1 s, QEMU already running when it returns; iPXE opens the NIC 2.4 s later;
+`power cycle`: the new QEMU runs 1.1 s after the command (the sim polls once a second for
+"off" before powering on); `power off` 0.1 s, QEMU gone when it returns; close 0.04 s.
+
 Usage::
 
     with NetnsRig() as rig:
@@ -69,7 +74,7 @@ IPMI_SIM = "ipmi_sim"
 RIG_NET = ipaddress.ip_network("198.18.0.0/15")
 T = TypeVar("T")
 _counter = itertools.count(1)
-_PASSWORD_RE = re.compile(r"^[A-Za-z0-9!#$%&()*+,./:;<=>?@^_{|}~-]{1,20}$")
+_PASSWORD_RE = re.compile(r"^[A-Za-z0-9!#$%&()*+,./:;<=>?@^_{|}~-]{1,16}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,16}$")
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 
@@ -247,8 +252,9 @@ class BmcGuest:
             raise ValueError("user: 1-16 characters of letters, digits, _ . -")
         password = password if password is not None else secrets.token_hex(8)
         if not _PASSWORD_RE.match(password):
-            # Never echo it: a password in a traceback ends up in CI logs.
-            raise ValueError("password: 1-20 printable characters, no quotes/space/backslash")
+            # Never echo it: a password in a traceback ends up in CI logs. 16: IPMI 1.5's
+            # limit, and ipmi_sim refused 20-character ones over IPMI 2.0.
+            raise ValueError("password: 1-16 printable characters, no quotes/space/backslash")
         self.ns = ns
         self.bridge = bridge
         self.bmc = BmcInfo(bmc_address, bmc_port, user, password)
@@ -267,8 +273,13 @@ class BmcGuest:
         self.script = self.workdir / "power-on.sh"
         qmp = self.workdir / "qmp.sock"
         self.qmp = qmp if len(str(qmp)) < 100 else None  # sun_path limit; else no soft off
-        self.guest = QemuGuest(ns, bridge, mac, firmware, name=self.marker, uuid=uuid,
-                               memory_mb=memory_mb, accel=accel, workdir=self.workdir)  # fmt: skip
+        try:  # validates mac and firmware
+            self.guest = QemuGuest(ns, bridge, mac, firmware, name=self.marker, uuid=uuid,
+                                   memory_mb=memory_mb, accel=accel, workdir=self.workdir)
+        except ValueError:
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.mac = self.guest.mac
         self.tap = self.guest.tap
         self.sim: subprocess.Popen[bytes] | None = None
