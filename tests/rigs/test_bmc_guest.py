@@ -91,7 +91,8 @@ def qemu_alive(pid: int) -> bool:
 def test_power_and_bootdev_over_ipmi_lan_drive_a_real_guest(lab: Lab) -> None:
     """Off -> bootdev + on (pyghmi) -> iPXE runs -> cycle -> reset -> guest dies -> on -> off."""
     g = BmcGuest(lab.lan, "br0", MACS[0], BMCS[0], password=PASSWORD, workdir=lab.tmp / "g")
-    nic_probe = rf"net0: {MACS[0]} using"  # iPXE (the e1000 ROM) opening the guest's NIC
+    # iPXE (the e1000 ROM) starting DHCP on the guest's NIC: trying to network boot.
+    nic_probe = rf"Configuring \(net0 {MACS[0]}\)"
     with g:
         assert lab.ipmitool(g.bmc, "power", "status") == "Chassis Power is off"
         assert (g.power_ons(), g.running()) == (0, False)
