@@ -38,9 +38,10 @@ def sha256(path: Path) -> str:
 
 def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
-              stage_timeout: int = 300, retries: int = 1, install_note: str = "v1") -> None:
-    """The whole tree; `install_note` lands on the install stage's cmdline (change it to make
-    every host of the workers cluster need a reinstall)."""
+              stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
+              depends: bool = True) -> None:
+    """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
+    to make every host of the workers cluster, and only those, need a reinstall)."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     peer_lines = "\n".join(f"  - {{name: peer-{i}, address: {a}}}"
@@ -66,9 +67,11 @@ netboot: {{http_port: {http_port}}}
                          "credentials: lab-ipmi}}\n")
             docs.append(text)
         (root / f"sites/lab/cluster-{cluster}.yml").write_text("---\n".join(docs))
-    for stage, note in (("firmware", "fw"), ("install", install_note)):
-        (root / f"os/testos-{stage}.yml").write_text(f"""
-id: testos-{stage}
+    # the firmware stage is shared; each workflow has its own install (the note: workers only)
+    for ident, note in (("firmware", "fw"), ("install-etcd", "v1"),
+                        ("install-workers", install_note)):
+        (root / f"os/testos-{ident}.yml").write_text(f"""
+id: testos-{ident}
 os_family: busybox
 major_version: "1"
 boot:
@@ -78,19 +81,22 @@ boot:
 cmdline:
   - console: ttyS0
   - panic: "-1"
-  - vaq.stage: "{stage}-{note}"
+  - vaq.stage: "{ident}-{note}"
   - vaq.phone_home: "{{{{ urls.phone_home }}}}"
 """)
-        (root / f"boot/testos-{stage}.yml").write_text(
-            f"id: testos-{stage}\noperating_system: testos-{stage}\n")
-    stages = (f"  - {{name: firmware, boot: testos-firmware, timeout: {stage_timeout}, "
-              f"retries: {retries}}}\n"
-              f"  - {{name: install, boot: testos-install, timeout: {stage_timeout}, "
-              f"retries: {retries}}}\n")
+        (root / f"boot/testos-{ident}.yml").write_text(
+            f"id: testos-{ident}\noperating_system: testos-{ident}\n")
+
+    def stages(workflow: str) -> str:
+        return (f"  - {{name: firmware, boot: testos-firmware, timeout: {stage_timeout}, "
+                f"retries: {retries}}}\n"
+                f"  - {{name: install, boot: testos-install-{workflow}, "
+                f"timeout: {stage_timeout}, retries: {retries}}}\n")
+
     (root / "workflows/etcd.yml").write_text(
-        f"id: etcd\nstages:\n{stages}rollout: {{max_concurrent: 1}}\n")
+        f"id: etcd\nstages:\n{stages('etcd')}rollout: {{max_concurrent: 1}}\n")
     (root / "workflows/workers.yml").write_text(
-        f"id: workers\nstages:\n{stages}depends_on: [etcd]\n"
+        f"id: workers\nstages:\n{stages('workers')}" + ("depends_on: [etcd]\n" if depends else "") +
         f"rollout: {{max_concurrent: {worker_concurrency}, max_fail: 0}}\n")
 
 
