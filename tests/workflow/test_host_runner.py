@@ -1,0 +1,128 @@
+"""The host runner against a real Raft node and a real BMC (OpenIPMI's ipmi_sim on loopback,
+whose "machine" is a process it starts on power on).
+
+- A new leader that finds intents without results (the old leader died while running them)
+  does not run them again: it records their outcome as unknown and waits for the phone-home.
+- A BMC that refuses a step fails the attempt; the stage is retried, then the host is failed,
+  with the BMC's answer in the record; nothing after the refused step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from wf_sot import LabHost, write_sot
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "power"))
+from ipmi_sim_rig import PASSWORD, run_sim
+
+from appliance.cluster import Cluster, ClusterSettings
+from appliance.power.manager import PowerManager
+from appliance.sot.revision import compile_directory
+from appliance.workflow.host_run import HostRunner, intent_id
+from tools.rigs.raft_node import free_ports
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("ipmi_sim") is None, reason="no ipmi_sim")]
+
+
+@pytest.fixture
+async def node(tmp_path: Path):
+    password = tmp_path / "raft.key"
+    password.write_text("cmFmdC1rZXktZm9yLXJ1bm5lcg==\n")
+    password.chmod(0o600)
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    cluster = Cluster(ClusterSettings(address, (address,), tmp_path / "raft", password))
+    await cluster.start()
+    await cluster.wait_for_leader(10)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+def setup(tmp_path: Path, port: int):
+    (tmp_path / "bmc").mkdir(exist_ok=True)
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"x")
+    sot = tmp_path / "sot"
+    host = LabHost("n1", "workers", "52:54:00:77:20:01", "198.18.0.51", ("127.0.0.1", port))
+    write_sot(sot, [host], blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=10,
+              retries=1, depends=False)
+    revision = compile_directory(str(sot))
+    assert revision.valid, revision.problems
+    secrets = tmp_path / "bmc.yaml"
+    secrets.write_text(f'lab-ipmi: {{user: admin, password: "{PASSWORD}"}}\n')
+    secrets.chmod(0o600)
+    entry = revision.sot.hosts["n1"]
+    return revision, entry, revision.sot.workflows["workers"], PowerManager(secrets, 2)
+
+
+async def until(predicate, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_a_new_leader_never_repeats_a_step_it_cannot_know_the_outcome_of(
+        node: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "bmc").mkdir()
+    sims = run_sim(tmp_path / "bmc")
+    sim = next(sims)
+    try:
+        revision, entry, workflow, power = setup(tmp_path, sim.port)
+        sha = revision.sha
+        await node.arm_host("n1", sha, 2, by="test")
+        # what the previous leader left: both steps of stage 1 started, no result
+        for step in ("pxe", "boot"):
+            await node.record_intent("n1", f"power.{step}", stage="1", revision=sha,
+                                     intent_id=intent_id(sha, "n1", 1, 0, step))
+        await node.step_host("n1", sha, "powering", 1, message="old leader")
+        runner = HostRunner(node, power, entry, workflow, sha, lambda: "running")
+        task = asyncio.create_task(runner.run())
+        await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
+        for step in ("pxe", "boot"):
+            result = node.intent(intent_id(sha, "n1", 1, 0, step))["result"]
+            assert result["ok"] is False and "outcome unknown" in result["detail"], result
+        assert sim.machine_pids() == []  # the BMC was never asked to power anything
+        assert node.pending_intents("n1") == []
+        # the machine did boot after all: its phone-homes (both stages) move it to done
+        await node.submit({"op": "host.stage_done", "op_id": "ph-1", "at": time.time(),
+                           "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+        await asyncio.wait_for(task, 20)
+        assert node.host("n1")["state"] == "done"
+        assert sim.machine_pids() == []
+        power.close()
+    finally:
+        sims.close()
+
+
+async def test_a_refused_bmc_step_is_retried_then_fails_the_host(
+        node: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "bmc").mkdir()
+    sims = run_sim(tmp_path / "bmc")
+    sim = next(sims)
+    try:
+        revision, entry, workflow, power = setup(tmp_path, sim.port)
+        sha = revision.sha
+        await node.arm_host("n1", sha, 2, by="test")
+        runner = HostRunner(node, power, entry, workflow, sha, lambda: "running")
+        await asyncio.wait_for(runner.run(), 60)
+        record = node.host("n1")
+        assert record["state"] == "failed" and record["attempt"] == 1, record
+        # ipmi_sim without a chassis program refuses Set System Boot Options
+        assert "pxe" in record["message"] and "no retries left" in record["message"], record
+        results = [node.intent(intent_id(sha, "n1", 1, a, "pxe"))["result"] for a in (0, 1)]
+        assert [r["ok"] for r in results] == [False, False], results
+        assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # never reached
+        assert sim.machine_pids() == []
+        power.close()
+    finally:
+        sims.close()
