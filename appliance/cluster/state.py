@@ -269,6 +269,7 @@ class ClusterState:
         del rollout["history"][:-HISTORY_LIMIT]
         seq = self._emit(at, f"rollout.{new}", revision=sha, message=cmd["reason"],
                          data={"by": cmd["by"]} if cmd["by"] else None)
+        rollout["seq"] = seq  # hosts armed before this entry were armed under the old state
         return {"ok": True, "state": new, "previous": old, "seq": seq}
 
     def _intent_record(self, cmd: dict) -> dict:
@@ -284,7 +285,8 @@ class ClusterState:
             "at": cmd["at"], "result": None,
         }
         seq = self._emit(cmd["at"], "intent.recorded", host=cmd["host"], revision=cmd["revision"],
-                         message=cmd["action"], data={"intent_id": cmd["intent_id"]})
+                         message=cmd["action"],
+                         data={"intent_id": cmd["intent_id"], "stage": cmd["stage"]})
         return {"ok": True, "seq": seq}
 
     def _intent_result(self, cmd: dict) -> dict:

@@ -27,7 +27,7 @@ HOSTS = [LabHost("etcd-1", "etcd", "52:54:00:77:00:01", "198.18.0.31"),
          LabHost("work-1", "workers", "52:54:00:77:00:02", "198.18.0.32"),
          LabHost("work-2", "workers", "52:54:00:77:00:03", "198.18.0.33"),
          LabHost("work-3", "workers", "52:54:00:77:00:04", "198.18.0.34")]
-MAC = {h.name: h.mac for h in HOSTS}
+MAC = {h.name: h.mac for h in HOSTS} | {"work-9": "52:54:00:77:00:09"}
 
 
 def until(predicate, what: str, timeout: float = 30):
@@ -48,7 +48,11 @@ def api(base: str, path: str, method: str = "GET", body: dict | None = None) -> 
 
 
 def record(base: str, name: str) -> dict:
-    return api(base, f"/v1/hosts/{name}")["record"] or {}
+    status, text = call(f"{base}/v1/hosts/{name}", headers=AUTH)
+    if status == 404:  # not served yet, and no record
+        return {}
+    assert status == 200, (name, status, text)
+    return json.loads(text)["record"] or {}
 
 
 def boot_as_machine(base: str, name: str) -> tuple[int | None, str]:
@@ -143,3 +147,52 @@ def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
         kinds = [e["kind"] for e in api(base, "/v1/events?limit=1000")["events"]]
         assert "rollout.started" in kinds and "rollout.paused" in kinds
         assert kinds.index("rollout.failed") > kinds.index("rollout.running")
+
+
+def test_abort_then_a_site_that_installs_new_hosts_only_when_armed(tmp_path: Path) -> None:
+    work, bare = init_repo(tmp_path)
+    blob = tmp_path / "never-fetched"
+    blob.write_bytes(b"artifacts are not fetched in this test")
+    hosts = [*HOSTS[:3], LabHost("work-3", "workers", HOSTS[3].mac, HOSTS[3].ipv4,
+                                 never_provision=True)]
+    write_sot(work, hosts, blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=60)
+    rev1 = push(work, "lab")
+    source = f'source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}'
+    with single_peer(tmp_path, source) as peer:
+        base = peer.base
+        until(lambda: call(f"{base}/v1/revisions/{rev1}", headers=AUTH)[0] == 200
+              and api(base, f"/v1/revisions/{rev1}")["state"] == "awaiting_approval",
+              "the revision planned", timeout=60)
+        api(base, f"/v1/revisions/{rev1}/approve", "POST", {})
+        until(lambda: record(base, "etcd-1").get("state") == "waiting", "etcd-1 waiting")
+        assert boot_as_machine(base, "work-3")[0] is None  # never_provision: always the disk
+        aborted = vaq(base, "rollout", "abort", "--reason", "wrong image")
+        assert aborted.returncode == 0 and "running -> aborted" in aborted.stdout, aborted
+        until(lambda: record(base, "etcd-1").get("state") == "aborted", "etcd-1 aborted")
+        assert "rollout aborted by ops: wrong image" in record(base, "etcd-1")["message"]
+        assert boot_as_machine(base, "etcd-1")[0] is None  # no further stage served
+        time.sleep(2)  # engine rounds: nothing else is armed under an aborted rollout
+        assert armed(base) == {"etcd-1"}
+        assert vaq(base, "rollout", "--follow", "--for", "3").returncode == 1
+
+        # the site now installs new hosts only when an operator arms them
+        extra = LabHost("work-9", "workers", MAC["work-9"], "198.18.0.39")
+        write_sot(work, [*hosts, extra], blob, blob, peers=["198.18.0.2"], http_port=8080,
+                  stage_timeout=60, install_new_hosts=False)
+        rev2 = push(work, "work-9, installed by hand")
+        until(lambda: call(f"{base}/v1/revisions/{rev2}", headers=AUTH)[0] == 200
+              and api(base, f"/v1/revisions/{rev2}")["state"] == "awaiting_approval",
+              "rev2 planned", timeout=60)
+        assert api(base, f"/v1/revisions/{rev2}")["summaries"]["planned"]["counts"] == {
+            "hold": 1, "unchanged": 4}
+        api(base, f"/v1/revisions/{rev2}/approve", "POST", {})
+        until(lambda: api(base, "/v1/rollouts/current")["revision"] == rev2
+              and api(base, "/v1/rollouts/current")["state"] == "done", "rev2 rollout done")
+        until(lambda: api(base, "/v1/status")["boot"]["revision"] == rev2, "rev2 served")
+        assert boot_as_machine(base, "work-9")[0] is None  # held by the site policy
+        refused = vaq(base, "arm", "work-3")
+        assert refused.returncode == 1 and "never_provision" in refused.stderr, refused
+        armed_out = vaq(base, "arm", "work-9", "--reason", "rack 4 is cabled")
+        assert armed_out.returncode == 0, armed_out
+        run_stages(base, "work-9")
+        assert record(base, "work-9")["revision"] == rev2

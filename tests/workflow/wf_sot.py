@@ -25,6 +25,7 @@ class LabHost:
     mac: str
     ipv4: str
     bmc: tuple[str, int] | None = None
+    never_provision: bool = False
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -39,7 +40,7 @@ def sha256(path: Path) -> str:
 def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
-              depends: bool = True) -> None:
+              depends: bool = True, install_new_hosts: bool = True) -> None:
     """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
     to make every host of the workers cluster, and only those, need a reinstall)."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
@@ -53,11 +54,13 @@ subnets:
 peers:
 {peer_lines}
 netboot: {{http_port: {http_port}}}
+policy: {{install_new_hosts: {str(install_new_hosts).lower()}}}
 """)
     for cluster in sorted({h.cluster for h in hosts}):
         docs = []
         for h in (h for h in hosts if h.cluster == cluster):
-            text = (f"name: {h.name}\nworkflow: {cluster}\ninterfaces:\n"
+            text = (f"name: {h.name}\nworkflow: {cluster}\n"
+                    f"never_provision: {str(h.never_provision).lower()}\ninterfaces:\n"
                     f"  - {{type: physical, mac: \"{h.mac}\", subnet: boot, ipv4: {h.ipv4}}}\n")
             if h.bmc is not None:
                 last = int(h.mac.split(":")[-1], 16)
