@@ -49,15 +49,27 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"reason: {record['reason']}")
     if data.get("halted"):
         lines.append(f"HALTED: {data['halted']}")
+    upcoming: list[str] = []
     for c in data.get("clusters", []):
         batches = c.get("batches") or []
         at = f", batch {c['current_batch']}/{len(batches)}" if c.get("current_batch") else ""
         lines.append(f"wave {c.get('wave')}  cluster {c.get('cluster')} (workflow "
                      f"{c.get('workflow')}, max_fail {c.get('max_fail')}): {c.get('state')}{at}")
+        counted = ", ".join(f"{n} {k}" for k, n in sorted((c.get("counts") or {}).items()))
+        if counted:
+            lines.append(f"  hosts: {counted}")
         for i, batch in enumerate(batches, start=1):
             lines.append(f"  batch {i}: " + "; ".join(_host_line(h) for h in batch))
+        current = c.get("current_batch")
+        if c.get("state") == "running" and current and current < len(batches):
+            following = ", ".join(h["host"] for h in batches[current])
+            upcoming.append(f"{following} (cluster {c.get('cluster')} batch {current + 1}, "
+                            f"once batch {current} is finished)")
     if data.get("to_arm"):
-        lines.append("next: " + ", ".join(data["to_arm"]))
+        label = "arming now" if data.get("state") == "running" else "armed on resume"
+        lines.append(f"{label}: " + ", ".join(data["to_arm"]))
+    for text in upcoming:
+        lines.append(f"next: {text}")
     for f in data.get("failed") or []:
         lines.append(f"FAILED {f.get('host')} (cluster {f.get('cluster')}, stage "
                      f"{f.get('stage')}): {f.get('message')}")

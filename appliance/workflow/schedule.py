@@ -44,6 +44,7 @@ class ClusterProgress:
     current_batch: int | None = None  # 1-based; None when every batch is finished
     failures: int = 0
     state: str = "waiting"  # waiting (for an earlier wave), running, done, failed
+    counts: dict[str, int] = field(default_factory=dict)  # "booting stage 2": 1, "done": 3
 
 
 @dataclass
@@ -114,6 +115,9 @@ def progress(plan: Plan, site: str, records: dict[str, dict], rollout: dict | No
         for batch in cp.batches:
             for h in batch:
                 out.counts[h.status] = out.counts.get(h.status, 0) + 1
+                key = (h.status if h.status in ("pending", "done") or not h.stages
+                       else f"{h.status} stage {h.stage}")
+                cp.counts[key] = cp.counts.get(key, 0) + 1
     out.finished = all(cp.current_batch is None for cp in out.clusters)
     if out.halted:
         out.to_arm = []

@@ -119,6 +119,9 @@ def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
         # wave 2: batches of two, work-3 only after both of the first batch finished
         until(lambda: armed(base) >= {"work-1", "work-2"}, "first worker batch armed")
         assert "work-3" not in armed(base)
+        shown = vaq(base, "rollout")
+        assert "next: work-3 (cluster workers batch 2, once batch 1 is finished)" in \
+            shown.stdout, shown.stdout
         run_stages(base, "work-1")
         assert "work-3" not in armed(base)
         paused = vaq(base, "rollout", "pause", "--reason", "look at work-1 first")
@@ -129,6 +132,8 @@ def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
         shown = vaq(base, "rollout")
         assert shown.returncode == 0 and "paused" in shown.stdout, shown
         assert "batch 2: work-3 pending" in shown.stdout, shown.stdout
+        assert "armed on resume: work-3" in shown.stdout, shown.stdout
+        assert "  hosts: 2 done, 1 pending" in shown.stdout, shown.stdout
         assert vaq(base, "rollout", "resume").returncode == 0
         until(lambda: "work-3" in armed(base), "work-3 armed after resume")
 
