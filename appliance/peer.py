@@ -286,6 +286,7 @@ class Peer:
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
         sources["source"] = lambda: self.follower.metrics() if self.follower else {}
+        sources["workflow"] = lambda: self.engine.metrics() if self.engine else {}
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
                                    if self._tftp else {})

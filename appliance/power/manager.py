@@ -2,8 +2,8 @@
 its BMC and the credentials the peer's secrets file holds under the name the SoT gives.
 
 One manager per peer, so the cap on concurrent BMC sessions and the thread pool for blocking
-IPMI calls are shared by every caller (the API now, the workflow engine later). Hardware
-actions are the leader's: the API writes each one to Raft as an intent before it runs and as
+IPMI calls are shared by every caller (the API and the workflow engine). Hardware
+actions are the leader's: each is written to Raft as an intent before it runs and as
 a result after.
 """
 
