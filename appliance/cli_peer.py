@@ -294,9 +294,11 @@ def cmd_hosts(client: PeerClient, args: argparse.Namespace) -> int:
         print_json(data)
         return EXIT_OK
     hosts = sorted(data.get("hosts", []), key=lambda h: h.get("name", ""))
-    rows = [(h.get("name"), h.get("stage"), h.get("state"), short(h.get("revision")),
-             h.get("last_event"), ago(h.get("updated_at"))) for h in hosts]
-    print(table(["HOST", "STAGE", "STATE", "REVISION", "LAST EVENT", "UPDATED"], rows))
+    rows = [(h.get("name"), h.get("stage"), h.get("state"),
+             f"{h.get('done', '-')}/{h.get('stages', '-')}", short(h.get("revision")),
+             ago(h.get("updated_at")), (h.get("message") or h.get("last_event") or "")[:70])
+            for h in hosts]
+    print(table(["HOST", "STAGE", "STATE", "DONE", "REVISION", "UPDATED", "MESSAGE"], rows))
     print(f"{len(hosts)} host(s) with a recorded workflow state")
     return EXIT_OK
 
@@ -313,7 +315,8 @@ def cmd_host(client: PeerClient, args: argparse.Namespace) -> int:
         print("  none recorded yet")
     else:
         for key, value in record.items():
-            print(f"  {key}: {when(value) if key.endswith('_at') else value}")
+            timestamp = key.endswith("_at") or key == "deadline"
+            print(f"  {key}: {when(value) if timestamp else value}")
     print("\nin the applied revision:")
     print("\n".join(_summary_lines(data.get("sot"), "  ")) if data.get("sot")
           else "  not in the applied revision")
