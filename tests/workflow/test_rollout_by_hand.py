@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from wf_sot import LabHost, init_repo, push, write_sot
 
-from tools.rigs.peer_proc import ADMIN, EXE, call, single_peer
+from tools.rigs.peer_proc import ADMIN, EXE, call, free_tcp_ports, single_peer
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
@@ -27,7 +28,9 @@ HOSTS = [LabHost("etcd-1", "etcd", "52:54:00:77:00:01", "198.18.0.31"),
          LabHost("work-1", "workers", "52:54:00:77:00:02", "198.18.0.32"),
          LabHost("work-2", "workers", "52:54:00:77:00:03", "198.18.0.33"),
          LabHost("work-3", "workers", "52:54:00:77:00:04", "198.18.0.34")]
-MAC = {h.name: h.mac for h in HOSTS} | {"work-9": "52:54:00:77:00:09"}
+MAC = {h.name: h.mac for h in HOSTS} | {"work-9": "52:54:00:77:00:09",
+                                         "svc-1": "52:54:00:77:00:21",
+                                         "svc-2": "52:54:00:77:00:22"}
 
 
 def until(predicate, what: str, timeout: float = 30):
@@ -72,14 +75,14 @@ def phone_home(base: str, script: str) -> None:
     assert status == 200, url
 
 
-def run_stages(base: str, name: str, stages: int = 2) -> None:
+def run_stages(base: str, name: str, stages: int = 2, final: str = "done") -> None:
     for stage in range(1, stages + 1):
         until(lambda stage=stage: record(base, name).get("state") == "waiting"
               and record(base, name).get("stage") == stage, f"{name} waiting for stage {stage}")
         served, script = boot_as_machine(base, name)
         assert served == stage, script
         phone_home(base, script)
-    until(lambda: record(base, name).get("state") == "done", f"{name} done")
+    until(lambda: record(base, name).get("state") == final, f"{name} {final}")
     assert boot_as_machine(base, name)[0] is None  # no install loop: the disk from now on
 
 
@@ -201,3 +204,35 @@ def test_abort_then_a_site_that_installs_new_hosts_only_when_armed(tmp_path: Pat
         assert armed_out.returncode == 0, armed_out
         run_stages(base, "work-9")
         assert record(base, "work-9")["revision"] == rev2
+
+
+def test_the_health_gate_holds_a_host_until_its_service_answers(tmp_path: Path) -> None:
+    """Two hosts whose boot addresses are on loopback, so the test can be their service:
+    svc-1's port opens after its last stage, svc-2's never does."""
+    work, bare = init_repo(tmp_path)
+    blob = tmp_path / "never-fetched"
+    blob.write_bytes(b"artifacts are not fetched in this test")
+    (port,) = free_tcp_ports(1)
+    hosts = [LabHost("svc-1", "workers", MAC["svc-1"], "127.0.0.1", subnet="loop"),
+             LabHost("svc-2", "workers", MAC["svc-2"], "127.0.0.2", subnet="loop")]
+    write_sot(work, hosts, blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=60,
+              depends=False, health=f"{{type: tcp, port: {port}, timeout: 8}}")
+    sha = push(work, "services behind a health gate")
+    source = f'source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}'
+    with single_peer(tmp_path, source) as peer:
+        base = peer.base
+        until(lambda: call(f"{base}/v1/revisions/{sha}", headers=AUTH)[0] == 200
+              and api(base, f"/v1/revisions/{sha}")["state"] == "awaiting_approval",
+              "the revision planned", timeout=60)
+        api(base, f"/v1/revisions/{sha}/approve", "POST", {})
+        run_stages(base, "svc-1", final="checking")
+        assert record(base, "svc-1")["message"] == f"health: tcp 127.0.0.1:{port}"
+        run_stages(base, "svc-2", final="checking")
+        with socket.create_server(("127.0.0.1", port)) as service:
+            service.settimeout(0.2)
+            until(lambda: record(base, "svc-1").get("state") == "done", "svc-1 healthy")
+        # svc-2's address never answers on that port: failed when the check's timeout ends
+        until(lambda: record(base, "svc-2").get("state") == "failed", "svc-2 unhealthy", 30)
+        assert record(base, "svc-2")["message"].startswith(
+            f"health check failed for 8 s: tcp 127.0.0.2:{port}"), record(base, "svc-2")
+        until(lambda: api(base, "/v1/rollouts/current")["state"] == "failed", "halted")

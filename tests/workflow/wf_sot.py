@@ -26,6 +26,7 @@ class LabHost:
     ipv4: str
     bmc: tuple[str, int] | None = None
     never_provision: bool = False
+    subnet: str = "boot"  # or "loop" (127.0.0.0/24): a host whose health check the test serves
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -40,7 +41,8 @@ def sha256(path: Path) -> str:
 def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
-              depends: bool = True, install_new_hosts: bool = True) -> None:
+              depends: bool = True, install_new_hosts: bool = True,
+              health: str | None = None) -> None:
     """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
     to make every host of the workers cluster, and only those, need a reinstall)."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
@@ -51,6 +53,7 @@ def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
 id: lab
 subnets:
   - {{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], domain: lab.test}}
+  - {{id: loop, cidr: 127.0.0.0/24}}
 peers:
 {peer_lines}
 netboot: {{http_port: {http_port}}}
@@ -61,7 +64,8 @@ policy: {{install_new_hosts: {str(install_new_hosts).lower()}}}
         for h in (h for h in hosts if h.cluster == cluster):
             text = (f"name: {h.name}\nworkflow: {cluster}\n"
                     f"never_provision: {str(h.never_provision).lower()}\ninterfaces:\n"
-                    f"  - {{type: physical, mac: \"{h.mac}\", subnet: boot, ipv4: {h.ipv4}}}\n")
+                    f"  - {{type: physical, mac: \"{h.mac}\", subnet: {h.subnet}, "
+                    f"ipv4: {h.ipv4}}}\n")
             if h.bmc is not None:
                 last = int(h.mac.split(":")[-1], 16)
                 text += (f"  - {{type: bmc, mac: \"52:54:00:bb:00:{last:02x}\", subnet: boot, "
@@ -100,7 +104,8 @@ cmdline:
         f"id: etcd\nstages:\n{stages('etcd')}rollout: {{max_concurrent: 1}}\n")
     (root / "workflows/workers.yml").write_text(
         f"id: workers\nstages:\n{stages('workers')}" + ("depends_on: [etcd]\n" if depends else "") +
-        f"rollout: {{max_concurrent: {worker_concurrency}, max_fail: 0}}\n")
+        f"rollout: {{max_concurrent: {worker_concurrency}, max_fail: 0"
+        + (f", health: {health}" if health else "") + "}\n")
 
 
 def init_repo(tmp: Path) -> tuple[Path, Path]:
