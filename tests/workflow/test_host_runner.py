@@ -63,6 +63,22 @@ def setup(tmp_path: Path, port: int):
     return revision, entry, revision.sot.workflows["workers"], PowerManager(secrets, 2)
 
 
+@pytest.fixture
+async def armed(node: Cluster, tmp_path: Path):
+    """A real BMC, and host n1 (behind it) armed for a revision: (sim, sha, runner)."""
+    (tmp_path / "bmc").mkdir()
+    sims = run_sim(tmp_path / "bmc")
+    sim = next(sims)
+    revision, entry, workflow, power = setup(tmp_path, sim.port)
+    await node.arm_host("n1", revision.sha, 2, by="test")
+    runner = HostRunner(node, power, entry, workflow, revision.sha, lambda: "running")
+    try:
+        yield sim, revision.sha, runner
+    finally:
+        power.close()
+        sims.close()
+
+
 async def until(predicate, what: str, timeout: float = 30):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -72,57 +88,37 @@ async def until(predicate, what: str, timeout: float = 30):
 
 
 async def test_a_new_leader_never_repeats_a_step_it_cannot_know_the_outcome_of(
-        node: Cluster, tmp_path: Path) -> None:
-    (tmp_path / "bmc").mkdir()
-    sims = run_sim(tmp_path / "bmc")
-    sim = next(sims)
-    try:
-        revision, entry, workflow, power = setup(tmp_path, sim.port)
-        sha = revision.sha
-        await node.arm_host("n1", sha, 2, by="test")
-        # what the previous leader left: both steps of stage 1 started, no result
-        for step in ("pxe", "boot"):
-            await node.record_intent("n1", f"power.{step}", stage="1", revision=sha,
-                                     intent_id=intent_id(sha, "n1", 1, 0, step))
-        await node.step_host("n1", sha, "powering", 1, message="old leader")
-        runner = HostRunner(node, power, entry, workflow, sha, lambda: "running")
-        task = asyncio.create_task(runner.run())
-        await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
-        for step in ("pxe", "boot"):
-            result = node.intent(intent_id(sha, "n1", 1, 0, step))["result"]
-            assert result["ok"] is False and "outcome unknown" in result["detail"], result
-        assert sim.machine_pids() == []  # the BMC was never asked to power anything
-        assert node.pending_intents("n1") == []
-        # the machine did boot after all: its phone-homes (both stages) move it to done
-        await node.submit({"op": "host.stage_done", "op_id": "ph-1", "at": time.time(),
-                           "name": "n1", "stage": 2, "stages": 2, "revision": sha})
-        await asyncio.wait_for(task, 20)
-        assert node.host("n1")["state"] == "done"
-        assert sim.machine_pids() == []
-        power.close()
-    finally:
-        sims.close()
+        node: Cluster, armed) -> None:
+    sim, sha, runner = armed
+    # what the previous leader left: both steps of stage 1 started, no result
+    for step in ("pxe", "boot"):
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha,
+                                 intent_id=intent_id(sha, "n1", 1, 0, step))
+    await node.step_host("n1", sha, "powering", 1, message="old leader")
+    task = asyncio.create_task(runner.run())
+    await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
+    for step in ("pxe", "boot"):
+        result = node.intent(intent_id(sha, "n1", 1, 0, step))["result"]
+        assert result["ok"] is False and "outcome unknown" in result["detail"], result
+    assert sim.machine_pids() == []  # the BMC was never asked to power anything
+    assert node.pending_intents("n1") == []
+    # the machine did boot after all: its phone-homes (both stages) move it to done
+    await node.submit({"op": "host.stage_done", "op_id": "ph-1", "at": time.time(),
+                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    await asyncio.wait_for(task, 20)
+    assert node.host("n1")["state"] == "done"
+    assert sim.machine_pids() == []
 
 
 async def test_a_refused_bmc_step_is_retried_then_fails_the_host(
-        node: Cluster, tmp_path: Path) -> None:
-    (tmp_path / "bmc").mkdir()
-    sims = run_sim(tmp_path / "bmc")
-    sim = next(sims)
-    try:
-        revision, entry, workflow, power = setup(tmp_path, sim.port)
-        sha = revision.sha
-        await node.arm_host("n1", sha, 2, by="test")
-        runner = HostRunner(node, power, entry, workflow, sha, lambda: "running")
-        await asyncio.wait_for(runner.run(), 60)
-        record = node.host("n1")
-        assert record["state"] == "failed" and record["attempt"] == 1, record
-        # ipmi_sim without a chassis program refuses Set System Boot Options
-        assert "pxe" in record["message"] and "no retries left" in record["message"], record
-        results = [node.intent(intent_id(sha, "n1", 1, a, "pxe"))["result"] for a in (0, 1)]
-        assert [r["ok"] for r in results] == [False, False], results
-        assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # never reached
-        assert sim.machine_pids() == []
-        power.close()
-    finally:
-        sims.close()
+        node: Cluster, armed) -> None:
+    sim, sha, runner = armed
+    await asyncio.wait_for(runner.run(), 60)
+    record = node.host("n1")
+    assert record["state"] == "failed" and record["attempt"] == 1, record
+    # ipmi_sim without a chassis program refuses Set System Boot Options
+    assert "pxe" in record["message"] and "no retries left" in record["message"], record
+    results = [node.intent(intent_id(sha, "n1", 1, a, "pxe"))["result"] for a in (0, 1)]
+    assert [r["ok"] for r in results] == [False, False], results
+    assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # never reached
+    assert sim.machine_pids() == []

@@ -91,26 +91,49 @@ def armed(base: str) -> set[str]:
     return {h["name"] for h in hosts if h.get("armed_seq") is not None}
 
 
+def lab_repo(tmp_path: Path, hosts: list[LabHost], message: str, **sot) -> tuple[Path, Path, str]:
+    """(work tree, bare remote, SHA) of a pushed SoT whose artifacts are never fetched."""
+    work, bare = init_repo(tmp_path)
+    write_lab(tmp_path, work, hosts, **sot)
+    return work, bare, push(work, message)
+
+
+def write_lab(tmp_path: Path, work: Path, hosts: list[LabHost], **sot) -> None:
+    blob = tmp_path / "never-fetched"
+    blob.write_bytes(b"artifacts are not fetched in this test")
+    write_sot(work, hosts, blob, blob, peers=["198.18.0.2"], http_port=8080, **sot)
+
+
+def following(tmp_path: Path, bare: Path):
+    """A one-peer group following the bare repository."""
+    return single_peer(tmp_path, f'source: {{url: "file://{bare}", ref: main, '
+                                 'poll_interval: 1, poll_jitter: 0}')
+
+
+def wait_planned(base: str, sha: str) -> None:
+    until(lambda: call(f"{base}/v1/revisions/{sha}", headers=AUTH)[0] == 200
+          and api(base, f"/v1/revisions/{sha}")["state"] == "awaiting_approval",
+          f"{sha[:12]} planned", timeout=60)
+
+
+def approve_when_planned(base: str, sha: str) -> None:
+    wait_planned(base, sha)
+    api(base, f"/v1/revisions/{sha}/approve", "POST", {"note": "go"})
+
+
 def vaq(base: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXE, *args, "--peer", base], capture_output=True, text=True,
                           timeout=60, env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"})
 
 
 def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
-    work, bare = init_repo(tmp_path)
-    blob = tmp_path / "never-fetched"
-    blob.write_bytes(b"artifacts are not fetched in this test")
-    write_sot(work, HOSTS, blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=10,
-              retries=1)
-    sha = push(work, "lab with etcd and workers")
-    source = f'source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}'
-    with single_peer(tmp_path, source) as peer:
+    _, bare, sha = lab_repo(tmp_path, HOSTS, "lab with etcd and workers", stage_timeout=10,
+                            retries=1)
+    with following(tmp_path, bare) as peer:
         base = peer.base
-        until(lambda: call(f"{base}/v1/revisions/{sha}", headers=AUTH)[0] == 200
-              and api(base, f"/v1/revisions/{sha}")["state"] == "awaiting_approval",
-              "the revision planned", timeout=60)
+        wait_planned(base, sha)
         assert armed(base) == set()  # nothing moves before the approval
-        api(base, f"/v1/revisions/{sha}/approve", "POST", {"note": "go"})
+        approve_when_planned(base, sha)
         until(lambda: armed(base) == {"etcd-1"}, "etcd armed first")
         progress = api(base, "/v1/rollouts/current")
         assert progress["state"] == "running" and progress["revision"] == sha
@@ -158,20 +181,12 @@ def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
 
 
 def test_abort_then_a_site_that_installs_new_hosts_only_when_armed(tmp_path: Path) -> None:
-    work, bare = init_repo(tmp_path)
-    blob = tmp_path / "never-fetched"
-    blob.write_bytes(b"artifacts are not fetched in this test")
     hosts = [*HOSTS[:3], LabHost("work-3", "workers", HOSTS[3].mac, HOSTS[3].ipv4,
                                  never_provision=True)]
-    write_sot(work, hosts, blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=60)
-    rev1 = push(work, "lab")
-    source = f'source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}'
-    with single_peer(tmp_path, source) as peer:
+    work, bare, rev1 = lab_repo(tmp_path, hosts, "lab", stage_timeout=60)
+    with following(tmp_path, bare) as peer:
         base = peer.base
-        until(lambda: call(f"{base}/v1/revisions/{rev1}", headers=AUTH)[0] == 200
-              and api(base, f"/v1/revisions/{rev1}")["state"] == "awaiting_approval",
-              "the revision planned", timeout=60)
-        api(base, f"/v1/revisions/{rev1}/approve", "POST", {})
+        approve_when_planned(base, rev1)
         until(lambda: record(base, "etcd-1").get("state") == "waiting", "etcd-1 waiting")
         assert boot_as_machine(base, "work-3")[0] is None  # never_provision: always the disk
         aborted = vaq(base, "rollout", "abort", "--reason", "wrong image")
@@ -185,15 +200,11 @@ def test_abort_then_a_site_that_installs_new_hosts_only_when_armed(tmp_path: Pat
 
         # the site now installs new hosts only when an operator arms them
         extra = LabHost("work-9", "workers", MAC["work-9"], "198.18.0.39")
-        write_sot(work, [*hosts, extra], blob, blob, peers=["198.18.0.2"], http_port=8080,
-                  stage_timeout=60, install_new_hosts=False)
+        write_lab(tmp_path, work, [*hosts, extra], stage_timeout=60, install_new_hosts=False)
         rev2 = push(work, "work-9, installed by hand")
-        until(lambda: call(f"{base}/v1/revisions/{rev2}", headers=AUTH)[0] == 200
-              and api(base, f"/v1/revisions/{rev2}")["state"] == "awaiting_approval",
-              "rev2 planned", timeout=60)
+        approve_when_planned(base, rev2)
         assert api(base, f"/v1/revisions/{rev2}")["summaries"]["planned"]["counts"] == {
             "hold": 1, "unchanged": 4}
-        api(base, f"/v1/revisions/{rev2}/approve", "POST", {})
         until(lambda: api(base, "/v1/rollouts/current")["revision"] == rev2
               and api(base, "/v1/rollouts/current")["state"] == "done", "rev2 rollout done")
         until(lambda: api(base, "/v1/status")["boot"]["revision"] == rev2, "rev2 served")
@@ -209,22 +220,14 @@ def test_abort_then_a_site_that_installs_new_hosts_only_when_armed(tmp_path: Pat
 def test_the_health_gate_holds_a_host_until_its_service_answers(tmp_path: Path) -> None:
     """Two hosts whose boot addresses are on loopback, so the test can be their service:
     svc-1's port opens after its last stage, svc-2's never does."""
-    work, bare = init_repo(tmp_path)
-    blob = tmp_path / "never-fetched"
-    blob.write_bytes(b"artifacts are not fetched in this test")
     (port,) = free_tcp_ports(1)
     hosts = [LabHost("svc-1", "workers", MAC["svc-1"], "127.0.0.1", subnet="loop"),
              LabHost("svc-2", "workers", MAC["svc-2"], "127.0.0.2", subnet="loop")]
-    write_sot(work, hosts, blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=60,
-              depends=False, health=f"{{type: tcp, port: {port}, timeout: 8}}")
-    sha = push(work, "services behind a health gate")
-    source = f'source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}'
-    with single_peer(tmp_path, source) as peer:
+    _, bare, sha = lab_repo(tmp_path, hosts, "services behind a health gate", stage_timeout=60,
+                            depends=False, health=f"{{type: tcp, port: {port}, timeout: 8}}")
+    with following(tmp_path, bare) as peer:
         base = peer.base
-        until(lambda: call(f"{base}/v1/revisions/{sha}", headers=AUTH)[0] == 200
-              and api(base, f"/v1/revisions/{sha}")["state"] == "awaiting_approval",
-              "the revision planned", timeout=60)
-        api(base, f"/v1/revisions/{sha}/approve", "POST", {})
+        approve_when_planned(base, sha)
         run_stages(base, "svc-1", final="checking")
         assert record(base, "svc-1")["message"] == f"health: tcp 127.0.0.1:{port}"
         run_stages(base, "svc-2", final="checking")
