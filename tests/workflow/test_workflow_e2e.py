@@ -1,5 +1,5 @@
-"""End to end, no human step but the approvals: a site of 3 peers, 3 BIOS machines behind 3
-IPMI BMCs, a SoT pushed to git.
+"""End to end, no human step but the approvals: a site of 3 peers, 3 machines (1 UEFI, 2 BIOS)
+behind 3 IPMI BMCs, a SoT pushed to git.
 
 Each peer runs `vaq-peer serve` in its own network namespace on the boot bridge (DHCP, TFTP,
 HTTP, Raft); each machine is a QEMU guest powered only through its own `ipmi_sim` BMC on the
@@ -47,6 +47,8 @@ HOSTS = [LabHost("etcd-1", "etcd", "52:54:00:e6:00:01", "198.18.0.11", ("198.18.
          LabHost("work-2", "workers", "52:54:00:e6:00:03", "198.18.0.13",
                  ("198.18.0.103", 623))]
 WORKERS = ("work-1", "work-2")
+# etcd-1 is UEFI (OVMF's own PXE, then snponly.efi by TFTP from a peer), the workers BIOS
+FIRMWARE = {"etcd-1": "uefi", "work-1": "bios", "work-2": "bios"}
 STAGE_TIMEOUT = 400  # a stage under TCG takes 20-90 s here; a retry would fail the test anyway
 
 
@@ -183,7 +185,7 @@ def guest_os():
 
 def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
         guest_os, tmp_path: Path) -> None:
-    reason = netns_unavailable() or bmc_unavailable("bios")
+    reason = netns_unavailable() or bmc_unavailable("bios") or bmc_unavailable("uefi")
     if reason:
         pytest.skip(reason)
     work, bare = init_repo(tmp_path)
@@ -193,6 +195,7 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
     with NetnsRig() as rig:
         site = Site(rig, tmp_path, bare)
         machines = {h.name: BmcGuest(site.lan, "br0", h.mac, h.bmc[0], password=BMC_PASSWORD,
+                                     firmware=FIRMWARE[h.name],
                                      workdir=tmp_path / f"guest-{h.name}") for h in HOSTS}
         advertiser = RouterAdvertiser(site.lan, "br0")
 
