@@ -172,6 +172,13 @@ class Peer:
 
     def _on_event(self, kind: str, **fields: Any) -> None:
         """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
+        if kind == "stage-booting":  # already logged as boot.script; only the evidence
+            if self.outbox is not None and isinstance(fields.get("host"), str):
+                revision = fields.get("revision")
+                self.outbox.put_command(raft_commands.build(
+                    "host.seen", time.time(), name=fields["host"], stage=int(fields["stage"]),
+                    revision=revision if isinstance(revision, str) else None))
+            return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
             return

@@ -151,6 +151,7 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"attempt", "message", "deadline"}),
     ),
     "host.stage_done": (frozenset({"name", "stage", "stages"}), frozenset({"revision"})),
+    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision"})),
     "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
     "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
     "intent.record": (
@@ -234,6 +235,10 @@ def validate(cmd: Any) -> dict:
         out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
         out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["stages"] = _int(cmd, "stages", low=1, high=64)
+        out["revision"] = _sha(cmd, "revision", required=False)
+    elif op == "host.seen":
+        out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
+        out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["revision"] = _sha(cmd, "revision", required=False)
     elif op == "rollout.start":
         out["revision"] = _sha(cmd, "revision")

@@ -239,6 +239,17 @@ class ClusterState:
                          data={"stage": stage, "done": record["done"], "stages": stages})
         return {"ok": True, "seq": seq, "done": record["done"]}
 
+    def _host_seen(self, cmd: dict) -> dict:
+        """A peer served the host a stage's script: evidence that the machine is booting.
+        Lets a new leader tell a power action that happened from one that was lost."""
+        record = self.hosts.get(cmd["name"])
+        if record is None:  # never armed nor reported: nobody waits for this evidence
+            return {"ok": True, "ignored": True}
+        record.update(seen_at=cmd["at"], seen_stage=cmd["stage"])
+        seq = self._emit(cmd["at"], "host.booting_seen", host=cmd["name"],
+                         revision=cmd["revision"], data={"stage": cmd["stage"]})
+        return {"ok": True, "seq": seq}
+
     def _rollout_start(self, cmd: dict) -> dict:
         sha, at = cmd["revision"], cmd["at"]
         if sha in self.rollouts:
@@ -427,6 +438,7 @@ _HANDLERS = {
     "host.arm": ClusterState._host_arm,
     "host.step": ClusterState._host_step,
     "host.stage_done": ClusterState._host_stage_done,
+    "host.seen": ClusterState._host_seen,
     "rollout.start": ClusterState._rollout_start,
     "rollout.set": ClusterState._rollout_set,
     "intent.record": ClusterState._intent_record,

@@ -133,6 +133,7 @@ async def host_script(request: web.Request) -> web.Response:
     log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
              arch=request.query.get("arch"), platform=request.query.get("platform"),
              client=_client(request))
+    state.event("stage-booting", host=host, stage=stage, revision=table.sha)
     return web.Response(text=script, content_type="text/plain")
 
 

@@ -5,9 +5,11 @@ not report in time, then mark the host failed.
 Every hardware action is written to Raft as an intent before it runs and as a result after,
 under an id derived from (revision, host, stage, attempt, step). A new leader resuming the
 host finds the same ids: a step with a result is not run again, and a step with an intent but
-no result (the old leader died during it) is not repeated either; its outcome shows in the
-phone-home, or in the stage's timeout, which leads to the next attempt. So a power cycle is
-never run twice for one attempt, and never lost for longer than the stage's timeout.
+no result (the old leader died during it) is not repeated either. Whether that power action
+happened shows in what the peers see next: the machine fetching its stage's script (replicated
+as `host.seen`), then its phone-home. No script within EVIDENCE_WINDOW means the action was
+lost, and the stage's next attempt runs then, not after the whole stage timeout. So a machine
+gets at most one power action per attempt of a stage, and a lost one costs minutes.
 The host's record (stage, attempt, deadline) is the runner's only memory: nothing is kept
 in this object that a new leader would need.
 """
@@ -33,6 +35,11 @@ from appliance.workflow.health import wait_healthy
 log = structlog.get_logger("vaquero.workflow.host")
 
 POWER_TIMEOUT = 120.0  # seconds for one BMC action (Redfish may need 90 s)
+# How long after a power step of unknown outcome a machine must have fetched its stage's
+# script (firmware POST and PXE can take minutes on servers), and the clock skew tolerated
+# between the peer that served it and the leader that recorded the step.
+EVIDENCE_WINDOW = 600.0
+CLOCK_MARGIN = 30.0
 
 
 class StepFailed(Exception):
@@ -47,8 +54,10 @@ def intent_id(revision: str, host: str, stage: int, attempt: int, step: str) -> 
 
 class HostRunner:
     def __init__(self, cluster: Cluster, power: Any, entry: HostEntry, workflow: Workflow,
-                 revision: str, rollout_state: Callable[[], str | None]) -> None:
+                 revision: str, rollout_state: Callable[[], str | None], *,
+                 evidence_window: float = EVIDENCE_WINDOW) -> None:
         self.cluster, self.power, self.entry = cluster, power, entry
+        self.evidence_window = evidence_window
         self.workflow, self.revision = workflow, revision
         self.rollout_state = rollout_state
         self.name = entry.host.name
@@ -81,9 +90,15 @@ class HostRunner:
             stage = rec["done"] + 1
             attempt = rec["attempt"] if rec["stage"] == stage else 0
             if rec["state"] in ("booting", "waiting") and rec["stage"] == stage:
-                if await self._wait_stage(stage, rec.get("deadline") or time.time()):
-                    continue
-                await self._timed_out(stage, attempt)
+                outcome = await self._wait_stage(stage, attempt,
+                                                 rec.get("deadline") or time.time())
+                if outcome == "timeout":
+                    await self._timed_out(stage, attempt)
+                elif outcome == "lost":
+                    await self._failed_attempt(
+                        stage, attempt, f"stage {stage}: no sign of a boot "
+                        f"{self.evidence_window:.0f} s after a power step whose outcome is "
+                        "unknown (the leader running it stopped)")
                 continue
             if self.rollout_state() == "aborted":
                 await self._step("aborted", stage, attempt, "the rollout was aborted")
@@ -168,17 +183,29 @@ class HostRunner:
 
     # --- waiting ---------------------------------------------------------------------------
 
-    async def _wait_stage(self, stage: int, deadline: float) -> bool:
-        """True once the host reported `stage`; False at the deadline (wall clock: the
-        deadline is in the replicated record, written by whichever leader set it)."""
+    async def _wait_stage(self, stage: int, attempt: int, deadline: float) -> str:
+        """"reported" once the host reported `stage` (or is finished); "timeout" at the
+        deadline (wall clock: it is in the replicated record, set by whichever leader);
+        "lost" when the stage's boot step has an unknown outcome and no peer served the
+        machine its script within `evidence_window`: that power action never happened, and
+        waiting for the whole stage timeout would only delay the retry."""
+        boot = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
+        unknown_at = None
+        if boot is not None and "outcome unknown" in ((boot["result"] or {}).get("detail") or ""):
+            unknown_at = boot["at"]
         while True:
             rec = self._record()
             if rec is None or rec["state"] in HOST_TERMINAL or rec["done"] >= stage:
-                return True
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                return False
-            await self.cluster.wait_change(min(remaining, 2.0))
+                return "reported"
+            now = time.time()
+            if deadline <= now:
+                return "timeout"
+            if unknown_at is not None and now >= unknown_at + self.evidence_window:
+                seen = rec.get("seen_at") or 0.0
+                if rec.get("seen_stage") != stage or seen < unknown_at - CLOCK_MARGIN:
+                    return "lost"
+                unknown_at = None  # it booted: wait for the phone-home as usual
+            await self.cluster.wait_change(min(deadline - now, 2.0))
 
     async def _timed_out(self, stage: int, attempt: int) -> None:
         spec = self.workflow.stages[stage - 1]

@@ -107,3 +107,13 @@ def test_bad_host_commands_are_refused_before_replication():
     with pytest.raises(InvalidCommand, match="deadline"):
         commands.validate(cmd("host.step", name="n", revision=R1, state="booting", stage=1,
                               deadline="soon"))
+
+
+def test_seen_records_boot_evidence_only_for_known_hosts():
+    st = ClusterState()
+    assert st.apply(cmd("host.seen", name="ghost", stage=1))["ignored"]
+    assert st.host("ghost") is None
+    st.apply(cmd("host.arm", name="n1", revision=R1, stages=2))
+    assert st.apply(cmd("host.seen", at=1234.5, name="n1", stage=1, revision=R1))["ok"]
+    rec = st.host("n1")
+    assert (rec["seen_at"], rec["seen_stage"], rec["state"]) == (1234.5, 1, "queued")

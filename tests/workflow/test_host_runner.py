@@ -3,6 +3,9 @@ whose "machine" is a process it starts on power on).
 
 - A new leader that finds intents without results (the old leader died while running them)
   does not run them again: it records their outcome as unknown and waits for the phone-home.
+- Whether such a step happened shows in the machine fetching its script: with that evidence
+  the leader waits for the phone-home; without it (within the evidence window) the step was
+  lost and the stage's next attempt runs.
 - A BMC that refuses a step fails the attempt; the stage is retried, then the host is failed,
   with the BMC's answer in the record; nothing after the refused step runs.
 """
@@ -71,7 +74,8 @@ async def armed(node: Cluster, tmp_path: Path):
     sim = next(sims)
     revision, entry, workflow, power = setup(tmp_path, sim.port)
     await node.arm_host("n1", revision.sha, 2, by="test")
-    runner = HostRunner(node, power, entry, workflow, revision.sha, lambda: "running")
+    runner = HostRunner(node, power, entry, workflow, revision.sha, lambda: "running",
+                        evidence_window=3)
     try:
         yield sim, revision.sha, runner
     finally:
@@ -90,11 +94,7 @@ async def until(predicate, what: str, timeout: float = 30):
 async def test_a_new_leader_never_repeats_a_step_it_cannot_know_the_outcome_of(
         node: Cluster, armed) -> None:
     sim, sha, runner = armed
-    # what the previous leader left: both steps of stage 1 started, no result
-    for step in ("pxe", "boot"):
-        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha,
-                                 intent_id=intent_id(sha, "n1", 1, 0, step))
-    await node.step_host("n1", sha, "powering", 1, message="old leader")
+    await leave_unknown(node, sha)
     task = asyncio.create_task(runner.run())
     await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
     for step in ("pxe", "boot"):
@@ -122,3 +122,44 @@ async def test_a_refused_bmc_step_is_retried_then_fails_the_host(
     assert [r["ok"] for r in results] == [False, False], results
     assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # never reached
     assert sim.machine_pids() == []
+
+
+async def leave_unknown(node: Cluster, sha: str) -> None:
+    """What a leader that died during stage 1's power steps leaves behind."""
+    for step in ("pxe", "boot"):
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha,
+                                 intent_id=intent_id(sha, "n1", 1, 0, step))
+    await node.step_host("n1", sha, "powering", 1, message="old leader")
+
+
+async def test_a_lost_power_step_is_retried_after_the_evidence_window(
+        node: Cluster, armed) -> None:
+    _, sha, runner = armed
+    await leave_unknown(node, sha)
+    await asyncio.wait_for(runner.run(), 60)  # lost, retried, and the retry's PXE refused
+    kinds = [(e["kind"], e.get("message") or "") for e in node.events_since(0, 1000)["events"]
+             if e.get("host") == "n1" and e["kind"].startswith("host.")]
+    assert ("host.retrying", "stage 1: no sign of a boot 3 s after a power step whose outcome "
+            "is unknown (the leader running it stopped); retry 1 of 1") in kinds, kinds
+    retry = node.intent(intent_id(sha, "n1", 1, 1, "pxe"))
+    assert retry is not None and retry["result"]["ok"] is False  # attempt 1 did run
+    assert node.host("n1")["state"] == "failed"
+
+
+async def test_a_machine_seen_booting_is_waited_for_not_power_cycled_again(
+        node: Cluster, armed) -> None:
+    sim, sha, runner = armed
+    await leave_unknown(node, sha)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
+    # a peer served the machine its stage 1 script: the power step did happen
+    await node.submit({"op": "host.seen", "op_id": "seen-1", "at": time.time(), "name": "n1",
+                       "stage": 1, "revision": sha})
+    await asyncio.sleep(5)  # past the 3 s evidence window
+    record = node.host("n1")
+    assert (record["state"], record["attempt"]) == ("booting", 0), record
+    assert node.intent(intent_id(sha, "n1", 1, 1, "pxe")) is None
+    await node.submit({"op": "host.stage_done", "op_id": "ph-2", "at": time.time(),
+                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    await asyncio.wait_for(task, 20)
+    assert node.host("n1")["state"] == "done" and sim.machine_pids() == []
