@@ -162,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                          rev=None, what="all", json=False))
     if code != EXIT_OK:
         return code
-    print("\n== a peer serving the lab site on loopback, lab-01 walked through its workflow")
+    print("\n== a peer following the lab SoT in git: plan, approval, the rollout")
     from .demo import run
     from .log import configure_logging
 

@@ -131,7 +131,8 @@ class Peer:
         secret = read_secret(self.config.token_secret_file)
         try:
             table = compile_boot_table(revision, self.config.site, self.config.interface,
-                                       self._address(revision), secret)
+                                       self._address(revision), secret,
+                                       http_port=self.config.http.port)
         except ValueError as exc:
             raise PeerError(str(exc)) from None
         log.info("revision.loaded", revision=revision.sha, source=revision.source,

@@ -103,8 +103,10 @@ def _subnet_spec(subnet: Subnet) -> SubnetSpec:
 
 
 def compile_boot_table(revision: Revision, site_id: str, interface: str,
-                       server_address: str, secret: bytes) -> BootTable:
-    """Compile the table this peer serves for `site_id`. The revision must be valid."""
+                       server_address: str, secret: bytes,
+                       http_port: int | None = None) -> BootTable:
+    """Compile the table this peer serves for `site_id`. The revision must be valid.
+    `http_port`: where this peer serves boot HTTP, when its config overrides the site's."""
     if not revision.valid:
         raise ValueError(f"revision {revision.sha[:12]} is not valid; it cannot be served")
     sot = revision.sot
@@ -114,7 +116,7 @@ def compile_boot_table(revision: Revision, site_id: str, interface: str,
                          f"(sites: {', '.join(sorted(sot.sites))})")
     # Unless the site names one boot URL (a VIP or load balancer), every peer points the
     # machines it answers at itself: any peer may be down, each serves the whole chain.
-    port = site.netboot.http_port
+    port = http_port or site.netboot.http_port
     base = site.netboot.boot_url or (
         f"http://{server_address}" + ("" if port == 80 else f":{port}"))
     boot_files = BootFiles(

@@ -112,6 +112,11 @@ class HostRunner:
         spec: Stage = self.workflow.stages[stage - 1]
         label = f"stage {stage}/{len(self.workflow.stages)} {spec.label}"
         timeout = float(spec.timeout)
+        if spec.local and attempt == 0 and (self.power is None or not self._has_bmc()):
+            # the installer reboots into its disk by itself; nothing to power
+            await self._step("booting", stage, attempt, f"{label}: waiting for the phone-home "
+                             "of its first boot from disk", deadline=time.time() + timeout)
+            return
         try:
             target_for(self.entry)
         except NoBmc:
@@ -138,6 +143,13 @@ class HostRunner:
             return
         await self._step("booting", stage, attempt, f"{label}: waiting for its phone-home",
                          deadline=time.time() + timeout)
+
+    def _has_bmc(self) -> bool:
+        try:
+            target_for(self.entry)
+        except NoBmc:
+            return False
+        return True
 
     async def _power(self, action: str) -> str:
         await asyncio.wait_for(self.power.run(self.entry, action), POWER_TIMEOUT)
