@@ -74,7 +74,46 @@ class WorkflowEngine:
         base = (rollout or {}).get("base") or planned_base(self.cluster.revision(sha))
         plan = await self.plan(base, sha)
         records = {r["name"]: r for r in self.cluster.hosts()}
-        return progress(plan, self.site, records, rollout)
+        planned = {h for waves in plan.waves.values() for w in waves for c in w.clusters
+                   for b in c.batches for h in b}
+        earlier = {r["revision"] for n, r in records.items()
+                   if n in planned and r.get("revision") not in (None, sha)}
+        installs: dict[str, dict[str, str]] = {}
+        for rev in earlier:  # the few revisions a superseded rollout armed hosts for
+            try:
+                compiled = await self.revision(rev)
+            except Exception as exc:  # gone from the mirror: those hosts are redone
+                log.warning("workflow.revision_unreadable", revision=rev, error=str(exc))
+                continue
+            installs[rev] = {h: fp.install for h, fp in compiled.result.fingerprints.items()}
+        new = (await self.revision(sha)).result.fingerprints
+
+        def same_install(host: str, rev: str) -> bool:
+            fp = new.get(host)
+            return fp is not None and installs.get(rev, {}).get(host) == fp.install
+
+        return progress(plan, self.site, records, rollout, same_install)
+
+    def _rollout_base(self, sha: str) -> str:
+        """What the rollout of `sha` is planned against: the revision it was approved
+        against, unless that one's rollout did not finish (superseded while running, paused
+        or failed): then that one's own base, so its unfinished work is carried over and
+        no host it meant to install is stranded. An aborted rollout's work is not carried."""
+        base = planned_base(self.cluster.revision(sha))
+        for _ in range(20):  # bounded: a chain of unfinished rollouts
+            if base == EMPTY:
+                return base
+            previous = self.cluster.rollout(base)
+            if previous is None:  # applied and replaced before its rollout even started
+                record = self.cluster.revision(base)
+                if record is None:
+                    return base
+                base = planned_base(record)
+                continue
+            if previous["state"] not in ("running", "paused", "failed"):
+                return base
+            base = previous.get("base") or EMPTY
+        return base
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -124,7 +163,7 @@ class WorkflowEngine:
             return
         rollout = self.cluster.rollout(sha)
         if rollout is None:
-            base = planned_base(self.cluster.revision(sha))
+            base = self._rollout_base(sha)
             await self.cluster.start_rollout(sha, base, by="engine")
             log.info("workflow.rollout_started", revision=sha, base=base)
             rollout = self.cluster.rollout(sha)
@@ -197,18 +236,23 @@ class WorkflowEngine:
             log.info("workflow.host_armed", host=name, revision=sha, stages=stages)
 
     async def _drive(self, sha: str) -> None:
-        """One runner per host armed for the applied revision and not finished."""
-        revision = None
+        """One runner per armed, unfinished host: those of the applied revision, and those a
+        superseded rollout left in flight (they finish the stage work they started, under
+        their own revision; a host the new plan changes was armed again for it instead)."""
+        revisions: dict[str, Revision] = {}
         for record in self.cluster.hosts():
-            name = record["name"]
-            if (record.get("revision") != sha or record.get("armed_seq") is None
+            name, rev = record["name"], record.get("revision")
+            if (rev is None or record.get("armed_seq") is None
                     or record.get("state") in HOST_TERMINAL or name in self._runners):
                 continue
-            revision = revision or await self.revision(sha)
-            entry = revision.sot.hosts.get(name)
+            if rev != sha and (self.cluster.rollout(rev) or {}).get("state") != "superseded":
+                continue  # an aborted (or unknown) rollout's hosts are left alone
+            if rev not in revisions:
+                revisions[rev] = await self.revision(rev)
+            entry = revisions[rev].sot.hosts.get(name)
             if entry is None or entry.site != self.site:
                 continue
-            workflow = revision.sot.workflows[entry.host.workflow]
-            runner = HostRunner(self.cluster, self.power, entry, workflow, sha,
-                                lambda name=name: self._state_for(sha, name))
+            workflow = revisions[rev].sot.workflows[entry.host.workflow]
+            runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
+                                lambda name=name, rev=rev: self._state_for(rev, name))
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")

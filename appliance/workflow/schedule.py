@@ -14,6 +14,7 @@ Rules (the plan's batches already honour `max_concurrent` and `min_standing`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,7 +68,18 @@ class RolloutProgress:
         return out
 
 
-def _host(name: str, record: dict | None, revision: str) -> HostProgress:
+def _host(name: str, record: dict | None, revision: str,
+          same_install: Callable[[str, str], bool]) -> HostProgress:
+    if record is not None and record.get("revision") not in (None, revision) and (
+            record.get("armed_seq") is not None or record.get("state") == "done"):
+        # armed or done under an earlier revision that installs exactly the same on this
+        # host (a superseded rollout's work): it counts, in flight or done; failed is retried
+        if record.get("state") not in ("failed", "aborted") and same_install(
+                name, record["revision"]):
+            return HostProgress(name, record.get("state") or "queued", record.get("stage") or 0,
+                                record.get("done") or 0, record.get("stages") or 0,
+                                record.get("attempt") or 0, record.get("message"))
+        return HostProgress(name, PENDING)
     if record is None or record.get("revision") != revision:
         return HostProgress(name, PENDING)
     if record.get("armed_seq") is None and record.get("state") != "done":
@@ -77,9 +89,13 @@ def _host(name: str, record: dict | None, revision: str) -> HostProgress:
                         record.get("attempt") or 0, record.get("message"))
 
 
-def progress(plan: Plan, site: str, records: dict[str, dict], rollout: dict | None
+def progress(plan: Plan, site: str, records: dict[str, dict], rollout: dict | None,
+             same_install: Callable[[str, str], bool] = lambda host, rev: False
              ) -> RolloutProgress:
-    """The rollout of `plan.new` in `site`, given the host records of the replica."""
+    """The rollout of `plan.new` in `site`, given the host records of the replica.
+    `same_install(host, sha)`: whether revision `sha` installs on `host` exactly what
+    `plan.new` does (a rollout carrying a superseded one's unfinished work counts what that
+    one already did)."""
     revision = plan.new
     state = rollout["state"] if rollout else "not started"
     out = RolloutProgress(revision, rollout.get("base") if rollout else plan.old, state)
@@ -89,7 +105,8 @@ def progress(plan: Plan, site: str, records: dict[str, dict], rollout: dict | No
         for cr in wave.clusters:
             cp = ClusterProgress(cr.cluster, cr.workflow, wave.index,
                                  int(cr.policy.get("max_fail", 0)),
-                                 [[_host(h, records.get(h), revision) for h in batch]
+                                 [[_host(h, records.get(h), revision, same_install)
+                                   for h in batch]
                                   for batch in cr.batches])
             for i, batch in enumerate(cp.batches, start=1):
                 cp.failures += sum(1 for h in batch if h.status == "failed")

@@ -239,3 +239,34 @@ def test_the_health_gate_holds_a_host_until_its_service_answers(tmp_path: Path) 
         assert record(base, "svc-2")["message"].startswith(
             f"health check failed for 8 s: tcp 127.0.0.2:{port}"), record(base, "svc-2")
         until(lambda: api(base, "/v1/rollouts/current")["state"] == "failed", "halted")
+
+
+def test_a_revision_applied_mid_rollout_carries_its_unfinished_work(tmp_path: Path) -> None:
+    """R2 (a change no host sees) is applied while R1's rollout has etcd-1 in flight and the
+    workers not yet armed: etcd-1 finishes the stage work it started (armed once), and R2's
+    rollout installs the workers R1 never reached instead of stranding them."""
+    work, bare, rev1 = lab_repo(tmp_path, HOSTS, "lab", stage_timeout=60)
+    with following(tmp_path, bare) as peer:
+        base = peer.base
+        approve_when_planned(base, rev1)
+        until(lambda: record(base, "etcd-1").get("state") == "waiting", "etcd-1 in flight")
+        (work / "notes").mkdir()
+        (work / "notes" / "README.md").write_text("rack 4 cabling plan\n")
+        rev2 = push(work, "notes only")
+        approve_when_planned(base, rev2)
+        until(lambda: api(base, "/v1/rollouts/current")["revision"] == rev2
+              and api(base, "/v1/rollouts/current")["rollout"], "rev2's rollout started")
+        progress = api(base, "/v1/rollouts/current")
+        assert progress["base"] == "0" * 40, progress  # R1 never finished: its work carried
+        assert api(base, f"/v1/rollouts/{rev1}")["rollout"]["state"] == "superseded"
+        assert [c["state"] for c in progress["clusters"]] == ["running", "waiting"], progress
+        run_stages(base, "etcd-1")  # finished under R1 by the same runner, not re-armed
+        assert record(base, "etcd-1")["revision"] == rev1
+        for name in ("work-1", "work-2", "work-3"):
+            until(lambda name=name: name in armed(base), f"{name} armed for R2")
+            run_stages(base, name)
+            assert record(base, name)["revision"] == rev2
+        until(lambda: api(base, "/v1/rollouts/current")["state"] == "done", "rev2 done")
+        arms = [e["host"] for e in api(base, "/v1/events?limit=1000")["events"]
+                if e["kind"] == "host.armed"]
+        assert sorted(arms) == ["etcd-1", "work-1", "work-2", "work-3"], arms

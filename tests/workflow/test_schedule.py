@@ -85,3 +85,25 @@ def test_an_update_reinstalls_only_changed_hosts_one_at_a_time(revisions) -> Non
     old["work-2"] = rec(r2.sha, "booting", 1, seq=None)
     p = progress(plan, "lab", old, {"state": "running"})
     assert p.to_arm == ["work-2"]
+
+
+def test_work_done_under_an_earlier_revision_counts_only_if_it_installs_the_same(
+        revisions) -> None:
+    r1, r2 = revisions  # r2 changes the workers' install, not etcd's
+    plan = make_plan(empty_revision(), r2)  # a rollout carrying r1's unfinished work
+    fps = {r1.sha: r1.result.fingerprints, r2.sha: r2.result.fingerprints}
+
+    def same_install(host: str, rev: str) -> bool:
+        return fps[rev][host].install == fps[r2.sha][host].install
+
+    records = {"etcd-1": rec(r1.sha, "done", 2), "work-1": rec(r1.sha, "done", 2)}
+    p = progress(plan, "lab", records, {"state": "running"}, same_install)
+    hosts = {h.host: h.status for c in p.clusters for b in c.batches for h in b}
+    assert hosts["etcd-1"] == "done"  # r1 installed what r2 would: not redone
+    assert hosts["work-1"] == "pending"  # r2 installs something else on it
+    assert p.to_arm == ["work-1"]
+    records["etcd-1"] = rec(r1.sha, "booting", 1)  # in flight under r1: waited for
+    assert progress(plan, "lab", records, {"state": "running"}, same_install).to_arm == []
+    records["etcd-1"] = rec(r1.sha, "failed", 0)  # failed under r1: tried again
+    assert progress(plan, "lab", records, {"state": "running"}, same_install).to_arm == [
+        "etcd-1"]
