@@ -121,6 +121,8 @@ def cmd_rollout(client: PeerClient, args: argparse.Namespace) -> int:
         else:
             print(f"rollout {sha if sha == 'current' else short(sha)}: {result.get('previous')}"
                   f" -> {result.get('state')}")
+            if result.get("retried"):
+                print("armed again: " + ", ".join(result["retried"]))
         return EXIT_OK
     path = f"/v1/rollouts/{sha}"
     if args.follow:

@@ -174,10 +174,16 @@ def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
                "within 10 s; no retries left" in follow.stdout, follow.stdout
         assert "HALTED: cluster workers: 1 host(s) failed, max_fail is 0" in follow.stdout
         assert boot_as_machine(base, "work-3")[0] is None  # failed: left on its disk
+        # the cause is fixed: resume retries the failed host, and the rollout completes
+        resumed = vaq(base, "rollout", "resume", "--reason", "cable replaced")
+        assert resumed.returncode == 0 and "armed again: work-3" in resumed.stdout, resumed
+        run_stages(base, "work-3")
+        until(lambda: api(base, "/v1/rollouts/current")["state"] == "done", "rollout done")
 
         kinds = [e["kind"] for e in api(base, "/v1/events?limit=1000")["events"]]
         assert "rollout.started" in kinds and "rollout.paused" in kinds
         assert kinds.index("rollout.failed") > kinds.index("rollout.running")
+        assert "rollout.done" in kinds
 
 
 def test_abort_then_a_site_that_installs_new_hosts_only_when_armed(tmp_path: Path) -> None:
