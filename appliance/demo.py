@@ -165,7 +165,7 @@ async def _walk(peer: Peer, token: str, sha: str) -> None:
         print(_indent(script))
 
         async def lab02_armed() -> bool:
-            return bool((await _host_state(c, "lab-02")).get("state"))
+            return (await _host_state(c, "lab-02")).get("state") == "waiting"
 
         await c.until(lab02_armed, "lab-02 to be armed")
         print("\n== vaq-peer rollout   (lab-01 done; the next batch, lab-02, is armed)")
