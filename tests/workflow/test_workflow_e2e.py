@@ -6,8 +6,9 @@ HTTP, Raft); each machine is a QEMU guest powered only through its own `ipmi_sim
 same bridge (tools/rigs/bmc_guest.py); the test talks to the API from an `ops` namespace.
 
 1. The SoT (etcd: 1 host, workers: 2 hosts, a two-stage workflow of network boots of the test
-   OS, which phones home and powers off) is pushed and approved. The leader powers every
-   machine on into PXE for stage 1, then for stage 2; each reports done.
+   OS, which phones home and then stays up like an installed machine) is pushed and approved.
+   The leader powers every machine on into PXE for stage 1, then power-cycles it into PXE for
+   stage 2; each reports done.
 2. A change to the workers' install stage with `max_concurrent: 1` is pushed and approved.
    As soon as the leader has powered the first worker on, the leader is killed (SIGKILL).
    The rollout finishes under the new leader.
@@ -190,7 +191,8 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
         pytest.skip(reason)
     work, bare = init_repo(tmp_path)
     write_sot(work, HOSTS, guest_os.kernel, guest_os.initrd, peers=PEERS, http_port=8080,
-              stage_timeout=STAGE_TIMEOUT, retries=1, worker_concurrency=2, depends=False)
+              stage_timeout=STAGE_TIMEOUT, retries=1, worker_concurrency=2, depends=False,
+              stay=True)
     rev1 = push(work, "lab: etcd and workers")
     with NetnsRig() as rig:
         site = Site(rig, tmp_path, bare)
@@ -224,7 +226,7 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
             # 2. the update of the workers, one at a time; the leader dies in the middle
             write_sot(work, HOSTS, guest_os.kernel, guest_os.initrd, peers=PEERS,
                       http_port=8080, stage_timeout=STAGE_TIMEOUT, retries=1,
-                      worker_concurrency=1, depends=False, install_note="v2")
+                      worker_concurrency=1, depends=False, install_note="v2", stay=True)
             rev2 = push(work, "workers: new install, one at a time")
             approve(site, rev2)
             plan = site.api(f"/v1/rollouts/{rev2}")
@@ -272,6 +274,17 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
     expected = {(h.name, rev1, s) for h in HOSTS for s in ("1", "2")}
     expected |= {(n, rev2, s) for n in WORKERS for s in ("1", "2")}
     assert set(boots) == expected and set(boots.values()) == {1}, boots
+    # the machines stay up after each stage (like installed ones): stage 1 of the first
+    # install powers them on, every later stage power-cycles a running machine
+    stage_of = {e["data"]["intent_id"]: e["data"]["stage"] for e in journal
+                if e["kind"] == "intent.recorded"}
+    actions = {(e["host"], e["revision"], stage_of[e["data"]["intent_id"]]): e["message"]
+               for e in journal
+               if e["kind"] == "intent.ok" and e["data"].get("action") == "power.boot"}
+    assert len(actions) == len(expected), actions
+    for (name, rev, stage), detail in actions.items():
+        first = rev == rev1 and stage == "1"
+        assert detail == ("power on" if first else "power cycle"), (name, rev, stage, detail)
     failed = [e for e in journal if e["kind"] == "intent.failed"]
     assert not failed or all("outcome unknown" in (e.get("message") or "") and
                              e["data"]["action"] == "power.pxe" for e in failed), failed

@@ -42,7 +42,7 @@ def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
               depends: bool = True, install_new_hosts: bool = True,
-              health: str | None = None) -> None:
+              health: str | None = None, stay: bool = False) -> None:
     """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
     to make every host of the workers cluster, and only those, need a reinstall)."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
@@ -89,6 +89,7 @@ cmdline:
   - console: ttyS0
   - panic: "-1"
   - vaq.stage: "{ident}-{note}"
+  - vaq.stay: "{int(stay)}"
   - vaq.phone_home: "{{{{ urls.phone_home }}}}"
 """)
         (root / f"boot/testos-{ident}.yml").write_text(
