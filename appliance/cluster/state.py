@@ -191,7 +191,7 @@ class ClusterState:
                          message=cmd["reason"], data={"by": cmd["by"]} if cmd["by"] else None)
         self.hosts[name] = {
             "name": name, "revision": cmd["revision"], "stages": cmd["stages"], "done": 0,
-            "stage": 1, "state": "queued", "attempt": 0, "armed_seq": seq,
+            "stage": 1, "state": "queued", "attempt": 0, "armed_seq": seq, "armed_at": at,
             "message": cmd["reason"], "deadline": None, "last_event": "host.armed",
             "updated_at": at,
         }
@@ -221,6 +221,11 @@ class ClusterState:
         """A phone-home, as any peer's data plane saw it. Never lowers what is done."""
         name, at, stage = cmd["name"], cmd["at"], cmd["stage"]
         record = self.hosts.get(name)
+        if record is not None and at < record.get("armed_at", at):
+            # made before the host was armed again (a report held in a cut-off peer's
+            # outbox): it answers the previous arming, not this one
+            raise _Reject("stale_report", f"host {name}: a stage {stage} report from before "
+                                          "its current arming")
         if record is None or "done" not in record:
             record = {"name": name, "revision": cmd["revision"], "stages": cmd["stages"],
                       "done": 0, "stage": stage, "state": "booting", "attempt": 0,

@@ -117,3 +117,18 @@ def test_seen_records_boot_evidence_only_for_known_hosts():
     assert st.apply(cmd("host.seen", at=1234.5, name="n1", stage=1, revision=R1))["ok"]
     rec = st.host("n1")
     assert (rec["seen_at"], rec["seen_stage"], rec["state"]) == (1234.5, 1, "queued")
+
+
+def test_a_report_made_before_the_current_arming_does_not_count():
+    st = ClusterState()
+    st.apply(cmd("host.arm", at=100.0, name="n1", revision=R1, stages=2))
+    st.apply(cmd("host.stage_done", at=150.0, name="n1", stage=2, stages=2, revision=R1))
+    st.apply(cmd("host.arm", at=200.0, name="n1", revision=R2, stages=2))  # reinstall
+    # a phone-home accepted at 160 by a peer cut off from the group, replicated only now
+    late = st.apply(cmd("host.stage_done", at=160.0, name="n1", stage=1, stages=2,
+                        revision=R1))
+    assert late["error"] == "stale_report"
+    assert st.host("n1")["done"] == 0
+    assert st.apply(cmd("host.stage_done", at=230.0, name="n1", stage=1, stages=2,
+                        revision=R2))["ok"]
+    assert st.host("n1")["done"] == 1
