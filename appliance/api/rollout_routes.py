@@ -80,23 +80,7 @@ async def pause(request: web.Request) -> web.Response:
 @describe("Resume a paused or failed rollout; the hosts that failed in it are armed again "
           "(retried from stage 1)", body="{reason?}")
 async def resume(request: web.Request) -> web.Response:
-    c = ctx(request)
-    sha = _sha(request)
-    rollout = c.cluster.rollout(sha)
-    retried = []
-    if rollout is not None and rollout["state"] == "failed":
-        by = request.get(TOKEN_NAME, "api")
-        for record in c.cluster.hosts():
-            if record.get("revision") == sha and record.get("state") == "failed":
-                await c.cluster.arm_host(record["name"], sha, record.get("stages") or 1, by=by,
-                                         reason=f"retried: rollout resumed by {by}")
-                retried.append(record["name"])
-    response = await _control(request, "resume")
-    if retried:
-        body = json.loads(response.text or "{}")
-        body["retried"] = retried
-        return web.json_response(body)
-    return response
+    return await _control(request, "resume")
 
 
 @describe("Abort a rollout: no new batch; hosts in flight get no further power action and "

@@ -286,7 +286,45 @@ class ClusterState:
         seq = self._emit(at, f"rollout.{new}", revision=sha, message=cmd["reason"],
                          data={"by": cmd["by"]} if cmd["by"] else None)
         rollout["seq"] = seq  # hosts armed before this entry were armed under the old state
-        return {"ok": True, "state": new, "previous": old, "seq": seq}
+        result = {"ok": True, "state": new, "previous": old, "seq": seq}
+        # The hosts change in the same entry as the rollout: no window in which a rollout is
+        # aborted but its hosts are still served their next stage, or resumed but not retried.
+        if new == "aborted":
+            why = f"rollout aborted by {cmd['by'] or 'an operator'}"
+            why += f": {cmd['reason']}" if cmd["reason"] else ""
+            result["aborted"] = self._end_in_flight(sha, at, why[:commands.MAX_TEXT])
+        elif old == "failed" and new == "running":
+            result["retried"] = self._rearm_failed(sha, at, cmd["by"])
+        return result
+
+    def _armed_for(self, sha: str) -> list[dict]:
+        return [r for r in self.hosts.values()
+                if r.get("revision") == sha and r.get("armed_seq") is not None]
+
+    def _end_in_flight(self, sha: str, at: float, why: str) -> list[str]:
+        """Abort: every host armed for the revision and unfinished gets the disk next boot."""
+        names = []
+        for record in self._armed_for(sha):
+            if record.get("state") not in commands.HOST_TERMINAL:
+                record.update(state="aborted", message=why, deadline=None,
+                              last_event="host.aborted", updated_at=at)
+                self._emit(at, "host.aborted", host=record["name"], revision=sha, message=why)
+                names.append(record["name"])
+        return names
+
+    def _rearm_failed(self, sha: str, at: float, by: str | None) -> list[str]:
+        """Resuming a failed rollout retries its failed hosts from stage 1."""
+        names = []
+        for record in self._armed_for(sha):
+            if record.get("state") == "failed":
+                why = f"retried: rollout resumed by {by or 'an operator'}"
+                seq = self._emit(at, "host.armed", host=record["name"], revision=sha,
+                                 message=why)
+                record.update(done=0, stage=1, state="queued", attempt=0, armed_seq=seq,
+                              armed_at=at, message=why, deadline=None,
+                              last_event="host.armed", updated_at=at)
+                names.append(record["name"])
+        return names
 
     def _intent_record(self, cmd: dict) -> dict:
         if cmd["term"] < self.fence_term:

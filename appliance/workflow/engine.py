@@ -186,41 +186,7 @@ class WorkflowEngine:
                 log.info("workflow.rollout_done", revision=sha, counts=prog.counts)
             else:
                 await self._arm(sha, prog)
-        if rollout["state"] == "aborted":
-            await self._abort_in_flight(sha, rollout)
         await self._drive(sha)
-
-    async def _abort_in_flight(self, sha: str, rollout: dict) -> None:
-        """An aborted rollout drives nothing: hosts in flight are marked aborted (their next
-        boot is the disk) and get no further power action."""
-        for name, task in list(self._runners.items()):
-            record = self.cluster.host(name) or {}
-            if (record.get("armed_seq") or 0) < rollout.get("seq", 0):
-                task.cancel()
-                del self._runners[name]
-        why = f"rollout aborted by {rollout.get('by') or 'an operator'}"
-        if rollout.get("reason"):
-            why += f": {rollout['reason']}"
-        for record in self.cluster.hosts():
-            if (record.get("revision") == sha and record.get("armed_seq") is not None
-                    and record.get("state") not in HOST_TERMINAL
-                    and record["armed_seq"] < rollout.get("seq", 0)):
-                with contextlib.suppress(CommandRejected):
-                    await self.cluster.step_host(record["name"], sha, "aborted",
-                                                 max(1, record.get("stage") or 1),
-                                                 attempt=record.get("attempt") or 0,
-                                                 message=why[:1000])
-                log.warning("workflow.host_aborted", host=record["name"], revision=sha)
-
-    def _state_for(self, sha: str, name: str) -> str | None:
-        """The rollout's state as it applies to one host: an abort stops the hosts armed
-        before it, not one an operator armed by hand afterwards."""
-        rollout = self.cluster.rollout(sha) or {}
-        record = self.cluster.host(name) or {}
-        if rollout.get("state") == "aborted" and (record.get("armed_seq") or 0) > rollout.get(
-                "seq", 0):
-            return "running"
-        return rollout.get("state")
 
     async def _arm(self, sha: str, prog: RolloutProgress) -> None:
         revision = await self.revision(sha)
@@ -253,6 +219,5 @@ class WorkflowEngine:
             if entry is None or entry.site != self.site:
                 continue
             workflow = revisions[rev].sot.workflows[entry.host.workflow]
-            runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
-                                lambda name=name, rev=rev: self._state_for(rev, name))
+            runner = HostRunner(self.cluster, self.power, entry, workflow, rev)
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")

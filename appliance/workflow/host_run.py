@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -54,12 +53,10 @@ def intent_id(revision: str, host: str, stage: int, attempt: int, step: str) -> 
 
 class HostRunner:
     def __init__(self, cluster: Cluster, power: Any, entry: HostEntry, workflow: Workflow,
-                 revision: str, rollout_state: Callable[[], str | None], *,
-                 evidence_window: float = EVIDENCE_WINDOW) -> None:
+                 revision: str, *, evidence_window: float = EVIDENCE_WINDOW) -> None:
         self.cluster, self.power, self.entry = cluster, power, entry
         self.evidence_window = evidence_window
         self.workflow, self.revision = workflow, revision
-        self.rollout_state = rollout_state
         self.name = entry.host.name
         self.log = log.bind(host=self.name, revision=revision[:12])
 
@@ -80,6 +77,15 @@ class HostRunner:
     async def run(self) -> None:
         """Walk the host on from wherever its record says it is; returns when it is finished
         (done, failed, aborted) or no longer armed for this revision."""
+        try:
+            await self._walk()
+        except CommandRejected as exc:
+            if exc.code not in ("host_finished", "stale"):
+                raise
+            # aborted, or armed again, while a step was under way: that step was the last
+            self.log.info("workflow.host_released", reason=exc.message)
+
+    async def _walk(self) -> None:
         for _ in range(10_000):  # bounded: every turn advances a stage, an attempt or a wait
             rec = self._record()
             if rec is None or rec["state"] in HOST_TERMINAL:
@@ -100,9 +106,6 @@ class HostRunner:
                         f"{self.evidence_window:.0f} s after a power step whose outcome is "
                         "unknown (the leader running it stopped)")
                 continue
-            if self.rollout_state() == "aborted":
-                await self._step("aborted", stage, attempt, "the rollout was aborted")
-                return
             await self._boot(stage, attempt)
         raise RuntimeError(f"host {self.name}: runner did not converge")
 

@@ -132,3 +132,25 @@ def test_a_report_made_before_the_current_arming_does_not_count():
     assert st.apply(cmd("host.stage_done", at=230.0, name="n1", stage=1, stages=2,
                         revision=R2))["ok"]
     assert st.host("n1")["done"] == 1
+
+
+def test_abort_ends_hosts_in_flight_and_resume_retries_failed_ones_in_the_same_entry():
+    st = ClusterState()
+    st.apply(cmd("rollout.start", revision=R1))
+    for name in ("a", "b", "c"):
+        st.apply(cmd("host.arm", name=name, revision=R1, stages=2))
+    st.apply(cmd("host.step", name="a", revision=R1, state="failed", stage=1))
+    st.apply(cmd("host.stage_done", name="b", stage=2, stages=2, revision=R1))
+    st.apply(cmd("host.step", name="b", revision=R1, state="done", stage=2))
+    st.apply(cmd("rollout.set", revision=R1, state="failed", reason="max_fail"))
+    resumed = st.apply(cmd("rollout.set", revision=R1, state="running", by="ops"))
+    assert resumed["retried"] == ["a"]
+    a = st.host("a")
+    assert (a["state"], a["done"], a["attempt"]) == ("queued", 0, 0)
+    assert a["armed_seq"] > resumed["seq"]
+    aborted = st.apply(cmd("rollout.set", revision=R1, state="aborted", by="ops",
+                           reason="wrong image"))
+    assert aborted["aborted"] == ["a", "c"]  # b was done: left alone
+    assert st.host("c")["state"] == "aborted"
+    assert st.host("c")["message"] == "rollout aborted by ops: wrong image"
+    assert st.host("b")["state"] == "done"

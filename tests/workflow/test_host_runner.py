@@ -74,8 +74,7 @@ async def armed(node: Cluster, tmp_path: Path):
     sim = next(sims)
     revision, entry, workflow, power = setup(tmp_path, sim.port)
     await node.arm_host("n1", revision.sha, 2, by="test")
-    runner = HostRunner(node, power, entry, workflow, revision.sha, lambda: "running",
-                        evidence_window=3)
+    runner = HostRunner(node, power, entry, workflow, revision.sha, evidence_window=3)
     try:
         yield sim, revision.sha, runner
     finally:
