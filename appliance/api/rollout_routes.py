@@ -4,21 +4,14 @@ replica and the plan; the controls are Raft writes, so any peer takes them."""
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from .auth import TOKEN_NAME
 from .context import ctx
 from .openapi import describe
+from .routes import api_error, read_body
 
 CONTROLS = {"pause": "paused", "resume": "running", "abort": "aborted"}
-
-
-def _bad(message: str, status: int = 400, error: str = "bad_request") -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
-    return cls(text=json.dumps({"error": error, "message": message}),
-               content_type="application/json")
 
 
 def _sha(request: web.Request) -> str:
@@ -26,19 +19,13 @@ def _sha(request: web.Request) -> str:
     if sha in ("current", "applied"):
         applied = ctx(request).cluster.applied_revision()
         if applied is None:
-            raise _bad("no revision has been applied yet", 404, "not_found")
+            raise api_error("no revision has been applied yet", 404)
         return applied
     return sha
 
 
 async def _reason(request: web.Request) -> str | None:
-    if not request.can_read_body:
-        return None
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad("the body must be a JSON object") from None
-    reason = body.get("reason") if isinstance(body, dict) else None
+    reason = (await read_body(request)).get("reason")
     return reason if isinstance(reason, str) and reason else None
 
 
@@ -56,9 +43,10 @@ async def rollout(request: web.Request) -> web.Response:
     c = ctx(request)
     sha = _sha(request)
     if c.rollout_progress is None:
-        raise _bad("this peer runs no workflow engine (a fixed `sot:` peer)", 409, "no_engine")
+        raise api_error("this peer runs no workflow engine (a fixed `sot:` peer)", 409,
+                        "no_engine")
     if c.cluster.revision(sha) is None:
-        raise _bad(f"no revision {sha}", 404, "not_found")
+        raise api_error(f"no revision {sha}", 404)
     return web.json_response(await c.rollout_progress(sha))
 
 
@@ -98,9 +86,9 @@ async def arm(request: web.Request) -> web.Response:
     facts = c.host_facts(name)
     applied = c.cluster.applied_revision()
     if facts is None or applied is None:
-        raise _bad(f"no host {name!r} in this site's applied revision", 404, "not_found")
+        raise api_error(f"no host {name!r} in this site's applied revision", 404)
     if facts.get("never_provision"):
-        raise _bad(f"host {name!r} is never_provision; change the SoT to provision it", 409,
+        raise api_error(f"host {name!r} is never_provision; change the SoT to provision it", 409,
                    "never_provision")
     by = request.get(TOKEN_NAME, "api")
     result = await c.cluster.arm_host(name, applied, facts["stages"], by=by,

@@ -15,6 +15,14 @@ from .context import ctx
 from .openapi import describe
 
 
+def api_error(message: str, status: int = 400, error: str | None = None) -> web.HTTPException:
+    """The API's error shape, {"error", "message"}, as an exception a handler raises."""
+    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
+    code = error or {400: "bad_request", 404: "not_found", 409: "conflict"}[status]
+    return cls(text=json.dumps({"error": code, "message": message}),
+               content_type="application/json")
+
+
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -22,31 +30,20 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     try:
         value = int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
-                                                  f"{name} must be an integer"}),
-                                 content_type="application/json") from None
+        raise api_error(f"{name} must be an integer") from None
     return max(lo, min(hi, value))
 
 
-async def _body(request: web.Request) -> dict:
+async def read_body(request: web.Request) -> dict:
     if not request.can_read_body:
         return {}
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
-                                                  "the body must be a JSON object"}),
-                                 content_type="application/json") from None
+        raise api_error("the body must be a JSON object") from None
     if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
-                                                  "the body must be a JSON object"}),
-                                 content_type="application/json")
+        raise api_error("the body must be a JSON object")
     return data
-
-
-def _not_found(what: str) -> web.HTTPNotFound:
-    return web.HTTPNotFound(text=json.dumps({"error": "not_found", "message": what}),
-                            content_type="application/json")
 
 
 def _status_dict(request: web.Request) -> dict:
@@ -108,12 +105,10 @@ async def peers(request: web.Request) -> web.Response:
 @describe("Add a peer to the group (one at a time; start it after this returns)",
           body="{address: host:port, name?, api_url?}")
 async def add_peer(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     address = body.get("address")
     if not isinstance(address, str):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
-                                                  "address (host:port) is required"}),
-                                 content_type="application/json")
+        raise api_error("address (host:port) is required")
     await ctx(request).cluster.add_peer(address, name=body.get("name"),
                                         api_url=body.get("api_url"))
     return web.json_response({"added": address}, status=201)
@@ -137,13 +132,13 @@ async def revisions(request: web.Request) -> web.Response:
 async def revision(request: web.Request) -> web.Response:
     record = ctx(request).cluster.revision(request.match_info["sha"])
     if record is None:
-        raise _not_found(f"no revision {request.match_info['sha']}")
+        raise api_error(f"no revision {request.match_info['sha']}", 404)
     return web.json_response(record)
 
 
 @describe("Approve a revision", body="{note?}")
 async def approve(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     sha = request.match_info["sha"]
     by = request.get(TOKEN_NAME, "api")
     result = await ctx(request).cluster.approve_revision(sha, by=by, note=body.get("note"))
@@ -153,7 +148,7 @@ async def approve(request: web.Request) -> web.Response:
 @describe("Re-arm a superseded revision (rolling back): it is planned again against the "
           "applied one and then awaits approval", body="{note?}")
 async def rearm(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     sha = request.match_info["sha"]
     by = request.get(TOKEN_NAME, "api")
     note = body.get("note") if isinstance(body.get("note"), str) else None
@@ -173,7 +168,7 @@ async def host(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     record, facts = c.cluster.host(name), c.host_facts(name)
     if record is None and facts is None:
-        raise _not_found(f"no host {name!r}")
+        raise api_error(f"no host {name!r}", 404)
     return web.json_response({"name": name, "record": record, "sot": facts})
 
 
@@ -193,10 +188,9 @@ async def _power(request: web.Request, action: str) -> web.Response:
     except PowerError as exc:
         return web.json_response({"error": "bmc_error", "message": str(exc)}, status=502)
     except KeyError:
-        raise _not_found(f"no host {name!r} in the applied revision") from None
+        raise api_error(f"no host {name!r} in the applied revision", 404) from None
     except ValueError as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message": str(exc)}),
-                                 content_type="application/json") from None
+        raise api_error(str(exc)) from None
 
 
 @describe("A host's power state, asked of its BMC (any peer)")
@@ -208,13 +202,10 @@ async def host_power(request: web.Request) -> web.Response:
           "pxe_persistent. Leader only: written to Raft as an intent, then its result",
           body="{action}")
 async def host_power_action(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     action = body.get("action")
     if not isinstance(action, str) or action == "status":
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
-                                                  "action: on|off|soft_off|cycle|pxe|"
-                                                  "pxe_persistent"}),
-                                 content_type="application/json")
+        raise api_error("action: on|off|soft_off|cycle|pxe|pxe_persistent")
     return await _power(request, action)
 
 
@@ -254,12 +245,10 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
 
 @describe("Record an operator note in the event journal", body="{message, host?}")
 async def add_event(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     message = body.get("message")
     if not isinstance(message, str) or not message:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message":
-                                                  "message is required"}),
-                                 content_type="application/json")
+        raise api_error("message is required")
     seq = await ctx(request).cluster.append_event(
         "note", host=body.get("host"), message=message,
         data={"by": request.get(TOKEN_NAME, "api")})

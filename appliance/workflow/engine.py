@@ -53,6 +53,7 @@ class WorkflowEngine:
         self.cache, self.power, self.poll = cache, power, poll
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
+        self._install_maps: dict[str, dict[str, str]] = {}
 
     # --- revisions and plans (shared with the API) ----------------------------------------
 
@@ -78,21 +79,29 @@ class WorkflowEngine:
                    for b in c.batches for h in b}
         earlier = {r["revision"] for n, r in records.items()
                    if n in planned and r.get("revision") not in (None, sha)}
-        installs: dict[str, dict[str, str]] = {}
-        for rev in earlier:  # the few revisions a superseded rollout armed hosts for
-            try:
-                compiled = await self.revision(rev)
-            except Exception as exc:  # gone from the mirror: those hosts are redone
-                log.warning("workflow.revision_unreadable", revision=rev, error=str(exc))
-                continue
-            installs[rev] = {h: fp.install for h, fp in compiled.result.fingerprints.items()}
-        new = (await self.revision(sha)).result.fingerprints
+        installs = {rev: await self._installs(rev) for rev in earlier | {sha}}
 
         def same_install(host: str, rev: str) -> bool:
-            fp = new.get(host)
-            return fp is not None and installs.get(rev, {}).get(host) == fp.install
+            mine = installs[sha].get(host)
+            return mine is not None and installs[rev].get(host) == mine
 
         return progress(plan, self.site, records, rollout, same_install)
+
+    async def _installs(self, sha: str) -> dict[str, str]:
+        """What a revision installs on each host (its fingerprint hashes). Revisions are
+        content-addressed, so this is computed once per SHA, not every round (~12 ms per
+        10,000 hosts); an unreadable revision installs nothing known (its hosts are redone)."""
+        if sha not in self._install_maps:
+            try:
+                compiled = await self.revision(sha)
+            except Exception as exc:  # gone from the mirror
+                log.warning("workflow.revision_unreadable", revision=sha, error=str(exc))
+                return {}
+            while len(self._install_maps) >= 4:
+                self._install_maps.pop(next(iter(self._install_maps)))
+            self._install_maps[sha] = {h: fp.install
+                                       for h, fp in compiled.result.fingerprints.items()}
+        return self._install_maps[sha]
 
     def _rollout_base(self, sha: str) -> str:
         """What the rollout of `sha` is planned against: the revision it was approved
