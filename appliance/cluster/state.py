@@ -285,7 +285,6 @@ class ClusterState:
         del rollout["history"][:-HISTORY_LIMIT]
         seq = self._emit(at, f"rollout.{new}", revision=sha, message=cmd["reason"],
                          data={"by": cmd["by"]} if cmd["by"] else None)
-        rollout["seq"] = seq  # hosts armed before this entry were armed under the old state
         result = {"ok": True, "state": new, "previous": old, "seq": seq}
         # The hosts change in the same entry as the rollout: no window in which a rollout is
         # aborted but its hosts are still served their next stage, or resumed but not retried.

@@ -72,7 +72,8 @@ class LocalProgress:
     def record(self, host: str) -> HostRecord | None:
         return self._records.get(host)
 
-    def _write(self, host: str, record: HostRecord) -> None:
+    def write(self, host: str, record: HostRecord) -> None:
+        """Journal a record as given (the caller decides what `done` and `revision` mean)."""
         self._records[host] = record
         self._journal.write(json.dumps({"host": host, "done": record.done,
                                         "revision": record.revision, "at": record.updated}) + "\n")
@@ -82,11 +83,11 @@ class LocalProgress:
         current = self._records.get(host)
         done = max(stage, current.done if current else 0)
         record = HostRecord(done, revision, time.time())
-        self._write(host, record)
+        self.write(host, record)
         return record
 
     def rearm(self, host: str, revision: str) -> None:
-        self._write(host, HostRecord(0, revision, time.time()))
+        self.write(host, HostRecord(0, revision, time.time()))
 
 
 # Host states in which the engine is walking the machine through its stages.
@@ -137,7 +138,7 @@ class ReplicatedProgress:
         base = mine.done if mine is not None and mine.revision == key else 0
         replicated = record.get("done", 0) if record else 0
         done = max(stage, base, replicated)
-        self.local._write(host, HostRecord(done, key, time.time()))
+        self.local.write(host, HostRecord(done, key, time.time()))
         return HostRecord(done, revision, time.time())
 
     def rearm(self, host: str, revision: str) -> None:
