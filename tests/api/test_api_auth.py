@@ -54,8 +54,15 @@ def test_metrics_are_prometheus_text(group3: PeerGroup) -> None:
     group3.wait_leader()
     import urllib.request
 
-    with urllib.request.urlopen(group3.peers[0].url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+    # the leader may be elected before peer 0 has heard of it (a loaded CI machine showed
+    # term 0 there): read peer 0's own metrics once it sees the quorum, bounded
+    deadline = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(group3.peers[0].url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        if re.search(r"^vaquero_raft_has_quorum 1$", text, re.M) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert "# TYPE vaquero_raft_term gauge" in text
     assert re.search(r"^vaquero_raft_has_quorum 1$", text, re.M)
     assert re.search(r"^vaquero_raft_members 3$", text, re.M)
