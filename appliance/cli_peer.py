@@ -464,8 +464,13 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="print events as they happen until Ctrl-C (or --for)")
     p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
                    help="with --follow: stop after this long")
-    add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
-        "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    p = add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
+            "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    p.add_argument("--boot-network", metavar="IFACE",
+                   help="also send a real DHCPDISCOVER on IFACE (root) and report every other "
+                   "DHCP server that answers")
+    p.add_argument("--boot-network-wait", type=float, default=5.0, metavar="SECONDS",
+                   help="how long to listen for answers (default 5, at most 30)")
     from .cli_rollout import add_rollout_commands  # it imports this module's helpers
 
     add_rollout_commands(add)

@@ -27,6 +27,7 @@ from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
@@ -397,6 +398,10 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if cfg.dhcp.enabled:  # another DHCP server where ours serve: journal it now and then
+            self._tasks.append(asyncio.create_task(rogue_dhcp.watch(
+                cfg.interface, lambda: self.table is None
+                or self.table.site.netboot.dhcp_mode == "proxy", self._on_event), name="rogue"))
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
