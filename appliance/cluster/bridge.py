@@ -28,6 +28,7 @@ import structlog
 from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import SyncObjException
 
+import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster import commands
 from appliance.cluster.errors import (
     ClusterError,

@@ -43,6 +43,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import FileJournal
 from pysyncobj.transport import TCPTransport
 
+import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster.errors import ClusterStartError
 from appliance.cluster.state import ClusterState
 

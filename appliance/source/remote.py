@@ -25,7 +25,7 @@ from dulwich.protocol import ReceivableProtocol
 from dulwich.repo import Repo
 from dulwich.server import DEFAULT_HANDLERS, BackendRepo, DictBackend
 
-from appliance.api.auth import ApiToken, match_token
+from appliance.tokens import ApiToken, match_token
 
 log = structlog.get_logger("vaquero.source.remote")
 
