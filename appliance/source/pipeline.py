@@ -132,6 +132,7 @@ class RevisionPipeline:
             github_state = {"rejected": "failure", "applied": "success"}.get(state, "pending")
             await self.settings.report_status(sha, github_state, f"{state}: {reason}"[:140])
 
+    # long: one step of the revision lifecycle, a branch per state, read top to bottom.
     async def _advance(self, sha: str) -> None:
         record = self.cluster.revision(sha)
         if record is None:
