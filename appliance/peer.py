@@ -35,6 +35,7 @@ from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
+from appliance.power.manager import PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.github import WebhookSecretError
@@ -92,7 +93,7 @@ class Peer:
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
         self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
-        self.power: Any = None  # appliance.power.manager.PowerManager when configured
+        self.power: PowerManager | None = None  # when the config names BMC secrets
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
         self._tasks: list[asyncio.Task[object]] = []
@@ -346,8 +347,6 @@ class Peer:
                                         max_body=cfg.remote.max_push_mb << 20,
                                         branch=cfg.source.ref if cfg.source else "main")
         if cfg.bmc.secrets_file is not None:
-            from appliance.power.manager import PowerManager
-
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())

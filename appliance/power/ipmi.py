@@ -23,7 +23,15 @@ from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi.command import Command
 from pyghmi.ipmi.private.session import Session as _Session
 
-from .base import BmcCredentials, BmcTarget, BootDevice, PowerDriver, PowerError, PowerState
+from .base import (
+    BmcCredentials,
+    BmcTarget,
+    BootDevice,
+    DriverResources,
+    PowerDriver,
+    PowerError,
+    PowerState,
+)
 
 log = structlog.get_logger("vaquero.power")
 
@@ -214,3 +222,9 @@ class IpmiDriver(PowerDriver):
             kwargs["uefiboot"] = uefi
         await self._run(f"set boot device {bootdev}",
                         lambda c: c.set_bootdev(bootdev, **kwargs))
+
+
+def make_driver(target: BmcTarget, credentials: BmcCredentials,
+                resources: DriverResources) -> IpmiDriver:
+    """The registry's entry for `type: ipmi` (see `base.DRIVERS`)."""
+    return IpmiDriver(target, credentials, resources.executor, resources.limiter)

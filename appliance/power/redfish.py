@@ -20,6 +20,7 @@ from appliance.power.base import (
     BmcCredentials,
     BmcTarget,
     BootDevice,
+    DriverResources,
     PowerDriver,
     PowerError,
     PowerState,
@@ -331,3 +332,9 @@ async def _error_detail(resp: aiohttp.ClientResponse) -> str:
     ]
     text = "; ".join(messages) or err.get("message") or ""
     return f": {text}" if text else ""
+
+
+def make_driver(target: BmcTarget, credentials: BmcCredentials,
+                resources: DriverResources) -> RedfishDriver:
+    """The registry's entry for `type: redfish` (see `base.DRIVERS`)."""
+    return RedfishDriver(target, credentials, limiter=resources.limiter)
