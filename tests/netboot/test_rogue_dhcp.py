@@ -22,7 +22,6 @@ from dhcp_support import BootNet
 from appliance.netboot.rogue_dhcp import ProbeError, probe, probe_mac, watch
 from tools.rigs.netns import Netns
 
-pytestmark = pytest.mark.root
 ROGUE_IP = "198.18.0.2"
 VAQ_PEER = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "vaq-peer")
 
@@ -63,6 +62,7 @@ def _doctor(ns: Netns) -> tuple[int, list[dict[str, str]]]:
     return done.returncode, [c for c in checks if c["check"] == "DHCP on eth0"]
 
 
+@pytest.mark.root
 def test_doctor_names_the_other_server(boot_net: BootNet, rogue: Netns) -> None:
     server = boot_net.start()
     peer = boot_net.client("peer", "52:54:00:aa:00:01")
@@ -78,6 +78,7 @@ def test_doctor_names_the_other_server(boot_net: BootNet, rogue: Netns) -> None:
     assert not [e for e in boot_net.events if e[0] == "unknown-mac"]
 
 
+@pytest.mark.root
 def test_doctor_passes_when_no_other_server_answers(boot_net: BootNet) -> None:
     server = boot_net.start()
     peer = boot_net.client("peer", "52:54:00:aa:00:01")
@@ -87,6 +88,7 @@ def test_doctor_passes_when_no_other_server_answers(boot_net: BootNet) -> None:
     assert server.counters["unknown"] >= 1  # the DISCOVER did reach the network
 
 
+@pytest.mark.root
 def test_probe_of_a_missing_interface_is_a_clear_error(boot_net: BootNet) -> None:
     peer = boot_net.client("peer", "52:54:00:aa:00:01")
     with peer.loop_thread() as lt, pytest.raises(ProbeError, match="'nope0'"):
@@ -107,6 +109,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.root
 def test_watch_journals_the_other_server_unless_expected(boot_net: BootNet,
                                                          rogue: Netns) -> None:
     peer = boot_net.client("peer", "52:54:00:aa:00:01")
