@@ -161,8 +161,8 @@ def cmd_revisions(client: PeerClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     revs = data.get("revisions", [])
     applied = data.get("applied")
-    rows = [(short(r.get("sha")) + (" *" if r.get("sha") == applied else ""), r.get("state"),
-             r.get("source"), ago(r.get("observed_at")), ago(r.get("updated_at")),
+    rows = [((short(r.get("sha")) or "?") + (" *" if r.get("sha") == applied else ""),
+             r.get("state"), r.get("source"), ago(r.get("observed_at")), ago(r.get("updated_at")),
              _approvals(r)) for r in revs]
     print(table(["REVISION", "STATE", "SOURCE", "OBSERVED", "UPDATED", "APPROVALS"], rows))
     what = f"in state {args.state}" if args.state else "known"

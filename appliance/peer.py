@@ -74,7 +74,7 @@ def read_secret(path: Path) -> bytes:
 
 
 def _counter_values(obj: Any) -> dict[str, float]:
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: float(v) for k, v in dataclasses.asdict(obj).items()
                 if isinstance(v, int | float)}
     return {k: float(v) for k, v in dict(obj).items()}

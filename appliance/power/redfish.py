@@ -326,7 +326,7 @@ async def _error_detail(resp: aiohttp.ClientResponse) -> str:
     if not isinstance(err, dict):
         return f" {resp.reason}" if resp.reason else ""
     messages = [
-        info.get("Message")
+        str(info["Message"])
         for info in err.get("@Message.ExtendedInfo") or []
         if isinstance(info, dict) and info.get("Message")
     ]
