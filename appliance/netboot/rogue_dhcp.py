@@ -165,7 +165,7 @@ def _collect(sock: socket.socket, discover: bytes, xid: int, chaddr: bytes, wait
             continue
         try:
             answer = _answer(frame, xid, chaddr)
-        except Exception:  # a frame scapy cannot dissect is not an answer
+        except Exception:  # noqa: BLE001 - a frame scapy cannot dissect is not an answer
             continue
         if answer is not None:
             answers.setdefault((answer.server_mac, answer.server_id), answer)

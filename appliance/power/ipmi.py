@@ -147,7 +147,7 @@ class IpmiDriver(PowerDriver):
             sess = cmd.ipmi_session
             try:
                 sess.logout()
-            except Exception:  # a failed logout must not hide the result
+            except Exception:  # noqa: BLE001 - a failed logout must not hide the result
                 log.debug("ipmi_logout_failed", bmc=self.target.address)
             # pyghmi 1.6 leaves a logged-out session registered as "initting" under its
             # (bmc, user, password, port, kg) key and hands it to the next Command, which

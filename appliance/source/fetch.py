@@ -114,7 +114,7 @@ class GitMirror:
                 refs = self._fetch_refs(token, wants=None)
             except FetchError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - dulwich and urllib3 raise many kinds
                 # `from None`: the original exception (and its args) may carry the token.
                 raise FetchError(
                     f"fetch from {redact_url(self.url)} failed: "
@@ -198,7 +198,7 @@ class GitMirror:
             with self._locked():
                 try:
                     self._fetch_refs(token, wants=[ObjectID(sha.encode())])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - logged; has_commit() decides
                     log.info("source.fetch_by_sha_failed", sha=sha,
                              reason=self._scrub(f"{type(exc).__name__}: {exc}", token))
         if not self.has_commit(sha):
@@ -287,7 +287,7 @@ class Poller:
             # mirror's lock makes the next polls fail fast until it returns.
             sha = await asyncio.wait_for(asyncio.to_thread(self.mirror.fetch),
                                          timeout=self.fetch_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a poll never raises: counted, retried
             self.consecutive_failures += 1
             self.last_error = (f"fetch timed out after {self.fetch_timeout} s"
                                if isinstance(exc, TimeoutError) else str(exc))
@@ -306,7 +306,7 @@ class Poller:
         log.info("source.new_commit", sha=sha, previous=self.last_sha, ref=self.mirror.ref)
         try:
             await self.on_new(sha)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the next poll tries this commit again
             log.warning("source.on_new_failed", sha=sha, reason=f"{type(exc).__name__}: {exc}")
             return
         self.last_sha = sha

@@ -112,7 +112,7 @@ class SourceFollower:
 
                     revision = await asyncio.to_thread(load)
                     await self.install(revision)
-                except Exception as exc:  # keep serving the last good revision
+                except Exception as exc:  # noqa: BLE001 - keep serving the last good revision
                     failed = sha
                     log.error("revision.cannot_serve", revision=sha, error=str(exc))
             await asyncio.sleep(0.5)

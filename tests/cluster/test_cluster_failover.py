@@ -41,7 +41,7 @@ class Writers:
             sent = time.monotonic()
             try:
                 r = await node.call("event", message=msg, timeout=5, wait=10)
-            except Exception as exc:  # the node was killed under us
+            except Exception as exc:  # noqa: BLE001 - the node was killed under us
                 self.errors.append(f"{node.address}: {exc}")
                 return
             if r["ok"]:
