@@ -276,6 +276,9 @@ class Interface(Strict):
     hostname: Hostname | None = None
     ignore_dhcp: bool = False
     bmc: Bmc | None = None
+    # The original Vaquero's interface name on the host (eth0, p6p1): for templates, and a
+    # way to tell interfaces apart where a MAC is not known.
+    identifier: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _bmc_only_on_bmc(self) -> Interface:
@@ -293,6 +296,7 @@ class Host(Strict):
     interfaces: Annotated[list[Interface], Field(min_length=1)]
     uuid: UUID | None = None
     serial: str | None = None
+    asset_tag: str | None = None  # SMBIOS chassis asset tag (iPXE's ${asset})
     workflow: Id
     never_provision: bool = False
     metadata: Metadata = {}
