@@ -36,17 +36,14 @@ def import_vaquero(src: Path, dst: Path, sha256_dir: Path | None = None,
     if stale.exists():
         stale.unlink()
     todos = list(result.todos)
+    secrets_path = None
     if result.secrets:
-        out = secrets_out or dst.parent / f"{dst.name}.bmc-secrets.yml"
+        out = secrets_path = secrets_out or dst.parent / f"{dst.name}.bmc-secrets.yml"
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("# BMC credentials imported from the original SoT. Copy to each peer's\n"
                     "# bmc.secrets_file (mode 600); never commit this file.\n")
             yaml.safe_dump(result.secrets, f, sort_keys=True)
-        for name in sorted(result.secrets):
-            todos.append(Todo("", "secrets", str(out.name), f"credentials {name!r} were in the "
-                              "original SoT in clear text; they are in this stub now: install "
-                              "it on the peers, and change the password (it was in git)"))
     revision = compile_tree(DirectoryTree(dst))
     fuze = {t.message.split("serves ", 1)[1].split(",", 1)[0] for t in todos if t.kind == "fuze"}
     for problem in revision.problems:
@@ -60,6 +57,8 @@ def import_vaquero(src: Path, dst: Path, sha256_dir: Path | None = None,
     (dst / "IMPORT-TODO.md").write_text(todo_markdown(src.name, open_, decided))
     if not open_ and not decided:
         (dst / "IMPORT-TODO.md").unlink()
+    if secrets_path is not None:
+        print(f"BMC credentials of the original: {secrets_path} (mode 600, outside the SoT)")
     return open_, decided
 
 
@@ -74,7 +73,7 @@ def cmd_import_vaquero(args: argparse.Namespace) -> int:
     answers = Answers.load(Path(args.answers)) if args.answers else None
     sha_dir = Path(args.sha256_from) if args.sha256_from else None
     open_, decided = import_vaquero(src, dst, sha_dir, answers)
-    for todo in sorted(open_):
+    for todo in sorted(open_, key=Todo.sort_key):
         where = todo.source or todo.target
         print(f"{where}: {todo.kind}: {todo.message}")
     state = (f"{len(open_)} item(s) to decide, listed in {dst / 'IMPORT-TODO.md'}"

@@ -76,6 +76,8 @@ class Converter:
         self.todos: list[Todo] = []
         self.agent_url = "http://agent.invalid"
         self.os_docs: dict[str, dict[str, Any]] = {}
+        self.subnets_by_env: dict[str, tuple[str, dict[str, tuple[int, dict]], set[str]]] = {}
+        self.used_subnets: dict[str, set[str]] = {}
 
     def todo(self, source: str, kind: str, target: str, message: str) -> None:
         self.todos.append(Todo(source, kind, target, message))
@@ -126,6 +128,7 @@ class Converter:
                     and not (len(parts) == 1 and path.lower().startswith("readme")):
                 self.todo(f"{path}:1", "unknown-file", path, "not part of the original's SoT "
                           "format either; not imported")
+        self._check_printed_subnet_fields()
         for path, text in self.answers.files.items():
             self.files[path] = text
         for edit in self.answers.patch:
@@ -136,6 +139,23 @@ class Converter:
                 continue
             self.files[edit["file"]] = text.replace(edit["old"], edit["new"], 1)
         return Result(self.files, self.secrets, self.todos)
+
+    def _check_printed_subnet_fields(self) -> None:
+        """Go printed a subnet's unset vlan as its default and an unset gateway as empty;
+        Jinja prints `None`. Where a template prints one, every subnet a host uses needs it."""
+        printed = {f for f in ("vlan", "gateway") if any(
+            f"subnet.{f}" in text for path, text in self.files.items()
+            if path.startswith("assets/"))}
+        if not printed:
+            return
+        for path, (site, subnets, used) in sorted(self.subnets_by_env.items()):
+            for sid, (line, subnet) in sorted(subnets.items()):
+                for f in sorted(printed):
+                    if sid in used and subnet.get(f) in (None, ""):
+                        self.todo(f"{path}:{line}", "data", f"sites/{site}/env.yml",
+                                  f"templates print subnet.{f}, and subnet {sid!r} sets none: "
+                                  "the original printed its default (vlan 1, gateway empty), "
+                                  f"this import would print `None`: set `{f}` on the subnet")
 
     # --- env ----------------------------------------------------------------------------
 
@@ -155,7 +175,11 @@ class Converter:
         if data.get("name"):
             out["name"] = str(data["name"])
         subnets = []
+        known: dict[str, tuple[int, dict]] = {}
+        self.subnets_by_env[path] = (site_dir, known, self.used_subnets.setdefault(site_dir,
+                                                                                  set()))
         for i, sn in enumerate(data.get("subnets") or []):
+            known[str(sn.get("id"))] = (doc.line_of(("subnets", i)), sn)
             self._unknown(path, doc, sn, _SUBNET_KEYS, ("subnets", i), f"subnet {sn.get('id')!r}")
             new = {k: sn[k] for k in ("id", "cidr", "gateway", "dns", "ntp", "vlan",
                                       "dhcp_options", "metadata") if sn.get(k) not in (None, [])}
@@ -222,9 +246,18 @@ class Converter:
         if data.get("never_provision") in (True, "true", "yes"):
             host["never_provision"] = True
         interfaces = []
+        identifiers: dict[str, int] = {}
         for i, iface in enumerate(data.get("interfaces") or []):
             self._unknown(path, doc, iface, _IFACE_KEYS, ("interfaces", i),
                           f"host {name!r} interface {i}")
+            self.used_subnets.setdefault(site, set()).add(str(iface.get("subnet")))
+            ident = iface.get("identifier")
+            if ident is not None and ident in identifiers:
+                self.todo(f"{path}:{doc.line_of(('interfaces', i, 'identifier'))}", "data",
+                          target, f"host {name!r}: interfaces {identifiers[ident]} and {i} are "
+                          f"both {ident!r}; an identifier names one interface")
+            elif ident is not None:
+                identifiers[ident] = i
             new: dict[str, Any] = {k: iface[k] for k in ("type", "mac", "subnet", "ipv4",
                                                           "hostname", "identifier", "ignore_dhcp")
                                    if iface.get(k) is not None}
@@ -256,6 +289,11 @@ class Converter:
             name = f"{site}-{host}-ipmi"
             self.secrets[name] = {"user": str(bmc.get("username", "")),
                                   "password": str(bmc.get("password", ""))}
+            self.todo(f"{path}:{line}", "secrets", target,
+                      f"host {host!r}: the IPMI user and password were in the original SoT in "
+                      f"clear text; they are in the secrets stub now as {name!r}: install it "
+                      "as each peer's bmc.secrets_file, and change the password (it was in "
+                      "git)")
             if bmc.get("soft_reboot"):
                 self.todo(f"{path}:{line}", "bmc", target, f"host {host!r}: soft_reboot is not "
                           "supported; the BMC is power-cycled")

@@ -9,12 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Todo:
     source: str  # file:line in the original SoT ("" when it is about the import only)
     kind: str  # sha256, fuze, bmc, min-standing, unknown-key, data, template, invalid, ...
     target: str  # file (and line) in the converted SoT
     message: str
+
+    def sort_key(self) -> tuple:
+        """File order, then line as a number (`:9` before `:11`)."""
+        where = self.source or self.target
+        file, _, line = where.rpartition(":")
+        if not line.isdigit():
+            file, line = where, "0"
+        return (self.source == "", file, int(line), self.kind, self.message)
 
     @property
     def id(self) -> str:
@@ -33,10 +41,10 @@ def todo_markdown(src_name: str, todos: list[Todo], decided: list[Todo]) -> str:
                   "it landed in this SoT, and an id; list decided ids under `decided:` in an "
                   "answers file (`vaq-peer import-vaquero SRC DST --answers FILE`), or edit "
                   "this SoT and delete this file.", ""]
-        lines += [t.line() for t in sorted(todos)]
+        lines += [t.line() for t in sorted(todos, key=Todo.sort_key)]
     else:
         lines.append("Nothing left to decide: this SoT validates.")
     if decided:
         lines += ["", "## Decided (from the answers file)", ""]
-        lines += [f"- [x] {t.kind} `{t.source or t.target}`: {t.message}" for t in sorted(decided)]
+        lines += [f"- [x] {t.kind} `{t.source or t.target}`: {t.message}" for t in sorted(decided, key=Todo.sort_key)]
     return "\n".join(lines) + "\n"
