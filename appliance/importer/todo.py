@@ -46,5 +46,6 @@ def todo_markdown(src_name: str, todos: list[Todo], decided: list[Todo]) -> str:
         lines.append("Nothing left to decide: this SoT validates.")
     if decided:
         lines += ["", "## Decided (from the answers file)", ""]
-        lines += [f"- [x] {t.kind} `{t.source or t.target}`: {t.message}" for t in sorted(decided, key=Todo.sort_key)]
+        lines += [f"- [x] {t.kind} `{t.source or t.target}`: {t.message}"
+                  for t in sorted(decided, key=Todo.sort_key)]
     return "\n".join(lines) + "\n"
