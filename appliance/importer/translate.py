@@ -59,6 +59,7 @@ _FIELDS: dict[str, dict[str, tuple[str, str]]] = {
          "minor_version": ("{}.minor_version", ANY), "os_family": ("{}.os_family", ANY),
          "release_name": ("{}.release_name", ANY)},
 }
+_DICT_ATTRIBUTES = set(dir(dict)) | set(dir(list))
 _COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _JINJA_RESERVED = {"site", "env", "host", "cluster", "interface", "interfaces", "boot", "os",
                    "workflow", "stage", "revision", "urls", "loop", "true", "false", "none",
@@ -349,6 +350,9 @@ class Translator:
         if known is None:  # metadata or unknown: a map, key by key
             if expr.text == "":
                 return _Expr(name, ANY)
+            if name in _DICT_ATTRIBUTES or name in _JINJA_RESERVED:
+                # `m.keys` would be the dict's method in Jinja; Go meant the key
+                return _Expr(f"{expr.text}[{json.dumps(name)}]", ANY)
             return _Expr(f"{expr.text}.{name}", ANY)
         if name not in known:
             self.issue(line, "data", f"{_describe(expr)} has no field {name!r} in the original "
