@@ -239,7 +239,7 @@ def check_sites(sot: Sot, problems: Problems) -> None:
 
 
 _DUPLICATE_CODES = {"MAC": "mac", "IPv4 address": "ipv4", "hostname": "hostname",
-                    "UUID": "uuid", "serial": "serial"}
+                    "UUID": "uuid", "serial": "serial", "asset tag": "asset-tag"}
 
 
 def check_hosts(sot: Sot, problems: Problems) -> None:
@@ -248,6 +248,7 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
     hostnames: dict[str, tuple[str, HostEntry]] = {}
     uuids: dict[str, HostEntry] = {}
     serials: dict[str, HostEntry] = {}
+    asset_tags: dict[str, HostEntry] = {}
     peers_by_site = {
         sid: {p.address: p.name for p in site.peers} for sid, site in sot.sites.items()
     }
@@ -322,6 +323,12 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                 dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
             else:
                 serials[host.serial] = entry
+        if host.asset_tag:
+            if host.asset_tag in asset_tags:
+                dup("asset tag", host.asset_tag, asset_tags[host.asset_tag], entry,
+                    entry.at.line("asset_tag"))
+            else:
+                asset_tags[host.asset_tag] = entry
 
 
 def check_rollouts(sot: Sot, problems: Problems) -> None:
