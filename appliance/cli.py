@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .cli_peer import add_peer_commands
 from .importer.cli_import import add_import_command
@@ -121,7 +122,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                          "does not exist; run `vaq-peer validate`")
     stages = [args.stage] if args.stage else list(range(1, len(workflow.stages) + 1))
     renderer = Renderer(revision.sot, revision.sha)
-    out = []
+    out: list[dict[str, Any]] = []
     for index in stages:
         try:
             ipxe = renderer.render_ipxe(entry, index)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from .models import ASSET_TYPES, Boot, Host, OperatingSystem, Site, Workflow
 from .problems import Problems
@@ -123,7 +124,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def explain(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
+def explain(err: ErrorDetails, model: type[BaseModel]) -> tuple[str, str]:
     """A pydantic error -> (code, sentence a person can act on)."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # Union branches add their type names to the path; drop them.

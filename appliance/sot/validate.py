@@ -222,17 +222,17 @@ def check_sites(sot: Sot, problems: Problems) -> None:
                 problems.add(at.file, at.line("peers", i, "name"), "duplicate-id",
                              f"site {site.id!r}: peer name {peer.name!r} is used twice")
             names.add(peer.name)
-            subnet = site.subnet(peer.subnet) if peer.subnet else next(
+            peer_subnet = site.subnet(peer.subnet) if peer.subnet else next(
                 (s for s in site.subnets if peer.address in s.cidr), None)
-            if peer.subnet and subnet is None:
+            if peer.subnet and peer_subnet is None:
                 problems.add(at.file, at.line("peers", i, "subnet"), "dangling-reference",
                              f"peer {peer.name!r}: subnet {peer.subnet!r} is not a subnet of "
                              f"site {site.id!r}")
-            elif subnet is None or peer.address not in subnet.cidr:
+            elif peer_subnet is None or peer.address not in peer_subnet.cidr:
                 problems.add(at.file, at.line("peers", i, "address"), "address-outside-subnet",
                              f"peer {peer.name!r}: address {peer.address} is in no subnet of "
                              f"site {site.id!r}")
-            elif peer.address == subnet.gateway:
+            elif peer.address == peer_subnet.gateway:
                 problems.add(at.file, at.line("peers", i, "address"), "address-collision",
                              f"peer {peer.name!r}: address {peer.address} is the gateway of "
                              f"subnet {subnet.id!r}")

@@ -24,7 +24,7 @@ from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
 from tools.rigs.test_kernel import build_test_os
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 SERVER = "198.18.0.2"
 GUESTS = {"bios-01": ("52:54:00:e2:00:01", "198.18.0.21", "bios"),
           "uefi-01": ("52:54:00:e2:00:02", "198.18.0.22", "uefi"),
