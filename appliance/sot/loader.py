@@ -6,7 +6,9 @@ one is left out of the model (and reported), so cross-reference checks still run
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from .models import ASSET_TYPES, Boot, Host, OperatingSystem, Site, Workflow
-from .problems import Problems
+from .problems import Problem, Problems
 from .tree import Tree
 from .yamlsrc import Document, YamlError, load_documents
 
@@ -40,6 +42,7 @@ class HostEntry:
     site: str
     cluster: str
     at: Located
+    key: str = ""  # a digest of the host's document: its renders are cached under it
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Sot:
     # Asset paths with template syntax errors (all reported by the syntax pass, not again by
     # every host that renders them).
     syntax_broken: set[str] = field(default_factory=set)
+    # What each YAML file yielded by itself, by path: the next revision reuses a unit whose
+    # file did not change instead of parsing and validating it again.
+    units: dict[str, FileUnit] = field(default_factory=dict)
 
     def clusters(self) -> dict[tuple[str, str], list[HostEntry]]:
         """Hosts grouped by (site, cluster), in file order."""
@@ -158,7 +164,7 @@ def explain(err: ErrorDetails, model: type[BaseModel]) -> tuple[str, str]:
 
 
 def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind: str,
-              sot: Sot | None = None) -> M | None:
+              broken: set[tuple[str, str]] | None = None) -> M | None:
     if not isinstance(doc.data, dict):
         problems.add(file, doc.line, "not-a-mapping",
                      f"a {kind} document must be a YAML mapping, not {type(doc.data).__name__}")
@@ -167,8 +173,8 @@ def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind
         return model.model_validate(doc.data)
     except ValidationError as exc:
         ident = doc.data.get("name" if kind == "host" else "id")
-        if sot is not None and isinstance(ident, str):
-            sot.broken.add((kind, ident))
+        if broken is not None and isinstance(ident, str):
+            broken.add((kind, ident))
         label = _describe(kind, doc.data)
         for err in exc.errors(include_url=False):
             code, sentence = explain(err, model)
@@ -176,10 +182,32 @@ def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind
         return None
 
 
-def _documents(tree: Tree, path: str, problems: Problems) -> list[Document] | None:
+@dataclass(frozen=True)
+class FileUnit:
+    """What one YAML file yields by itself: its documents, each validated against its kind's
+    model (None where that failed), the problems found doing so, and the ids of documents
+    that failed. A pure function of the file's path and bytes, so a revision reuses its
+    parent's unit for every file whose bytes (`digest`) did not change."""
+
+    digest: str
+    docs: tuple[Document, ...]
+    models: tuple[BaseModel | None, ...]
+    problems: tuple[Problem, ...]
+    broken: frozenset[tuple[str, str]]
+    # Per document, a digest of its data: what a host's renders are cached under.
+    keys: tuple[str, ...] = ()
+    readable: bool = True  # False: not YAML or not UTF-8 (the problem says which)
+
+    def replay(self, problems: Problems, sot: Sot) -> None:
+        for p in self.problems:
+            problems.add(p.file, p.line, p.code, p.message)
+        sot.broken.update(self.broken)
+
+
+def _documents(data: bytes, path: str, problems: Problems) -> list[Document] | None:
     """The file's documents, or None when it is not readable YAML (already reported)."""
     try:
-        return load_documents(tree.read(path))
+        return load_documents(data)
     except YamlError as exc:
         problems.add(path, exc.line, "yaml", exc.message)
     except UnicodeDecodeError:
@@ -187,10 +215,48 @@ def _documents(tree: Tree, path: str, problems: Problems) -> list[Document] | No
     return None
 
 
-def load_sot(tree: Tree) -> tuple[Sot, Problems]:
-    """Read every SoT file of `tree`; returns the model of what is valid and all problems."""
+def _parse_unit(data: bytes, digest: str, path: str, kind: str, model: type[BaseModel],
+                first_only: bool = False) -> FileUnit:
+    problems = Problems()
+    broken: set[tuple[str, str]] = set()
+    docs = _documents(data, path, problems)
+    models = [_validate(model, path, doc, problems, kind, broken)
+              for doc in (docs or [])[:1 if first_only else None]]
+    keys = tuple(hashlib.sha1(pickle.dumps(d.data, 5)).hexdigest()
+                 for d in docs or []) if kind == "host" else ()
+    return FileUnit(digest, tuple(docs or ()), tuple(models), tuple(problems.items),
+                    frozenset(broken), keys, docs is not None)
+
+
+class _UnitReader:
+    """Reads files into units, reusing those of a parent revision whose bytes match."""
+
+    def __init__(self, tree: Tree, parent: Mapping[str, FileUnit], sot: Sot,
+                 problems: Problems) -> None:
+        self.tree, self.parent, self.sot, self.problems = tree, parent, sot, problems
+        self.reused = 0
+
+    def unit(self, path: str, kind: str, model: type[BaseModel],
+             first_only: bool = False) -> FileUnit:
+        data = self.tree.read(path)
+        digest = hashlib.sha1(data).hexdigest()
+        unit = self.parent.get(path)
+        if unit is None or unit.digest != digest:
+            unit = _parse_unit(data, digest, path, kind, model, first_only)
+        else:
+            self.reused += 1
+        self.sot.units[path] = unit
+        unit.replay(self.problems, self.sot)
+        return unit
+
+
+def load_sot(tree: Tree, parent: Sot | None = None) -> tuple[Sot, Problems]:
+    """Read every SoT file of `tree`; returns the model of what is valid and all problems.
+    With `parent` (the previous revision), files whose bytes did not change are not parsed
+    or validated again: the result is the same as without, only faster."""
     sot = Sot()
     problems = Problems()
+    reader = _UnitReader(tree, parent.units if parent is not None else {}, sot, problems)
     env_files: dict[str, str] = {}
     cluster_files: list[tuple[str, str, str]] = []
 
@@ -206,7 +272,7 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
             else:  # Vaquero's convention: cluster-<name>.yml holds cluster <name>
                 cluster_files.append((site_dir, stem.removeprefix("cluster-"), path))
         elif top in _OBJECT_KINDS and len(parts) == 2 and path.endswith(YAML_SUFFIXES):
-            _load_objects(tree, path, top, sot, problems)
+            _load_objects(reader, path, top)
         elif top == "assets" and len(parts) >= 3:
             if parts[1] not in ASSET_TYPES:
                 problems.add(path, 0, "unknown-asset-type",
@@ -225,7 +291,7 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
             problems.warn(path, 0, "unknown-file", _unknown_file(parts))
 
     for site_dir, path in sorted(env_files.items()):
-        _load_site(tree, site_dir, path, sot, problems)
+        _load_site(reader, site_dir, path)
     for site_dir, _, path in cluster_files:
         if site_dir not in env_files:
             problems.add(path, 0, "missing-env",
@@ -235,8 +301,7 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
                         == env_files.get(site_dir)), None)
         # A site that failed its schema still has its hosts checked: one broken env.yml must
         # not hide the problems of every host behind it. They stay out of the model.
-        _load_hosts(tree, path, site_id or site_dir, cluster, sot, problems,
-                    keep=site_id is not None)
+        _load_hosts(reader, path, site_id or site_dir, cluster, keep=site_id is not None)
     if not env_files:
         problems.add("sites", 0, "no-sites", "no site found: a SoT needs sites/<site>/env.yml "
                      "and at least one cluster file")
@@ -277,10 +342,11 @@ _OBJECT_KINDS: dict[str, tuple[str, type[BaseModel], Callable[[Sot], dict]]] = {
 }
 
 
-def _load_objects(tree: Tree, path: str, folder: str, sot: Sot, problems: Problems) -> None:
+def _load_objects(reader: _UnitReader, path: str, folder: str) -> None:
     kind, model, table = _OBJECT_KINDS[folder]
-    for doc in _documents(tree, path, problems) or []:
-        obj = _validate(model, path, doc, problems, kind, sot)
+    sot, problems = reader.sot, reader.problems
+    unit = reader.unit(path, kind, model)
+    for doc, obj in zip(unit.docs, unit.models, strict=True):
         if obj is None:
             continue
         ident = obj.id  # type: ignore[attr-defined]
@@ -295,17 +361,19 @@ def _load_objects(tree: Tree, path: str, folder: str, sot: Sot, problems: Proble
         sot.at[key] = Located(path, doc)
 
 
-def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problems) -> None:
-    docs = _documents(tree, path, problems)
-    if docs is None:
+def _load_site(reader: _UnitReader, site_dir: str, path: str) -> None:
+    sot, problems = reader.sot, reader.problems
+    unit = reader.unit(path, "site", Site, first_only=True)
+    docs = unit.docs
+    if not unit.readable:
         return
     if not docs:
         problems.add(path, 1, "empty", "env.yml is empty: it must describe the site")
         return
     if len(docs) > 1:
         problems.add(path, docs[1].line, "extra-document", "env.yml must hold one document")
-    site = _validate(Site, path, docs[0], problems, "site", sot)
-    if site is None:
+    site = unit.models[0]
+    if not isinstance(site, Site):
         return
     if site.id != site_dir:
         problems.add(path, docs[0].line_of(("id",)), "site-dir-mismatch",
@@ -319,18 +387,19 @@ def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problem
     sot.at[key] = Located(path, docs[0])
 
 
-def _load_hosts(tree: Tree, path: str, site: str, cluster: str, sot: Sot,
-                problems: Problems, keep: bool = True) -> None:
-    docs = _documents(tree, path, problems)
-    if docs is None:
+def _load_hosts(reader: _UnitReader, path: str, site: str, cluster: str,
+                keep: bool = True) -> None:
+    sot, problems = reader.sot, reader.problems
+    unit = reader.unit(path, "host", Host)
+    docs = unit.docs
+    if not unit.readable:
         return
     if not docs:
         problems.add(path, 1, "empty", f"cluster file {path} holds no hosts")
     key = (site, cluster)
     sot.host_documents[key] = sot.host_documents.get(key, 0) + len(docs)
-    for doc in docs:
-        host = _validate(Host, path, doc, problems, "host", sot)
-        if host is None or not keep:
+    for doc, host, key in zip(docs, unit.models, unit.keys, strict=True):
+        if not isinstance(host, Host) or not keep:
             continue
         if host.name in sot.hosts:
             first = sot.hosts[host.name].at
@@ -338,4 +407,4 @@ def _load_hosts(tree: Tree, path: str, site: str, cluster: str, sot: Sot,
                          f"host name {host.name!r} is already used at {first.file}:"
                          f"{first.line('name')}; host names are unique across all sites")
             continue
-        sot.hosts[host.name] = HostEntry(host, site, cluster, Located(path, doc))
+        sot.hosts[host.name] = HostEntry(host, site, cluster, Located(path, doc), key)

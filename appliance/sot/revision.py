@@ -65,21 +65,25 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def compile_tree(tree: Tree) -> Revision:
+def compile_tree(tree: Tree, parent: Revision | None = None) -> Revision:
+    """Compile `tree`. With `parent` (a compiled revision, usually the applied one), the
+    work whose inputs did not change is taken from it by content (files by their bytes,
+    renders by their template's and context's digests): the result is the same revision a
+    compile without a parent gives, byte for byte, in a fraction of the time."""
     with no_cyclic_gc():
-        sot, problems = load_sot(tree)
-        result = validate_sot(sot, problems)
+        sot, problems = load_sot(tree, parent.sot if parent is not None else None)
+        result = validate_sot(sot, problems, parent.result if parent is not None else None)
         _release_line_maps(sot)
         return Revision(tree.revision_id, tree.description, sot, result)
 
 
 def _release_line_maps(sot: Sot) -> None:
     """Line numbers serve only the validation report, now written: the YAML node trees
-    behind them were half the memory of a compiled revision (~200 MB at 10,000 hosts)."""
-    for located in sot.at.values():
-        located.doc.node = None
-    for entry in sot.hosts.values():
-        entry.at.doc.node = None
+    behind them were half the memory of a compiled revision (~200 MB at 10,000 hosts).
+    They are composed again from the file's text if a later report asks."""
+    for unit in sot.units.values():
+        if unit.docs and unit.docs[0].source is not None:
+            unit.docs[0].source.release()
 
 
 def empty_revision() -> Revision:
@@ -98,13 +102,18 @@ class RevisionCache:
         self._items: OrderedDict[str, Revision] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, tree: Tree) -> Revision:
+    def get(self, tree: Tree, parent: str | None = None) -> Revision:
+        """The compiled revision of `tree`. `parent`: the SHA of a revision it probably
+        shares most files with (the applied one); when cached, its work is reused."""
         sha = tree.revision_id
         with self._lock:
             if sha in self._items:
                 self._items.move_to_end(sha)
                 return self._items[sha]
-            revision = compile_tree(tree)
+            base = self._items.get(parent) if parent else None
+            if base is None and self._items:
+                base = next(reversed(self._items.values()))  # the most recently used
+            revision = compile_tree(tree, base)
             self._items[sha] = revision
             while len(self._items) > self.size:
                 self._items.popitem(last=False)

@@ -18,6 +18,7 @@ from .loader import HostEntry, Sot
 from .models import Workflow
 from .problems import Problems
 from .render import Renderer, RenderError, make_environment
+from .render_keys import RenderKeys
 from .template_check import template_line_of, template_syntax_errors
 
 # Which unattended kinds make sense for which OS family; families not listed accept any kind.
@@ -55,12 +56,26 @@ class HostFingerprint:
         return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class HostRenders:
+    """What rendering every stage of one host gave: reused by any revision whose key for
+    the host is the same (see render_keys). `failures`: (file, line, message), in order."""
+
+    fingerprint: HostFingerprint
+    renders: int
+    failures: tuple[tuple[str, int, str], ...]
+
+
 @dataclass
 class ValidationResult:
     problems: Problems
     fingerprints: dict[str, HostFingerprint] = field(default_factory=dict)
     renders: int = 0
+    # What was done in this compile (the rest came from the parent revision's results):
+    # neither is part of the result, a compile without a parent gives the same revision.
     format_checks: int = 0  # parser runs; fewer than renders thanks to FormatChecker
+    rendered_here: int = 0  # hosts rendered by this compile
+    by_key: dict[str, HostRenders] = field(default_factory=dict, repr=False)
 
 
 def _digest(text: str) -> str:
@@ -368,13 +383,17 @@ def _dhcp_fingerprint(sot: Sot, entry: HostEntry, subnet_digests: dict[tuple[str
     return _digest("\n".join(parts))
 
 
-def render_all(sot: Sot, problems: Problems) -> ValidationResult:
-    """Render every stage of every host once; report failures grouped by template location."""
+def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = None
+               ) -> ValidationResult:
+    """Render every stage of every host once; report failures grouped by template location.
+    Hosts whose render key (render_keys) is in `parent` take its results unrendered."""
     result = ValidationResult(problems)
     renderer = Renderer(sot, NEUTRAL_REVISION)
     failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
     checker = FormatChecker()
+    keys = RenderKeys(sot)
+    known = parent.by_key if parent is not None else {}
     for entry in sot.hosts.values():
         workflow = sot.workflows.get(entry.host.workflow)
         if workflow is None or not _stages_resolve(sot, workflow):
@@ -382,40 +401,56 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
         if sot.sites[entry.site].subnet((entry.host.boot_interface() or
                                          entry.host.interfaces[0]).subnet) is None:
             continue
-        stages = []
-        identity = checker.identity(entry)
-        for index in range(1, len(workflow.stages) + 1):
-            ipxe = config = ""
-            try:
-                ipxe, rendered = renderer.render_stage(entry, index)
-                result.renders += 1
-                stage = workflow.stages[index - 1]
-                boot = sot.boots[stage.boot] if stage.boot else None
-                if boot is not None and boot.ipxe:
-                    for line, message in checker.check("ipxe", ipxe, "", "", identity):
-                        failures[(f"assets/ipxe/{boot.ipxe}", line,
-                                  f"rendered iPXE script {message}")].append(entry.host.name)
-                if rendered is not None and boot is not None:
-                    kind, config = rendered
-                    os_ = sot.os[boot.operating_system]
-                    key = f"{kind}/{boot.unattended.use}"  # type: ignore[union-attr]
-                    for line, message in checker.check(kind, config, os_.os_family,
-                                                       os_.major_version, identity):
-                        at, text = _in_template(sot, key, config, line, f"rendered {kind}")
-                        failures[(at, text[0], f"{text[1]} {message}")].append(
-                            entry.host.name)
-            except RenderError as exc:
-                if not (sot.syntax_broken and exc.message.startswith("template syntax error")):
-                    failures[(exc.file, exc.line, exc.message)].append(entry.host.name)
-            stages.append(StageFingerprint(_digest(ipxe), _digest(config)))
-        result.fingerprints[entry.host.name] = HostFingerprint(
-            _dhcp_fingerprint(sot, entry, subnet_digests), tuple(stages))
+        key = keys.host(entry)
+        done = known.get(key)
+        if done is None:
+            done = _render_host(sot, entry, workflow, renderer, checker, subnet_digests)
+            result.rendered_here += 1
+        result.by_key[key] = done
+        result.renders += done.renders
+        for failure in done.failures:
+            failures[failure].append(entry.host.name)
+        result.fingerprints[entry.host.name] = done.fingerprint
     result.format_checks = checker.parsed
     for (file, line, message), hosts in failures.items():
         shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
         what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
         problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
     return result
+
+
+def _render_host(sot: Sot, entry: HostEntry, workflow: Workflow, renderer: Renderer,
+                 checker: FormatChecker, subnet_digests: dict[tuple[str, str], str]
+                 ) -> HostRenders:
+    failures: list[tuple[str, int, str]] = []
+    stages = []
+    renders = 0
+    identity = checker.identity(entry)
+    for index in range(1, len(workflow.stages) + 1):
+        ipxe = config = ""
+        try:
+            ipxe, rendered = renderer.render_stage(entry, index)
+            renders += 1
+            stage = workflow.stages[index - 1]
+            boot = sot.boots[stage.boot] if stage.boot else None
+            if boot is not None and boot.ipxe:
+                for line, message in checker.check("ipxe", ipxe, "", "", identity):
+                    failures.append((f"assets/ipxe/{boot.ipxe}", line,
+                                     f"rendered iPXE script {message}"))
+            if rendered is not None and boot is not None:
+                kind, config = rendered
+                os_ = sot.os[boot.operating_system]
+                key = f"{kind}/{boot.unattended.use}"  # type: ignore[union-attr]
+                for line, message in checker.check(kind, config, os_.os_family,
+                                                   os_.major_version, identity):
+                    at, text = _in_template(sot, key, config, line, f"rendered {kind}")
+                    failures.append((at, text[0], f"{text[1]} {message}"))
+        except RenderError as exc:
+            if not (sot.syntax_broken and exc.message.startswith("template syntax error")):
+                failures.append((exc.file, exc.line, exc.message))
+        stages.append(StageFingerprint(_digest(ipxe), _digest(config)))
+    return HostRenders(HostFingerprint(_dhcp_fingerprint(sot, entry, subnet_digests),
+                                       tuple(stages)), renders, tuple(failures))
 
 
 def _in_template(sot: Sot, key: str, rendered: str, line: int, what: str
@@ -455,10 +490,12 @@ def check_templates(sot: Sot, problems: Problems) -> None:
                          f"template syntax error: {message}")
 
 
-def validate_sot(sot: Sot, problems: Problems) -> ValidationResult:
+def validate_sot(sot: Sot, problems: Problems, parent: ValidationResult | None = None
+                 ) -> ValidationResult:
+    """Every check; `parent` (the previous revision's result) only saves rendering work."""
     check_templates(sot, problems)
     check_sites(sot, problems)
     check_references(sot, problems)
     check_hosts(sot, problems)
     check_rollouts(sot, problems)
-    return render_all(sot, problems)
+    return render_all(sot, problems, parent)
