@@ -36,7 +36,8 @@ SITE_CODES = ["fra1", "ams1", "lon1", "par1", "waw1", "mad1", "sto1", "dub1"]
 RANGE = IPv4Network("198.18.0.0/15")
 FIRST_HOST = 16  # boot/oob offsets below this are the gateway, peers, VIP and resolvers
 POOL_SIZE = 250  # hosts per node-pool cluster, as teams split them for blast radius
-MUTATIONS = ("bump-os", "change-ip", "add-hosts", "remove-hosts", "mixed")
+MUTATIONS = ("bump-os", "change-ip", "add-hosts", "remove-hosts", "mixed", "edit-template",
+             "ten-hosts")
 
 # kind -> (stages (boot id or None for the local first boot), role, hardware model)
 KINDS: dict[str, tuple[tuple[str | None, ...], str, str]] = {
@@ -147,6 +148,7 @@ class Spec:
     counter: int = 0
     extra_os: list[str] = field(default_factory=list)
     ip_overrides: dict[str, int] = field(default_factory=dict)  # host name -> boot offset
+    edit_template: bool = False  # the Flatcar node-pool template is changed
 
     def new_host(self, site: Site, cluster: str, number: int, offset: int, storage: bool) -> Host:
         self.counter += 1
@@ -256,6 +258,22 @@ def mutate(spec: Spec, kind: str) -> dict[str, object]:
         spec.ip_overrides[host.name] = free
         expect["reinstall"] += [host.name]  # type: ignore[operator]
         expect["changed_ip"] = {"host": host.name, "to": str(site.boot[free])}
+    if kind == "edit-template":
+        # One template edit: the Flatcar node pools' installed system gets a changed file
+        # mode; every host rendered from it has a new config and is reinstalled.
+        spec.edit_template = True
+        expect["reinstall"] += [h.name for c in spec.clusters  # type: ignore[operator]
+                                if c.kind == "flatcar" for h in c.hosts]
+    if kind == "ten-hosts":
+        # Ten hosts, each in a different cluster file, move to a new address.
+        site_of = {s.id: s for s in spec.sites}
+        for cluster in [c for c in spec.clusters if c.hosts and c.kind != "infra"][:10]:
+            host = cluster.hosts[len(cluster.hosts) // 2]
+            used = {h.offset for c in spec.clusters if c.site == cluster.site for h in c.hosts}
+            free = max([*used, *spec.ip_overrides.values()]) + 1000
+            spec.ip_overrides[host.name] = free
+            expect["reinstall"] += [host.name]  # type: ignore[operator]
+            assert free < site_of[cluster.site].boot.num_addresses - 1
     if "add-hosts" in kinds and grow is not None:
         site = next(s for s in spec.sites if s.id == grow.site)
         offset = max(h.offset for c in spec.clusters if c.site == site.id for h in c.hosts) + 1
@@ -404,7 +422,10 @@ def write(spec: Spec, out: Path) -> None:
     old_id = "flatcar-4081.2.0"
     (out / "boot" / "flatcar-node.yml").write_text(
         FLATCAR_NODE_BOOT.format(boot_id="flatcar-node-install", os_id=old_id))
-    (out / "assets" / "ignition" / "flatcar-node-install.ign").write_text(FLATCAR_NODE_TEMPLATE)
+    template = FLATCAR_NODE_TEMPLATE
+    if spec.edit_template:
+        template = template.replace('"mode": 384', '"mode": 256')
+    (out / "assets" / "ignition" / "flatcar-node-install.ign").write_text(template)
     if NEXT_FLATCAR[1] in spec.extra_os:
         version, new_id = NEXT_FLATCAR
         text = flatcar_os.replace("4081.2.0", version)

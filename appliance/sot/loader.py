@@ -216,14 +216,19 @@ def _documents(data: bytes, path: str, problems: Problems) -> list[Document] | N
 
 
 def _parse_unit(data: bytes, digest: str, path: str, kind: str, model: type[BaseModel],
-                first_only: bool = False) -> FileUnit:
+                first_only: bool = False, previous: FileUnit | None = None) -> FileUnit:
+    """`previous`: the file's unit in the parent revision. Its hosts whose data did not
+    change and were valid keep their model (valid data gives the same model, no problem)."""
     problems = Problems()
     broken: set[tuple[str, str]] = set()
     docs = _documents(data, path, problems)
-    models = [_validate(model, path, doc, problems, kind, broken)
-              for doc in (docs or [])[:1 if first_only else None]]
     keys = tuple(hashlib.sha1(pickle.dumps(d.data, 5)).hexdigest()
                  for d in docs or []) if kind == "host" else ()
+    valid = {k: m for k, m in zip(previous.keys, previous.models, strict=False)
+             if m is not None} if previous is not None and keys else {}
+    models = [valid.get(keys[i]) if valid and keys[i] in valid
+              else _validate(model, path, doc, problems, kind, broken)
+              for i, doc in enumerate((docs or [])[:1 if first_only else None])]
     return FileUnit(digest, tuple(docs or ()), tuple(models), tuple(problems.items),
                     frozenset(broken), keys, docs is not None)
 
@@ -242,7 +247,7 @@ class _UnitReader:
         digest = hashlib.sha1(data).hexdigest()
         unit = self.parent.get(path)
         if unit is None or unit.digest != digest:
-            unit = _parse_unit(data, digest, path, kind, model, first_only)
+            unit = _parse_unit(data, digest, path, kind, model, first_only, unit)
         else:
             self.reused += 1
         self.sot.units[path] = unit

@@ -15,12 +15,15 @@ literal) depends on every asset.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from jinja2 import TemplateSyntaxError, meta
 
 from .loader import HostEntry, Sot
 from .render import make_environment
+
+_PARSER = make_environment(Sot())  # parsing only: the same syntax as every revision's
 
 # Bumped whenever rendering, checking or what a render result holds changes meaning.
 RENDER_KEY_VERSION = "1"
@@ -30,12 +33,22 @@ def _sha(*parts: str) -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
+def _references(text: str) -> tuple[str | None, ...]:
+    """What a template includes or imports (None: a name computed at render time). Keyed
+    by the text: an unchanged template is not parsed again by the next revision."""
+    try:
+        return tuple(meta.find_referenced_templates(_PARSER.parse(text)))
+    except TemplateSyntaxError:
+        return ()
+
+
 class RenderKeys:
     """Keys of one revision's host renders; every part is computed once per revision."""
 
     def __init__(self, sot: Sot) -> None:
         self.sot = sot
-        self.env = make_environment(sot)
+        self.env = _PARSER
         # Which templates fail to parse decides which render errors are reported.
         self._global = _sha(RENDER_KEY_VERSION, *sorted(sot.syntax_broken))
         self._closures: dict[str, str] = {}
@@ -68,11 +81,7 @@ class RenderKeys:
             asset = self.sot.assets.get(name)
             if asset is None:
                 continue
-            try:
-                names = list(meta.find_referenced_templates(self.env.parse(asset.text)))
-            except TemplateSyntaxError:
-                continue
-            for ref in names:
+            for ref in _references(asset.text):
                 if ref is None:
                     everything = True
                     break

@@ -8,6 +8,7 @@ that fail (or render an invalid file) for any host at any stage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ class ValidationResult:
     format_checks: int = 0  # parser runs; fewer than renders thanks to FormatChecker
     rendered_here: int = 0  # hosts rendered by this compile
     by_key: dict[str, HostRenders] = field(default_factory=dict, repr=False)
+    format_verdicts: dict[Verdict, list[tuple[int, str]]] = field(default_factory=dict,
+                                                                   repr=False)
+
+
+Verdict = tuple[str, str, str, str]  # (kind, OS family, OS major, masked text)
 
 
 def _digest(text: str) -> str:
@@ -93,8 +99,11 @@ class FormatChecker:
     makes checking every host of a 10,000-host SoT affordable (kickstart parses cost ~2 ms).
     """
 
-    def __init__(self) -> None:
-        self._verdicts: dict[tuple[str, str, str, str], list[tuple[int, str]]] = {}
+    def __init__(self, known: dict[Verdict, list[tuple[int, str]]] | None = None) -> None:
+        """`known`: the verdicts of the parent revision's compile (content-addressed by the
+        masked text, so still true); those this compile uses are kept in `verdicts`."""
+        self._known = known or {}
+        self.verdicts: dict[Verdict, list[tuple[int, str]]] = {}
         self.parsed = 0
 
     @staticmethod
@@ -128,10 +137,14 @@ class FormatChecker:
             if value in masked:
                 masked = masked.replace(value, placeholder)
         key = (kind, os_family, os_major, masked)
-        if key not in self._verdicts:
-            self.parsed += 1
-            self._verdicts[key] = check_rendered_all(kind, masked, os_family, os_major)
-        if not self._verdicts[key]:
+        verdict = self.verdicts.get(key)
+        if verdict is None:
+            verdict = self._known.get(key)
+            if verdict is None:
+                self.parsed += 1
+                verdict = check_rendered_all(kind, masked, os_family, os_major)
+            self.verdicts[key] = verdict
+        if not verdict:
             return []
         self.parsed += 1
         return check_rendered_all(kind, text, os_family, os_major)
@@ -284,7 +297,6 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                          f"host {host.name!r} has no physical interface that takes DHCP, so it "
                          "cannot netboot; add one or set never_provision: true")
         for i, iface in enumerate(host.interfaces):
-            line = entry.at.line("interfaces", i)
             if iface.mac in macs:
                 dup("MAC", iface.mac, macs[iface.mac][1], entry,
                     entry.at.line("interfaces", i, "mac"))
@@ -309,22 +321,25 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                              f"host {host.name!r}: subnet {iface.subnet!r} is not a subnet of "
                              f"site {site.id!r}{_known({s.id: s for s in site.subnets})}")
                 continue
-            ip_line = entry.at.line("interfaces", i, "ipv4") or line
+            # A line costs a parse of the file again (revision.py): only for a problem.
+            def ip_line(e: HostEntry = entry, i: int = i) -> int:
+                return e.at.line("interfaces", i, "ipv4") or e.at.line("interfaces", i)
+
             net = subnet.cidr
             if iface.ipv4 not in net:
-                problems.add(entry.at.file, ip_line, "address-outside-subnet",
+                problems.add(entry.at.file, ip_line(), "address-outside-subnet",
                              f"host {host.name!r}: {iface.ipv4} is outside subnet "
                              f"{subnet.id!r} ({net})")
             elif iface.ipv4 in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
                 what = "network" if iface.ipv4 == net.network_address else "broadcast"
-                problems.add(entry.at.file, ip_line, "address-collision",
+                problems.add(entry.at.file, ip_line(), "address-collision",
                              f"host {host.name!r}: {iface.ipv4} is the {what} address of {net}")
             elif iface.ipv4 == subnet.gateway:
-                problems.add(entry.at.file, ip_line, "address-collision",
+                problems.add(entry.at.file, ip_line(), "address-collision",
                              f"host {host.name!r}: {iface.ipv4} is the gateway of subnet "
                              f"{subnet.id!r}")
             elif iface.ipv4 in peers_by_site[entry.site]:
-                problems.add(entry.at.file, ip_line, "address-collision",
+                problems.add(entry.at.file, ip_line(), "address-collision",
                              f"host {host.name!r}: {iface.ipv4} is the address of peer "
                              f"{peers_by_site[entry.site][iface.ipv4]!r}")
         if host.uuid is not None:
@@ -391,7 +406,7 @@ def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = N
     renderer = Renderer(sot, NEUTRAL_REVISION)
     failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
-    checker = FormatChecker()
+    checker = FormatChecker(parent.format_verdicts if parent is not None else None)
     keys = RenderKeys(sot)
     known = parent.by_key if parent is not None else {}
     for entry in sot.hosts.values():
@@ -412,6 +427,7 @@ def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = N
             failures[failure].append(entry.host.name)
         result.fingerprints[entry.host.name] = done.fingerprint
     result.format_checks = checker.parsed
+    result.format_verdicts = checker.verdicts
     for (file, line, message), hosts in failures.items():
         shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
         what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
@@ -479,12 +495,17 @@ def _stages_resolve(sot: Sot, workflow: Workflow) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
+def _syntax_errors(text: str, path: str) -> tuple[tuple[int, str], ...]:
+    """Content-addressed: the next revision does not parse an unchanged template again."""
+    return tuple(template_syntax_errors(make_environment(Sot()), text, path))
+
+
 def check_templates(sot: Sot, problems: Problems) -> None:
     """Parse every asset, used or not and whatever else failed: each syntax error, once."""
-    env = make_environment(sot)
     for key in sorted(sot.assets):
         asset = sot.assets[key]
-        for line, message in template_syntax_errors(env, asset.text, asset.path):
+        for line, message in _syntax_errors(asset.text, asset.path):
             sot.syntax_broken.add(asset.path)
             problems.add(asset.path, line, "template-syntax",
                          f"template syntax error: {message}")
