@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from appliance import __version__
+from appliance import __version__, revalidate
 from appliance.api.app import make_api_app
 from appliance.api.auth import TokenError, load_tokens
 from appliance.api.context import ApiContext
@@ -37,6 +37,7 @@ from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
 from appliance.power.manager import PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
+from appliance.sot.revision_store import RevisionStore
 from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.github import WebhookSecretError
 from appliance.source.gittree import GitTree, RevisionNotFound
@@ -120,8 +121,24 @@ class Peer:
         return str(peer.address)
 
     async def load(self) -> BootTable:
+        """The configured revision's table: from the compiled copy on disk when there is a
+        sound one (checked again in the background), else compiled now and then stored."""
         tree = _tree(self.config)
+        store = RevisionStore(self.config.data_dir / "revisions")
+        cached = await asyncio.to_thread(store.load, tree.revision_id)
+        if cached is not None and cached[0].valid:
+            assert self.config.sot is not None
+
+            async def install(revision: Revision) -> None:
+                await self._install(self._table_for(revision))
+
+            self._tasks.append(asyncio.create_task(revalidate.confirm(
+                self.config.sot, cached[0], cached[1], store, install), name="revalidate"))
+            return self._table_for(cached[0])
         revision = await asyncio.to_thread(compile_tree, tree)
+        if revision.valid:
+            self._tasks.append(asyncio.create_task(asyncio.to_thread(store.save, revision),
+                                                   name="store-revision"))
         return self._table_for(revision)
 
     def _table_for(self, revision: Revision) -> BootTable:

@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
     "appliance.workflow": 2, "appliance.api": 2,
     "appliance.peer": 3, "appliance.cli": 3, "appliance.cli_peer": 3,
     "appliance.cli_rollout": 3, "appliance.cli_doctor": 3, "appliance.client": 3,
-    "appliance.demo": 3,
+    "appliance.demo": 3, "appliance.revalidate": 3,
 }
 
 

@@ -229,6 +229,8 @@ def _parse_unit(data: bytes, digest: str, path: str, kind: str, model: type[Base
     models = [valid.get(keys[i]) if valid and keys[i] in valid
               else _validate(model, path, doc, problems, kind, broken)
               for i, doc in enumerate((docs or [])[:1 if first_only else None])]
+    for doc in docs or ():
+        doc.data = None  # in the models now: the raw data would double a host's memory
     return FileUnit(digest, tuple(docs or ()), tuple(models), tuple(problems.items),
                     frozenset(broken), keys, docs is not None)
 

@@ -108,7 +108,9 @@ class RevisionPipeline:
                 await self._advance(record["sha"])
 
     async def _compile(self, sha: str) -> Revision:
-        return await asyncio.to_thread(lambda: self.cache.get(self.tree_for(sha)))
+        # Against the applied revision: the work a push did not touch is reused (revision.py).
+        applied = self.cluster.applied_revision()
+        return await asyncio.to_thread(lambda: self.cache.get(self.tree_for(sha), applied))
 
     async def _applied(self) -> Revision:
         sha = self.cluster.applied_revision()
