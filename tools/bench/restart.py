@@ -1,0 +1,191 @@
+"""How long does a restarting peer with a 10,000-host revision keep machines waiting?
+
+Today's path (cold): `vaq-peer serve` compiles the revision before it answers anything.
+The fast path (warm): the compiled revision is on disk (appliance/sot/revision_store.py),
+read back and served at once, while a child process compiles it again to check it.
+
+Both are run in the same run on the same generated SoT (tools/gen_sot.py, 10,000 hosts, 2
+sites, seed 1), with the same peer config (a group of one on loopback, no DHCP/TFTP):
+  first /ipxe   seconds from spawning `vaq-peer serve` to the first 200 answer of
+                GET /ipxe?mac=<a host of the site> (polled every 20 ms)
+  peak RSS      VmHWM of the peer process, read once the background work is done (cold:
+                the revision stored; warm: the re-validation finished)
+The warm run's re-validation child reports its own peak RSS (a separate process whose
+memory is returned when it exits); it is printed too.
+
+    .venv/bin/python tools/bench/restart.py [--hosts 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+VAQ_PEER = Path(sys.executable).with_name("vaq-peer")
+ISSUE_COLD_S, ISSUE_RSS_MIB = 12.8, 402  # issue 15, measured on a machine of the same kind
+GOAL_TIME, GOAL_RSS = 0.15, 0.6
+START_TIMEOUT = 600.0  # seconds: bounds, not expectations
+BACKGROUND_TIMEOUT = 900.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp: Path, sot: Path, site: str) -> tuple[Path, int]:
+    secret, raft_secret = tmp / "token.secret", tmp / "raft.secret"
+    secret.write_text("YmVuY2gtcGhvbmUtaG9tZS10b2tlbi1zZWNyZXQ=\n")
+    raft_secret.write_text("YmVuY2gtcmFmdC1ncm91cC1wYXNzd29yZA==\n")
+    secret.chmod(0o600)
+    raft_secret.chmod(0o600)
+    port = free_port()
+    config = tmp / "peer.yaml"
+    config.write_text(f"""
+site: {site}
+peer: {site}-vaq-1
+data_dir: {tmp / 'data'}
+interface: lo
+address: 127.0.0.1
+sot: {{path: {sot}}}
+token_secret_file: {secret}
+http: {{listen: 127.0.0.1, port: {port}}}
+tftp: {{enabled: false}}
+dhcp: {{enabled: false}}
+prefetch_artifacts: false
+raft:
+  address: "127.0.0.1:{free_port()}"
+  password_file: {raft_secret}
+log_format: json
+log_level: info
+""")
+    return config, port
+
+
+def a_host_mac(sot: Path, site: str) -> str:
+    cluster = sorted((sot / "sites" / site).glob("cluster-*.yml"))[0]
+    for line in cluster.read_text().splitlines():
+        if line.strip().startswith("mac:"):
+            return line.split("mac:", 1)[1].strip().strip("'\"")
+    raise RuntimeError(f"no MAC in {cluster}")
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _events(log: Path) -> list[dict]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def run_peer(config: Path, port: int, mac: str, log: Path, done_event: str) -> dict:
+    """Start the peer, time its first /ipxe answer, wait for `done_event`, stop it."""
+    url = f"http://127.0.0.1:{port}/ipxe?mac={mac}&arch=x86_64&platform=efi"
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(VAQ_PEER), "serve", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        first = None
+        while time.perf_counter() - started < START_TIMEOUT:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the peer exited ({proc.returncode}):\n"
+                                   f"{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    if resp.status == 200 and resp.read().startswith(b"#!ipxe"):
+                        first = time.perf_counter() - started
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.02)
+        if first is None:
+            raise RuntimeError(f"no /ipxe answer in {START_TIMEOUT:.0f} s")
+        deadline = time.perf_counter() + BACKGROUND_TIMEOUT
+        event = None
+        while time.perf_counter() < deadline and event is None:
+            event = next((e for e in _events(log) if e.get("event") == done_event), None)
+            time.sleep(0.2)
+        if event is None:
+            raise RuntimeError(f"no {done_event} in {BACKGROUND_TIMEOUT:.0f} s")
+        return {"first_ipxe_s": first, "peak_rss_mib": _vm_hwm_mib(proc.pid), "event": event,
+                "ignored": [e for e in _events(log) if e.get("event") == "revision_store.ignored"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="restart time and memory, cold vs warm")
+    p.add_argument("--hosts", type=int, default=10_000)
+    args = p.parse_args()
+    import gen_sot
+
+    with tempfile.TemporaryDirectory(prefix="restart-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        sot = tmp / "sot"
+        gen_sot.generate(sot, args.hosts, 2, 1)
+        site = sorted(d.name for d in (sot / "sites").iterdir())[0]
+        config, port = write_config(tmp, sot, site)
+        mac = a_host_mac(sot, site)
+        cold = run_peer(config, port, mac, tmp / "cold.log", "revision_store.saved")
+        warm = run_peer(config, port, mac, tmp / "warm.log", "revision.revalidated")
+    load = os.getloadavg()
+    print(f"Restart benchmark: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.hosts:,} hosts "
+          f"(gen_sot, 2 sites, seed 1), the peer serves site {site}")
+    print(f"command: {VAQ_PEER} serve --config peer.yaml (sot: {{path: ...}}, loopback)\n")
+    print(f"{'':<44} {'first /ipxe s':>14} {'peak RSS MiB':>13}")
+    print(f"{'cold: compile, then serve (today path)':<44} {cold['first_ipxe_s']:>14.2f} "
+          f"{cold['peak_rss_mib']:>13.0f}")
+    print(f"{'warm: compiled revision read from disk':<44} {warm['first_ipxe_s']:>14.2f} "
+          f"{warm['peak_rss_mib']:>13.0f}")
+    t_ratio = warm["first_ipxe_s"] / cold["first_ipxe_s"]
+    m_ratio = warm["peak_rss_mib"] / cold["peak_rss_mib"]
+    print(f"{'ratio warm / cold':<44} {t_ratio:>14.3f} {m_ratio:>13.3f}")
+    issue_t = warm["first_ipxe_s"] / ISSUE_COLD_S
+    issue_m = warm["peak_rss_mib"] / ISSUE_RSS_MIB
+    print(f"{'warm against the issue figures (12.8 s, 402)':<44} {issue_t:>14.3f} {issue_m:>13.3f}")
+    ev = warm["event"]
+    print(f"\nwarm re-validation in a child process: {ev.get('seconds')} s, the child's peak "
+          f"RSS {ev.get('child_peak_rss_mib', 0):.0f} MiB, verdict "
+          f"{'the same as the stored one' if ev.get('same') else 'DIFFERENT'}")
+    if warm["ignored"]:
+        print(f"stored revision ignored: {warm['ignored'][0].get('reason')}")
+    print(f"\nGoal: first /ipxe <= {GOAL_TIME:.0%} of the cold path's, in the same run: "
+          f"{t_ratio:.1%} {'MET' if t_ratio <= GOAL_TIME else 'NOT MET'}; peak RSS <= "
+          f"{GOAL_RSS}x the cold path's: {m_ratio:.2f}x "
+          f"{'MET' if m_ratio <= GOAL_RSS else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
