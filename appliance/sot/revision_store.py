@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -92,17 +93,22 @@ class RevisionStore:
             old.unlink(missing_ok=True)
 
     def load(self, sha: str) -> tuple[Revision, str] | None:
-        """(the revision, its verdict as written), or None: absent, or ignored and logged."""
+        """(the revision, its verdict as written), or None: absent, or ignored and logged.
+        The body is checked by streaming it, then unpickled from the file: the whole file is
+        never held in memory next to what it holds."""
         path = self.path(sha)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                return self._read(path, f, sha)
         except FileNotFoundError:
             return None
         except OSError as exc:
             return self._ignored(path, f"unreadable: {exc}")
-        end = data.find(b"\n", 0, MAX_HEADER)
+
+    def _read(self, path: Path, f: BinaryIO, sha: str) -> tuple[Revision, str] | None:
+        line = f.readline(MAX_HEADER)
         try:
-            header = json.loads(data[:end]) if end > 0 else None
+            header = json.loads(line) if line.endswith(b"\n") else None
         except ValueError:
             header = None
         if not isinstance(header, dict):
@@ -111,11 +117,13 @@ class RevisionStore:
             return self._ignored(path, f"format {header.get('format')!r}, expected {FORMAT}")
         if header.get("code") != code_version():
             return self._ignored(path, "written by another version of the SoT code")
-        body = memoryview(data)[end + 1:]
-        if hashlib.sha256(body).hexdigest() != header.get("body_sha256"):
+        start = f.tell()
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != header.get("body_sha256"):
             return self._ignored(path, "its content does not match its checksum (damaged)")
+        f.seek(start)
         try:
-            revision = pickle.loads(body)
+            revision = pickle.load(f)
         except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError,
                 ValueError) as exc:  # checksum matched: a class moved or renamed
             return self._ignored(path, f"cannot be read back: {exc}")

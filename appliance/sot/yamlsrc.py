@@ -8,6 +8,7 @@ without the per-object overhead of a custom node class. That keeps a 10,000-host
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +140,11 @@ _BOOLS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "o
 def _scalar(node: yaml.ScalarNode) -> Any:
     tag = node.tag
     if tag == _STR:
-        return node.value
+        # Keys and most values repeat across thousands of hosts (field names, subnets,
+        # workflows, disks): one object each instead of one per host, in memory and on
+        # disk (pickle shares what is shared). Long texts (scripts) are left alone.
+        value = node.value
+        return sys.intern(value) if len(value) <= 64 else value
     if tag == _NULL:
         return None
     if tag == _BOOL:
