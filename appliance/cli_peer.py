@@ -3,12 +3,13 @@
 Any peer answers: reads come from that peer's replica (they work on a peer cut off from the
 majority), writes are replicated through Raft from whichever peer receives them.
 
-Where: --peer URL, else $VAQ_PEER, else http://127.0.0.1:8080. Token: --token-file FILE,
-else $VAQ_TOKEN (a `read` token may read; `approve` and `note` need an `admin` token). The
-token is never printed.
+Where: --peer URL, else $VAQ_PEER, else http://127.0.0.1 (port 80: a peer's boot HTTP port,
+which serves the API unless `api.port` is set). Token: --token-file FILE, else
+$VAQ_TOKEN_FILE (a file holding the token), else $VAQ_TOKEN (the token itself); a `read`
+token may read; writes need an `admin` token. The token is never printed.
 
 Exit codes:
-  0  success (doctor: every check passed or warned)
+  0  success (doctor: every check passed or warned; status: the peer has a quorum)
   1  failed: not found (404), refused by the state machine (409), server error (5xx),
      doctor found a FAIL, `leader` knows no leader
   2  usage: bad arguments, unreadable token file, ambiguous revision prefix, a request
@@ -16,7 +17,7 @@ Exit codes:
   3  the peer is unreachable (the message names the URL and the reason)
   4  the token is missing, not valid (401) or may not do this (403)
   5  this peer cannot reach a quorum: writes are refused there (reads still work);
-     try another peer
+     try another peer. `status` says so too, after printing the status
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from .client import (
     EXIT_FAILED,
+    EXIT_NO_QUORUM,
     EXIT_OK,
     EXIT_USAGE,
     ApiError,
@@ -115,12 +117,26 @@ def cmd_status(client: PeerClient, args: argparse.Namespace) -> int:
         ("quorum", f"{yes(raft.get('has_quorum'))}  ({len(raft.get('connected', [])) + 1} of "
                    f"{len(raft.get('members', []))} members reachable, self included)"),
         ("log", f"commit index {raft.get('commit_index')}, applied {raft.get('last_applied')}"),
-        ("revision", st.get("applied_revision") or "none applied"),
+        ("revision", _revision_line(st)),
         ("uptime", duration(st.get("uptime_s") or 0)),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    if not raft.get("has_quorum"):
+        print(f"vaq-peer status: {st.get('peer')} has no quorum (exit {EXIT_NO_QUORUM})",
+              file=sys.stderr)
+        return EXIT_NO_QUORUM
     return EXIT_OK
+
+
+def _revision_line(st: dict[str, Any]) -> str:
+    applied, served = st.get("applied_revision"), st.get("served_revision")
+    mode = (st.get("boot") or {}).get("mode")
+    if applied:
+        return applied if served in (None, applied) else f"{applied} (serving {served})"
+    if served and mode == "sot":
+        return f"{served} (a fixed `sot:` revision, served; no pipeline)"
+    return "none applied yet (boot requests get 503)"
 
 
 def cmd_peers(client: PeerClient, args: argparse.Namespace) -> int:
@@ -294,13 +310,22 @@ def cmd_hosts(client: PeerClient, args: argparse.Namespace) -> int:
         print_json(data)
         return EXIT_OK
     hosts = sorted(data.get("hosts", []), key=lambda h: h.get("name", ""))
-    rows = [(h.get("name"), h.get("stage"), h.get("state"),
-             f"{h.get('done', '-')}/{h.get('stages', '-')}", short(h.get("revision")),
+    rows = [(h.get("name"), h.get("stage"), h.get("state"), _done(h), short(h.get("revision")),
              ago(h.get("updated_at")), (h.get("message") or h.get("last_event") or "")[:70])
             for h in hosts]
     print(table(["HOST", "STAGE", "STATE", "DONE", "REVISION", "UPDATED", "MESSAGE"], rows))
     print(f"{len(hosts)} host(s) with a recorded workflow state")
+    if any(h.get("pending_replication") for h in hosts):
+        print("(+N here: stages this peer saw done, not yet recorded by the group; it serves "
+              "from them and replicates them when it reaches a quorum)")
     return EXIT_OK
+
+
+def _done(h: dict[str, Any]) -> str:
+    text = f"{h.get('done', '-')}/{h.get('stages', '-')}"
+    if h.get("pending_replication"):
+        text += f" (+{h['done_here'] - (h.get('done') or 0)} here)"
+    return text
 
 
 def cmd_host(client: PeerClient, args: argparse.Namespace) -> int:
@@ -409,9 +434,10 @@ def _run(func: Command) -> Callable[[argparse.Namespace], int]:
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--peer", metavar="URL",
-                        help="the peer's API (default: $VAQ_PEER or http://127.0.0.1:8080)")
+                        help="the peer's API (default: $VAQ_PEER, else http://127.0.0.1)")
     common.add_argument("--token-file", metavar="FILE",
-                        help="file holding the API token (default: $VAQ_TOKEN)")
+                        help="file holding the API token (default: $VAQ_TOKEN_FILE; or "
+                        "$VAQ_TOKEN holding the token itself)")
     common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="per request (default 10)")
     common.add_argument("--json", action="store_true", help="print the API's answer as JSON")

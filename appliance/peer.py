@@ -21,9 +21,9 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.api.app import make_api_app
-from appliance.api.auth import TokenError, load_tokens
+from appliance.api.auth import load_tokens
 from appliance.api.context import ApiContext
-from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
+from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
@@ -36,9 +36,7 @@ from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
-from appliance.source.github import WebhookSecretError
 from appliance.source.gittree import GitTree, RevisionNotFound
-from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
 
@@ -236,6 +234,15 @@ class Peer:
             "revision": table.sha,
         }
 
+    def _local_done(self) -> dict[str, int]:
+        """Stages done as this peer serves them, for the hosts it holds local reports of."""
+        out = {}
+        for name in self.local_progress.hosts():
+            record = self.progress.record(name)
+            if record is not None and record.done:
+                out[name] = record.done
+        return out
+
     def _sites(self) -> list[dict[str, Any]]:
         if self.revision is None:
             return []
@@ -262,6 +269,7 @@ class Peer:
                            and table.site.netboot.dhcp_mode == "proxy" else None),
             "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
             "revision": table.sha if table else None,
+            "mode": "source" if cfg.source is not None else "sot",
             "source": self.follower.info() if self.follower else None,
         }
 
@@ -305,18 +313,21 @@ class Peer:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything or nothing: whatever fails, what was started is stopped again
+        (a Raft node left running would hold its port and confuse its group)."""
         try:
             await self._start()
-        except OSError as exc:
+        except BaseException as exc:
             await self.stop()
-            raise PeerError(f"cannot start: {exc.strerror or exc} ({exc.__class__.__name__}); "
-                            "is another server on that port, or is the boot interface "
-                            "missing?") from None
-        except (ClusterStartError, TokenError, SigningKeysError, WebhookSecretError) as exc:
-            await self.stop()
-            raise PeerError(str(exc)) from None
-        except PeerError:
-            await self.stop()
+            if isinstance(exc, PeerError):
+                raise
+            if isinstance(exc, OSError):
+                raise PeerError(f"cannot start: {exc.strerror or exc} "
+                                f"({exc.__class__.__name__}); is another server on that "
+                                "port, or is the boot interface missing?") from None
+            if isinstance(exc, Exception):
+                log.exception("peer.start_failed")
+                raise PeerError(f"cannot start: {exc}") from None
             raise
 
     async def _start(self) -> None:
@@ -370,7 +381,8 @@ class Peer:
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
-                             rollout_progress=self._rollout_progress if self.engine else None)
+                             rollout_progress=self._rollout_progress if self.engine else None,
+                             local_done=self._local_done)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -397,6 +409,9 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if not tokens:
+            log.warning("api.no_tokens", hint="the API refuses every request without a token; "
+                        "add api.tokens to the config (`vaq-peer init` writes one)")
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each

@@ -29,6 +29,9 @@ class ApiContext:
     power: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
     # rollout_progress(sha) -> the rollout's progress; None without a workflow engine.
     rollout_progress: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    # Stages this peer saw a host complete (its phone-homes), replicated or not yet: a peer
+    # cut off from the group serves from this, so it shows it too: {host: stages done}.
+    local_done: Callable[[], dict[str, int]] = dict
     started: float = field(default_factory=time.time)
 
 
