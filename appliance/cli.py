@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "names, print each problem with file:line, start nothing (exit 2 on errors)")
     p.set_defaults(func=cmd_serve)
 
+    from .cli_init import add_init_command
+
+    add_init_command(sub)
+
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)
     add_peer_commands(sub)

@@ -35,6 +35,7 @@ from .client import (
     EXIT_FAILED,
     EXIT_NO_QUORUM,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     ApiError,
     PeerClient,
@@ -100,8 +101,24 @@ def print_json(data: Any) -> None:
 
 # ---- commands -----------------------------------------------------------------------------
 
+def _status_waiting(client: PeerClient, wait: float | None) -> dict[str, Any]:
+    """The status; with --wait, a peer that does not answer yet (starting), or has no quorum
+    yet (electing), is asked again until it has or the time is up: what a script needs
+    after `vaq-peer serve &`."""
+    deadline = time.monotonic() + (wait or 0)
+    while True:
+        try:
+            st = client.get("/v1/status")
+            if st.get("raft", {}).get("has_quorum") or time.monotonic() >= deadline:
+                return st
+        except ApiError as exc:
+            if exc.exit_code != EXIT_UNREACHABLE or time.monotonic() >= deadline:
+                raise
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
 def cmd_status(client: PeerClient, args: argparse.Namespace) -> int:
-    st = client.get("/v1/status")
+    st = _status_waiting(client, args.wait)
     if args.json:
         print_json(st)
         return EXIT_OK
@@ -328,7 +345,23 @@ def _done(h: dict[str, Any]) -> str:
     return text
 
 
+def cmd_host_events(client: PeerClient, args: argparse.Namespace) -> int:
+    data = client.get(f"/v1/hosts/{args.name}/events", after=args.after, limit=args.limit)
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    events = data.get("events", [])
+    print(f"host {args.name}: {data.get('total', 0)} event(s) in this peer's history")
+    for event in events:
+        print(event_line(event))
+    if events and len(events) >= args.limit:
+        print(f"(more: --after {events[-1].get('seq')})")
+    return EXIT_OK
+
+
 def cmd_host(client: PeerClient, args: argparse.Namespace) -> int:
+    if args.events:
+        return cmd_host_events(client, args)
     data = client.get(f"/v1/hosts/{args.name}")
     if args.json:
         print_json(data)
@@ -458,7 +491,11 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_run(func))
         return p
 
-    add("status", cmd_status, "a running peer: Raft role, term, leader, quorum, revision")
+    p = add("status", cmd_status, "a running peer: Raft role, term, leader, quorum, revision "
+            "(exit 5 without a quorum)")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="ask again for this long while the peer does not answer or has no "
+                   "quorum yet")
     add("peers", cmd_peers, "the peer group as the asked peer sees it")
     add("leader", cmd_leader, "the Raft leader (exit 1 if none is known)")
     p = add("revisions", cmd_revisions, "revisions and their lifecycle state")
@@ -481,8 +518,15 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("message")
     p.add_argument("--host", help="the host the note is about")
     add("hosts", cmd_hosts, "hosts and where each is in its workflow")
-    p = add("host", cmd_host, "one host: workflow state and what the applied revision says")
+    p = add("host", cmd_host, "one host: workflow state and what the applied revision says; "
+            "--events: its whole history")
     p.add_argument("name")
+    p.add_argument("--events", action="store_true", help="every event of this host, across "
+                   "revisions (kept on each peer beyond the journal's ring)")
+    p.add_argument("--after", type=int, default=0, metavar="N", help="with --events: after "
+                   "sequence number N")
+    p.add_argument("--limit", type=int, default=1000, metavar="N",
+                   help="with --events: at most N (max 1000)")
     p = add("events", cmd_events, "the event journal; --follow for live events")
     p.add_argument("--after", type=int, metavar="N", help="events after sequence number N")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (max 1000)")

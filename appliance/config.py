@@ -81,6 +81,13 @@ class BmcConfig(_Strict):
     max_sessions: Annotated[int, Field(ge=1, le=256)] = 8  # concurrent BMC sessions per peer
 
 
+class HistoryConfig(_Strict):
+    """Each host's events, kept on this peer's disk beyond the journal's 10,000-event ring."""
+
+    max_events_per_host: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    max_age_days: Annotated[float, Field(gt=0)] = 365.0
+
+
 class HttpConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the site's netboot.http_port
@@ -147,6 +154,7 @@ class PeerConfig(_Strict):
     http: HttpConfig = HttpConfig()
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
+    history: HistoryConfig = HistoryConfig()
     # Fetch every artifact of the applied revision at start, so a boot storm never waits on
     # the upstream mirror; off: fetched on first request.
     prefetch_artifacts: bool = True

@@ -10,7 +10,9 @@ without tokens) do not stop the peer.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,9 +169,23 @@ def _check_places(c: _Checker, config: PeerConfig) -> None:
             if not root.is_dir():
                 c.add(("tftp", "roots", i), f"the TFTP root {root} does not exist (iPXE's "
                       "binaries: apt-get install ipxe)")
+    host = config.raft.address.rpartition(":")[0].strip("[]")
+    if not _local_address(host):
+        c.add(("raft", "address"), f"{host} is not an address of this machine: the Raft node "
+              "binds to it (set raft.address to this peer's own address on the peer network)")
     if not config.api.tokens:
         c.add(("api",), "no API tokens (`api.tokens`): the API will refuse every request; "
               "`vaq-peer init` writes one", error=False)
+
+
+def _local_address(host: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                           socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+    except OSError as exc:
+        return exc.errno != errno.EADDRNOTAVAIL and not isinstance(exc, socket.gaierror)
+    return True
 
 
 def check_config(path: str | Path) -> CheckResult:

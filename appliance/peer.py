@@ -27,6 +27,7 @@ from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.host_archive import HostArchive
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
@@ -92,6 +93,8 @@ class Peer:
         self.power: Any = None  # appliance.power.manager.PowerManager when configured
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
+        self.history = HostArchive(config.data_dir / "hosts", config.history.max_events_per_host,
+                                   config.history.max_age_days)
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -234,6 +237,9 @@ class Peer:
             "revision": table.sha,
         }
 
+    def _host_names(self) -> list[str]:
+        return list(self.table.hosts) if self.table is not None else []
+
     def _local_done(self) -> dict[str, int]:
         """Stages done as this peer serves them, for the hosts it holds local reports of."""
         out = {}
@@ -341,6 +347,8 @@ class Peer:
         self.outbox = EventOutbox(self.cluster)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         log.info("raft.started", address=cfg.raft.address, peers=list(peers))
+        self._tasks.append(asyncio.create_task(
+            self.history.follow(self.cluster, self._host_names), name="history"))
 
         self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self._on_event)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
@@ -382,7 +390,7 @@ class Peer:
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
                              rollout_progress=self._rollout_progress if self.engine else None,
-                             local_done=self._local_done)
+                             local_done=self._local_done, host_events=self.history.read)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None

@@ -32,6 +32,8 @@ class ApiContext:
     # Stages this peer saw a host complete (its phone-homes), replicated or not yet: a peer
     # cut off from the group serves from this, so it shows it too: {host: stages done}.
     local_done: Callable[[], dict[str, int]] = dict
+    # host_events(name, after, limit) -> the host's archived history, None if it has none.
+    host_events: Callable[[str, int, int], dict[str, Any] | None] = lambda *_: None
     started: float = field(default_factory=time.time)
 
 

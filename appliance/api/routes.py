@@ -23,7 +23,7 @@ def api_error(message: str, status: int = 400, error: str | None = None) -> web.
                content_type="application/json")
 
 
-def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -233,8 +233,8 @@ async def host_power_action(request: web.Request) -> web.Response:
           query={"after": "sequence number already seen (default 0)",
                  "limit": "at most this many (default 100, max 1000)"})
 async def events(request: web.Request) -> web.Response:
-    after = _int(request, "after", 0, 0, 2**63)
-    limit = _int(request, "limit", 100, 1, 1000)
+    after = query_int(request, "after", 0, 0, 2**63)
+    limit = query_int(request, "limit", 100, 1, 1000)
     return web.json_response(ctx(request).cluster.events_since(after, limit))
 
 
@@ -242,8 +242,8 @@ async def events(request: web.Request) -> web.Response:
           query={"after": "sequence number already seen", "for": "seconds to follow (max 3600)"})
 async def events_stream(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
-    after = _int(request, "after", c.cluster.events_since(0, 0)["last_seq"], 0, 2**63)
-    duration = _int(request, "for", 3600, 1, 3600)
+    after = query_int(request, "after", c.cluster.events_since(0, 0)["last_seq"], 0, 2**63)
+    duration = query_int(request, "for", 3600, 1, 3600)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     deadline = time.monotonic() + duration
