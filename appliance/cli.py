@@ -239,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     from .cli_init import add_init_command
+    from .cli_lab import add_lab_command
 
     add_init_command(sub)
+    add_lab_command(sub)
 
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)

@@ -100,9 +100,10 @@ def _config_text(args: argparse.Namespace, peers: list[tuple[str, str]], http_po
         lines.append(f"address: {args.address}         # instead of env.yml's {me or 'none'}")
     text = "\n".join(lines) + "\n" + source + raft
     text += "token_secret_file: secrets/phone-home.key   # same on every peer of the site\n"
-    text += ("api:\n  tokens:\n    - {name: ops, role: admin, file: secrets/ops.token}\n"
-             f"# the API is served on the boot HTTP port ({http_port}, the site's "
-             "netboot.http_port)\n")
+    # Explicit: a peer following a remote has no revision at start to read the port from.
+    text += (f"http: {{port: {http_port}}}              # the site's netboot.http_port; "
+             "the API is served on it too\n"
+             "api:\n  tokens:\n    - {name: ops, role: admin, file: secrets/ops.token}\n")
     return text
 
 
