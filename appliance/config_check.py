@@ -147,13 +147,15 @@ def _check_places(c: _Checker, config: PeerConfig) -> None:
     if config.sot is not None and config.sot.path is not None and not config.sot.path.is_dir():
         c.add(("sot", "path"), f"the SoT directory {config.sot.path} does not exist")
     if config.sot is not None and config.sot.git is not None:
+        from dulwich.errors import NotGitRepository
+
         from .source.gittree import GitTree, RevisionNotFound
 
         try:
             GitTree(config.sot.git, config.sot.rev)
         except RevisionNotFound as exc:
             c.add(("sot",), str(exc))
-        except Exception as exc:  # not a repository at all: dulwich says why
+        except (OSError, ValueError, NotGitRepository) as exc:  # not a repository at all
             c.add(("sot", "git"), f"{config.sot.git} is not a git repository ({exc})")
     parent = config.data_dir
     while not parent.exists() and parent != parent.parent:

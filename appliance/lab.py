@@ -183,13 +183,58 @@ def _api(path: str, token: str, method: str = "GET", body: dict | None = None) -
     return None
 
 
+def _build(state: Path, rig: Any, link: str, machines: list[dict[str, str]],
+           procs: list[subprocess.Popen], guests: list[Any], advertiser: list[Any]
+           ) -> tuple[str, str]:
+    """Everything of the lab, recorded in the lists as it starts (for the teardown)."""
+    from tools.rigs.bmc_guest import BmcGuest
+    from tools.rigs.qemu_guest import RouterAdvertiser
+    from tools.rigs.test_kernel import build_test_os
+
+    os_files = build_test_os()
+    bare, sha = _push_sot(state, machines, os_files)
+    configs = _init_peers(state, bare)
+    token = (state / "peer-1" / "secrets" / "ops.token").read_text().strip()
+    lan = rig.netns("lan")
+    rig.bridge(lan, "br0", "198.18.0.1/24")
+    _host_link(lan, link)
+    for i, (address, config) in enumerate(zip(PEERS, configs, strict=True), start=1):
+        ns = rig.netns(f"peer{i}")
+        rig.veth(lan, ns, bridge="br0", cidr_b=f"{address}/24")
+        with (state / f"peer-{i}.log").open("w") as out:
+            procs.append(ns.popen([sys.executable, "-m", "appliance.cli", "serve",
+                                   "--config", str(config)], stdout=out,
+                                  stderr=subprocess.STDOUT, cwd=REPO))
+    advertiser.append(RouterAdvertiser(lan, "br0").start())
+    for m in machines:
+        guest = BmcGuest(lan, "br0", m["mac"], m["bmc"], password=BMC_PASSWORD,
+                         user=BMC_USER, workdir=state / "machines" / m["name"])
+        guests.append(guest)
+        guest.start()
+    return sha, token
+
+
+def _approve_first(sha: str, token: str, stop: dict[str, bool], state: Path) -> None:
+    """What an operator would do after reading the plan: the lab's first revision."""
+    deadline = time.monotonic() + 300
+    while not stop["now"]:
+        rev = _api(f"/v1/revisions/{sha}", token) or {}
+        if rev.get("state") == "awaiting_approval":
+            _api(f"/v1/revisions/{sha}/approve", token, "POST",
+                 {"note": "approved by `vaq-peer lab up`"})
+            return
+        if rev.get("state") in ("rejected", "applied"):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the peers did not plan the lab SoT within 300 s; see "
+                           f"{state}/peer-*.log")
+        time.sleep(1)
+
+
 def run(state: Path, count: int) -> int:
     """The supervisor: build everything, approve the first revision, wait for SIGTERM, remove
     everything. Progress and failure go to `state/status.json` for `lab up` to read."""
-    from tools.rigs.bmc_guest import BmcGuest
     from tools.rigs.netns import NetnsRig
-    from tools.rigs.qemu_guest import RouterAdvertiser
-    from tools.rigs.test_kernel import build_test_os
 
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -210,51 +255,20 @@ def run(state: Path, count: int) -> int:
     report()
     procs: list[subprocess.Popen] = []
     guests: list[Any] = []
-    advertiser = None
     rig = NetnsRig(prefix="vqlab")
+    advertiser: list[Any] = []
     try:
-        os_files = build_test_os()
-        bare, sha = _push_sot(state, machines, os_files)
-        configs = _init_peers(state, bare)
-        token = (state / "peer-1" / "secrets" / "ops.token").read_text().strip()
-        lan = rig.netns("lan")
-        rig.bridge(lan, "br0", "198.18.0.1/24")
-        _host_link(lan, link)
-        for i, (address, config) in enumerate(zip(PEERS, configs, strict=True), start=1):
-            ns = rig.netns(f"peer{i}")
-            rig.veth(lan, ns, bridge="br0", cidr_b=f"{address}/24")
-            with (state / f"peer-{i}.log").open("w") as out:
-                procs.append(ns.popen([sys.executable, "-m", "appliance.cli", "serve",
-                                       "--config", str(config)], stdout=out,
-                                      stderr=subprocess.STDOUT, cwd=REPO))
-        advertiser = RouterAdvertiser(lan, "br0").start()
-        for m in machines:
-            guest = BmcGuest(lan, "br0", m["mac"], m["bmc"], password=BMC_PASSWORD,
-                             user=BMC_USER, workdir=state / "machines" / m["name"])
-            guests.append(guest)
-            guest.start()
+        sha, token = _build(state, rig, link, machines, procs, guests, advertiser)
         report(phase="waiting for the peers", revision=sha,
                token_file=str(state / "peer-1" / "secrets" / "ops.token"),
                namespaces=[ns.name for ns in rig.namespaces])
-        deadline = time.monotonic() + 300
-        while not stop["now"]:
-            rev = _api(f"/v1/revisions/{sha}", token) or {}
-            if rev.get("state") == "awaiting_approval":
-                _api(f"/v1/revisions/{sha}/approve", token, "POST",
-                     {"note": "approved by `vaq-peer lab up`"})
-                break
-            if rev.get("state") in ("rejected", "applied"):
-                break
-            if time.monotonic() > deadline:
-                raise LabError("the peers did not plan the lab SoT within 300 s; see "
-                               f"{state}/peer-*.log")
-            time.sleep(1)
+        _approve_first(sha, token, stop, state)
         report(phase="running")
         while not stop["now"]:
             time.sleep(0.5)
         report(phase="stopping")
         return 0
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure goes to `lab up` via the status file
         report(phase="failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     finally:
@@ -268,8 +282,8 @@ def run(state: Path, count: int) -> int:
                 proc.kill()
         for guest in guests:
             guest.close()
-        if advertiser is not None:
-            advertiser.close()
+        for ra in advertiser:
+            ra.close()
         subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10)
         rig.close()
         if status.get("phase") != "failed":

@@ -36,13 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import FileJournal
 from pysyncobj.transport import TCPTransport
 
+import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster.errors import ClusterStartError
 from appliance.cluster.state import ClusterState
 
@@ -225,7 +226,7 @@ class RaftNode(SyncObj):
                 self.destroy()
                 raise ClusterStartError("pysyncobj internals changed: no FileJournal to harden")
             journal.__class__ = _DurableJournal
-            journal._vq_meta_path = str(data_dir / "raft.journal.meta")
+            cast(_DurableJournal, journal)._vq_meta_path = str(data_dir / "raft.journal.meta")
         self.addOnTickCallback(self._vq_on_tick)
 
     # ---- the one replicated method ------------------------------------------------------
