@@ -3,10 +3,10 @@
 The SoT already says what a peer needs to know about its site: the peers and their boot
 addresses (the Raft group), the HTTP port. What it must never say is a secret, so this
 command writes the config, which names secret files, and those files, random and mode 600.
-The phone-home key and the Raft password must be the same on every peer of the site: the
-first `init` writes them, the operator copies them to the other peers, and `init` there keeps
-them (a secret that exists is never overwritten). The config is checked at the end as
-`vaq-peer serve --check` would.
+The phone-home key, the Raft password and the admin API token are the same on every peer of
+the site: the first `init` writes them, the operator copies them to the other peers, and
+`init` there keeps them (a secret that exists is never overwritten). The config is checked at
+the end as `vaq-peer serve --check` would.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from pathlib import Path
 from .config_check import check_config
 
 RAFT_PORT = 7650
-SHARED = ("phone-home.key", "raft.key")
-OWN = ("ops.token",)
+# The same on every peer of the site: the phone-home key and the Raft password must be, and
+# the admin token is, so that one token works against any peer (the CLI, and a peer asking
+# another for what only that one holds, such as a console).
+SHARED = ("phone-home.key", "raft.key", "ops.token")
 
 
 class InitError(Exception):
@@ -118,7 +120,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     secrets = directory / "secrets"
     secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
     secrets.chmod(0o700)
-    written = {name: _write_secret(secrets / name) for name in (*SHARED, *OWN)}
+    written = {name: _write_secret(secrets / name) for name in SHARED}
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as out:
         out.write(_config_text(args, peers, http_port))

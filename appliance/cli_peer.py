@@ -442,6 +442,27 @@ def _follow(client: PeerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_console(client: PeerClient, args: argparse.Namespace) -> int:
+    """The host's serial console as the leader recorded it over SOL; --follow: as it comes."""
+    path = f"/v1/hosts/{args.host}/console"
+    data = client.get(path, tail=args.tail)
+    if args.json and not args.follow:
+        print_json(data)
+        return EXIT_OK
+    sys.stdout.write(data.get("text", ""))
+    sys.stdout.flush()
+    deadline = time.monotonic() + (args.for_seconds or 3600 * 24 * 365)
+    try:
+        while args.follow and time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            data = client.get(path, offset=data.get("next_offset", 0))
+            sys.stdout.write(data.get("text", ""))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def cmd_doctor(client: PeerClient, args: argparse.Namespace) -> int:
     from .cli_doctor import run_doctor
 
@@ -527,6 +548,15 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    "sequence number N")
     p.add_argument("--limit", type=int, default=1000, metavar="N",
                    help="with --events: at most N (max 1000)")
+    p = add("console", cmd_console, "a host's serial console (IPMI serial-over-LAN), recorded "
+            "by the leader while the host is in a stage; from any peer")
+    p.add_argument("host")
+    p.add_argument("--tail", type=int, default=65536, metavar="BYTES",
+                   help="the last BYTES of it (default 65536)")
+    p.add_argument("--follow", "-f", action="store_true", help="then print what comes, until "
+                   "Ctrl-C (or --for)")
+    p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
+                   help="with --follow: stop after this long")
     p = add("events", cmd_events, "the event journal; --follow for live events")
     p.add_argument("--after", type=int, metavar="N", help="events after sequence number N")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (max 1000)")

@@ -88,6 +88,14 @@ class HistoryConfig(_Strict):
     max_age_days: Annotated[float, Field(gt=0)] = 365.0
 
 
+class ConsoleConfig(_Strict):
+    """Serial-over-LAN consoles of hosts in a stage, recorded by the leader (IPMI BMCs)."""
+
+    enabled: bool = True
+    max_bytes: Annotated[int, Field(ge=4096, le=1 << 30)] = 1 << 20  # per file, then rotated
+    keep: Annotated[int, Field(ge=1, le=20)] = 3  # rotated files kept per host
+
+
 class HttpConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the site's netboot.http_port
@@ -155,6 +163,7 @@ class PeerConfig(_Strict):
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
     history: HistoryConfig = HistoryConfig()
+    console: ConsoleConfig = ConsoleConfig()
     # Fetch every artifact of the applied revision at start, so a boot storm never waits on
     # the upstream mirror; off: fetched on first request.
     prefetch_artifacts: bool = True

@@ -41,6 +41,7 @@ HTTP_PORT = 8080
 BMC_USER, BMC_PASSWORD = "admin", "Lab-ipmi-Pw-4412"
 STAGE_TIMEOUT = 600  # a stage under TCG on a busy 2-core machine takes 20-90 s
 MAX_MACHINES = 8
+SOL_PORT = 9700  # + the machine's number: its serial port, which its BMC serves as SOL
 GIT_ENV = {"GIT_AUTHOR_NAME": "Vaquero lab", "GIT_AUTHOR_EMAIL": "lab@vaquero.invalid",
            "GIT_COMMITTER_NAME": "Vaquero lab", "GIT_COMMITTER_EMAIL": "lab@vaquero.invalid",
            "HOME": "/nonexistent", "PATH": "/usr/bin:/bin"}
@@ -128,6 +129,8 @@ def _push_sot(state: Path, machines: list[dict[str, str]], os_files: Any) -> tup
 
 
 def _init_peers(state: Path, bare: Path) -> list[Path]:
+    from .cli_init import SHARED
+
     """Each peer's config and secrets, written by `vaq-peer init` as an operator would: the
     first writes the site's shared secrets, which are copied to the others."""
     (state / "bmc.yml").write_text(f"lab-ipmi: {{user: {BMC_USER}, password: "
@@ -138,7 +141,7 @@ def _init_peers(state: Path, bare: Path) -> list[Path]:
         directory = state / f"peer-{i}"
         if i > 1:
             (directory / "secrets").mkdir(parents=True, mode=0o700)
-            for name in ("phone-home.key", "raft.key"):
+            for name in SHARED:
                 shutil.copy2(state / "peer-1" / "secrets" / name, directory / "secrets" / name)
         out = subprocess.run(
             [sys.executable, "-m", "appliance.cli", "init", "--git", str(bare), "--rev", "main",
@@ -208,7 +211,8 @@ def _build(state: Path, rig: Any, link: str, machines: list[dict[str, str]],
     advertiser.append(RouterAdvertiser(lan, "br0").start())
     for m in machines:
         guest = BmcGuest(lan, "br0", m["mac"], m["bmc"], password=BMC_PASSWORD,
-                         user=BMC_USER, workdir=state / "machines" / m["name"])
+                         user=BMC_USER, workdir=state / "machines" / m["name"],
+                         sol_port=SOL_PORT + int(m["name"][-2:]))
         guests.append(guest)
         guest.start()
     return sha, token

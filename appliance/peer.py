@@ -42,6 +42,8 @@ from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.gittree import GitTree, RevisionNotFound
 
 log = structlog.get_logger("vaquero.peer")
+# Host states in which a machine is in one of its stages: its console is worth recording.
+STAGE_STATES = frozenset({"queued", "powering", "booting", "waiting", "retrying", "checking"})
 
 
 class PeerError(Exception):
@@ -95,6 +97,7 @@ class Peer:
         self.power: PowerManager | None = None  # when the config names BMC secrets
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
+        self.consoles: Any = None  # appliance.power.console.ConsoleRecorder with BMCs
         self.history = HostArchive(config.data_dir / "hosts", config.history.max_events_per_host,
                                    config.history.max_age_days)
         self._tasks: list[asyncio.Task[object]] = []
@@ -239,6 +242,32 @@ class Peer:
             "revision": table.sha,
         }
 
+    async def _watch_consoles(self) -> None:
+        """The leader records the SOL console of every host in a stage (a BMC serves one
+        SOL session: only the peer that drives the machines holds it)."""
+        from appliance.power.console import SolTarget
+        from appliance.power.manager import NoBmc, target_for
+        from appliance.power.secrets import SecretsError
+
+        while True:
+            wanted: dict[str, SolTarget] = {}
+            cluster, table, power = self.cluster, self.table, self.power
+            if cluster is not None and table is not None and cluster.status.is_leader:
+                for record in cluster.hosts():
+                    entry = table.hosts.get(record.get("name", ""))
+                    if entry is None or record.get("state") not in STAGE_STATES:
+                        continue
+                    try:
+                        target = target_for(entry)
+                        creds = power.secrets.lookup(target.credentials)
+                    except (NoBmc, SecretsError, AttributeError):
+                        continue
+                    if target.type == "ipmi":
+                        wanted[entry.host.name] = SolTarget(target.address, target.port or 623,
+                                                            creds.user, creds.password)
+            self.consoles.want(wanted)
+            await asyncio.sleep(2)
+
     def _host_names(self) -> list[str]:
         return list(self.table.hosts) if self.table is not None else []
 
@@ -367,6 +396,13 @@ class Peer:
                                         branch=cfg.source.ref if cfg.source else "main")
         if cfg.bmc.secrets_file is not None:
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
+            if cfg.console.enabled:
+                from appliance.power.console import ConsoleRecorder
+
+                self.consoles = ConsoleRecorder(cfg.data_dir / "consoles",
+                                                cfg.console.max_bytes, cfg.console.keep)
+                self._tasks.append(asyncio.create_task(self._watch_consoles(),
+                                                       name="consoles"))
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
         else:  # follow a git remote; serve what the group applies (503 until then)
@@ -390,7 +426,8 @@ class Peer:
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
                              rollout_progress=self._rollout_progress if self.engine else None,
-                             local_done=self._local_done, host_events=self.history.read)
+                             local_done=self._local_done, host_events=self.history.read,
+                             console=self.consoles.read if self.consoles else lambda *_: None)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -449,6 +486,8 @@ class Peer:
         self._tasks.clear()
         if self.follower is not None:
             await self.follower.close()
+        if self.consoles is not None:
+            await asyncio.to_thread(self.consoles.close)
         if self.power is not None:
             self.power.close()
         if self.artifacts is not None:

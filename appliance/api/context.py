@@ -34,6 +34,8 @@ class ApiContext:
     local_done: Callable[[], dict[str, int]] = dict
     # host_events(name, after, limit) -> the host's archived history, None if it has none.
     host_events: Callable[[str, int, int], dict[str, Any] | None] = lambda *_: None
+    # console(name, offset, tail) -> the host's SOL console as this peer recorded it, or None.
+    console: Callable[[str, int | None, int], dict[str, Any] | None] = lambda *_: None
     started: float = field(default_factory=time.time)
 
 

@@ -53,6 +53,11 @@ def test_lab_up_installs_two_machines_through_their_bmcs_and_down_removes_it(
         assert sorted(e["host"] for e in boots) == ["lab-01", "lab-01", "lab-02", "lab-02"]
         history = json.loads(vaq("host", "lab-01", "--events", "--json", env=env).stdout)
         assert "host.done" in [e["kind"] for e in history["events"]]
+        # the guest's serial port, read through its BMC's SOL by the leader, from any peer
+        for peer in status["peers"]:
+            console = vaq("console", "lab-01", "--peer", peer, env=env)
+            assert console.returncode == 0, console
+            assert "Linux version" in console.stdout, console.stdout[-2000:]
     finally:
         down = vaq("lab", "down", "--dir", str(lab), timeout=300)
     assert down.returncode == 0, down
