@@ -314,7 +314,9 @@ class Peer:
         cfg = self.config
         if cfg.api.url:
             return cfg.api.url.rstrip("/")
-        host = self._boot_info()["address"] or "127.0.0.1"
+        host = (self._boot_info()["address"] or
+                (str(cfg.address) if cfg.address else None) or
+                cfg.raft.address.rpartition(":")[0].strip("[]") or "127.0.0.1")
         return f"http://{host}:{cfg.api.port or self.http_port}"
 
     async def _announce(self) -> None:
@@ -322,8 +324,9 @@ class Peer:
         `vaq-peer doctor` can reach every peer. Re-checked: the leader's first
         reconciliation of the list may race with the first announcement."""
         assert self.cluster is not None and self.outbox is not None
-        me, url = self.config.raft.address, self.api_url()
+        me = self.config.raft.address
         while True:
+            url = self.api_url()  # the boot address is known once a revision is served
             mine = next((p for p in self.cluster.peers() if p["address"] == me), None)
             if mine is None or mine.get("api_url") != url or mine.get("name") != self.config.peer:
                 self.outbox.put_command(raft_commands.build(
