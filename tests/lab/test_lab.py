@@ -57,7 +57,7 @@ def test_lab_up_installs_two_machines_through_their_bmcs_and_down_removes_it(
         for peer in status["peers"]:
             console = vaq("console", "lab-01", "--peer", peer, env=env)
             assert console.returncode == 0, console
-            assert "Linux version" in console.stdout, console.stdout[-2000:]
+            assert "VAQ-TEST: PHONED-HOME 52:54:00:18:00:01" in console.stdout, console.stdout
     finally:
         down = vaq("lab", "down", "--dir", str(lab), timeout=300)
     assert down.returncode == 0, down
