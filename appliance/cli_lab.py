@@ -56,6 +56,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"vaq-peer lab: {directory} exists (a lab is up, or was not removed): "
               "`vaq-peer lab down` first", file=sys.stderr)
         return 2
+    other = _other_lab()
+    if other:
+        print(f"vaq-peer lab: another lab is up on this machine ({other} holds the lab's host "
+              "address 198.18.0.254): only one at a time; `vaq-peer lab down --dir DIR` "
+              "it first", file=sys.stderr)
+        return 2
     directory.mkdir(parents=True, mode=0o700)
     with (directory / "lab.log").open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "appliance.lab", "run", str(directory),
@@ -82,6 +88,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  vaq-peer lab status{_dir_flag(args)}          # BMCs, power-ons, consoles")
     print(f"  vaq-peer lab down{_dir_flag(args)}            # removes all of it")
     return 0
+
+
+def _other_lab() -> str | None:
+    """The veth of a lab that is up, if any: two would route 198.18.0.0/24 twice."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                         timeout=10).stdout
+    return next((line.split()[1] for line in out.splitlines()
+                 if " 198.18.0.254/" in line and line.split()[1].startswith("vql")), None)
 
 
 def _dir_flag(args: argparse.Namespace) -> str:
