@@ -42,8 +42,9 @@ from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.gittree import GitTree, RevisionNotFound
 
 log = structlog.get_logger("vaquero.peer")
-# Host states in which a machine is in one of its stages: its console is worth recording.
-STAGE_STATES = frozenset({"queued", "powering", "booting", "waiting", "retrying", "checking"})
+# Host states in which a machine runs one of its stages (powered on for it): its console is
+# worth recording. Not while it is being powered: a BMC attaches SOL to a running machine.
+STAGE_STATES = frozenset({"booting", "waiting", "checking"})
 
 
 class PeerError(Exception):
@@ -263,10 +264,11 @@ class Peer:
                     except (NoBmc, SecretsError, AttributeError):
                         continue
                     if target.type == "ipmi":
+                        run = (int(record.get("stage") or 0), int(record.get("attempt") or 0))
                         wanted[entry.host.name] = SolTarget(target.address, target.port or 623,
-                                                            creds.user, creds.password)
+                                                            creds.user, creds.password, run)
             self.consoles.want(wanted)
-            await asyncio.sleep(2)
+            await asyncio.sleep(1)
 
     def _host_names(self) -> list[str]:
         return list(self.table.hosts) if self.table is not None else []

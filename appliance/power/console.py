@@ -33,6 +33,9 @@ class SolTarget:
     port: int
     user: str
     password: str = field(repr=False)
+    # The machine's run this session belongs to (stage, attempt): a BMC connects its SOL to
+    # the serial port when the session starts, so a power cycle needs a new session.
+    run: tuple[int, int] = (0, 0)
 
 
 class ConsoleLog:
@@ -66,7 +69,7 @@ class ConsoleRecorder:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.keep = max_bytes, keep
         self._wanted: dict[str, SolTarget] = {}
-        self._open: dict[str, Any] = {}  # host -> pyghmi Console
+        self._open: dict[str, tuple[Any, tuple[int, int]]] = {}  # host -> (Console, run)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,7 +95,8 @@ class ConsoleRecorder:
         while not self._stop.is_set():
             with self._lock:
                 wanted = dict(self._wanted)
-            for host in [h for h in self._open if h not in wanted]:
+            for host in [h for h, (_, run) in self._open.items()
+                         if h not in wanted or wanted[h].run != run]:
                 self._close(host)
             for host, target in wanted.items():
                 if host not in self._open:
@@ -121,15 +125,15 @@ class ConsoleRecorder:
             sink.append(data if isinstance(data, bytes) else str(data).encode())
 
         try:
-            self._open[host] = console.Console(
+            self._open[host] = (console.Console(
                 bmc=target.address, userid=target.user, password=target.password,
-                port=target.port, iohandler=received, force=True)
+                port=target.port, iohandler=received, force=True), target.run)
             log.info("console.recording", host=host, bmc=target.address, file=str(path))
         except Exception as exc:  # noqa: BLE001 - a BMC that refuses SOL: logged, retried
             log.warning("console.unavailable", host=host, bmc=target.address, error=str(exc))
 
     def _close(self, host: str) -> None:
-        session = self._open.pop(host, None)
+        session, _ = self._open.pop(host, (None, None))
         if session is not None:
             with contextlib.suppress(Exception):
                 session.close()
