@@ -267,7 +267,7 @@ class Peer:
                         run = (int(record.get("stage") or 0), int(record.get("attempt") or 0))
                         wanted[entry.host.name] = SolTarget(target.address, target.port or 623,
                                                             creds.user, creds.password, run)
-            self.consoles.want(wanted)
+            await asyncio.to_thread(self.consoles.want, wanted)
             await asyncio.sleep(1)
 
     def _host_names(self) -> list[str]:

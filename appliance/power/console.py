@@ -6,15 +6,18 @@ appends everything the machine prints to `<dir>/<host>.log`, rotated at `max_byt
 `.log.1`... (`keep` files). A BMC offers one SOL session at a time, so only one peer records;
 the API reads the log on whichever peer has it.
 
-pyghmi is blocking and drives all its sessions from `Console.wait_for_rsp`: one thread runs
-that loop for every console of this peer; opening and closing sessions happen on it too.
+Each session runs in a process of its own (appliance/power/sol_session.py): pyghmi's session
+state is per process, and a console closed in the peer's process logged out the session its
+power actions to the same BMC were using.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,17 +65,15 @@ class ConsoleLog:
 
 
 class ConsoleRecorder:
-    """Records the SOL console of each host in `want()`, until it leaves it."""
+    """Records the SOL console of each host in `want()`, until it leaves it (or its run,
+    stage and attempt, changes: a new session for the new run)."""
 
     def __init__(self, directory: Path, max_bytes: int = 1 << 20, keep: int = 3) -> None:
         self.root = directory
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.keep = max_bytes, keep
-        self._wanted: dict[str, SolTarget] = {}
-        self._open: dict[str, tuple[Any, tuple[int, int]]] = {}  # host -> (Console, run)
+        self._open: dict[str, tuple[subprocess.Popen[bytes], tuple[int, int]]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def path(self, host: str) -> Path | None:
         return self.root / f"{host}.log" if SAFE_NAME.match(host) else None
@@ -80,64 +81,44 @@ class ConsoleRecorder:
     def want(self, hosts: dict[str, SolTarget]) -> None:
         """The hosts to record from now on; the others' sessions are closed."""
         with self._lock:
-            self._wanted = {h: t for h, t in hosts.items() if self.path(h) is not None}
-        if self._wanted and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="sol-consoles",
-                                            daemon=True)
-            self._thread.start()
+            for host in [h for h, (_, run) in self._open.items()
+                         if h not in hosts or hosts[h].run != run]:
+                self._close(host)
+            for host, target in hosts.items():
+                if host not in self._open and self.path(host) is not None:
+                    self._connect(host, target)
 
     def recording(self) -> list[str]:
         return sorted(self._open)
 
-    def _loop(self) -> None:
-        from pyghmi.ipmi import console
-
-        while not self._stop.is_set():
-            with self._lock:
-                wanted = dict(self._wanted)
-            for host in [h for h, (_, run) in self._open.items()
-                         if h not in wanted or wanted[h].run != run]:
-                self._close(host)
-            for host, target in wanted.items():
-                if host not in self._open:
-                    self._connect(console, host, target)
-            if self._open:
-                try:
-                    console.Console.wait_for_rsp(timeout=0.5)
-                except Exception as exc:  # noqa: BLE001 - pyghmi's loop must not end the recorder
-                    log.warning("console.loop_error", error=str(exc))
-                    self._stop.wait(1)
-            else:
-                self._stop.wait(0.5)
-        for host in list(self._open):
-            self._close(host)
-
-    def _connect(self, console: Any, host: str, target: SolTarget) -> None:
+    def _connect(self, host: str, target: SolTarget) -> None:
         path = self.path(host)
         assert path is not None
         sink = ConsoleLog(path, self.max_bytes, self.keep)
-
-        def received(data: Any) -> None:
-            if isinstance(data, dict):  # pyghmi's status and error reports
-                if data.get("error"):
-                    log.warning("console.error", host=host, error=str(data["error"]))
-                return
-            sink.append(data if isinstance(data, bytes) else str(data).encode())
-
-        try:
-            self._open[host] = (console.Console(
-                bmc=target.address, userid=target.user, password=target.password,
-                port=target.port, iohandler=received, force=True), target.run)
-            log.info("console.recording", host=host, bmc=target.address, file=str(path))
-        except Exception as exc:  # noqa: BLE001 - a BMC that refuses SOL: logged, retried
-            log.warning("console.unavailable", host=host, bmc=target.address, error=str(exc))
+        proc = subprocess.Popen([sys.executable, "-m", "appliance.power.sol_session"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"address": target.address, "port": target.port,
+                                     "user": target.user,
+                                     "password": target.password}).encode() + b"\n")
+        proc.stdin.close()
+        threading.Thread(target=_pump, args=(proc, sink, host), name=f"sol-{host}",
+                         daemon=True).start()
+        self._open[host] = (proc, target.run)
+        log.info("console.recording", host=host, bmc=target.address, file=str(path),
+                 stage=target.run[0], attempt=target.run[1])
 
     def _close(self, host: str) -> None:
-        session, _ = self._open.pop(host, (None, None))
-        if session is not None:
-            with contextlib.suppress(Exception):
-                session.close()
-            log.info("console.stopped", host=host)
+        proc, _ = self._open.pop(host)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        log.info("console.stopped", host=host)
 
     def read(self, host: str, offset: int | None = None, tail: int = 65536
              ) -> dict[str, Any] | None:
@@ -157,7 +138,17 @@ class ConsoleRecorder:
                 "text": data.decode(errors="replace")}
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with self._lock:
+            for host in list(self._open):
+                self._close(host)
+
+
+def _pump(proc: subprocess.Popen[bytes], sink: ConsoleLog, host: str) -> None:
+    """The session's output into the host's log; its complaints into ours."""
+    assert proc.stdout is not None and proc.stderr is not None
+    while chunk := proc.stdout.read1(65536):
+        sink.append(chunk)
+    error = proc.stderr.read(2000).decode(errors="replace").strip()
+    if error and proc.returncode not in (None, -15):
+        log.warning("console.session_ended", host=host, error=error.splitlines()[-1])
 
