@@ -81,6 +81,14 @@ class BmcConfig(_Strict):
     max_sessions: Annotated[int, Field(ge=1, le=256)] = 8  # concurrent BMC sessions per peer
 
 
+class FederationConfig(_Strict):
+    """This site's signing key (Ed25519, PEM): the same file on every peer of the site; its
+    public key is declared in the site's env.yml (`federation.keys`). Without it the site
+    still receives and verifies other sites' summaries but publishes none."""
+
+    key_file: Path | None = None
+
+
 class HttpConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the site's netboot.http_port
@@ -141,6 +149,7 @@ class PeerConfig(_Strict):
     remote: RemoteConfig = RemoteConfig()
     bmc: BmcConfig = BmcConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    federation: FederationConfig = FederationConfig()
     token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
     raft: RaftConfig
     api: ApiConfig = ApiConfig()
@@ -205,6 +214,9 @@ def load_config(path: str | Path) -> PeerConfig:
         "github": config.github.model_copy(update={
             k: base / v for k, v in (("webhook_secret_file", config.github.webhook_secret_file),
                                      ("token_file", config.github.token_file)) if v}),
+        "federation": config.federation.model_copy(update={
+            "key_file": base / config.federation.key_file if config.federation.key_file
+            else None}),
         "tftp": config.tftp.model_copy(update={"roots": [base / r for r in config.tftp.roots]}),
         "raft": config.raft.model_copy(update={
             "password_file": base / config.raft.password_file}),

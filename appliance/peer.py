@@ -94,6 +94,8 @@ class Peer:
         self.power: Any = None  # appliance.power.manager.PowerManager when configured
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
+        self.federation: Any = None  # appliance.federation.service.FederationService
+        self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -294,6 +296,7 @@ class Peer:
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
         sources["source"] = lambda: self.follower.metrics() if self.follower else {}
+        sources["federation"] = lambda: self.federation.metrics() if self.federation else {}
         sources["workflow"] = lambda: self.engine.metrics() if self.engine else {}
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
@@ -366,7 +369,9 @@ class Peer:
             self.engine = WorkflowEngine(self.cluster, cfg.site, self.follower.tree_for,
                                          self.revisions, self.power)
             self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
+        self._start_federation()
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
+                             federation=self.federation,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
@@ -398,6 +403,36 @@ class Peer:
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
 
+    def _start_federation(self) -> None:
+        """Signed site summaries with the other sites, and (following a git remote) the
+        cross-site order as a gate of the revision pipeline. Never in the data plane's way."""
+        from appliance.federation.keys import SiteKeyError, load_signing_key
+        from appliance.federation.service import FederationService
+
+        assert self.cluster is not None
+        key = None
+        if self.config.federation.key_file is not None:
+            try:
+                key = load_signing_key(self.config.federation.key_file)
+            except SiteKeyError as exc:
+                raise PeerError(str(exc)) from None
+        self.federation = FederationService(self.config.site, self.cluster,
+                                            lambda: self.revision or self._candidate, key)
+        self._tasks.append(self.federation.start())
+        if self.follower is None:
+            return
+        service, follower = self.federation, self.follower
+
+        async def federation_gate(sha: str) -> tuple[bool, str]:
+            candidate = None
+            if self.revision is None:  # nothing applied yet: the revision judged tells
+                candidate = await asyncio.to_thread(
+                    lambda: self.revisions.get(follower.tree_for(sha)))
+                self._candidate = candidate
+            return await service.gate(sha, candidate)
+
+        follower.pipeline.settings.federation_gate = federation_gate
+
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
         request runs in its own task context, so the binding stays with this request."""
@@ -422,6 +457,8 @@ class Peer:
         self._tasks.clear()
         if self.follower is not None:
             await self.follower.close()
+        if self.federation is not None:
+            await self.federation.close()
         if self.power is not None:
             self.power.close()
         if self.artifacts is not None:

@@ -1,0 +1,231 @@
+"""The exchange between sites: publish this site's summary, push it and the summaries held of
+third sites to every other site, take back what they hold that we lack. Transport-agnostic
+(HTTP between peers, in-process in the benchmark) and storage-agnostic (Raft on a peer).
+
+Every exchange is a push and a pull at once: the request carries what the receiver lacks
+and what we hold (`have`, site -> seq), the answer what we lack. A summary learned from a
+third site is relayed at the next exchange: signatures make relaying safe, so if A cannot
+reach C but both reach B, A still learns C's state through B. Only the leader of a site
+exchanges; every peer verifies and stores (through Raft) what it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from .keys import SigningKey
+from .summary import SiteFacts, build_summary, sign
+from .verify import Accepted, Keyring, Refused, verify
+
+log = structlog.get_logger("vaquero.federation")
+MAX_ENVELOPES = 512  # per exchange request or answer
+
+
+class TransportError(Exception):
+    """The other site did not answer (any of its endpoints)."""
+
+
+class Transport(Protocol):
+    async def exchange(self, site: str, endpoints: list[str], request: dict) -> dict: ...
+
+
+class SummaryStore(Protocol):
+    """Where a site keeps the last accepted summary of every site (Raft on a peer)."""
+
+    def latest(self) -> Mapping[str, dict]: ...  # site -> {seq, digest, envelope, ...}
+
+    async def put(self, accepted: Accepted, via: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Directory:
+    """What the SoT this site judges by says of the federation: sites, endpoints, keys."""
+
+    keyring: Keyring
+    endpoints: Mapping[str, list[str]]  # site -> API URLs of its peers
+    interval: float = 10.0
+
+
+@dataclass
+class ExchangeCounters:
+    rejected: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+    exchanges_ok: int = 0
+    exchanges_failed: int = 0
+
+
+class FederationNode:
+    """One site's side of the federation, on whichever peer runs it."""
+
+    def __init__(self, site: str, store: SummaryStore, transport: Transport,
+                 directory: Callable[[], Directory | None], *,
+                 signing_key: SigningKey | None = None,
+                 facts: Callable[[], Awaitable[SiteFacts | None]] | None = None,
+                 is_leader: Callable[[], bool] = lambda: True,
+                 on_refused: Callable[[Refused, str], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.site, self.store, self.transport = site, store, transport
+        self.directory, self.signing_key, self.facts = directory, signing_key, facts
+        self.is_leader, self.on_refused, self.clock = is_leader, on_refused, clock
+        self.counters = ExchangeCounters()
+        self._sent: dict[str, dict[str, int]] = {}  # target site -> site -> seq it holds
+        self._last_facts: SiteFacts | None = None
+        self._last_publish = 0.0
+        self._wake = asyncio.Event()
+        self._last_tried: dict[str, float] = {}  # target -> when we last exchanged with it
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def _last(self) -> dict[str, tuple[int, str]]:
+        return {s: (r["seq"], r["digest"]) for s, r in self.store.latest().items()}
+
+    async def receive(self, envelopes: list[Any], via: str) -> dict[str, Any]:
+        """Verify each summary and store the accepted ones; refused ones are counted and
+        reported, never stored. `via`: who handed them over (for the journal)."""
+        directory = self.directory()
+        if directory is None:
+            return {"accepted": 0, "refused": [], "duplicates": 0, "verified": False}
+        last = self._last()
+        accepted, refused, duplicates = 0, [], 0
+        for envelope in envelopes[:MAX_ENVELOPES]:
+            try:
+                result = verify(envelope, directory.keyring, last)
+            except Refused as exc:
+                self.counters.rejected[exc.reason] += 1
+                refused.append({"site": exc.site, "reason": exc.reason})
+                log.warning("federation.refused", reason=exc.reason, site=exc.site, via=via,
+                            message=exc.message)
+                if self.on_refused is not None:
+                    await self.on_refused(exc, via)
+                continue
+            if result is None:
+                duplicates += 1
+                continue
+            await self.store.put(result, via)
+            last[result.site] = (result.seq, result.digest)
+            accepted += 1
+            self.counters.accepted += 1
+        if accepted:
+            self._wake.set()  # relay what is new to the others soon
+        return {"accepted": accepted, "refused": refused, "duplicates": duplicates,
+                "verified": accepted + duplicates > 0}
+
+    def have(self) -> dict[str, int]:
+        return {s: r["seq"] for s, r in self.store.latest().items()}
+
+    def newer_than(self, have: Mapping[str, Any]) -> list[dict]:
+        """The envelopes we hold that are newer than what `have` says the other holds."""
+        out = []
+        for site, record in self.store.latest().items():
+            theirs = have.get(site)
+            if not isinstance(theirs, int) or record["seq"] > theirs:
+                out.append(record["envelope"])
+        return out[:MAX_ENVELOPES]
+
+    async def answer(self, request: Mapping[str, Any], via: str) -> dict[str, Any]:
+        """The receiving side of an exchange. What we hold goes back only to a caller that
+        handed over at least one valid summary: a site, not a passer-by."""
+        envelopes = request.get("summaries")
+        if not isinstance(envelopes, list):
+            envelopes = []
+        result = await self.receive(envelopes, via)
+        have = request.get("have")
+        if result.pop("verified") and isinstance(have, dict):
+            result["summaries"] = self.newer_than(have)
+        else:
+            result["summaries"] = []
+        result["have"] = self.have()
+        return result
+
+    # --- publishing and pushing ------------------------------------------------------------
+
+    async def publish(self, force: bool = False) -> dict | None:
+        """Sign and store a new summary of this site when its state changed or the interval
+        passed. The sequence follows the stored one: it survives leader changes."""
+        if self.signing_key is None or self.facts is None:
+            return None
+        facts = await self.facts()
+        directory = self.directory()
+        if facts is None or directory is None:
+            return None
+        now = self.clock()
+        if not force and facts == self._last_facts and now - self._last_publish < \
+                directory.interval:
+            return None
+        mine = self.store.latest().get(self.site)
+        seq = (mine["seq"] if mine else 0) + 1
+        summary = build_summary(self.site, seq, now, facts, mine["digest"] if mine else None)
+        envelope = sign(summary, self.signing_key)
+        result = verify(envelope, directory.keyring, {})
+        if result is None:  # pragma: no cover - an empty `last` never yields a duplicate
+            return None
+        await self.store.put(result, "self")
+        self._last_facts, self._last_publish = facts, now
+        return envelope
+
+    async def exchange_with(self, target: str, endpoints: list[str]) -> bool:
+        self._last_tried[target] = self.clock()
+        sent = self._sent.setdefault(target, {})
+        request = {"from": self.site, "summaries": self.newer_than(sent), "have": self.have()}
+        mine = self.store.latest().get(self.site)
+        if mine is not None and not any(e is mine["envelope"] for e in request["summaries"]):
+            request["summaries"].append(mine["envelope"])  # proves who asks
+        try:
+            answer = await self.transport.exchange(target, endpoints, request)
+        except TransportError as exc:
+            self.counters.exchanges_failed += 1
+            log.debug("federation.unreachable", target=target, error=str(exc))
+            return False
+        self.counters.exchanges_ok += 1
+        if isinstance(answer.get("have"), dict):
+            self._sent[target] = {k: v for k, v in answer["have"].items()
+                                  if isinstance(v, int)}
+        summaries = answer.get("summaries")
+        if isinstance(summaries, list) and summaries:
+            await self.receive(summaries, target)
+        return True
+
+    async def round(self) -> None:
+        """Exchange with every other site at once (each bounded by the transport)."""
+        directory = self.directory()
+        if directory is None:
+            return
+        targets = [(s, e) for s, e in directory.endpoints.items() if s != self.site and e]
+        await asyncio.gather(*(self.exchange_with(s, e) for s, e in targets))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def step(self) -> None:
+        await self.publish()
+        await self.round()
+
+    async def run(self, tick: float = 0.5) -> None:
+        """Every peer runs this; only the leader publishes and exchanges. A new summary
+        when the site's state changes (checked every `tick`), else every `interval`."""
+        while True:
+            try:
+                if self.is_leader():
+                    published = await self.publish()
+                    directory = self.directory()
+                    due = directory is not None and any(
+                        self.clock() - self._last_tried.get(s, 0) >= directory.interval
+                        for s in directory.endpoints if s != self.site)
+                    if published is not None or self._wake.is_set() or due:
+                        self._wake.clear()
+                        await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # no quorum, a stopping node: next tick
+                log.info("federation.round_failed", error=f"{exc.__class__.__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), tick * (0.8 + 0.4 * random.random()))
