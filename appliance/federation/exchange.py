@@ -52,13 +52,14 @@ class Directory:
 
     keyring: Keyring
     endpoints: Mapping[str, list[str]]  # site -> API URLs of its peers
-    interval: float = 10.0
+    interval: float = 5.0
 
 
 @dataclass
 class ExchangeCounters:
     rejected: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
+    outdated: int = 0  # older summaries of third sites a relay handed over (not refusals)
     exchanges_ok: int = 0
     exchanges_failed: int = 0
 
@@ -85,12 +86,20 @@ class FederationNode:
 
     # --- receiving -------------------------------------------------------------------------
 
-    def _last(self) -> dict[str, tuple[int, str]]:
-        return {s: (r["seq"], r["digest"]) for s, r in self.store.latest().items()}
+    def _last(self) -> dict[str, tuple[int, str, str]]:
+        return {s: (r["seq"], r["digest"], r["envelope"]["sig"])
+                for s, r in self.store.latest().items()}
 
-    async def receive(self, envelopes: list[Any], via: str) -> dict[str, Any]:
+    async def receive(self, envelopes: list[Any], via: str,
+                      sender: str | None = None) -> dict[str, Any]:
         """Verify each summary and store the accepted ones; refused ones are counted and
-        reported, never stored. `via`: who handed them over (for the journal)."""
+        reported, never stored. `via`: who handed them over (for the journal); `sender`: the
+        site that says it sends them.
+
+        An older summary of a third site, relayed, is outdated knowledge (relays race each
+        other), not an attack: counted as `outdated`, never stored, not journaled. An older
+        summary of the sender itself, or with no sender, is a replay: a site always sends
+        its newest own summary."""
         directory = self.directory()
         if directory is None:
             return {"accepted": 0, "refused": [], "duplicates": 0, "verified": False}
@@ -100,6 +109,9 @@ class FederationNode:
             try:
                 result = verify(envelope, directory.keyring, last)
             except Refused as exc:
+                if exc.reason == "replay" and sender is not None and exc.site != sender:
+                    self.counters.outdated += 1
+                    continue
                 self.counters.rejected[exc.reason] += 1
                 refused.append({"site": exc.site, "reason": exc.reason})
                 log.warning("federation.refused", reason=exc.reason, site=exc.site, via=via,
@@ -111,7 +123,7 @@ class FederationNode:
                 duplicates += 1
                 continue
             await self.store.put(result, via)
-            last[result.site] = (result.seq, result.digest)
+            last[result.site] = (result.seq, result.digest, result.envelope["sig"])
             accepted += 1
             self.counters.accepted += 1
         if accepted:
@@ -137,7 +149,8 @@ class FederationNode:
         envelopes = request.get("summaries")
         if not isinstance(envelopes, list):
             envelopes = []
-        result = await self.receive(envelopes, via)
+        sender = request.get("from")
+        result = await self.receive(envelopes, via, sender if isinstance(sender, str) else None)
         have = request.get("have")
         if result.pop("verified") and isinstance(have, dict):
             result["summaries"] = self.newer_than(have)
@@ -191,7 +204,7 @@ class FederationNode:
                                   if isinstance(v, int)}
         summaries = answer.get("summaries")
         if isinstance(summaries, list) and summaries:
-            await self.receive(summaries, target)
+            await self.receive(summaries, target, target)
         return True
 
     async def round(self) -> None:
@@ -227,5 +240,8 @@ class FederationNode:
                 raise
             except Exception as exc:  # no quorum, a stopping node: next tick
                 log.info("federation.round_failed", error=f"{exc.__class__.__name__}: {exc}")
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the wake-up, and this task would never end
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick * (0.8 + 0.4 * random.random()))
+                async with asyncio.timeout(tick * (0.8 + 0.4 * random.random())):
+                    await self._wake.wait()

@@ -96,7 +96,7 @@ def _directory(revision: Revision) -> Directory:
     sot = revision.sot
     keyring = Keyring.from_declared((s.id, s.federation.keys) for s in sot.sites.values())
     endpoints = {s.id: s.federation_endpoints() for s in sot.sites.values()}
-    interval = sot.federation.interval if sot.federation else 10.0
+    interval = sot.federation.interval if sot.federation else 5.0
     return Directory(keyring, endpoints, interval)
 
 
@@ -162,6 +162,10 @@ class FederationService:
 
     # --- what the pipeline, the API and the metrics ask --------------------------------------
 
+    async def answer(self, request: dict[str, Any], via: str) -> dict[str, Any]:
+        """Another site's exchange (the API's POST /v1/federation/exchange)."""
+        return await self.node.answer(request, via)
+
     def summaries(self) -> dict[str, dict]:
         return {s: r["envelope"]["summary"] for s, r in self.store.latest().items()}
 
@@ -203,12 +207,15 @@ class FederationService:
         sites = sorted(set(revision.sot.sites) if revision else set()) or sorted(summaries)
         sha = self.target()
         now = time.time()
-        rows: list[Standing] = standings(federation, sha, summaries, now, sites) if sha else []
+        rows: list[Standing] = standings(federation, sha or "0" * 40, summaries, now, sites)
         overrides = self.store.overrides()
         out = []
         for st in rows:
             record = held.get(st.site)
-            out.append({**st.to_json(), "local": st.site == self.site,
+            row = st.to_json()
+            if sha is None:  # no revision on its way: nothing to stand in line for
+                row.update(state=None, waits_for=[], reason="no revision", allowed=True)
+            out.append({**row, "local": st.site == self.site,
                         "seq": record["seq"] if record else None,
                         "via": record.get("via") if record else None,
                         "summary": summaries.get(st.site)})
@@ -231,6 +238,7 @@ class FederationService:
         for reason, n in self.node.counters.rejected.items():
             out[f'summaries_refused_total{{reason="{reason}"}}'] = float(n)
         out["summaries_accepted_total"] = float(self.node.counters.accepted)
+        out["summaries_outdated_total"] = float(self.node.counters.outdated)
         out["exchanges_failed_total"] = float(self.node.counters.exchanges_failed)
         return out
 

@@ -147,9 +147,9 @@ def open_envelope(envelope: Any) -> tuple[dict, str, bytes, bytes]:
         signature = base64.b64decode(sig, validate=True)
     except (binascii.Error, ValueError):
         raise SummaryError("malformed", "sig is not base64") from None
-    check_shape(summary)
-    data = canonical(summary)
+    data = canonical(summary)  # the request body is bounded; refuse big ones before parsing
     if len(data) > MAX_SUMMARY_BYTES:
         raise SummaryError("too_large", f"summary of {len(data)} bytes (max "
                            f"{MAX_SUMMARY_BYTES})")
+    check_shape(summary)
     return summary, kid, signature, data

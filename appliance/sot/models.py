@@ -496,7 +496,7 @@ class Federation(Strict):
     """`federation.yml`: the cross-site rollout order and how summaries age."""
 
     rollout: FederationRollout | None = None
-    interval: Annotated[float, Field(ge=0.5, le=3600)] = 10  # seconds between exchanges
+    interval: Annotated[float, Field(ge=0.5, le=3600)] = 5  # seconds between exchanges
     summary_ttl: Annotated[float, Field(ge=1, le=86400)] = 120  # older: stale
     # wait: a stale site holds the sites after it until it is heard from again; proceed: it
     # stops holding them once its last summary is `stale_timeout` seconds old.

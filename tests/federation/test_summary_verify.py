@@ -53,7 +53,7 @@ def test_a_site_of_10000_hosts_publishes_under_4_kb_and_a_relayed_copy_verifies(
     assert (accepted.site, accepted.seq, accepted.digest) == ("ams1", 7, digest(
         envelope["summary"]))
     # the same summary again is a duplicate (None), not a refusal
-    assert verify(relayed, ring(keys), {"ams1": (7, accepted.digest)}) is None
+    assert verify(relayed, ring(keys), {"ams1": (7, accepted.digest, envelope["sig"])}) is None
 
 
 def refusal(envelope, keyring, last=None) -> str:
@@ -70,9 +70,10 @@ def test_forged_replayed_wrong_key_and_undeclared_site_are_refused(keys, tmp_pat
     forged["summary"]["applied"] = OLD  # altered after signing
     assert refusal(forged, keyring) == "bad_signature"
     older = sign(build_summary("fra1", 4, 90.0, facts(), None), keys["fra1"])
-    assert refusal(older, keyring, {"fra1": (5, digest(good["summary"]))}) == "replay"
+    held = {"fra1": (5, digest(good["summary"]), good["sig"])}
+    assert refusal(older, keyring, held) == "replay"
     same_seq = sign(build_summary("fra1", 5, 101.0, facts(), None), keys["fra1"])
-    assert refusal(same_seq, keyring, {"fra1": (5, digest(good["summary"]))}) == "replay"
+    assert refusal(same_seq, keyring, held) == "replay"
     other = sign(build_summary("fra1", 6, 100.0, facts(), None), keys["sjc1"])
     assert refusal(other, keyring) == "wrong_site_key"
     stranger = generate_signing_key(tmp_path / "x.key")
