@@ -1,12 +1,18 @@
-"""The exchange between sites: publish this site's summary, push it and the summaries held of
-third sites to every other site, take back what they hold that we lack. Transport-agnostic
-(HTTP between peers, in-process in the benchmark) and storage-agnostic (Raft on a peer).
+"""The exchange between sites: publish this site's summary, push it to every other site, and
+take back from each what it holds that we lack. Transport-agnostic (HTTP between peers,
+in-process in the benchmark) and storage-agnostic (Raft on a peer).
 
-Every exchange is a push and a pull at once: the request carries what the receiver lacks
-and what we hold (`have`, site -> seq), the answer what we lack. A summary learned from a
-third site is relayed at the next exchange: signatures make relaying safe, so if A cannot
-reach C but both reach B, A still learns C's state through B. Only the leader of a site
-exchanges; every peer verifies and stores (through Raft) what it receives.
+Every exchange is a push and a pull at once: the request carries our own newest summary and
+what we hold (`have`, site -> seq); the answer carries every summary the receiver holds that
+is newer than that, its own and those of third sites. That answer is the relay: signatures
+make relaying safe, so if A cannot reach C but both reach B, A learns C's state from B at
+its next exchange with B (within one interval). Only the leader of a site exchanges; every
+peer verifies and stores (through Raft) what it receives.
+
+Third-site summaries travel only in answers, never pushed to everyone: after a partition
+heals, N sites pushing every summary they hold to every other site would move N^3 copies.
+Exchanges of one round run a few at a time (CONCURRENCY), each asking with what the ones
+before it brought, so each site pulls a third site's news about once.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from .verify import Accepted, Keyring, Refused, verify
 
 log = structlog.get_logger("vaquero.federation")
 MAX_ENVELOPES = 512  # per exchange request or answer
+CONCURRENCY = 4  # exchanges in flight per round
+RETRY = 1.0  # seconds before a site that did not answer is tried again (at most `interval`)
 
 
 class TransportError(Exception):
@@ -78,11 +86,11 @@ class FederationNode:
         self.directory, self.signing_key, self.facts = directory, signing_key, facts
         self.is_leader, self.on_refused, self.clock = is_leader, on_refused, clock
         self.counters = ExchangeCounters()
-        self._sent: dict[str, dict[str, int]] = {}  # target site -> site -> seq it holds
         self._last_facts: SiteFacts | None = None
         self._last_publish = 0.0
         self._wake = asyncio.Event()
         self._last_tried: dict[str, float] = {}  # target -> when we last exchanged with it
+        self._failed: set[str] = set()  # targets whose last exchange failed
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -126,8 +134,6 @@ class FederationNode:
             last[result.site] = (result.seq, result.digest, result.envelope["sig"])
             accepted += 1
             self.counters.accepted += 1
-        if accepted:
-            self._wake.set()  # relay what is new to the others soon
         return {"accepted": accepted, "refused": refused, "duplicates": duplicates,
                 "verified": accepted + duplicates > 0}
 
@@ -187,33 +193,47 @@ class FederationNode:
 
     async def exchange_with(self, target: str, endpoints: list[str]) -> bool:
         self._last_tried[target] = self.clock()
-        sent = self._sent.setdefault(target, {})
-        request = {"from": self.site, "summaries": self.newer_than(sent), "have": self.have()}
         mine = self.store.latest().get(self.site)
-        if mine is not None and not any(e is mine["envelope"] for e in request["summaries"]):
-            request["summaries"].append(mine["envelope"])  # proves who asks
+        request = {"from": self.site, "summaries": [mine["envelope"]] if mine else [],
+                   "have": self.have()}
         try:
             answer = await self.transport.exchange(target, endpoints, request)
         except TransportError as exc:
             self.counters.exchanges_failed += 1
+            self._failed.add(target)
             log.debug("federation.unreachable", target=target, error=str(exc))
             return False
         self.counters.exchanges_ok += 1
-        if isinstance(answer.get("have"), dict):
-            self._sent[target] = {k: v for k, v in answer["have"].items()
-                                  if isinstance(v, int)}
+        self._failed.discard(target)
         summaries = answer.get("summaries")
         if isinstance(summaries, list) and summaries:
             await self.receive(summaries, target, target)
         return True
 
-    async def round(self) -> None:
-        """Exchange with every other site at once (each bounded by the transport)."""
+    async def round(self, only: set[str] | None = None) -> None:
+        """Exchange with every other site (or `only` those), CONCURRENCY at a time (each
+        bounded by the transport's timeout), the ones not heard from longest first."""
         directory = self.directory()
         if directory is None:
             return
-        targets = [(s, e) for s, e in directory.endpoints.items() if s != self.site and e]
-        await asyncio.gather(*(self.exchange_with(s, e) for s, e in targets))
+        targets = sorted(((s, e) for s, e in directory.endpoints.items()
+                          if s != self.site and e and (only is None or s in only)),
+                         key=lambda t: self._last_tried.get(t[0], 0.0))
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(site: str, endpoints: list[str]) -> None:
+            async with limit:
+                await self.exchange_with(site, endpoints)
+
+        await asyncio.gather(*(one(s, e) for s, e in targets))
+
+    def _due(self, directory: Directory) -> set[str]:
+        """Sites not exchanged with for an interval; those that did not answer, sooner: a
+        healed link carries news within about RETRY seconds."""
+        now = self.clock()
+        return {s for s in directory.endpoints if s != self.site and now - self._last_tried.get(
+            s, 0.0) >= (min(RETRY, directory.interval) if s in self._failed
+                        else directory.interval)}
 
     def wake(self) -> None:
         self._wake.set()
@@ -230,12 +250,11 @@ class FederationNode:
                 if self.is_leader():
                     published = await self.publish()
                     directory = self.directory()
-                    due = directory is not None and any(
-                        self.clock() - self._last_tried.get(s, 0) >= directory.interval
-                        for s in directory.endpoints if s != self.site)
-                    if published is not None or self._wake.is_set() or due:
+                    if published is not None or self._wake.is_set():
                         self._wake.clear()
-                        await self.round()
+                        await self.round()  # news of our own: to everyone now
+                    elif directory is not None and (due := self._due(directory)):
+                        await self.round(due)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no quorum, a stopping node: next tick

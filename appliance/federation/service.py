@@ -59,8 +59,10 @@ class RaftSummaryStore:
 class HttpTransport:
     """POST the exchange to the other site's peers, the last one that answered first."""
 
-    def __init__(self, timeout: float = 5.0) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+    def __init__(self, timeout: float = 5.0, connect: float = 2.0) -> None:
+        # A short connect timeout: a SYN retransmitted after a cut link heals (at 3 s) would
+        # deliver a request whose summaries are no longer the newest (refused as replays).
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect)
         self._session: aiohttp.ClientSession | None = None
         self._good: dict[str, str] = {}
 

@@ -339,9 +339,11 @@ def test_three_sites_roll_in_order_relay_and_survive_a_cut_off_canary(tmp_path: 
                 metrics = fed.curl(fed.lan[site.id], f"http://{site.peers[0]}:8080/metrics",
                                    token=False)[1]
                 assert 'vaquero_federation_summary_age_seconds{site="ams1"}' in metrics
-            # `/ipxe` kept answering throughout; nothing was refused between honest sites
+            # honest sites never refuse each other's summaries as forged or foreign; a request
+            # held up by the cut and delivered after the heal may carry an older summary of
+            # its sender, refused as a replay (and never stored)
             for site in SITES:
                 data = fed.api(site.id, "/v1/federation")
-                assert data["refused"] == {}, data["refused"]
+                assert set(data["refused"]) <= {"replay"}, data["refused"]
         finally:
             fed.close()
