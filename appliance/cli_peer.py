@@ -397,7 +397,7 @@ def _run(func: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             client = PeerClient(peer_url(args.peer), read_token(args.token_file), args.timeout,
-                                site=args.site)
+                                site=args.site or getattr(args, "site_for_all", None))
             return func(client, args)
         except ApiError as exc:
             print(f"vaq-peer {getattr(args, 'command', '')}: {exc.message}", file=sys.stderr)

@@ -60,7 +60,11 @@ class Directory:
 
     keyring: Keyring
     endpoints: Mapping[str, list[str]]  # site -> API URLs of its peers
-    interval: float = 5.0
+    interval: float = 5.0  # seconds between exchanges with each site
+    # seconds between summaries when nothing changes: often enough that a live site never
+    # looks stale (a quarter of the SoT's summary_ttl), rarely enough that N sites do not
+    # spend their CPU verifying each other's heartbeats
+    heartbeat: float = 30.0
 
 
 @dataclass
@@ -168,8 +172,8 @@ class FederationNode:
     # --- publishing and pushing ------------------------------------------------------------
 
     async def publish(self, force: bool = False) -> dict | None:
-        """Sign and store a new summary of this site when its state changed or the interval
-        passed. The sequence follows the stored one: it survives leader changes."""
+        """Sign and store a new summary of this site when its state changed or a heartbeat
+        is due. The sequence follows the stored one: it survives leader changes."""
         if self.signing_key is None or self.facts is None:
             return None
         facts = await self.facts()
@@ -178,7 +182,7 @@ class FederationNode:
             return None
         now = self.clock()
         if not force and facts == self._last_facts and now - self._last_publish < \
-                directory.interval:
+                directory.heartbeat:
             return None
         mine = self.store.latest().get(self.site)
         seq = (mine["seq"] if mine else 0) + 1

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.sot.federation_text import order_text, positions
 from appliance.sot.models import Federation
+
+__all__ = ["Standing", "gate", "order_text", "positions", "standings", "state_of"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,6 @@ class Standing:
                 "waits_for": self.waits_for, "reason": self.reason,
                 "age": round(self.age, 1) if self.age is not None else None,
                 "stale": self.stale, "allowed": self.allowed}
-
-
-def positions(federation: Federation | None) -> dict[str, int]:
-    rollout = federation.rollout if federation else None
-    if rollout is None:
-        return {}
-    if rollout.waves:
-        return {s: i for i, wave in enumerate(rollout.waves) for s in wave}
-    return {s: i for i, s in enumerate(rollout.order)}
 
 
 def state_of(summary: Mapping[str, Any] | None, sha: str) -> str:
@@ -139,34 +133,3 @@ def standings(federation: Federation | None, sha: str,
         out.append(Standing(st.site, st.position, st.state, st.waits_for, st.reason, age,
                             age is None or age > ttl, st.allowed))
     return sorted(out, key=lambda s: (s.position, s.site))
-
-
-def order_text(federation: Federation | None, site: str | None = None) -> list[str]:
-    """The plan text's lines on the cross-site order (and where `site` stands in it)."""
-    rollout = federation.rollout if federation else None
-    if federation is None or rollout is None:
-        return []
-    lines = ["", "Rollout across sites:"]
-    if rollout.waves:
-        for i, wave in enumerate(rollout.waves):
-            first = " (canary)" if i == 0 and len(rollout.waves) > 1 else ""
-            lines.append(f"  wave {i + 1}{first}: {', '.join(wave)}")
-        lines.append(f"  each wave applies once every site of the waves before it applied the "
-                     f"revision, finished its rollout with no failed host and stayed so "
-                     f"{rollout.soak:.0f} s")
-    else:
-        lines.append(f"  order: {', '.join(rollout.order)}; at most {rollout.max_parallel} "
-                     f"site(s) at once, each done and soaked {rollout.soak:.0f} s")
-    lines.append("  on failure: " + ("every site that has not started halts"
-                                     if rollout.on_failure == "halt_all"
-                                     else "only the failed site halts"))
-    lines.append(f"  a summary older than {federation.summary_ttl:.0f} s is stale: "
-                 + ("its site is waited for until heard from again" if federation.on_stale
-                    == "wait" else f"its site is no longer waited for once its summary is "
-                    f"{federation.stale_timeout:.0f} s old"))
-    place = positions(federation)
-    if site is not None and site in place:
-        before = [s for s, p in place.items() if p < place[site]]
-        lines.append(f"  site {site}: position {place[site] + 1}; "
-                     + (f"waits for {', '.join(before)}" if before else "goes first"))
-    return lines

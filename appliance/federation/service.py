@@ -22,6 +22,7 @@ import structlog
 from appliance.cluster import Cluster
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.errors import ClusterError, CommandRejected
+from appliance.sot.models import Federation
 from appliance.sot.revision import Revision
 
 from .exchange import Directory, FederationNode, TransportError
@@ -98,8 +99,9 @@ def _directory(revision: Revision) -> Directory:
     sot = revision.sot
     keyring = Keyring.from_declared((s.id, s.federation.keys) for s in sot.sites.values())
     endpoints = {s.id: s.federation_endpoints() for s in sot.sites.values()}
-    interval = sot.federation.interval if sot.federation else 5.0
-    return Directory(keyring, endpoints, interval)
+    federation = sot.federation or Federation()
+    return Directory(keyring, endpoints, federation.interval,
+                     max(federation.interval, federation.summary_ttl / 4))
 
 
 class FederationService:

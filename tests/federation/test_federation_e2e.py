@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 from fed_sot import FedSite, write_fed_sot
 
-from appliance.federation.keys import generate_signing_key
 from tools.rigs.netns import Netns, NetnsRig
 from tools.rigs.netns import unavailable_reason as netns_unavailable
 
@@ -224,9 +223,11 @@ def test_three_sites_roll_in_order_relay_and_survive_a_cut_off_canary(tmp_path: 
     if reason := netns_unavailable():
         pytest.skip(reason)
     ams1, fra1, sjc1 = SITES
-    for site in SITES:
-        key = generate_signing_key(tmp_path / f"{site.id}.key")
-        site.keys = [key.public_text()]
+    for site in SITES:  # as docs/federation.md says: the line to declare is printed
+        out = subprocess.run([EXE, "federation-key", str(tmp_path / f"{site.id}.key")],
+                             capture_output=True, text=True, check=True, timeout=60)
+        site.keys = [out.stdout.strip()]
+        assert (tmp_path / f"{site.id}.key").stat().st_mode & 0o777 == 0o600
     artifact = tmp_path / "artifact"
     artifact.write_bytes(b"never fetched: the test plays the machines")
     bare, work = tmp_path / "sot.git", tmp_path / "work"
@@ -293,7 +294,7 @@ def test_three_sites_roll_in_order_relay_and_survive_a_cut_off_canary(tmp_path: 
             assert re.search(r"^ams1 +1 +done", text, re.M), text
             assert re.search(r"^fra1 \* +2 +done", text, re.M), text
             # any command can name another site: fra1's peer forwards to sjc1 with our token
-            out = fed.wan.run(EXE, "hosts", "--json", "--site", "sjc1", "--peer",
+            out = fed.wan.run(EXE, "--site", "sjc1", "hosts", "--json", "--peer",
                               f"http://{fra1.peers[0]}:8080",
                               env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"})
             assert [h["name"] for h in json.loads(out.stdout)["hosts"]] == [sjc1.host]

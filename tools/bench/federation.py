@@ -130,7 +130,9 @@ async def scenario(n: int, keys: dict, cut: Callable[[str, str], bool],
     links are up (heal) or, for the relay case, with the cut still in place."""
     sites = list(keys)
     keyring = Keyring.from_declared((s, [k.public_text()]) for s, k in keys.items())
-    directory = Directory(keyring, {s: [f"inproc://{s}"] for s in sites}, interval=5.0)
+    # the defaults of federation.yml: exchanges every 5 s, summary_ttl 120 s (heartbeat 30 s)
+    directory = Directory(keyring, {s: [f"inproc://{s}"] for s in sites}, interval=5.0,
+                          heartbeat=30.0)
     transport = InProcessTransport()
     state = {s: facts_of(hashlib.sha1(b"v1").hexdigest(), 0) for s in sites}
 
