@@ -36,6 +36,7 @@ log = structlog.get_logger("vaquero.federation")
 MAX_ENVELOPES = 512  # per exchange request or answer
 CONCURRENCY = 4  # exchanges in flight per round
 RETRY = 1.0  # seconds before a site that did not answer is tried again (at most `interval`)
+PULL_FANOUT = 3  # sites pulled from every interval when nothing changes (least recent first)
 
 
 class TransportError(Exception):
@@ -95,6 +96,7 @@ class FederationNode:
         self._wake = asyncio.Event()
         self._last_tried: dict[str, float] = {}  # target -> when we last exchanged with it
         self._failed: set[str] = set()  # targets whose last exchange failed
+        self._last_pull = 0.0
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -232,12 +234,27 @@ class FederationNode:
         await asyncio.gather(*(one(s, e) for s, e in targets))
 
     def _due(self, directory: Directory) -> set[str]:
-        """Sites not exchanged with for an interval; those that did not answer, sooner: a
-        healed link carries news within about RETRY seconds."""
+        """Whom to exchange with when nothing of ours changed:
+        - a site that did not answer, again after RETRY: a healed link carries news at once;
+        - every interval, the PULL_FANOUT sites exchanged with least recently: any of them
+          relays what it knows, so news of a site we cannot reach arrives within about an
+          interval, without N sites pulling from N sites every interval;
+        - a site we have heard nothing from for half its summary_ttl (two heartbeats)."""
         now = self.clock()
-        return {s for s in directory.endpoints if s != self.site and now - self._last_tried.get(
-            s, 0.0) >= (min(RETRY, directory.interval) if s in self._failed
-                        else directory.interval)}
+        others = [s for s in directory.endpoints if s != self.site]
+        due = {s for s in others if s in self._failed
+               and now - self._last_tried.get(s, 0.0) >= min(RETRY, directory.interval)}
+        if now - self._last_pull >= directory.interval:
+            self._last_pull = now
+            live = sorted((s for s in others if s not in self._failed),
+                          key=lambda s: self._last_tried.get(s, 0.0))
+            due.update(live[:PULL_FANOUT])
+            held = self.store.latest()
+            due.update(s for s in live if now - self._last_tried.get(s, 0.0)
+                       >= directory.interval and now - float(
+                           (held.get(s) or {}).get("envelope", {}).get("summary", {})
+                           .get("at", 0.0)) >= 2 * directory.heartbeat)
+        return due
 
     def wake(self) -> None:
         self._wake.set()
