@@ -33,7 +33,8 @@ LONG_FUNCTION = 60
 LAYERS: dict[str, int] = {
     "appliance": 0, "appliance.log": 0, "appliance.tokens": 0,
     "appliance.sot": 0, "appliance.cluster": 0,
-    "appliance.config": 1, "appliance.netboot": 1, "appliance.power": 1, "appliance.source": 1,
+    "appliance.config": 1, "appliance.importer": 1, "appliance.netboot": 1, "appliance.power": 1,
+    "appliance.source": 1,
     "appliance.workflow": 2, "appliance.api": 2,
     "appliance.peer": 3, "appliance.cli": 3, "appliance.cli_peer": 3,
     "appliance.cli_rollout": 3, "appliance.cli_doctor": 3, "appliance.client": 3,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..sot.tree import DirectoryTree
@@ -376,7 +376,7 @@ class Converter:
             env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
             try:
                 text = env.from_string(jinja).render(urls={"base": self.agent_url}, os=os_)
-            except Exception as exc:  # a field the original had and the import has not
+            except (TemplateError, TypeError, ValueError) as exc:  # a field the import lacks
                 self.todo(f"{path}:{line}", "template", path,
                           f"artifact URL {url!r} cannot be worked out: {exc}")
         artifact: dict[str, Any] = {"url": text}
