@@ -323,6 +323,17 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                 dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
             else:
                 serials[host.serial] = entry
+        names: dict[str, int] = {}
+        for i, iface in enumerate(host.interfaces):
+            if iface.identifier is None:
+                continue
+            if iface.identifier in names:
+                problems.add(entry.at.file, entry.at.line("interfaces", i, "identifier"),
+                             "duplicate-identifier",
+                             f"host {host.name!r}: interfaces {names[iface.identifier]} and {i} "
+                             f"are both {iface.identifier!r}; an identifier names one interface")
+            else:
+                names[iface.identifier] = i
         if host.asset_tag:
             if host.asset_tag in asset_tags:
                 dup("asset tag", host.asset_tag, asset_tags[host.asset_tag], entry,
