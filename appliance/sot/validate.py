@@ -12,6 +12,7 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from urllib.parse import quote
 
 from .formats import check_rendered_all
 from .loader import HostEntry, Sot
@@ -96,6 +97,11 @@ class FormatChecker:
         if host.serial:
             pairs.append((host.serial, "VAQMASKSERIAL"))
         pairs.append((host.name, "vaqmaskhost"))
+        # Files embedded in Ignition configs are data: URLs: their values are URL-encoded,
+        # twice for a config embedded in a config (an installer's own Ignition).
+        encoded = [(quote(v, safe=""), quote(p, safe="")) for v, p in pairs
+                   if quote(v, safe="") != v]
+        pairs += encoded + [(quote(v, safe=""), quote(p, safe="")) for v, p in encoded]
         # Longest first, so a value that contains another is replaced whole.
         return sorted(pairs, key=lambda p: -len(p[0]))
 
