@@ -94,3 +94,26 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     src = ORIGINALS / "vagrant-local"
     assert main(["import-vaquero", str(src), str(src / "out")]) == 2
     assert "must not be SRC or inside it" in capsys.readouterr().err
+
+
+GOLDEN = sorted((HERE / "golden").iterdir())
+
+
+@pytest.mark.parametrize("golden", GOLDEN, ids=[g.name for g in GOLDEN])
+def test_imported_templates_render_what_the_original_rendered(golden: Path,
+                                                              tmp_path: Path) -> None:
+    """The config an imported template renders for a host, against the text the original
+    Go template rendered for it (worked out by hand from Go's rules: trim markers, range
+    bodies repeated with their surrounding whitespace, `index` of a missing key false)."""
+    from appliance.sot.render import Renderer
+    from appliance.sot.revision import compile_directory
+
+    name, host = golden.stem.rsplit("-", 1)
+    dst = tmp_path / name
+    answers = HERE / "answers" / f"{name}.yml"
+    assert main(["import-vaquero", str(ORIGINALS / name), str(dst), "--answers",
+                 str(answers)]) == 0
+    revision = compile_directory(str(dst))
+    kind, text = Renderer(revision.sot, revision.sha).render_config(revision.sot.hosts[host], 1)
+    assert kind == golden.suffix[1:]
+    assert text == golden.read_text()
