@@ -94,6 +94,25 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     src = ORIGINALS / "vagrant-local"
     assert main(["import-vaquero", str(src), str(src / "out")]) == 2
     assert "must not be SRC or inside it" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine\n")
+    assert main(["import-vaquero", str(src), str(other)]) == 2
+    assert "is not empty and holds no previous import" in capsys.readouterr().err
+
+
+def test_import_again_replaces_the_previous_import(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    dst = tmp_path / "sot"
+    main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(dst)])
+    stale = dst / "assets" / "untyped" / "left-over.sh"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("#!/bin/sh\n")  # a person's own file: kept
+    (dst / "os" / "coreos-pxe.yml").unlink()
+    main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(dst), "--answers",
+          str(HERE / "answers" / "vagrant-local.yml")])
+    capsys.readouterr()
+    assert (dst / "os" / "coreos-pxe.yml").is_file() and stale.is_file()
 
 
 GOLDEN = sorted((HERE / "golden").iterdir())
