@@ -463,7 +463,7 @@ class Converter:
             data = doc.data
             self._unknown(path, doc, data, _WORKFLOW_KEYS, what=f"workflow {data.get('id')!r}")
             stages = []
-            seen: dict[str, int] = {}
+            seen: dict[Any, int] = {}  # a step may name no boot: None counts too
             for step in data.get("workflow") or []:
                 boot = step.get("boot") if isinstance(step, dict) else step
                 stage: dict[str, Any] = {"boot": boot}
