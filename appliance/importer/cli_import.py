@@ -58,6 +58,9 @@ def import_vaquero(src: Path, dst: Path, sha256_dir: Path | None = None,
     decided_ids = answers.decided if answers else set()
     open_ = [t for t in todos if t.id not in decided_ids]
     decided = [t for t in todos if t.id in decided_ids]
+    if not open_ and not revision.valid:  # what explained them was marked decided
+        open_ = [Todo("", "invalid", f"{p.file}:{p.line}",
+                      f"the import does not validate: {p.message}") for p in revision.problems]
     (dst / "IMPORT-TODO.md").write_text(todo_markdown(src.name, open_, decided))
     if not open_ and not decided:
         (dst / "IMPORT-TODO.md").unlink()

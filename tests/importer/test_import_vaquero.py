@@ -136,3 +136,21 @@ def test_imported_templates_render_what_the_original_rendered(golden: Path,
     kind, text = Renderer(revision.sot, revision.sha).render_config(revision.sot.hosts[host], 1)
     assert kind == golden.suffix[1:]
     assert text == golden.read_text()
+
+
+def test_deciding_an_item_does_not_make_an_invalid_import_pass(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Marking the checksum items decided without giving checksums leaves them missing:
+    the import still does not validate, so it still exits 1."""
+    answers = (HERE / "answers" / "vagrant-local.yml").read_text()
+    answers = answers.replace("sha256:\n", "unused_sha256:\n", 1).replace(
+        "decided:  #", 'decided:\n  - "sha256@os/centos-pxe.yml:9"\n  - '
+        '"sha256@os/centos-pxe.yml:11"\n  - "sha256@os/coreos-pxe.yml:9"\n  - '
+        '"sha256@os/coreos-pxe.yml:11"\n  #', 1)
+    path = tmp_path / "answers.yml"
+    path.write_text(answers)
+    code = main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(tmp_path / "sot"),
+                 "--answers", str(path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "invalid: the import does not validate" in out and "sha256 is missing" in out
