@@ -25,18 +25,23 @@ from aiohttp import web
 
 from appliance.netboot.boottable import BootTable
 from appliance.netboot.progress import HostProgress
-from appliance.sot.render import local_disk_script
+from appliance.sot.render import ipxe_try_peers, local_disk_script
 
 log = structlog.get_logger("vaquero.netboot.boot")
 
-BOOT_IPXE = (
-    "#!ipxe\n"
-    "# Vaquero: ask the peers for this machine's script, by the MAC that booted and SMBIOS UUID\n"
-    "chain --autofree {base}/ipxe?mac=${{netX/mac}}&uuid=${{uuid}}"
-    "&arch=${{buildarch}}&platform=${{platform}} ||\n"
-    "echo Vaquero: no boot script for ${{netX/mac}}; booting the next device\n"
-    "exit\n"
-)
+# What DHCP hands iPXE: ask a peer for this machine's script, by the MAC that booted and
+# SMBIOS UUID; the peer that answered DHCP first, then the site's other peers. The script
+# it chains falls back the same way for every fetch (sot.render.ipxe_try_peers).
+# A chained script that returns (a local-disk `exit`) ends this one the same way.
+BOOT_ATTEMPT = ("chain --autofree ${vq-base}/ipxe?mac=${netX/mac}&uuid=${uuid}"
+                "&arch=${buildarch}&platform=${platform} || goto ${vq-next}\nexit\n")
+
+
+def boot_ipxe_script(bases: tuple[str, ...]) -> str:
+    return ("#!ipxe\n# Vaquero: ask the peers for this machine's script\n"
+            + ipxe_try_peers(bases, BOOT_ATTEMPT))
+
+
 IPXE_TYPE = "text/plain; charset=utf-8"
 
 
@@ -96,7 +101,7 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     state.count("boot_ipxe")
     host = table.by_ip.get(_client(request))
     log.info("boot.chain", host=host, client=_client(request))
-    return web.Response(text=BOOT_IPXE.format(base=table.base_url), content_type="text/plain")
+    return web.Response(text=boot_ipxe_script(table.peer_urls), content_type="text/plain")
 
 
 def _normal_mac(value: str) -> str:
@@ -114,7 +119,9 @@ async def host_script(request: web.Request) -> web.Response:
         state.count("unknown_host")
         log.warning("boot.unknown_machine", mac=mac, uuid=uuid, client=_client(request))
         state.event("unknown-machine", mac=mac, uuid=uuid, client=_client(request))
-        return web.Response(status=404, content_type="text/plain", text=(
+        # 200, not 404: iPXE would take a 404 for a failed peer and ask the next one,
+        # which knows this machine no better.
+        return web.Response(content_type="text/plain", text=(
             f"#!ipxe\necho Vaquero: machine {mac} is not declared in the SoT\nexit\n"))
     stages = table.stages(host)
     entry = table.hosts[host]
