@@ -3,6 +3,8 @@
   GET  /boot.ipxe                       what DHCP hands iPXE: chains to /ipxe with MAC and UUID
   GET  /ipxe?mac=&uuid=                 the host's script for the stage it is at (or disk boot)
   GET  /boot/{host}/{stage}/script.ipxe the script of one stage
+  GET  /boot/{host}/{stage}/loaded      a generated script has loaded the stage's kernel
+                                        and initrds and is about to boot them
   GET  /boot/{host}/{stage}/config      the rendered install config of one stage
   GET  /boot/{host}/{stage}/user-data   the same, for cloud-init's nocloud-net datasource
   GET  /boot/{host}/{stage}/meta-data   instance-id and hostname for nocloud-net
@@ -152,6 +154,14 @@ async def stage_script(request: web.Request) -> web.Response:
     return web.Response(text=script, content_type="text/plain")
 
 
+async def stage_loaded(request: web.Request) -> web.Response:
+    state, table, host, stage = _host_stage(request)
+    state.count("loaded")
+    log.info("boot.loaded", host=host, stage=stage, client=_client(request))
+    state.event("stage-loaded", host=host, stage=stage, revision=table.sha)
+    return web.Response(text="loaded\n", content_type="text/plain")
+
+
 async def stage_config(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
     _, config = table.stage_content(host, stage)
@@ -212,6 +222,7 @@ def add_boot_routes(app: web.Application, state: BootState) -> None:
     app.router.add_get("/boot.ipxe", boot_ipxe)
     app.router.add_get("/ipxe", host_script)
     app.router.add_get("/boot/{host}/{stage}/script.ipxe", stage_script)
+    app.router.add_get("/boot/{host}/{stage}/loaded", stage_loaded)
     app.router.add_get("/boot/{host}/{stage}/config", stage_config)
     app.router.add_get("/boot/{host}/{stage}/user-data", stage_config)
     app.router.add_get("/boot/{host}/{stage}/meta-data", stage_meta_data)

@@ -153,6 +153,11 @@ class Urls:
         return f"{self.base}/boot/{self.host}/{self.stage}/config"
 
     @property
+    def loaded(self) -> str:
+        """Fetched by a generated script once the stage's kernel and initrds are loaded."""
+        return f"{self.base}/boot/{self.host}/{self.stage}/loaded"
+
+    @property
     def phone_home(self) -> str:
         return f"{self.base}/phone-home/{self.host}/{self.stage}/{self.token}"
 
@@ -371,9 +376,12 @@ class Renderer:
             initrds = "".join(f"initrd --name {a.filename} {any_peer.artifact(a)} "
                               "|| goto ${vq-next}\n" for a in os_.boot.initrd)
             parts = self._ipxe_parts[os_.id] = (f"{kernel} {initrd_args}".rstrip(), initrds)
-        peer_ctx = {**ctx, "urls": dataclasses.replace(urls, base=IPXE_BASE, fallbacks=())}
-        kernel_line = " ".join([parts[0], *self._cmdline(plan, peer_ctx)])
-        attempt = (f"imgfree\n{kernel_line} || goto ${{vq-next}}\n{parts[1]}"
+        peer_urls = dataclasses.replace(urls, base=IPXE_BASE, fallbacks=())
+        kernel_line = " ".join([parts[0], *self._cmdline(plan, {**ctx, "urls": peer_urls})])
+        # Tell the peers it has everything, so the leader can tell a machine on its way from
+        # one that went silent after its script (a failed mark changes nothing).
+        mark = f"imgfetch --name vq-loaded {peer_urls.loaded} && imgfree vq-loaded ||\n"
+        attempt = (f"imgfree\n{kernel_line} || goto ${{vq-next}}\n{parts[1]}{mark}"
                    "boot || goto ${vq-next}\n")
         return (f"#!ipxe\n# {ctx['host'].name}: stage {plan.index}/{len(plan.workflow.stages)} "
                 f"{plan.stage.label}, boot {plan.boot.id}, revision {self.revision['short']}\n"

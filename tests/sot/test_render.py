@@ -96,8 +96,12 @@ def test_every_fetch_falls_back_to_the_sites_other_peers_then_pxe(tmp_path: Path
     attempt = lines[lines.index(":vq-attempt") + 1:lines.index(":vq-failed")]
     # every fetch of the attempt, and its boot, goes on to the next peer when it fails
     assert attempt[0] == "imgfree"
-    assert [x.split()[0] for x in attempt[1:]] == ["kernel", "initrd", "initrd", "boot"]
-    assert all(x.endswith(" || goto ${vq-next}") and "http://" not in x for x in attempt[1:])
+    fetches = [x for x in attempt[1:] if not x.startswith("imgfetch --name vq-loaded")]
+    assert [x.split()[0] for x in fetches] == ["kernel", "initrd", "initrd", "boot"]
+    assert all(x.endswith(" || goto ${vq-next}") and "http://" not in x for x in fetches)
+    # with everything loaded, the machine tells the peers before booting (failure is fine)
+    assert attempt[-2] == ("imgfetch --name vq-loaded ${vq-base}/boot/fc-01/1/loaded "
+                           "&& imgfree vq-loaded ||")
     # the whole chain failed: reboot into PXE (or start over where iPXE cannot reboot)
     assert lines[lines.index(":vq-failed"):][-2:] == ["reboot ||", "goto vq-peer-0"]
     # the config the installer fetches still names the peer that served it
