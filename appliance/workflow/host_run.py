@@ -11,9 +11,10 @@ as `host.seen`), then its phone-home. No script within EVIDENCE_WINDOW means the
 lost, and the stage's next attempt runs then, not after the whole stage timeout. So a machine
 gets at most one power action per attempt of a stage, and a lost one costs minutes.
 
-A machine that fetched its script and then went silent (a generated script reports when it
-has loaded the stage's kernel and initrds; none within SILENCE_WINDOW) is power-cycled into
-PXE once through its BMC, instead of sitting until the stage timeout.
+A machine that went silent is power-cycled into PXE once through its BMC, instead of sitting
+until the stage timeout: powered but no script fetched within EVIDENCE_WINDOW (the peer that
+answered its DHCP died), or a script fetched but the stage's kernel and initrds not loaded
+within SILENCE_WINDOW (a generated script reports when it has loaded them).
 
 No decision compares two peers' clocks: evidence is ordered against the power intents by
 Raft order (event seq), and every duration (stage timeout, evidence and silence windows) is
@@ -226,7 +227,8 @@ class HostRunner:
         (in Raft order) within `evidence_window`: that power action never happened, and
         waiting for the whole stage timeout would only delay the retry; "silent" when the
         machine fetched its script but did not load the stage's kernel and initrds within
-        `silence_window` (stages with a generated script, powered through a BMC, once)."""
+        `silence_window` (stages with a generated script), or never fetched its script
+        within `evidence_window` after a power step that worked (once per attempt)."""
         spec = self.workflow.stages[stage - 1]
         clock = self.clock
         started = self.watch.setdefault((self.revision, self.name, stage, attempt),
@@ -235,9 +237,10 @@ class HostRunner:
         after = (boot or {}).get("seq") or 0  # evidence must follow the power step
         unknown = boot is not None and "outcome unknown" in (
             (boot["result"] or {}).get("detail") or "")
-        may_rescue = (boot is not None and stage in self.marked_stages and self.cluster.intent(
-            intent_id(self.revision, self.name, stage, attempt, RESCUE)) is None)
-        script_seq, silent_since = None, 0.0
+        rescued = self.cluster.intent(
+            intent_id(self.revision, self.name, stage, attempt, RESCUE)) is not None
+        may_rescue = boot is not None and spec.boot is not None and not rescued
+        script_seq, silent_since = None, started
         while True:
             rec = self._record()
             if rec is None or rec["state"] in HOST_TERMINAL or rec["done"] >= stage:
@@ -248,9 +251,12 @@ class HostRunner:
             seen = rec.get("seen_seq") if rec.get("seen_stage") == stage else None
             if seen is not None and seen <= after:
                 seen = None  # a script fetched before this attempt's power step
-            if unknown and seen is None and now >= started + self.evidence_window:
-                return "lost"
-            if may_rescue and seen is not None:
+            if seen is None and now >= started + self.evidence_window:
+                if unknown:
+                    return "lost"
+                if may_rescue:  # powered, but never asked for its script (a dead peer's
+                    return "silent"  # DHCP answer, a firmware that gave up)
+            if may_rescue and seen is not None and stage in self.marked_stages:
                 loaded = rec.get("loaded_seq") if rec.get("loaded_stage") == stage else None
                 if loaded is not None and loaded > seen:
                     may_rescue = False  # on its way: kernel and initrds loaded
@@ -266,8 +272,13 @@ class HostRunner:
         timeout keeps running."""
         spec = self.workflow.stages[stage - 1]
         label = f"stage {stage}/{len(self.workflow.stages)} {spec.label}"
-        self.log.warning("workflow.host_silent", stage=stage, attempt=attempt,
-                         window=self.silence_window)
+        rec = self._record() or {}
+        fetched = rec.get("seen_stage") == stage and (rec.get("seen_seq") or 0) > ((
+            self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
+            or {}).get("seq") or 0)
+        why = (f"silent {self.silence_window:.0f} s after fetching its script" if fetched
+               else f"no script fetched {self.evidence_window:.0f} s after it was powered")
+        self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
         try:
             await self._once(stage, attempt, RESCUE, lambda: self._power("pxe"))
             await self._once(stage, attempt, "rescue-boot", self._power_on_or_cycle)
@@ -275,9 +286,8 @@ class HostRunner:
         except StepFailed as exc:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"
         try:
-            await self._step("booting", stage, attempt,
-                             f"{label}: silent {self.silence_window:.0f} s after fetching its "
-                             f"script; {note}", deadline=(self._record() or {}).get("deadline"))
+            await self._step("booting", stage, attempt, f"{label}: {why}; {note}",
+                             deadline=rec.get("deadline"))
         except CommandRejected as exc:
             if exc.code != "stage_already_done":  # it reported meanwhile: nothing to say
                 raise

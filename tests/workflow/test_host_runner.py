@@ -245,3 +245,21 @@ async def test_evidence_is_ordered_by_raft_not_by_the_serving_peers_clock(
     await asyncio.wait_for(runner.run(), 60)  # lost after 3 s, retried, the retry refused
     assert ("host.retrying", "stage 1: no sign of a boot 3 s after a power step whose outcome "
             "is unknown (the leader running it stopped); retry 1 of 1") in host_events(node)
+
+
+async def test_a_machine_powered_that_never_asks_for_its_script_is_rescued_once(
+        node: Cluster, armed) -> None:
+    """The power step worked (its result is recorded) but no peer served the machine its
+    script within the evidence window (the peer whose DHCP answer it took died): one
+    power-cycle into PXE, then the stage timeout as usual."""
+    _, sha, runner = armed
+    for step in ("pxe", "boot"):
+        iid = intent_id(sha, "n1", 1, 0, step)
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
+        await node.record_result(iid, True, "power done")
+    await node.step_host("n1", sha, "booting", 1, message="powered")
+    await asyncio.wait_for(runner.run(), 60)
+    kinds = host_events(node)
+    rescues = [m for k, m in kinds if "no script fetched 3 s after it was powered" in m]
+    assert len(rescues) == 1, kinds
+    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe"))["result"]["ok"] is False
