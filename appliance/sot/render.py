@@ -376,7 +376,8 @@ class Renderer:
             initrds = "".join(f"initrd --name {a.filename} {any_peer.artifact(a)} "
                               "|| goto ${vq-next}\n" for a in os_.boot.initrd)
             parts = self._ipxe_parts[os_.id] = (f"{kernel} {initrd_args}".rstrip(), initrds)
-        peer_urls = dataclasses.replace(urls, base=IPXE_BASE, fallbacks=())
+        # ${vq-base} is whichever peer this attempt uses; `urls.peers` lists it, then all
+        peer_urls = dataclasses.replace(urls, base=IPXE_BASE, fallbacks=urls.peers)
         kernel_line = " ".join([parts[0], *self._cmdline(plan, {**ctx, "urls": peer_urls})])
         # Tell the peers it has everything, so the leader can tell a machine on its way from
         # one that went silent after its script (a failed mark changes nothing).

@@ -27,9 +27,10 @@ reboot at once, and QEMU's `-no-reboot` turns that reboot into an exit, so a fai
 ends the guest immediately instead of running into the test's timeout. Optional:
 `vaq.markers=1` prints a `VAQ-TEST: <step>` line on the console at each step (also enabled at
 build time with `build_test_os(markers=True)`), `BOOTIF=01-aa-bb-..` (iPXE's
-`BOOTIF=01-${netX/mac:hexhyp}`) picks the NIC when there are several. Whatever the markers,
-the console always shows `VAQ-TEST: PHONED-HOME <mac> <ip>` on success and
-`VAQ-TEST: FAILED: <why>` before powering off on failure.
+`BOOTIF=01-${netX/mac:hexhyp}`) picks the NIC when there are several; `vaq.peers=<base>,..`
+lists base URLs to phone home through (same path) when the phone-home URL's peer is gone.
+Whatever the markers, the console always shows `VAQ-TEST: PHONED-HOME <mac> <ip> <url>` on
+success and `VAQ-TEST: FAILED: <why>` before powering off on failure.
 
 Usage::
 
