@@ -56,7 +56,8 @@ STAGE_TIMEOUT = 400  # a stage under TCG takes 20-90 s here; a retry would fail 
 class Site:
     """The three peer processes and the ops namespace that talks to them."""
 
-    def __init__(self, rig: NetnsRig, tmp: Path, bare: Path) -> None:
+    def __init__(self, rig: NetnsRig, tmp: Path, bare: Path,
+                 clock_offsets: tuple[float, ...] = (0, 0, 0)) -> None:
         self.rig, self.tmp = rig, tmp
         self.lan = rig.netns("lan")
         rig.bridge(self.lan, "br0", "198.18.0.1/24")
@@ -87,6 +88,7 @@ token_secret_file: {secrets / 'phone-home.key'}
 source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}
 bmc: {{secrets_file: {secrets / 'bmc.yaml'}}}
 prefetch_artifacts: true
+clock_offset_s: {clock_offsets[i]}
 http: {{port: 8080}}
 raft: {{address: "{raft[i]}", peers: {json.dumps(raft)}, password_file: {secrets / 'raft.key'}}}
 api:
@@ -292,3 +294,66 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
     assert {n: m.power_ons() for n, m in machines.items()} == {
         "etcd-1": 2, "work-1": 4, "work-2": 4}
     assert not [e for e in journal if e["kind"] in ("host.retrying", "host.failed")]
+
+
+def test_peers_with_skewed_clocks_finish_a_rollout_through_a_leader_kill(
+        guest_os, tmp_path: Path) -> None:
+    """Peers' wall clocks 5 minutes apart (0, +300 s, -300 s: `clock_offset_s`), the two BIOS
+    workers installed in two stages, the leader killed after the first power-on: no report
+    is refused, no power step repeated or retried, each machine started once per stage."""
+    reason = netns_unavailable() or bmc_unavailable("bios")
+    if reason:
+        pytest.skip(reason)
+    hosts = [h for h in HOSTS if h.name in WORKERS]
+    work, bare = init_repo(tmp_path)
+    write_sot(work, hosts, guest_os.kernel, guest_os.initrd, peers=PEERS, http_port=8080,
+              stage_timeout=STAGE_TIMEOUT, retries=1, worker_concurrency=2, depends=False,
+              stay=True)
+    rev = push(work, "lab: workers")
+    with NetnsRig() as rig:
+        site = Site(rig, tmp_path, bare, clock_offsets=(0, 300, -300))
+        machines = {h.name: BmcGuest(site.lan, "br0", h.mac, h.bmc[0], password=BMC_PASSWORD,
+                                     firmware="bios", workdir=tmp_path / f"guest-{h.name}")
+                    for h in hosts}
+        advertiser = RouterAdvertiser(site.lan, "br0")
+
+        def debug() -> str:
+            progress = site.try_api("/v1/rollouts/current")
+            consoles = "\n".join(f"--- {n}\n{m.console_tail(15)}" for n, m in machines.items())
+            return f"{json.dumps(progress, indent=1)[:4000]}\n{site.tails()}\n{consoles}"
+
+        try:
+            advertiser.start()
+            for machine in machines.values():
+                machine.start()
+            until(lambda: site.leader() is not None, "a leader", 60, debug)
+            approve(site, rev)
+            until(lambda: any(e["kind"] == "intent.ok" and e.get("revision") == rev
+                              and e.get("data", {}).get("action") == "power.boot"
+                              for e in events(site)), "a machine powered on", 120, debug)
+            killed = site.leader()
+            assert killed is not None
+            site.kill(killed)
+            print(f"\nkilled the leader peer-{killed + 1} (clock offset "
+                  f"{(0, 300, -300)[killed]:+d} s) after the first power-on")
+            until(lambda: site.leader() not in (None, killed), "a new leader", 30, debug)
+            new_leader = site.leader()
+            until(lambda: rollout_state(site, rev) == "done", "the rollout done",
+                  3 * STAGE_TIMEOUT, debug)
+            print(f"new leader peer-{new_leader + 1} (offset {(0, 300, -300)[new_leader]:+d} s)")
+            journal = events(site)
+            records = {h["name"]: h for h in site.api("/v1/hosts")["hosts"]}
+            logs = site.tails(100_000)
+        finally:
+            advertiser.close()
+            for machine in machines.values():
+                machine.close()
+            site.close()
+    for name in WORKERS:
+        assert (records[name]["state"], records[name]["done"]) == ("done", 2), records[name]
+    assert "stale_report" not in logs and "phone_home_refused" not in logs
+    boots = Counter((e["host"], e["data"]["stage"]) for e in journal
+                    if e["kind"] == "intent.recorded" and e.get("message") == "power.boot")
+    assert boots == {(n, s): 1 for n in WORKERS for s in ("1", "2")}, boots
+    assert not [e for e in journal if e["kind"] in ("host.retrying", "host.failed")]
+    assert {n: m.power_ons() for n, m in machines.items()} == {n: 2 for n in WORKERS}
