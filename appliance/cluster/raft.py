@@ -200,9 +200,10 @@ PRE_VOTE_REPLY = "vq_pre_vote_reply"
 # pysyncobj 0.3.17 internals the pre-vote relies on (methods on the class, attributes on
 # a constructed node); checked at start so an upgrade fails loudly instead of silently
 # running elections without pre-vote.
-_PRE_VOTE_METHODS = ("_SyncObj__connectedToAnyone", "_SyncObj__onMessageReceived")
+_PRE_VOTE_METHODS = ("_SyncObj__connectedToAnyone", "_SyncObj__onMessageReceived",
+                     "_SyncObj__onLeaderChanged")
 _PRE_VOTE_ATTRIBUTES = ("_SyncObj__raftElectionDeadline", "_SyncObj__transferInProgress",
-                        "_SyncObj__transport", "_SyncObj__raftLog")
+                        "_SyncObj__transport", "_SyncObj__raftLog", "_SyncObj__raftLeader")
 
 
 class RaftNode(SyncObj):
@@ -333,6 +334,11 @@ class RaftNode(SyncObj):
             log.info("cluster_pre_vote_won", term=pv.term)
             return True
         if pv.deadline != deadline or now >= pv.next_round:
+            if self._SyncObj__raftLeader is not None:
+                # silent past the election timeout: no longer anyone's follower (what
+                # pysyncobj does when it starts an election), so writes fail at once
+                self._SyncObj__raftLeader = None
+                self._SyncObj__onLeaderChanged()
             self._vq_start_pre_vote(deadline, now)
         return False
 

@@ -21,7 +21,7 @@ import pytest
 from tools.rigs.netns import NetnsRig
 from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
-from tools.rigs.test_kernel import build_test_os
+from tools.rigs.test_kernel import GuestOS, build_test_os
 
 pytestmark = pytest.mark.slow
 SERVER = "198.18.0.2"
@@ -29,7 +29,7 @@ GUESTS = {"bios-01": ("52:54:00:e2:00:01", "198.18.0.21", "bios"),
           "uefi-01": ("52:54:00:e2:00:02", "198.18.0.22", "uefi")}
 
 
-def write_sot(root: Path, kernel: Path, kernel_sha: str, initrd: Path, initrd_sha: str) -> None:
+def write_sot(root: Path, guest_os: GuestOS) -> None:
     (root / "sites/e2e").mkdir(parents=True)
     (root / "os").mkdir()
     (root / "boot").mkdir()
@@ -48,19 +48,7 @@ interfaces:
   - {{type: physical, mac: "{mac}", subnet: boot, ipv4: {ip}}}
 """ for name, (mac, ip, _) in GUESTS.items()]
     (root / "sites/e2e/cluster-guests.yml").write_text("---\n".join(hosts))
-    (root / "os/testos.yml").write_text(f"""
-id: testos
-os_family: busybox
-major_version: "1"
-boot:
-  kernel: {{url: "file://{kernel}", sha256: {kernel_sha}, name: vmlinuz}}
-  initrd:
-    - {{url: "file://{initrd}", sha256: {initrd_sha}, name: initrd.img}}
-cmdline:
-  - console: ttyS0
-  - panic: "-1"
-  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
-""")
+    (root / "os/testos.yml").write_text(guest_os.sot_os())
     (root / "boot/testos.yml").write_text("id: testos\noperating_system: testos\n")
     (root / "workflows/testos.yml").write_text(
         "id: testos\nstages:\n  - {name: boot, boot: testos, timeout: 300}\n"
@@ -78,8 +66,7 @@ def test_bios_and_uefi_guests_boot_from_the_peer_and_phone_home(guest_os, tmp_pa
         if reason:
             pytest.skip(reason)
     sot = tmp_path / "sot"
-    write_sot(sot, guest_os.kernel, guest_os.kernel_sha256, guest_os.initrd,
-              guest_os.initrd_sha256)
+    write_sot(sot, guest_os)
     secret = tmp_path / "secret"
     secret.write_text("ZTJlLXRlc3Qtc2VjcmV0LWtleS0wMTIzNDU2Nzg5\n")
     raft_secret = tmp_path / "raft.secret"

@@ -30,7 +30,7 @@ from tools.rigs.netns import NetnsRig
 from tools.rigs.netns import unavailable_reason as netns_unavailable
 from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
-from tools.rigs.test_kernel import build_test_os
+from tools.rigs.test_kernel import GuestOS, build_test_os
 
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).parent / "vaq-peer")
@@ -38,7 +38,7 @@ PEERS = ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
 HOST, MAC, IP = "fb-01", "52:54:00:fb:00:01", "198.18.0.31"
 
 
-def write_sot(root: Path, kernel: Path, kernel_sha: str, initrd: Path, initrd_sha: str) -> None:
+def write_sot(root: Path, guest_os: GuestOS) -> None:
     for sub in ("sites/fb", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True)
     peers = "\n".join(f"  - {{name: peer-{i}, address: {a}}}" for i, a in enumerate(PEERS, 1))
@@ -53,20 +53,7 @@ netboot: {{http_port: 8080}}
     (root / "sites/fb/cluster-guests.yml").write_text(
         f"name: {HOST}\nworkflow: testos\ninterfaces:\n"
         f"  - {{type: physical, mac: \"{MAC}\", subnet: boot, ipv4: {IP}}}\n")
-    (root / "os/testos.yml").write_text(f"""
-id: testos
-os_family: busybox
-major_version: "1"
-boot:
-  kernel: {{url: "file://{kernel}", sha256: {kernel_sha}, name: vmlinuz}}
-  initrd:
-    - {{url: "file://{initrd}", sha256: {initrd_sha}, name: initrd.img}}
-cmdline:
-  - console: ttyS0
-  - panic: "-1"
-  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
-  - vaq.peers: "{{{{ urls.peers | join(',') }}}}"
-""")
+    (root / "os/testos.yml").write_text(guest_os.sot_os(peers_fallback=True))
     (root / "boot/testos.yml").write_text("id: testos\noperating_system: testos\n")
     (root / "workflows/testos.yml").write_text(
         "id: testos\nstages:\n  - {name: boot, boot: testos, timeout: 300}\n")
@@ -95,8 +82,7 @@ def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
     if reason:
         pytest.skip(reason)
     sot = tmp_path / "sot"
-    write_sot(sot, guest_os.kernel, guest_os.kernel_sha256, guest_os.initrd,
-              guest_os.initrd_sha256)
+    write_sot(sot, guest_os)
     secret = tmp_path / "secret"
     secret.write_text("ZmFsbGJhY2stdGVzdC1zZWNyZXQta2V5LTAxMjM0NQ==\n")
     raft_secret = tmp_path / "raft.secret"

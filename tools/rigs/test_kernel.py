@@ -100,6 +100,18 @@ class GuestOS:
     package: str  # the .deb file name it came from
     markers: bool
 
+    def sot_os(self, os_id: str = "testos", peers_fallback: bool = False) -> str:
+        """The SoT's `os/<id>.yml` that boots this test OS and phones home (through every
+        peer of the site in turn with `peers_fallback`)."""
+        extra = "  - vaq.peers: \"{{ urls.peers | join(',') }}\"\n" if peers_fallback else ""
+        return (f"id: {os_id}\nos_family: busybox\nmajor_version: \"1\"\nboot:\n"
+                f"  kernel: {{url: \"file://{self.kernel}\", sha256: {self.kernel_sha256}, "
+                "name: vmlinuz}\n  initrd:\n"
+                f"    - {{url: \"file://{self.initrd}\", sha256: {self.initrd_sha256}, "
+                "name: initrd.img}\n"
+                "cmdline:\n  - console: ttyS0\n  - panic: \"-1\"\n"
+                "  - vaq.phone_home: \"{{ urls.phone_home }}\"\n" + extra)
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("VAQ_TEST_CACHE") or DEFAULT_CACHE)
