@@ -51,6 +51,7 @@ WORKERS = ("work-1", "work-2")
 # etcd-1 is UEFI (OVMF's own PXE, then snponly.efi by TFTP from a peer), the workers BIOS
 FIRMWARE = {"etcd-1": "uefi", "work-1": "bios", "work-2": "bios"}
 STAGE_TIMEOUT = 400  # a stage under TCG takes 20-90 s here; a retry would fail the test anyway
+CUT_S = 45  # many election timeouts (0.3-0.6 s); the issue's 5 minutes is a run by hand
 
 
 class Site:
@@ -64,6 +65,7 @@ class Site:
         self.ops = rig.netns("ops")
         rig.veth(self.lan, self.ops, bridge="br0", cidr_b="198.18.0.250/24")
         self.procs: dict[int, subprocess.Popen] = {}
+        self.links: dict[int, tuple] = {}  # peer -> (its namespace, its port on the bridge)
         self.logs: dict[int, Path] = {}
         secrets = tmp / "secrets"
         secrets.mkdir()
@@ -77,7 +79,8 @@ class Site:
         raft = [f"{a}:7001" for a in PEERS]
         for i, address in enumerate(PEERS):
             ns = rig.netns(f"peer{i + 1}")
-            rig.veth(self.lan, ns, bridge="br0", cidr_b=f"{address}/24")
+            link, _ = rig.veth(self.lan, ns, bridge="br0", cidr_b=f"{address}/24")
+            self.links[i] = (ns, link)
             config = tmp / f"peer{i + 1}.yaml"
             config.write_text(f"""
 site: lab
@@ -128,6 +131,13 @@ api:
         """The leader as a live peer sees it (index into PEERS), None while there is none."""
         address = (self.try_api("/v1/leader") or {}).get("leader")
         return PEERS.index(address.split(":")[0]) if address else None
+
+    def cut(self, i: int, up: bool = False) -> None:
+        """Take a peer's link down at both ends (a real partition: its sockets stay open)."""
+        ns, link = self.links[i]
+        state = "up" if up else "down"
+        self.lan.run("ip", "link", "set", link, state)
+        ns.run("ip", "link", "set", "eth0", state)
 
     def kill(self, i: int) -> None:
         self.procs[i].send_signal(signal.SIGKILL)
@@ -299,8 +309,10 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
 def test_peers_with_skewed_clocks_finish_a_rollout_through_a_leader_kill(
         guest_os, tmp_path: Path) -> None:
     """Peers' wall clocks 5 minutes apart (0, +300 s, -300 s: `clock_offset_s`), the two BIOS
-    workers installed in two stages, the leader killed after the first power-on: no report
-    is refused, no power step repeated or retried, each machine started once per stage."""
+    workers installed in two stages. After the first power-on a follower is cut off for
+    CUT_S and healed (no change of leader or term, the runners never stopped), then the
+    leader is killed. No report is refused, no power step repeated or retried, each machine
+    started once per stage."""
     reason = netns_unavailable() or bmc_unavailable("bios")
     if reason:
         pytest.skip(reason)
@@ -331,10 +343,28 @@ def test_peers_with_skewed_clocks_finish_a_rollout_through_a_leader_kill(
             until(lambda: any(e["kind"] == "intent.ok" and e.get("revision") == rev
                               and e.get("data", {}).get("action") == "power.boot"
                               for e in events(site)), "a machine powered on", 120, debug)
+            # a follower cut off for CUT_S and healed: same leader, same term, runners on
+            leader = site.leader()
+            assert leader is not None
+            term = site.api("/v1/leader", peer=leader)["term"]
+            cut = next(i for i in range(3) if i != leader)
+            stopped = site.logs[leader].read_text().count("workflow.runners_stopped")
+            site.cut(cut)
+            time.sleep(CUT_S)
+            site.cut(cut, up=True)
+            time.sleep(10)
+            after = site.api("/v1/leader", peer=leader)
+            rejoined = site.api("/v1/leader", peer=cut)
+            print(f"\npeer-{cut + 1} cut off {CUT_S} s: leader peer-{leader + 1} term {term} "
+                  f"-> {after['term']}; the rejoined peer sees term {rejoined['term']}")
+            assert (after["leader"], after["term"]) == (f"{PEERS[leader]}:7001", term), after
+            assert rejoined["term"] == term, rejoined
+            assert site.logs[leader].read_text().count("workflow.runners_stopped") == stopped
+
             killed = site.leader()
-            assert killed is not None
+            assert killed == leader
             site.kill(killed)
-            print(f"\nkilled the leader peer-{killed + 1} (clock offset "
+            print(f"killed the leader peer-{killed + 1} (clock offset "
                   f"{(0, 300, -300)[killed]:+d} s) after the first power-on")
             until(lambda: site.leader() not in (None, killed), "a new leader", 30, debug)
             new_leader = site.leader()
