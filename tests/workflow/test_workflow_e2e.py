@@ -8,7 +8,8 @@ same bridge (tools/rigs/bmc_guest.py); the test talks to the API from an `ops` n
 1. The SoT (etcd: 1 host, workers: 2 hosts, a two-stage workflow of network boots of the test
    OS, which phones home and then stays up like an installed machine) is pushed and approved.
    The leader powers every machine on into PXE for stage 1, then power-cycles it into PXE for
-   stage 2; each reports done.
+   stage 2; each reports done. Meanwhile a follower is cut off for CUT_S and healed: the
+   leader keeps its term and its runners (pre-vote).
 2. A change to the workers' install stage with `max_concurrent: 1` is pushed and approved.
    As soon as the leader has powered the first worker on, the leader is killed (SIGKILL).
    The rollout finishes under the new leader.
@@ -191,6 +192,33 @@ def events(site: Site) -> list[dict]:
     return out
 
 
+def powered_on(site: Site, sha: str) -> bool:
+    return any(e["kind"] == "intent.ok" and e.get("revision") == sha
+               and e.get("data", {}).get("action") == "power.boot" for e in events(site))
+
+
+def cut_a_follower_and_heal(site: Site) -> int:
+    """Cut a follower off for CUT_S, heal it: the leader keeps its term (the rejoining peer
+    deposes no one: pre-vote) and its runners never stop. Returns the leader."""
+    leader = site.leader()
+    assert leader is not None
+    term = site.api("/v1/leader", peer=leader)["term"]
+    cut = next(i for i in range(3) if i != leader)
+    stopped = site.logs[leader].read_text().count("workflow.runners_stopped")
+    site.cut(cut)
+    time.sleep(CUT_S)
+    site.cut(cut, up=True)
+    time.sleep(10)
+    after = site.api("/v1/leader", peer=leader)
+    rejoined = site.api("/v1/leader", peer=cut)
+    print(f"\npeer-{cut + 1} cut off {CUT_S} s in a running rollout: leader peer-{leader + 1} "
+          f"term {term} -> {after['term']}; the rejoined peer sees term {rejoined['term']}")
+    assert (after["leader"], after["term"]) == (f"{PEERS[leader]}:7001", term), after
+    assert rejoined["term"] == term, rejoined
+    assert site.logs[leader].read_text().count("workflow.runners_stopped") == stopped
+    return leader
+
+
 @pytest.fixture(scope="module")
 def guest_os():
     return build_test_os()
@@ -224,8 +252,11 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
                 machine.start()
             until(lambda: site.leader() is not None, "a leader", 60, debug)
 
-            # 1. first install: every machine powered on, two stages, done
+            # 1. first install: every machine powered on, two stages, done; meanwhile a
+            # follower is cut off and healed without disturbing the leader
             approve(site, rev1)
+            until(lambda: powered_on(site, rev1), "a machine powered on", 120, debug)
+            cut_a_follower_and_heal(site)
             until(lambda: rollout_state(site, rev1) == "done", "the first rollout done",
                   2 * STAGE_TIMEOUT, debug)
             records = {h["name"]: h for h in site.api("/v1/hosts")["hosts"]}
@@ -344,27 +375,8 @@ def test_peers_with_skewed_clocks_finish_a_rollout_through_a_leader_kill(
                 machine.start()
             until(lambda: site.leader() is not None, "a leader", 60, debug)
             approve(site, rev)
-            until(lambda: any(e["kind"] == "intent.ok" and e.get("revision") == rev
-                              and e.get("data", {}).get("action") == "power.boot"
-                              for e in events(site)), "a machine powered on", 120, debug)
-            # a follower cut off for CUT_S and healed: same leader, same term, runners on
-            leader = site.leader()
-            assert leader is not None
-            term = site.api("/v1/leader", peer=leader)["term"]
-            cut = next(i for i in range(3) if i != leader)
-            stopped = site.logs[leader].read_text().count("workflow.runners_stopped")
-            site.cut(cut)
-            time.sleep(CUT_S)
-            site.cut(cut, up=True)
-            time.sleep(10)
-            after = site.api("/v1/leader", peer=leader)
-            rejoined = site.api("/v1/leader", peer=cut)
-            print(f"\npeer-{cut + 1} cut off {CUT_S} s: leader peer-{leader + 1} term {term} "
-                  f"-> {after['term']}; the rejoined peer sees term {rejoined['term']}")
-            assert (after["leader"], after["term"]) == (f"{PEERS[leader]}:7001", term), after
-            assert rejoined["term"] == term, rejoined
-            assert site.logs[leader].read_text().count("workflow.runners_stopped") == stopped
-
+            until(lambda: powered_on(site, rev), "a machine powered on", 120, debug)
+            leader = cut_a_follower_and_heal(site)
             killed = site.leader()
             assert killed == leader
             site.kill(killed)
