@@ -27,6 +27,7 @@ from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
@@ -34,6 +35,7 @@ from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
+from appliance.power.manager import PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.github import WebhookSecretError
@@ -75,7 +77,7 @@ def read_secret(path: Path) -> bytes:
 
 
 def _counter_values(obj: Any) -> dict[str, float]:
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: float(v) for k, v in dataclasses.asdict(obj).items()
                 if isinstance(v, int | float)}
     return {k: float(v) for k, v in dict(obj).items()}
@@ -94,7 +96,7 @@ class Peer:
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
         self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
-        self.power: Any = None  # appliance.power.manager.PowerManager when configured
+        self.power: PowerManager | None = None  # when the config names BMC secrets
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
         self._tasks: list[asyncio.Task[object]] = []
@@ -349,8 +351,6 @@ class Peer:
                                         max_body=cfg.remote.max_push_mb << 20,
                                         branch=cfg.source.ref if cfg.source else "main")
         if cfg.bmc.secrets_file is not None:
-            from appliance.power.manager import PowerManager
-
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
@@ -403,6 +403,10 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if cfg.dhcp.enabled:  # another DHCP server where ours serve: journal it now and then
+            self._tasks.append(asyncio.create_task(rogue_dhcp.watch(
+                cfg.interface, lambda: self.table is None
+                or self.table.site.netboot.dhcp_mode == "proxy", self._on_event), name="rogue"))
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each

@@ -171,6 +171,7 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 OPS = frozenset(_FIELDS)
 
 
+# long: one branch per operation, until one table per replicated operation replaces it.
 def validate(cmd: Any) -> dict:
     """Return a normalized copy of `cmd` or raise InvalidCommand. Pure and deterministic."""
     if not isinstance(cmd, dict):

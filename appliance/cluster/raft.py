@@ -41,13 +41,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import FileJournal
 from pysyncobj.transport import TCPTransport
 
+import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster.errors import ClusterStartError
 from appliance.cluster.state import ClusterState
 
@@ -200,6 +201,14 @@ PRE_VOTE_REPLY = "vq_pre_vote_reply"
 # pysyncobj 0.3.17 internals the pre-vote relies on (methods on the class, attributes on
 # a constructed node); checked at start so an upgrade fails loudly instead of silently
 # running elections without pre-vote.
+_MANGLED = "_SyncObj__"
+
+
+def _internal(obj: Any, name: str) -> Any:
+    """A pysyncobj private attribute (name-mangled: invisible to type checkers)."""
+    return getattr(obj, _MANGLED + name)
+
+
 _PRE_VOTE_METHODS = ("_SyncObj__connectedToAnyone", "_SyncObj__onMessageReceived",
                      "_SyncObj__onLeaderChanged")
 _PRE_VOTE_ATTRIBUTES = ("_SyncObj__raftElectionDeadline", "_SyncObj__transferInProgress",
@@ -272,7 +281,7 @@ class RaftNode(SyncObj):
                 self.destroy()
                 raise ClusterStartError("pysyncobj internals changed: no FileJournal to harden")
             journal.__class__ = _DurableJournal
-            journal._vq_meta_path = str(data_dir / "raft.journal.meta")
+            cast(_DurableJournal, journal)._vq_meta_path = str(data_dir / "raft.journal.meta")
         self.addOnTickCallback(self._vq_on_tick)
 
     # ---- the one replicated method ------------------------------------------------------
@@ -321,24 +330,24 @@ class RaftNode(SyncObj):
     # start that they still exist (`_PRE_VOTE_METHODS`, `_PRE_VOTE_ATTRIBUTES`).
 
     def _SyncObj__connectedToAnyone(self) -> bool:
-        if not SyncObj._SyncObj__connectedToAnyone(self):
+        if not _internal(SyncObj, "connectedToAnyone")(self):
             return False
         pv = self._vq_pre_vote
-        if self._SyncObj__transferInProgress or not self.otherNodes:
+        if _internal(self, "transferInProgress") or not self.otherNodes:
             return True  # asked by the leader (TimeoutNow), or alone: elect at once
         now = time.monotonic()
-        deadline = self._SyncObj__raftElectionDeadline
+        deadline = _internal(self, "raftElectionDeadline")
         if pv.won and pv.deadline == deadline:
             pv.won = False
             pv.deadline = -1.0
             log.info("cluster_pre_vote_won", term=pv.term)
             return True
         if pv.deadline != deadline or now >= pv.next_round:
-            if self._SyncObj__raftLeader is not None:
+            if _internal(self, "raftLeader") is not None:
                 # silent past the election timeout: no longer anyone's follower (what
                 # pysyncobj does when it starts an election), so writes fail at once
-                self._SyncObj__raftLeader = None
-                self._SyncObj__onLeaderChanged()
+                setattr(self, _MANGLED + "raftLeader", None)
+                _internal(self, "onLeaderChanged")()
             self._vq_start_pre_vote(deadline, now)
         return False
 
@@ -354,12 +363,12 @@ class RaftNode(SyncObj):
         last_index, last_term = self._vq_last_log()
         message = {"type": PRE_VOTE, "term": pv.term, "round": pv.round,
                    "last_log_index": last_index, "last_log_term": last_term}
-        transport = self._SyncObj__transport
+        transport = _internal(self, "transport")
         for node in self.otherNodes:
             transport.send(node, message)
 
     def _vq_last_log(self) -> tuple[int, int]:
-        last = self._SyncObj__raftLog[-1]
+        last = _internal(self, "raftLog")[-1]
         return last[1], last[2]
 
     def _SyncObj__onMessageReceived(self, node, message) -> None:
@@ -372,7 +381,7 @@ class RaftNode(SyncObj):
             return
         if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self._vq_pre_vote.leader_heard = time.monotonic()
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        _internal(SyncObj, "onMessageReceived")(self, node, message)
 
     def _vq_answer_pre_vote(self, node, message: dict) -> None:
         pv = self._vq_pre_vote
@@ -381,14 +390,14 @@ class RaftNode(SyncObj):
         recent = time.monotonic() - pv.leader_heard < self._vq_settings.timing.raft_min_timeout
         grant = (message.get("term", -1) > self.raftCurrentTerm and not self._isLeader()
                  and not recent and asked >= (last_term, last_index))
-        self._SyncObj__transport.send(node, {"type": PRE_VOTE_REPLY, "round": message.get(
+        _internal(self, "transport").send(node, {"type": PRE_VOTE_REPLY, "round": message.get(
             "round"), "term": message.get("term"), "granted": grant})
 
     def _vq_count_pre_vote(self, node, message: dict) -> None:
         pv = self._vq_pre_vote
         if message.get("round") != pv.round or message.get("term") != pv.term:
             return
-        if not message.get("granted") or pv.deadline != self._SyncObj__raftElectionDeadline:
+        if not message.get("granted") or pv.deadline != _internal(self, "raftElectionDeadline"):
             return
         pv.granted.add(node.id)
         if len(pv.granted) + 1 > (len(self.otherNodes) + 1) / 2:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -200,6 +200,7 @@ def interface_view(sot: Sot, entry: HostEntry, iface: Interface,
     view: dict[str, Any] = {
         "type": iface.type, "mac": iface.mac, "ipv4": ipv4,
         "hostname": iface.hostname or entry.host.name, "subnet": subnet,
+        "identifier": iface.identifier or "",
     }
     if subnet is not None:
         cache = subnet_views if subnet_views is not None else {}
@@ -279,6 +280,31 @@ def local_disk_script(host: str, note: str) -> str:
     return f"#!ipxe\n# {host}: {note}: boot from the local disk\nexit\n"
 
 
+class _LazyInterfaces:
+    """`interfaces`: every interface of the host as templates see one (subnet resolved),
+    built only when a template asks (most use `interface` alone)."""
+
+    def __init__(self, renderer: Renderer, entry: HostEntry) -> None:
+        self._renderer, self._entry = renderer, entry
+        self._views: list[dict[str, Any]] | None = None
+
+    def _all(self) -> list[dict[str, Any]]:
+        if self._views is None:
+            r = self._renderer
+            self._views = [interface_view(r.sot, self._entry, i, r._subnet_views)
+                           for i in self._entry.host.interfaces]
+        return self._views
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 class Renderer:
     """Renders hosts of one revision; holds the compiled templates for reuse across hosts."""
 
@@ -296,7 +322,7 @@ class Renderer:
         self._boot_urls.update(boot_urls or {})
         self._fallback_urls = {sid: site_fallback_urls(site, self._boot_urls[sid])
                                for sid, site in sot.sites.items()}
-        self._ipxe_parts: dict[tuple[str, str], tuple[str, str]] = {}
+        self._ipxe_parts: dict[str, tuple[str, str]] = {}  # per OS id
 
     def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
         site = self.sot.sites[entry.site]
@@ -310,7 +336,7 @@ class Renderer:
                     self._fallback_urls[entry.site])
         return {
             "site": site, "env": site, "host": host, "cluster": entry.cluster,
-            "interface": view,
+            "interface": view, "interfaces": _LazyInterfaces(self, entry),
             "boot": plan.boot, "os": plan.os, "workflow": plan.workflow,
             "stage": StageView(plan.index, len(plan.workflow.stages), plan.stage.label,
                                plan.boot.id if plan.boot else None, plan.stage.timeout,

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL
 from appliance.cluster.errors import ClusterError, CommandRejected
+from appliance.power.base import PowerControl
 from appliance.sot.plan import Plan, make_plan
 from appliance.sot.revision import Revision, RevisionCache, empty_revision
 from appliance.sot.tree import Tree
@@ -49,7 +49,7 @@ def planned_base(revision_record: dict | None) -> str:
 
 class WorkflowEngine:
     def __init__(self, cluster: Cluster, site: str, tree_for: Callable[[str], Tree],
-                 cache: RevisionCache, power: Any, *, poll: float = 1.0,
+                 cache: RevisionCache, power: PowerControl | None, *, poll: float = 1.0,
                  clock: Clock = SYSTEM_CLOCK, runner_options: dict[str, float] | None = None
                  ) -> None:
         """`runner_options`: HostRunner's windows (evidence_window, silence_window)."""

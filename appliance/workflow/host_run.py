@@ -34,6 +34,7 @@ import structlog
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL
 from appliance.cluster.errors import CommandRejected
+from appliance.power.base import PowerControl
 from appliance.power.manager import NoBmc, target_for
 from appliance.sot.loader import HostEntry
 from appliance.sot.models import Stage, Workflow
@@ -63,8 +64,8 @@ def intent_id(revision: str, host: str, stage: int, attempt: int, step: str) -> 
 
 
 class HostRunner:
-    def __init__(self, cluster: Cluster, power: Any, entry: HostEntry, workflow: Workflow,
-                 revision: str, *, evidence_window: float = EVIDENCE_WINDOW,
+    def __init__(self, cluster: Cluster, power: PowerControl | None, entry: HostEntry,
+                 workflow: Workflow, revision: str, *, evidence_window: float = EVIDENCE_WINDOW,
                  silence_window: float = SILENCE_WINDOW, clock: Clock = SYSTEM_CLOCK,
                  watch: dict[tuple, float] | None = None,
                  marked_stages: frozenset[int] = frozenset()) -> None:
@@ -177,10 +178,12 @@ class HostRunner:
         return True
 
     async def _power(self, action: str) -> str:
+        assert self.power is not None  # no step runs without one
         await asyncio.wait_for(self.power.run(self.entry, action), POWER_TIMEOUT)
         return action
 
     async def _is_off(self) -> bool:
+        assert self.power is not None  # no step runs without one
         result = await asyncio.wait_for(self.power.run(self.entry, "status"), POWER_TIMEOUT)
         return result.get("state") == "off"
 

@@ -10,7 +10,8 @@ import os
 import time
 
 import pytest
-from raft_node import find_leader
+
+from tools.rigs.raft_node import find_leader
 
 pytestmark = pytest.mark.slow
 

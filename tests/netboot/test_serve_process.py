@@ -72,6 +72,7 @@ def _client(rig: NetnsRig, srv, label: str, mac: str):
     return cli
 
 
+@pytest.mark.root
 @pytest.mark.skipif(shutil.which("dhclient") is None, reason="isc-dhcp-client not installed")
 def test_host_walks_the_boot_chain_against_a_serving_peer(peer, netns_rig, tmp_path) -> None:
     srv, proc, log, secret = peer
@@ -116,6 +117,7 @@ def test_host_walks_the_boot_chain_against_a_serving_peer(peer, netns_rig, tmp_p
     assert token not in text  # secrets never reach the logs
 
 
+@pytest.mark.root
 @pytest.mark.skipif(shutil.which("dhclient") is None, reason="isc-dhcp-client not installed")
 def test_unknown_machine_gets_no_lease_and_an_event(peer, netns_rig, tmp_path) -> None:
     srv, proc, log, _ = peer

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from wf_sot import LabHost, write_sot
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "power"))
-from ipmi_sim_rig import PASSWORD, run_sim
-
 from appliance.cluster import Cluster, ClusterSettings
 from appliance.power.manager import PowerManager
 from appliance.sot.revision import compile_directory
 from appliance.workflow.host_run import HostRunner, intent_id
+from tests.support.ipmi_sim_rig import PASSWORD, run_sim
 from tools.rigs.raft_node import free_ports
 
 pytestmark = [pytest.mark.slow,

@@ -38,7 +38,7 @@ from tools.rigs.netns import unavailable_reason as netns_unavailable
 from tools.rigs.qemu_guest import RouterAdvertiser
 from tools.rigs.test_kernel import build_test_os
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 EXE = str(Path(sys.executable).parent / "vaq-peer")
 ADMIN = "e2e-admin-token-0123456789abcdef"
 BMC_PASSWORD = "Lab-ipmi-Pw-4412"

@@ -1,0 +1,96 @@
+"""`vaq-peer import-vaquero` on the three SoTs written for the original Vaquero.
+
+Without decisions the import lists what needs a person (the committed IMPORT-TODO.md of
+each) and exits 1; with the answers a person would give (tests/importer/answers/) it exits
+0, `vaq-peer validate` accepts the result and `vaq-peer plan none` answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import main
+
+HERE = Path(__file__).parent
+ORIGINALS = HERE / "originals"
+SOTS = ["examples-master", "examples-vagrant-branch", "vagrant-local"]
+HOSTS = {"examples-master": 6, "examples-vagrant-branch": 9, "vagrant-local": 9}
+
+
+@pytest.mark.parametrize("name", SOTS)
+def test_import_lists_what_needs_a_person(name: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    dst = tmp_path / name
+    assert main(["import-vaquero", str(ORIGINALS / name), str(dst)]) == 1
+    out = capsys.readouterr().out
+    expected = (HERE / "expected" / f"{name}.IMPORT-TODO.md").read_text()
+    assert (dst / "IMPORT-TODO.md").read_text() == expected
+    count = expected.count("\n- [ ] ")
+    assert f"{count} item(s) to decide" in out
+    # The converted SoT is checked like any other: what is left makes it invalid.
+    assert main(["validate", str(dst)]) == 1
+    assert "NOT valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", SOTS)
+def test_import_with_answers_validates_and_plans(name: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    dst = tmp_path / name
+    answers = HERE / "answers" / f"{name}.yml"
+    code = main(["import-vaquero", str(ORIGINALS / name), str(dst), "--answers", str(answers)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "nothing left to decide; it validates" in out
+    assert main(["validate", str(dst)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(": valid")
+    assert main(["plan", "none", str(dst)]) == 0
+    plan = capsys.readouterr().out
+    assert f"{HOSTS[name]} to install" in plan
+
+
+def test_sha256_from_a_directory_of_artifacts(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    artifacts = tmp_path / "files"
+    artifacts.mkdir()
+    digests = {}
+    for name in ("coreos_production_pxe.vmlinuz", "coreos_production_pxe_image.cpio.gz"):
+        data = f"not really {name}".encode()
+        (artifacts / name).write_bytes(data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+    dst = tmp_path / "sot"
+    main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(dst), "--sha256-from",
+          str(artifacts)])
+    capsys.readouterr()
+    os_file = (dst / "os" / "coreos-pxe.yml").read_text()
+    for digest in digests.values():
+        assert f"sha256: {digest}" in os_file
+    todo = (dst / "IMPORT-TODO.md").read_text()
+    assert "sha256@os/coreos-pxe.yml" not in todo
+    assert "sha256@os/centos-pxe.yml:9" in todo  # not in the directory: still to decide
+
+
+def test_bmc_password_goes_to_a_secrets_stub_not_the_sot(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    dst = tmp_path / "sot"
+    main(["import-vaquero", str(ORIGINALS / "examples-master"), str(dst)])
+    capsys.readouterr()
+    stub = tmp_path / "sot.bmc-secrets.yml"
+    assert stat.S_IMODE(stub.stat().st_mode) == 0o600
+    assert "password: schaub" in stub.read_text()
+    for path in dst.rglob("*"):
+        if path.is_file():
+            assert "schaub" not in path.read_text(), path
+    cluster = (dst / "sites" / "test-site" / "cluster-inventory.yml").read_text()
+    assert "credentials: test-site-host1-ipmi" in cluster
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import-vaquero", str(tmp_path / "nope"), str(tmp_path / "dst")]) == 2
+    src = ORIGINALS / "vagrant-local"
+    assert main(["import-vaquero", str(src), str(src / "out")]) == 2
+    assert "must not be SRC or inside it" in capsys.readouterr().err
