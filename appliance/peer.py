@@ -44,6 +44,9 @@ from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
 
+# data-plane events that are evidence of a machine booting, and the host.seen step of each
+SEEN_STEPS = {"stage-booting": "script", "stage-loaded": "loaded"}
+
 
 class PeerError(Exception):
     """A condition that stops the peer from starting, with what to do about it."""
@@ -175,12 +178,13 @@ class Peer:
 
     def _on_event(self, kind: str, **fields: Any) -> None:
         """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
-        if kind == "stage-booting":  # already logged as boot.script; only the evidence
+        if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
             if self.outbox is not None and isinstance(fields.get("host"), str):
                 revision = fields.get("revision")
                 self.outbox.put_command(raft_commands.build(
                     "host.seen", time.time(), name=fields["host"], stage=int(fields["stage"]),
-                    revision=revision if isinstance(revision, str) else None))
+                    revision=revision if isinstance(revision, str) else None,
+                    step=SEEN_STEPS[kind]))
             return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
@@ -363,8 +367,10 @@ class Peer:
             self._tasks += self.follower.start()
             from appliance.workflow import WorkflowEngine
 
-            self.engine = WorkflowEngine(self.cluster, cfg.site, self.follower.tree_for,
-                                         self.revisions, self.power)
+            self.engine = WorkflowEngine(
+                self.cluster, cfg.site, self.follower.tree_for, self.revisions, self.power,
+                runner_options={"evidence_window": cfg.workflow.evidence_window,
+                                "silence_window": cfg.workflow.silence_window})
             self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              metrics=self._metrics(), host_facts=self._host_facts,
@@ -439,6 +445,12 @@ class Peer:
 async def serve(config: PeerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     structlog.contextvars.bind_contextvars(peer=config.peer, site=config.site)
+    if config.clock_offset_s:
+        from appliance.workflow.clock import offset_wall_clock
+
+        offset_wall_clock(config.clock_offset_s)
+        log.warning("peer.clock_offset", seconds=config.clock_offset_s,
+                    reason="clock_offset_s is set: this peer's wall clock is skewed (tests)")
     peer = Peer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
