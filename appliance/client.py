@@ -111,12 +111,13 @@ class PeerClient:
         self.timeout = timeout
         self.site = site  # another site's: the peer forwards every request to a peer of it
 
-    @property
     def at(self, url: str) -> PeerClient:
         """The same credentials against another peer: to follow the leader for an action."""
         return PeerClient(url, self._token, self.timeout, self.site)
 
+    @property
     def has_token(self) -> bool:
+        """Whether a token was given (the doctor says so before the checks that need one)."""
         return bool(self._token)
 
     def __repr__(self) -> str:  # never show the token, also not in a traceback

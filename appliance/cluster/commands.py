@@ -137,6 +137,10 @@ def _peer(value: Any) -> dict:
 
 
 # op -> (required fields, optional fields) beyond op, op_id, at
+# What a peer saw a booting machine do: fetch its stage's script, then (generated scripts
+# only) finish loading the stage's kernel and initrds, just before booting them.
+SEEN_STEPS = ("script", "loaded")
+
 _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "revision.observe": (frozenset({"sha"}), frozenset({"source"})),
     "revision.transition": (
@@ -151,7 +155,7 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"attempt", "message", "deadline"}),
     ),
     "host.stage_done": (frozenset({"name", "stage", "stages"}), frozenset({"revision"})),
-    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision"})),
+    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision", "step"})),
     "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
     "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
     "intent.record": (
@@ -170,6 +174,7 @@ MAX_ENVELOPE = 6144  # a signed site summary (appliance/federation/summary.py), 
 OPS = frozenset(_FIELDS)
 
 
+# long: one branch per operation, until one table per replicated operation replaces it.
 def validate(cmd: Any) -> dict:
     """Return a normalized copy of `cmd` or raise InvalidCommand. Pure and deterministic."""
     if not isinstance(cmd, dict):
@@ -243,6 +248,10 @@ def validate(cmd: Any) -> dict:
         out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
         out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["revision"] = _sha(cmd, "revision", required=False)
+        step = cmd.get("step", "script")
+        if step not in SEEN_STEPS:
+            raise _fail(f"step must be one of {', '.join(SEEN_STEPS)}")
+        out["step"] = step
     elif op == "rollout.start":
         out["revision"] = _sha(cmd, "revision")
         out["base"] = _sha(cmd, "base", required=False)

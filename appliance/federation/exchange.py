@@ -278,7 +278,7 @@ class FederationNode:
                         await self.round(due)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # no quorum, a stopping node: next tick
+            except Exception as exc:  # noqa: BLE001 - no quorum, a stopping node: next tick
                 log.info("federation.round_failed", error=f"{exc.__class__.__name__}: {exc}")
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # races with the wake-up, and this task would never end

@@ -219,10 +219,115 @@ def applied_at(fed: Federation, site: str, sha: str) -> float:
     return next(h["at"] for h in record["history"] if h["state"] == "applied")
 
 
+def canary_first(fed: Federation, rev1: str) -> None:
+    """The canary applies first; the second wave holds until its rollout is done and soaked."""
+    ams1, fra1, sjc1 = SITES
+    for site in SITES:
+        fed.approve(site.id, rev1)
+    until(lambda: fed.revision_state("ams1", rev1) == "applied", "ams1 applies rev1", 60,
+          fed.tails)
+    time.sleep(3)  # several exchanges: the second wave must still hold
+    for site in (fra1, sjc1):
+        assert fed.revision_state(site.id, rev1) == "approved"
+        mine = fed.view(site.id)[site.id]
+        assert (mine["state"], mine["waits_for"], mine["allowed"]) == (
+            "blocked", ["ams1"], False), mine
+    fed.boot_host(ams1)
+    until(lambda: fed.rollout_state("ams1", rev1) == "done", "ams1's rollout done", 60,
+          fed.tails)
+    ams1_done = fed.api("ams1", f"/v1/rollouts/{rev1}")["rollout"]["updated_at"]
+    for site in (fra1, sjc1):
+        until(lambda site=site: fed.revision_state(site.id, rev1) == "applied",
+              f"{site.id} applies rev1", 90, fed.tails)
+        assert applied_at(fed, site.id, rev1) >= ams1_done + SOAK - 0.5
+        fed.boot_host(site)
+    for site in (fra1, sjc1):
+        until(lambda site=site: fed.rollout_state(site.id, rev1) == "done",
+              f"{site.id}'s rollout done", 60, fed.tails)
+
+
+def every_peer_shows_every_site(fed: Federation) -> None:
+    """`vaq-peer sites` on a peer of every site shows all three, done; `--site` forwards."""
+    _, fra1, sjc1 = SITES
+    env = {"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"}
+    for site in SITES:
+        def sites_json(site=site) -> dict | None:
+            out = fed.wan.run(EXE, "sites", "--json", "--peer", f"http://{site.peers[-1]}:8080",
+                              check=False, env=env)
+            data = json.loads(out.stdout) if out.returncode == 0 else {}
+            rows = {s["site"]: s for s in data.get("sites", [])}
+            return data if set(rows) == {"ams1", "fra1", "sjc1"} and all(
+                r["state"] == "done" for r in rows.values()) else None
+
+        until(sites_json, f"vaq-peer sites at {site.id} shows all three done", 30, fed.tails)
+    text = fed.wan.run(EXE, "sites", "--peer", f"http://{fra1.peers[0]}:8080", env=env).stdout
+    assert re.search(r"^ams1 +1 +done", text, re.M), text
+    assert re.search(r"^fra1 \* +2 +done", text, re.M), text
+    # any command can name another site: fra1's peer forwards to sjc1 with our token
+    out = fed.wan.run(EXE, "--site", "sjc1", "hosts", "--json", "--peer",
+                      f"http://{fra1.peers[0]}:8080", env=env)
+    assert [h["name"] for h in json.loads(out.stdout)["hosts"]] == [sjc1.host]
+
+
+def relayed_around_a_cut(fed: Federation) -> None:
+    """fra1 and sjc1 cannot reach each other: ams1 relays their summaries."""
+    _, fra1, sjc1 = SITES
+    fed.cut_pair(fra1, sjc1)
+    seq = fed.view("fra1")["sjc1"]["seq"]
+    relayed = until(lambda: (s := fed.view("fra1")["sjc1"])["seq"] > seq + 2
+                    and s["via"].startswith("ams1") and s, "fra1 learns sjc1 via ams1", 60,
+                    fed.tails)
+    assert not relayed["stale"], relayed
+    assert fed.view("sjc1")["fra1"]["via"].startswith("ams1")
+
+
+def cut_off_canary(fed: Federation, rev2: str) -> None:
+    """The canary applies rev2 and is cut off from everyone mid-rollout: it keeps serving
+    boots and finishes; the second wave waits, as the SoT says, and says why."""
+    ams1, fra1, sjc1 = SITES
+    for site in SITES:
+        fed.approve(site.id, rev2)
+    until(lambda: fed.revision_state("ams1", rev2) == "applied", "ams1 applies rev2", 60,
+          fed.tails)
+    fed.isolate(ams1)
+    fed.boot_host(ams1)  # served from its own LAN: the data plane does not wait
+    until(lambda: fed.rollout_state("ams1", rev2) == "done",
+          "ams1 finishes its rollout while cut off", 60, fed.tails)
+    for site in (fra1, sjc1):
+        mine = until(lambda site=site: (m := fed.view(site.id)[site.id])["waits_for"]
+                     == ["ams1"] and "stale" in m["reason"] and m,
+                     f"{site.id} waits for the stale ams1", 60, fed.tails)
+        assert "on_stale: wait" in mine["reason"], mine
+        assert fed.revision_state(site.id, rev2) == "approved"
+
+
+def heal_and_converge(fed: Federation, rev2: str) -> None:
+    ams1, fra1, sjc1 = SITES
+    fed.isolate(ams1, up=True)
+    fed.heal_pair(fra1, sjc1)
+    for site in (fra1, sjc1):
+        until(lambda site=site: fed.revision_state(site.id, rev2) == "applied",
+              f"{site.id} applies rev2 after the heal", 90, fed.tails)
+        fed.boot_host(site)
+    for site in SITES:
+        until(lambda site=site: all(
+            s["state"] == "done" and not s["stale"] for s in fed.view(site.id).values())
+            and len(fed.view(site.id)) == 3,
+            f"{site.id} sees every site done with rev2", 90, fed.tails)
+        metrics = fed.curl(fed.lan[site.id], f"http://{site.peers[0]}:8080/metrics",
+                           token=False)[1]
+        assert 'vaquero_federation_summary_age_seconds{site="ams1"}' in metrics
+    # honest sites never refuse each other's summaries as forged or foreign; a request held
+    # up by the cut and delivered after the heal may carry an older summary of its sender,
+    # refused as a replay (and never stored)
+    for site in SITES:
+        data = fed.api(site.id, "/v1/federation")
+        assert set(data["refused"]) <= {"replay"}, data["refused"]
+
+
 def test_three_sites_roll_in_order_relay_and_survive_a_cut_off_canary(tmp_path: Path) -> None:
     if reason := netns_unavailable():
         pytest.skip(reason)
-    ams1, fra1, sjc1 = SITES
     for site in SITES:  # as docs/federation.md says: the line to declare is printed
         out = subprocess.run([EXE, "federation-key", str(tmp_path / f"{site.id}.key")],
                              capture_output=True, text=True, check=True, timeout=60)
@@ -250,101 +355,11 @@ def test_three_sites_roll_in_order_relay_and_survive_a_cut_off_canary(tmp_path: 
             for site in SITES:
                 until(lambda site=site: (fed.api(site.id, "/v1/leader") or {}).get("leader"),
                       f"a leader at {site.id}", 90, fed.tails)
-
-            # 1. the canary first, then the second wave once the canary is done and soaked
-            rev1 = commit("v1", "three sites, one host each")
-            for site in SITES:
-                fed.approve(site.id, rev1)
-            until(lambda: fed.revision_state("ams1", rev1) == "applied", "ams1 applies rev1",
-                  60, fed.tails)
-            time.sleep(3)  # several exchanges: the second wave must still hold
-            for site in (fra1, sjc1):
-                assert fed.revision_state(site.id, rev1) == "approved"
-                mine = fed.view(site.id)[site.id]
-                assert (mine["state"], mine["waits_for"], mine["allowed"]) == (
-                    "blocked", ["ams1"], False), mine
-            fed.boot_host(ams1)
-            until(lambda: fed.rollout_state("ams1", rev1) == "done", "ams1's rollout done", 60,
-                  fed.tails)
-            ams1_done = fed.api("ams1", f"/v1/rollouts/{rev1}")["rollout"]["updated_at"]
-            for site in (fra1, sjc1):
-                until(lambda site=site: fed.revision_state(site.id, rev1) == "applied",
-                      f"{site.id} applies rev1", 90, fed.tails)
-                assert applied_at(fed, site.id, rev1) >= ams1_done + SOAK - 0.5
-                fed.boot_host(site)
-            for site in (fra1, sjc1):
-                until(lambda site=site: fed.rollout_state(site.id, rev1) == "done",
-                      f"{site.id}'s rollout done", 60, fed.tails)
-
-            # `vaq-peer sites` on a peer of every site shows all three, done
-            for site in SITES:
-                def sites_json(site=site) -> dict | None:
-                    out = fed.wan.run(EXE, "sites", "--json", "--peer",
-                                      f"http://{site.peers[-1]}:8080", check=False,
-                                      env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"})
-                    data = json.loads(out.stdout) if out.returncode == 0 else {}
-                    rows = {s["site"]: s for s in data.get("sites", [])}
-                    return data if set(rows) == {"ams1", "fra1", "sjc1"} and all(
-                        r["state"] == "done" for r in rows.values()) else None
-
-                until(sites_json, f"vaq-peer sites at {site.id} shows all three done", 30,
-                      fed.tails)
-            text = fed.wan.run(EXE, "sites", "--peer", f"http://{fra1.peers[0]}:8080",
-                               env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"}).stdout
-            assert re.search(r"^ams1 +1 +done", text, re.M), text
-            assert re.search(r"^fra1 \* +2 +done", text, re.M), text
-            # any command can name another site: fra1's peer forwards to sjc1 with our token
-            out = fed.wan.run(EXE, "--site", "sjc1", "hosts", "--json", "--peer",
-                              f"http://{fra1.peers[0]}:8080",
-                              env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"})
-            assert [h["name"] for h in json.loads(out.stdout)["hosts"]] == [sjc1.host]
-
-            # 2. fra1 and sjc1 cannot reach each other: ams1 relays their summaries
-            fed.cut_pair(fra1, sjc1)
-            seq = fed.view("fra1")["sjc1"]["seq"]
-            relayed = until(lambda: (s := fed.view("fra1")["sjc1"])["seq"] > seq + 2
-                            and s["via"].startswith("ams1") and s, "fra1 learns sjc1 via ams1",
-                            60, fed.tails)
-            assert not relayed["stale"], relayed
-            assert fed.view("sjc1")["fra1"]["via"].startswith("ams1")
-
-            # 3. a second commit; the canary is cut off from everyone mid-rollout
+            canary_first(fed, commit("v1", "three sites, one host each"))
+            every_peer_shows_every_site(fed)
+            relayed_around_a_cut(fed)
             rev2 = commit("v2", "every host reinstalls")
-            for site in SITES:
-                fed.approve(site.id, rev2)
-            until(lambda: fed.revision_state("ams1", rev2) == "applied", "ams1 applies rev2",
-                  60, fed.tails)
-            fed.isolate(ams1)
-            fed.boot_host(ams1)  # served from its own LAN: the data plane does not wait
-            until(lambda: fed.rollout_state("ams1", rev2) == "done",
-                  "ams1 finishes its rollout while cut off", 60, fed.tails)
-            for site in (fra1, sjc1):
-                mine = until(lambda site=site: (m := fed.view(site.id)[site.id])["waits_for"]
-                             == ["ams1"] and "stale" in m["reason"] and m,
-                             f"{site.id} waits for the stale ams1", 60, fed.tails)
-                assert "on_stale: wait" in mine["reason"], mine
-                assert fed.revision_state(site.id, rev2) == "approved"
-
-            # 4. heal: the second wave goes, everything converges
-            fed.isolate(ams1, up=True)
-            fed.heal_pair(fra1, sjc1)
-            for site in (fra1, sjc1):
-                until(lambda site=site: fed.revision_state(site.id, rev2) == "applied",
-                      f"{site.id} applies rev2 after the heal", 90, fed.tails)
-                fed.boot_host(site)
-            for site in SITES:
-                until(lambda site=site: all(
-                    s["state"] == "done" and not s["stale"]
-                    for s in fed.view(site.id).values()) and len(fed.view(site.id)) == 3,
-                    f"{site.id} sees every site done with rev2", 90, fed.tails)
-                metrics = fed.curl(fed.lan[site.id], f"http://{site.peers[0]}:8080/metrics",
-                                   token=False)[1]
-                assert 'vaquero_federation_summary_age_seconds{site="ams1"}' in metrics
-            # honest sites never refuse each other's summaries as forged or foreign; a request
-            # held up by the cut and delivered after the heal may carry an older summary of
-            # its sender, refused as a replay (and never stored)
-            for site in SITES:
-                data = fed.api(site.id, "/v1/federation")
-                assert set(data["refused"]) <= {"replay"}, data["refused"]
+            cut_off_canary(fed, rev2)
+            heal_and_converge(fed, rev2)
         finally:
             fed.close()
