@@ -12,6 +12,7 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from urllib.parse import quote
 
 from .formats import check_rendered_all
 from .loader import HostEntry, Sot
@@ -96,6 +97,11 @@ class FormatChecker:
         if host.serial:
             pairs.append((host.serial, "VAQMASKSERIAL"))
         pairs.append((host.name, "vaqmaskhost"))
+        # Files embedded in Ignition configs are data: URLs: their values are URL-encoded,
+        # twice for a config embedded in a config (an installer's own Ignition).
+        encoded = [(quote(v, safe=""), quote(p, safe="")) for v, p in pairs
+                   if quote(v, safe="") != v]
+        pairs += encoded + [(quote(v, safe=""), quote(p, safe="")) for v, p in encoded]
         # Longest first, so a value that contains another is replaced whole.
         return sorted(pairs, key=lambda p: -len(p[0]))
 
@@ -323,6 +329,17 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                 dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
             else:
                 serials[host.serial] = entry
+        names: dict[str, int] = {}
+        for i, iface in enumerate(host.interfaces):
+            if iface.identifier is None:
+                continue
+            if iface.identifier in names:
+                problems.add(entry.at.file, entry.at.line("interfaces", i, "identifier"),
+                             "duplicate-identifier",
+                             f"host {host.name!r}: interfaces {names[iface.identifier]} and {i} "
+                             f"are both {iface.identifier!r}; an identifier names one interface")
+            else:
+                names[iface.identifier] = i
         if host.asset_tag:
             if host.asset_tag in asset_tags:
                 dup("asset tag", host.asset_tag, asset_tags[host.asset_tag], entry,
