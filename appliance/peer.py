@@ -183,10 +183,11 @@ class Peer:
         if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
             if self.outbox is not None and isinstance(fields.get("host"), str):
                 revision = fields.get("revision")
-                self.outbox.put_command(raft_commands.build(
-                    "host.seen", time.time(), name=fields["host"], stage=int(fields["stage"]),
-                    revision=revision if isinstance(revision, str) else None,
-                    step=SEEN_STEPS[kind]))
+                step = {"step": "loaded"} if SEEN_STEPS[kind] == "loaded" else {}
+                self.outbox.put_command(raft_commands.build(  # (no step field: "script",
+                    "host.seen", time.time(), name=fields["host"],  # as peers before it)
+                    stage=int(fields["stage"]),
+                    revision=revision if isinstance(revision, str) else None, **step))
             return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
