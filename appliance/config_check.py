@@ -140,6 +140,10 @@ def _check_files(c: _Checker) -> None:
     c.loader(("pipeline", "signing_keys_file"), "the SSH signing keys",
              load_signing_keys, (SigningKeysError,))
     c.file(("pipeline", "gpg_keys_file"), "the OpenPGP signing keys")
+    from .federation.keys import SiteKeyError, load_signing_key
+
+    c.loader(("federation", "key_file"), "the site's federation signing key", load_signing_key,
+             (SiteKeyError,))
 
 
 def _check_places(c: _Checker, config: PeerConfig) -> None:
