@@ -16,6 +16,7 @@ import base64
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config_check import check_config
 
@@ -33,13 +34,9 @@ class InitError(Exception):
 def _site_peers(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], int]:
     """(name, address) of the site's peers, the BMC credentials names its hosts use, and the
     site's boot HTTP port, from the SoT."""
-    from .cli import UsageError, open_tree
     from .sot.revision import compile_tree
 
-    try:
-        revision = compile_tree(open_tree(args.sot, args.git, args.rev))
-    except UsageError as exc:
-        raise InitError(str(exc)) from None
+    revision = compile_tree(_tree(args))
     if not revision.valid:
         raise InitError(f"{revision.source} is not valid ({len(revision.problems)} "
                         "problem(s)); `vaq-peer validate` it first")
@@ -56,6 +53,23 @@ def _site_peers(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[s
                           if e.site == site.id for i in e.host.interfaces
                           if i.bmc is not None and getattr(i.bmc, "credentials", None)})
     return peers, credentials, site.netboot.http_port
+
+
+def _tree(args: argparse.Namespace) -> Any:
+    """The SoT to read: a directory, or a revision of a git repository (by SHA, no checkout)."""
+    from .sot.tree import DirectoryTree
+
+    if args.git:
+        from .source.gittree import GitTree, RevisionNotFound
+
+        try:
+            return GitTree(args.git, args.rev)
+        except RevisionNotFound as exc:
+            raise InitError(str(exc)) from None
+    path = Path(args.sot or ".")
+    if not path.is_dir():
+        raise InitError(f"{path} is not a directory (give --sot PATH or --git REPO)")
+    return DirectoryTree(path)
 
 
 def _write_secret(path: Path) -> str:

@@ -504,6 +504,29 @@ def _common() -> argparse.ArgumentParser:
 EPILOG = __doc__[__doc__.index("Exit codes:"):]
 
 
+def _add_host_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """hosts, host (with its history), console."""
+    add("hosts", cmd_hosts, "hosts and where each is in its workflow")
+    p = add("host", cmd_host, "one host: workflow state and what the applied revision says; "
+            "--events: its whole history")
+    p.add_argument("name")
+    p.add_argument("--events", action="store_true", help="every event of this host, across "
+                   "revisions (kept on each peer beyond the journal's ring)")
+    p.add_argument("--after", type=int, default=0, metavar="N", help="with --events: after "
+                   "sequence number N")
+    p.add_argument("--limit", type=int, default=1000, metavar="N",
+                   help="with --events: at most N (max 1000)")
+    p = add("console", cmd_console, "a host's serial console (IPMI serial-over-LAN), recorded "
+            "by the leader while the host is in a stage; from any peer")
+    p.add_argument("host")
+    p.add_argument("--tail", type=int, default=65536, metavar="BYTES",
+                   help="the last BYTES of it (default 65536)")
+    p.add_argument("--follow", "-f", action="store_true", help="then print what comes, until "
+                   "Ctrl-C (or --for)")
+    p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
+                   help="with --follow: stop after this long")
+
+
 def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the commands on `vaq-peer`'s subparsers."""
     common = _common()
@@ -541,25 +564,7 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add("note", cmd_note, "record an operator note in the event journal (admin token)")
     p.add_argument("message")
     p.add_argument("--host", help="the host the note is about")
-    add("hosts", cmd_hosts, "hosts and where each is in its workflow")
-    p = add("host", cmd_host, "one host: workflow state and what the applied revision says; "
-            "--events: its whole history")
-    p.add_argument("name")
-    p.add_argument("--events", action="store_true", help="every event of this host, across "
-                   "revisions (kept on each peer beyond the journal's ring)")
-    p.add_argument("--after", type=int, default=0, metavar="N", help="with --events: after "
-                   "sequence number N")
-    p.add_argument("--limit", type=int, default=1000, metavar="N",
-                   help="with --events: at most N (max 1000)")
-    p = add("console", cmd_console, "a host's serial console (IPMI serial-over-LAN), recorded "
-            "by the leader while the host is in a stage; from any peer")
-    p.add_argument("host")
-    p.add_argument("--tail", type=int, default=65536, metavar="BYTES",
-                   help="the last BYTES of it (default 65536)")
-    p.add_argument("--follow", "-f", action="store_true", help="then print what comes, until "
-                   "Ctrl-C (or --for)")
-    p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
-                   help="with --follow: stop after this long")
+    _add_host_commands(add)
     p = add("events", cmd_events, "the event journal; --follow for live events")
     p.add_argument("--after", type=int, metavar="N", help="events after sequence number N")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (max 1000)")
