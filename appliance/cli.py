@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cli_federation import add_federation_commands
 from .cli_peer import add_peer_commands
+from .cli_rollout import add_rollout_commands
 from .importer.cli_import import add_import_command
 from .sot.revision import Revision, compile_tree, empty_revision
 from .sot.tree import DirectoryTree, Tree
@@ -263,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)
-    add_peer_commands(sub)
+    add = add_peer_commands(sub)
+    add_rollout_commands(add)
+    add_federation_commands(add, sub)
     add_import_command(sub)
     return parser
 

@@ -163,7 +163,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"no lab in {directory}")
         return 0
     pid = (st or {}).get("pid")
-    if _alive(pid):
+    if pid is not None and _alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 120
         while _alive(pid) and time.monotonic() < deadline:

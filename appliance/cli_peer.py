@@ -527,8 +527,12 @@ def _add_host_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="with --follow: stop after this long")
 
 
-def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the commands on `vaq-peer`'s subparsers."""
+def add_peer_commands(
+    subparsers: argparse._SubParsersAction,
+) -> Callable[[str, Command, str], argparse.ArgumentParser]:
+    """Register the commands on `vaq-peer`'s subparsers; returns the `add` that gives the
+    rollout and federation commands (their own modules, which use this one's helpers) the
+    same common options."""
     common = _common()
 
     def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
@@ -579,26 +583,5 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    "DHCP server that answers")
     p.add_argument("--boot-network-wait", type=float, default=5.0, metavar="SECONDS",
                    help="how long to listen for answers (default 5, at most 30)")
-    from .cli_rollout import add_rollout_commands  # it imports this module's helpers
+    return add
 
-    add_rollout_commands(add)
-    from .cli_federation import add_federation_commands
-
-    add_federation_commands(add, subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m appliance.cli_peer`: these commands alone, as `vaq-peer` would run them."""
-    parser = argparse.ArgumentParser(prog="vaq-peer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_peer_commands(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BrokenPipeError:  # `vaq-peer events | head`
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

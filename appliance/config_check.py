@@ -108,7 +108,8 @@ class _Checker:
             self.add(loc, f"{what}: {target} is readable by others (mode "
                      f"{oct(mode & 0o777)}); `chmod 600 {target}`", error=False)
 
-    def loader(self, loc: tuple[Any, ...], what: str, load: Any, errors: tuple[type, ...]
+    def loader(self, loc: tuple[Any, ...], what: str, load: Any,
+               errors: tuple[type[BaseException], ...]
                ) -> None:
         """A file read by the peer's own loader; its complaint, whole, is the finding."""
         target = self.file(loc, what)

@@ -260,15 +260,17 @@ class Peer:
         while True:
             wanted: dict[str, SolTarget] = {}
             cluster, table, power = self.cluster, self.table, self.power
-            if cluster is not None and table is not None and cluster.status.is_leader:
+            secrets = power.secrets if power is not None else None
+            if (cluster is not None and table is not None and secrets is not None
+                    and cluster.status.is_leader):
                 for record in cluster.hosts():
                     entry = table.hosts.get(record.get("name", ""))
                     if entry is None or record.get("state") not in STAGE_STATES:
                         continue
                     try:
                         target = target_for(entry)
-                        creds = power.secrets.lookup(target.credentials)
-                    except (NoBmc, SecretsError, AttributeError):
+                        creds = secrets.lookup(target.credentials)
+                    except (NoBmc, SecretsError):
                         continue
                     if target.type == "ipmi":
                         run = (int(record.get("stage") or 0), int(record.get("attempt") or 0))

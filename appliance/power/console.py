@@ -13,6 +13,7 @@ power actions to the same BMC were using.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -146,7 +147,8 @@ class ConsoleRecorder:
 def _pump(proc: subprocess.Popen[bytes], sink: ConsoleLog, host: str) -> None:
     """The session's output into the host's log; its complaints into ours."""
     assert proc.stdout is not None and proc.stderr is not None
-    while chunk := proc.stdout.read1(65536):
+    stdout = cast(io.BufferedReader, proc.stdout)  # Popen's pipes are buffered readers
+    while chunk := stdout.read1(65536):
         sink.append(chunk)
     error = proc.stderr.read(2000).decode(errors="replace").strip()
     if error and proc.returncode not in (None, -15):
