@@ -18,6 +18,8 @@ from ..sot.tree import DirectoryTree
 from .convert import Answers, Converter
 from .todo import Todo, todo_markdown
 
+# The files an import wrote, in DST: a new import into DST removes them first.
+MARKER = ".vaquero-import"
 # Validation problems an earlier TODO already explains (reported once, by its cause).
 _EXPLAINED = {"missing-sha256"}
 
@@ -28,6 +30,8 @@ def import_vaquero(src: Path, dst: Path, sha256_dir: Path | None = None,
     """Write the converted SoT to `dst`; returns (open TODOs, decided TODOs)."""
     result = Converter(src, sha256_dir, answers).run()
     dst.mkdir(parents=True, exist_ok=True)
+    _remove_previous_import(dst)
+    (dst / MARKER).write_text("".join(f"{rel}\n" for rel in sorted(result.files)))
     for rel, text in sorted(result.files.items()):
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,12 +58,39 @@ def import_vaquero(src: Path, dst: Path, sha256_dir: Path | None = None,
     decided_ids = answers.decided if answers else set()
     open_ = [t for t in todos if t.id not in decided_ids]
     decided = [t for t in todos if t.id in decided_ids]
+    if not open_ and not revision.valid:  # what explained them was marked decided
+        open_ = [Todo("", "invalid", f"{p.file}:{p.line}",
+                      f"the import does not validate: {p.message}") for p in revision.problems]
     (dst / "IMPORT-TODO.md").write_text(todo_markdown(src.name, open_, decided))
     if not open_ and not decided:
         (dst / "IMPORT-TODO.md").unlink()
     if secrets_path is not None:
         print(f"BMC credentials of the original: {secrets_path} (mode 600, outside the SoT)")
     return open_, decided
+
+
+def _remove_previous_import(dst: Path) -> None:
+    """Importing again into DST replaces what the last import wrote, nothing else."""
+    marker = dst / MARKER
+    if not marker.is_file():
+        return
+    root = dst.resolve()
+    for rel in marker.read_text().splitlines():
+        target = (dst / rel).resolve()
+        if root in target.parents and target.is_file():
+            target.unlink()
+
+
+def dst_problem(dst: Path) -> str | None:
+    """DST must be new, empty, or a previous import (its files are replaced)."""
+    if not dst.exists():
+        return None
+    if not dst.is_dir():
+        return f"{dst} is not a directory"
+    if any(dst.iterdir()) and not (dst / MARKER).is_file():
+        return (f"{dst} is not empty and holds no previous import ({MARKER}); give a new "
+                "or empty directory")
+    return None
 
 
 def cmd_import_vaquero(args: argparse.Namespace) -> int:
@@ -69,6 +100,10 @@ def cmd_import_vaquero(args: argparse.Namespace) -> int:
         return 2
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         print("vaq-peer: DST must not be SRC or inside it", file=sys.stderr)
+        return 2
+    problem = dst_problem(dst)
+    if problem:
+        print(f"vaq-peer: {problem}", file=sys.stderr)
         return 2
     answers = Answers.load(Path(args.answers)) if args.answers else None
     sha_dir = Path(args.sha256_from) if args.sha256_from else None

@@ -10,12 +10,13 @@ names them.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..sot.tree import DirectoryTree
@@ -36,6 +37,8 @@ _OS_KEYS = {"id", "name", "major_version", "minor_version", "os_family", "releas
 _BOOT_KEYS = {"id", "name", "operating_system", "unattended", "metadata", "validate",
               "before_shutdown"}
 _WORKFLOW_KEYS = {"id", "workflow", "deps", "name"}
+_CURL_SELF = re.compile(r"curl\b[^|;&]*?http://\{\{\s*\.interface\.ipv4\s*\}\}:(\d+)"
+                        r"(/[^\s\"'|;&]*)?")
 _DEPS_KEYS = {"max_concurrent", "min_standing", "block_deps", "validate_on", "max_fail"}
 
 
@@ -76,6 +79,7 @@ class Converter:
         self.todos: list[Todo] = []
         self.agent_url = "http://agent.invalid"
         self.os_docs: dict[str, dict[str, Any]] = {}
+        self.boot_health: dict[str, dict[str, Any]] = {}
         self.subnets_by_env: dict[str, tuple[str, dict[str, tuple[int, dict]], set[str]]] = {}
         self.used_subnets: dict[str, set[str]] = {}
 
@@ -376,7 +380,7 @@ class Converter:
             env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
             try:
                 text = env.from_string(jinja).render(urls={"base": self.agent_url}, os=os_)
-            except Exception as exc:  # a field the original had and the import has not
+            except (TemplateError, TypeError, ValueError) as exc:  # a field the import lacks
                 self.todo(f"{path}:{line}", "template", path,
                           f"artifact URL {url!r} cannot be worked out: {exc}")
         artifact: dict[str, Any] = {"url": text}
@@ -412,8 +416,16 @@ class Converter:
             boot: dict[str, Any] = {k: data[k] for k in ("id", "name", "operating_system",
                                                           "unattended", "metadata")
                                     if data.get(k) is not None}
+            health = self._health_probe(data.get("validate"))
+            if health is not None:
+                self.boot_health[str(data.get("id"))] = health
+                self.todo(f"{path}:{doc.line_of(('validate',))}", "containers", path,
+                          f"boot {data.get('id')!r}: `validate` curls the host on port "
+                          f"{health['port']}; imported as the workflow's rollout.health (an "
+                          f"http probe of {health['path']} expecting 200). What the container "
+                          "checked in the body (grep) is not checked: review it")
             for key in ("validate", "before_shutdown"):
-                if data.get(key):
+                if data.get(key) and not (key == "validate" and health is not None):
                     what = ("a health check after the install (workflow rollout.health: an "
                             "http or tcp probe)" if key == "validate" else
                             "a pre-reboot hook (not supported: reboots go through the BMC)")
@@ -431,6 +443,19 @@ class Converter:
                               "as Butane and run `butane`) and keep the template's fields")
             out_docs.append(boot)
         self.files[path] = "---\n".join(_dump(d) for d in out_docs)
+
+    @staticmethod
+    def _health_probe(steps: Any) -> dict[str, Any] | None:
+        """A `validate` container that only curls the host's own address maps to an http
+        probe of the rollout; anything else has no equivalent."""
+        if not isinstance(steps, list) or len(steps) != 1 or not isinstance(steps[0], dict):
+            return None
+        command = steps[0].get("command") or " ".join(map(str, steps[0].get("commands") or []))
+        m = _CURL_SELF.search(str(command))
+        if m is None:
+            return None
+        return {"type": "http", "port": int(m.group(1)), "path": m.group(2) or "/",
+                "timeout": int(steps[0].get("timeout") or 300)}
 
     def _workflow(self, path: str) -> None:
         out_docs = []
@@ -464,6 +489,10 @@ class Converter:
             if deps.get("validate_on"):
                 self.todo(f"{path}:{doc.line_of(('deps', 'validate_on'))}", "unknown-key",
                           path, "validate_on (rerun validate containers) has no equivalent")
+            health = next((self.boot_health[s["boot"]] for s in stages
+                           if s["boot"] in self.boot_health), None)
+            if health is not None:
+                rollout["health"] = health
             if rollout:
                 wf["rollout"] = rollout
             if deps.get("block_deps"):

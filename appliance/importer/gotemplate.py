@@ -296,87 +296,103 @@ class _Frame:
     define_line: int = 0
 
 
-def parse(source: str) -> Parsed:
-    """The template's nodes and the `define`d templates it holds."""
-    defines: dict[str, tuple[int, list[Node]]] = {}
-    stack = [_Frame(None, [])]
-    pos = 0
-    for m in _ACTION.finditer(source):
-        if m.start() > pos:
-            stack[-1].nodes.append(Text(source[pos:m.start()]))
-        pos = m.end()
-        line = source.count("\n", 0, m.start()) + 1
-        tl, tr = bool(m.group(1)), bool(m.group(3))
-        body = m.group(2).strip()
+class _TreeBuilder:
+    """Actions in source order -> nested nodes; one method per kind of action."""
+
+    def __init__(self) -> None:
+        self.defines: dict[str, tuple[int, list[Node]]] = {}
+        self.stack = [_Frame(None, [])]
+
+    def add(self, node: Node) -> None:
+        self.stack[-1].nodes.append(node)
+
+    def action(self, line: int, body: str, tl: bool, tr: bool) -> None:
         if body.startswith("/*"):
             if not body.endswith("*/"):
                 raise GoTemplateError(line, "unclosed comment")
-            stack[-1].nodes.append(Control(line, "comment", tl, tr))
-            continue
+            self.add(Control(line, "comment", tl, tr))
+            return
         word = body.split(None, 1)[0] if body else ""
         rest = body[len(word):].strip()
-        if len(stack) > MAX_DEPTH:
+        if len(self.stack) > MAX_DEPTH:
             raise GoTemplateError(line, "blocks nested too deep")
         if word in ("if", "range", "with"):
             branch = Branch(word, line, _parse_pipe(rest, line), [], None, tl, tr)
-            stack[-1].nodes.append(branch)
-            stack.append(_Frame(branch, branch.body))
+            self.add(branch)
+            self.stack.append(_Frame(branch, branch.body))
         elif word == "else":
-            frame = stack[-1]
-            if frame.node is None or frame.node.else_body is not None:
-                raise GoTemplateError(line, "unexpected {{else}}")
-            frame.node.else_body = []
-            frame.node.else_trim = (tl, tr)
-            if rest.startswith(("if ", "with ")):
-                kind, cond = rest.split(None, 1)
-                inner = Branch(kind, line, _parse_pipe(cond, line), [], None, tl, tr,
-                               elif_chain=True)
-                frame.node.else_body.append(inner)
-                # `else if` shares its parent's {{end}}: close both there.
-                stack[-1] = _Frame(frame.node, frame.node.else_body)
-                stack.append(_Frame(inner, inner.body, define="<elif>"))
-            else:
-                frame.nodes = frame.node.else_body
+            self.else_(line, rest, tl, tr)
         elif word == "end":
-            if len(stack) == 1:
-                raise GoTemplateError(line, "unexpected {{end}}")
-            while True:
-                frame = stack.pop()
-                if frame.node is not None:
-                    frame.node.end_trim_left, frame.node.end_trim_right = tl, tr
-                if frame.define and frame.define != "<elif>":
-                    defines[frame.define] = (frame.define_line, frame.nodes)
-                if frame.define != "<elif>":
-                    break
-        elif word in ("define", "block"):
-            parts = _tokens(rest, line)
-            if not parts or parts[0][0] not in ("string", "raw"):
-                raise GoTemplateError(line, f"{word} needs a template name in quotes")
-            name = _unquote(parts[0][1], line)
-            if word == "block":
-                arg = rest[len(parts[0][1]):].strip()
-                stack[-1].nodes.append(TemplateCall(line, name, _parse_pipe(arg, line)
-                                                    if arg else None, tl, tr))
-            stack.append(_Frame(None, [], define=name, define_line=line))
-        elif word == "template":
-            parts = _tokens(rest, line)
-            if not parts or parts[0][0] not in ("string", "raw"):
-                raise GoTemplateError(line, "template needs a template name in quotes")
-            name = _unquote(parts[0][1], line)
-            arg = rest.strip()[len(parts[0][1]):].strip()
-            stack[-1].nodes.append(TemplateCall(line, name, _parse_pipe(arg, line)
-                                                if arg else None, tl, tr))
+            self.end(line, tl, tr)
+        elif word in ("define", "block", "template"):
+            self.named(word, line, rest, tl, tr)
         elif word in ("break", "continue") and not rest:
-            stack[-1].nodes.append(Control(line, word, tl, tr))
+            self.add(Control(line, word, tl, tr))
+        elif not body:
+            raise GoTemplateError(line, "missing value for command")
         else:
-            if not body:
-                raise GoTemplateError(line, "missing value for command")
-            stack[-1].nodes.append(Action(line, _parse_pipe(body, line), tl, tr))
+            self.add(Action(line, _parse_pipe(body, line), tl, tr))
+
+    def else_(self, line: int, rest: str, tl: bool, tr: bool) -> None:
+        frame = self.stack[-1]
+        if frame.node is None or frame.node.else_body is not None:
+            raise GoTemplateError(line, "unexpected {{else}}")
+        frame.node.else_body = []
+        frame.node.else_trim = (tl, tr)
+        if rest.startswith(("if ", "with ")):
+            kind, cond = rest.split(None, 1)
+            inner = Branch(kind, line, _parse_pipe(cond, line), [], None, tl, tr,
+                           elif_chain=True)
+            frame.node.else_body.append(inner)
+            # `else if` shares its parent's {{end}}: both close there.
+            self.stack[-1] = _Frame(frame.node, frame.node.else_body)
+            self.stack.append(_Frame(inner, inner.body, define="<elif>"))
+        else:
+            frame.nodes = frame.node.else_body
+
+    def end(self, line: int, tl: bool, tr: bool) -> None:
+        if len(self.stack) == 1:
+            raise GoTemplateError(line, "unexpected {{end}}")
+        while True:
+            frame = self.stack.pop()
+            if frame.node is not None:
+                frame.node.end_trim_left, frame.node.end_trim_right = tl, tr
+            if frame.define and frame.define != "<elif>":
+                self.defines[frame.define] = (frame.define_line, frame.nodes)
+            if frame.define != "<elif>":
+                return
+
+    def named(self, word: str, line: int, rest: str, tl: bool, tr: bool) -> None:
+        parts = _tokens(rest, line)
+        if not parts or parts[0][0] not in ("string", "raw"):
+            raise GoTemplateError(line, f"{word} needs a template name in quotes")
+        name = _unquote(parts[0][1], line)
+        arg = rest.strip()[len(parts[0][1]):].strip()
+        if word in ("template", "block"):
+            self.add(TemplateCall(line, name, _parse_pipe(arg, line) if arg else None, tl, tr))
+        if word in ("define", "block"):
+            self.stack.append(_Frame(None, [], define=name, define_line=line))
+
+    def finish(self) -> Parsed:
+        if len(self.stack) > 1:
+            open_ = next((f for f in reversed(self.stack) if f.node or f.define),
+                         self.stack[-1])
+            what = open_.node.kind if open_.node else "define"
+            line = open_.node.line if open_.node else open_.define_line
+            raise GoTemplateError(line, f"unexpected EOF: {{{{{what}}}}} has no {{{{end}}}}")
+        return Parsed(self.stack[0].nodes, self.defines)
+
+
+def parse(source: str) -> Parsed:
+    """The template's nodes and the `define`d templates it holds."""
+    builder = _TreeBuilder()
+    pos = 0
+    for m in _ACTION.finditer(source):
+        if m.start() > pos:
+            builder.add(Text(source[pos:m.start()]))
+        pos = m.end()
+        line = source.count("\n", 0, m.start()) + 1
+        builder.action(line, m.group(2).strip(), bool(m.group(1)), bool(m.group(3)))
     if pos < len(source):
-        stack[-1].nodes.append(Text(source[pos:]))
-    if len(stack) > 1:
-        open_ = next((f for f in reversed(stack) if f.node or f.define), stack[-1])
-        what = open_.node.kind if open_.node else "define"
-        line = open_.node.line if open_.node else open_.define_line
-        raise GoTemplateError(line, f"unexpected EOF: {{{{{what}}}}} has no {{{{end}}}}")
-    return Parsed(stack[0].nodes, defines)
+        builder.add(Text(source[pos:]))
+    return builder.finish()

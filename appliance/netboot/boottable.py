@@ -24,7 +24,7 @@ from appliance.netboot.dhcp_table import (
 )
 from appliance.sot.loader import HostEntry
 from appliance.sot.models import Artifact, Site, Subnet
-from appliance.sot.render import Renderer
+from appliance.sot.render import Renderer, site_fallback_urls
 from appliance.sot.revision import Revision
 
 log = structlog.get_logger("vaquero.netboot.boottable")
@@ -55,6 +55,11 @@ class BootTable:
     @property
     def sha(self) -> str:
         return self.revision.sha
+
+    @property
+    def peer_urls(self) -> tuple[str, ...]:
+        """Every base URL a machine may try, this peer's first."""
+        return (self.base_url, *site_fallback_urls(self.site, self.base_url))
 
     def token(self, host: str) -> str:
         return host_token(self.secret, host)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .models import ASSET_TYPES, Boot, Host, OperatingSystem, Site, Workflow
+from .models import ASSET_TYPES, Boot, Federation, Host, OperatingSystem, Site, Workflow
 from .problems import Problem, Problems
 from .tree import Tree
 from .yamlsrc import Document, YamlError, load_documents
@@ -65,6 +65,7 @@ class Sot:
     boots: dict[str, Boot] = field(default_factory=dict)
     workflows: dict[str, Workflow] = field(default_factory=dict)
     assets: dict[str, Asset] = field(default_factory=dict)
+    federation: Federation | None = None  # federation.yml: the cross-site rollout order
     at: dict[tuple[str, str], Located] = field(default_factory=dict)
     # Documents that failed their schema, by (kind, id) and host documents per cluster,
     # valid or not: checks that follow use them so one error is not reported again as others.
@@ -278,6 +279,8 @@ def load_sot(tree: Tree, parent: Sot | None = None) -> tuple[Sot, Problems]:
                 env_files[site_dir] = path
             else:  # Vaquero's convention: cluster-<name>.yml holds cluster <name>
                 cluster_files.append((site_dir, stem.removeprefix("cluster-"), path))
+        elif path in FEDERATION_FILES:
+            _load_federation(reader, path)
         elif top in _OBJECT_KINDS and len(parts) == 2 and path.endswith(YAML_SUFFIXES):
             _load_objects(reader, path, top)
         elif top == "assets" and len(parts) >= 3:
@@ -366,6 +369,24 @@ def _load_objects(reader: _UnitReader, path: str, folder: str) -> None:
             continue
         table(sot)[ident] = obj
         sot.at[key] = Located(path, doc)
+
+
+FEDERATION_FILES = ("federation.yml", "federation.yaml")
+
+
+def _load_federation(reader: _UnitReader, path: str) -> None:
+    sot, problems = reader.sot, reader.problems
+    docs = _documents(reader.tree.read(path), path, problems)
+    if not docs:
+        return
+    if len(docs) > 1 or sot.federation is not None:
+        problems.add(path, docs[-1].line, "extra-document",
+                     "the federation is described once, in one document of federation.yml")
+        return
+    federation = _validate(Federation, path, docs[0], problems, "federation")
+    if federation is not None:
+        sot.federation = federation
+        sot.at[("federation", "federation")] = Located(path, docs[0])
 
 
 def _load_site(reader: _UnitReader, site_dir: str, path: str) -> None:

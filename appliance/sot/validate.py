@@ -13,6 +13,7 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from urllib.parse import quote
 
 from .formats import check_rendered_all
 from .loader import HostEntry, Sot
@@ -120,6 +121,11 @@ class FormatChecker:
         if host.serial:
             pairs.append((host.serial, "VAQMASKSERIAL"))
         pairs.append((host.name, "vaqmaskhost"))
+        # Files embedded in Ignition configs are data: URLs: their values are URL-encoded,
+        # twice for a config embedded in a config (an installer's own Ignition).
+        encoded = [(quote(v, safe=""), quote(p, safe="")) for v, p in pairs
+                   if quote(v, safe="") != v]
+        pairs += encoded + [(quote(v, safe=""), quote(p, safe="")) for v, p in encoded]
         # Longest first, so a value that contains another is replaced whole.
         return sorted(pairs, key=lambda p: -len(p[0]))
 
@@ -353,6 +359,17 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                 dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
             else:
                 serials[host.serial] = entry
+        names: dict[str, int] = {}
+        for i, iface in enumerate(host.interfaces):
+            if iface.identifier is None:
+                continue
+            if iface.identifier in names:
+                problems.add(entry.at.file, entry.at.line("interfaces", i, "identifier"),
+                             "duplicate-identifier",
+                             f"host {host.name!r}: interfaces {names[iface.identifier]} and {i} "
+                             f"are both {iface.identifier!r}; an identifier names one interface")
+            else:
+                names[iface.identifier] = i
         if host.asset_tag:
             if host.asset_tag in asset_tags:
                 dup("asset tag", host.asset_tag, asset_tags[host.asset_tag], entry,
@@ -501,6 +518,39 @@ def _syntax_errors(text: str, path: str) -> tuple[tuple[int, str], ...]:
     return tuple(template_syntax_errors(make_environment(Sot()), text, path))
 
 
+def check_federation(sot: Sot, problems: Problems) -> None:
+    """Every site of the rollout order exists and appears once; every site is in the order;
+    a key belongs to one site only (a shared key would let one site speak for another)."""
+    owners: dict[str, str] = {}
+    for site in sot.sites.values():
+        at = sot.at[("site", site.id)]
+        for i, key in enumerate(site.federation.keys):
+            if key in owners and owners[key] != site.id:
+                problems.add(at.file, at.line("federation", "keys", i), "shared-site-key",
+                             f"site {site.id!r}: this key is also declared by site "
+                             f"{owners[key]!r}; every site signs with its own key")
+            owners.setdefault(key, site.id)
+    rollout = sot.federation.rollout if sot.federation else None
+    if rollout is None:
+        return
+    at = sot.at[("federation", "federation")]
+    field = ("rollout", "waves") if rollout.waves else ("rollout", "order")
+    seen: set[str] = set()
+    for name in rollout.sites():
+        if name not in sot.sites:
+            problems.add(at.file, at.line(*field), "dangling-reference",
+                         f"the rollout order names site {name!r}, which has no "
+                         f"sites/{name}/env.yml{_known(sot.sites)}")
+        elif name in seen:
+            problems.add(at.file, at.line(*field), "duplicate-id",
+                         f"site {name!r} appears twice in the rollout order")
+        seen.add(name)
+    for name in sorted(set(sot.sites) - seen):
+        problems.add(at.file, at.line(*field), "site-not-in-order",
+                     f"site {name!r} is not in the rollout order: add it to a wave (a site "
+                     "left out would never know when to apply)")
+
+
 def check_templates(sot: Sot, problems: Problems) -> None:
     """Parse every asset, used or not and whatever else failed: each syntax error, once."""
     for key in sorted(sot.assets):
@@ -516,6 +566,7 @@ def validate_sot(sot: Sot, problems: Problems, parent: ValidationResult | None =
     """Every check; `parent` (the previous revision's result) only saves rendering work."""
     check_templates(sot, problems)
     check_sites(sot, problems)
+    check_federation(sot, problems)
     check_references(sot, problems)
     check_hosts(sot, problems)
     check_rollouts(sot, problems)

@@ -94,3 +94,63 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     src = ORIGINALS / "vagrant-local"
     assert main(["import-vaquero", str(src), str(src / "out")]) == 2
     assert "must not be SRC or inside it" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine\n")
+    assert main(["import-vaquero", str(src), str(other)]) == 2
+    assert "is not empty and holds no previous import" in capsys.readouterr().err
+
+
+def test_import_again_replaces_the_previous_import(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    dst = tmp_path / "sot"
+    main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(dst)])
+    stale = dst / "assets" / "untyped" / "left-over.sh"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("#!/bin/sh\n")  # a person's own file: kept
+    (dst / "os" / "coreos-pxe.yml").unlink()
+    main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(dst), "--answers",
+          str(HERE / "answers" / "vagrant-local.yml")])
+    capsys.readouterr()
+    assert (dst / "os" / "coreos-pxe.yml").is_file() and stale.is_file()
+
+
+GOLDEN = sorted((HERE / "golden").iterdir())
+
+
+@pytest.mark.parametrize("golden", GOLDEN, ids=[g.name for g in GOLDEN])
+def test_imported_templates_render_what_the_original_rendered(golden: Path,
+                                                              tmp_path: Path) -> None:
+    """The config an imported template renders for a host, against the text the original
+    Go template rendered for it (worked out by hand from Go's rules: trim markers, range
+    bodies repeated with their surrounding whitespace, `index` of a missing key false)."""
+    from appliance.sot.render import Renderer
+    from appliance.sot.revision import compile_directory
+
+    name, host = golden.stem.rsplit("-", 1)
+    dst = tmp_path / name
+    answers = HERE / "answers" / f"{name}.yml"
+    assert main(["import-vaquero", str(ORIGINALS / name), str(dst), "--answers",
+                 str(answers)]) == 0
+    revision = compile_directory(str(dst))
+    kind, text = Renderer(revision.sot, revision.sha).render_config(revision.sot.hosts[host], 1)
+    assert kind == golden.suffix[1:]
+    assert text == golden.read_text()
+
+
+def test_deciding_an_item_does_not_make_an_invalid_import_pass(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Marking the checksum items decided without giving checksums leaves them missing:
+    the import still does not validate, so it still exits 1."""
+    answers = (HERE / "answers" / "vagrant-local.yml").read_text()
+    answers = answers.replace("sha256:\n", "unused_sha256:\n", 1).replace(
+        "decided:  #", 'decided:\n  - "sha256@os/centos-pxe.yml:9"\n  - '
+        '"sha256@os/centos-pxe.yml:11"\n  - "sha256@os/coreos-pxe.yml:9"\n  - '
+        '"sha256@os/coreos-pxe.yml:11"\n  #', 1)
+    path = tmp_path / "answers.yml"
+    path.write_text(answers)
+    code = main(["import-vaquero", str(ORIGINALS / "vagrant-local"), str(tmp_path / "sot"),
+                 "--answers", str(path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "invalid: the import does not validate" in out and "sha256 is missing" in out

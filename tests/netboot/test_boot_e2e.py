@@ -22,7 +22,7 @@ import pytest
 from tools.rigs.netns import NetnsRig
 from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
-from tools.rigs.test_kernel import build_test_os
+from tools.rigs.test_kernel import GuestOS, build_test_os
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 SERVER = "198.18.0.2"
@@ -39,7 +39,7 @@ SERIAL_UUID = "5b1c0d3e-7a4f-4e2b-9c61-3f8d2a4b6c03"
 OLD_MAC = "52:54:00:e2:0f:03"
 
 
-def write_sot(root: Path, kernel: Path, kernel_sha: str, initrd: Path, initrd_sha: str) -> None:
+def write_sot(root: Path, guest_os: GuestOS) -> None:
     (root / "sites/e2e").mkdir(parents=True)
     (root / "os").mkdir()
     (root / "boot").mkdir()
@@ -65,19 +65,7 @@ interfaces:
   - {{type: physical, mac: "{OLD_MAC}", subnet: boot, ipv4: {GUESTS[SERIAL_HOST][1]}}}
 """)
     (root / "sites/e2e/cluster-guests.yml").write_text("---\n".join(hosts))
-    (root / "os/testos.yml").write_text(f"""
-id: testos
-os_family: busybox
-major_version: "1"
-boot:
-  kernel: {{url: "file://{kernel}", sha256: {kernel_sha}, name: vmlinuz}}
-  initrd:
-    - {{url: "file://{initrd}", sha256: {initrd_sha}, name: initrd.img}}
-cmdline:
-  - console: ttyS0
-  - panic: "-1"
-  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
-""")
+    (root / "os/testos.yml").write_text(guest_os.sot_os())
     (root / "boot/testos.yml").write_text("id: testos\noperating_system: testos\n")
     (root / "workflows/testos.yml").write_text(
         "id: testos\nstages:\n  - {name: boot, boot: testos, timeout: 300}\n"
@@ -95,8 +83,7 @@ def test_bios_and_uefi_guests_boot_from_the_peer_and_phone_home(guest_os, tmp_pa
         if reason:
             pytest.skip(reason)
     sot = tmp_path / "sot"
-    write_sot(sot, guest_os.kernel, guest_os.kernel_sha256, guest_os.initrd,
-              guest_os.initrd_sha256)
+    write_sot(sot, guest_os)
     secret = tmp_path / "secret"
     secret.write_text("ZTJlLXRlc3Qtc2VjcmV0LWtleS0wMTIzNDU2Nzg5\n")
     raft_secret = tmp_path / "raft.secret"

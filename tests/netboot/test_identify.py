@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from appliance.netboot.boot_http import BOOT_IPXE, BootState, add_boot_routes
+from appliance.netboot.boot_http import BootState, add_boot_routes, boot_ipxe_script
 from appliance.netboot.boottable import compile_boot_table
 from appliance.netboot.progress import LocalProgress
 from appliance.sot.revision import compile_directory
@@ -91,13 +91,15 @@ async def test_unknown_machine_reports_every_identifier(sot: Path, tmp_path: Pat
     client, events = await _client(sot, tmp_path)
     try:
         resp = await client.get("/ipxe?mac=02:00:00:00:00:99&serial=NOPE&asset=&uuid=")
+        text = await resp.text()
     finally:
         await client.close()
-    assert resp.status == 404
+    assert resp.status == 200  # a script that exits: a 404 would send iPXE to the next peer
+    assert "is not declared in the SoT\nexit\n" in text
     assert events[-1] == ("unknown-machine", {"mac": "02:00:00:00:00:99", "serial": "NOPE",
                                               "asset": "", "uuid": "", "client": "127.0.0.1"})
 
 
 def test_chain_script_sends_serial_and_asset() -> None:
-    script = BOOT_IPXE.format(base="http://x")
+    script = boot_ipxe_script(("http://x",))
     assert "serial=${serial:uristring}&asset=${asset:uristring}" in script
