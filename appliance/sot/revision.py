@@ -60,6 +60,11 @@ def no_cyclic_gc() -> Iterator[None]:
         # What was built lives long (a cached revision): freezing moves it out of the
         # collector's generations, so the next full collection does not rescan it all
         # (~1 s at 10,000 hosts). Refcounting still frees it when the revision is dropped.
+        # But first the cyclic garbage of this compile goes (Jinja's contexts and macros
+        # form cycles that hold a host's models): frozen, it was never freed, and every
+        # compile kept ~110 MiB at 10,000 hosts for good. Only objects made since the last
+        # freeze are scanned.
+        gc.collect()
         gc.freeze()
         if was_enabled:
             gc.enable()
