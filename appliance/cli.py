@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_federation import add_federation_commands
 from .cli_peer import add_peer_commands
 from .importer.cli_import import add_import_command
 from .sot.revision import Revision, compile_tree, empty_revision
@@ -244,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)
-    add_peer_commands(sub)
+    add_federation_commands(add_peer_commands(sub), sub)
     add_import_command(sub)
     return parser
 

@@ -424,8 +424,10 @@ def _common() -> argparse.ArgumentParser:
 EPILOG = __doc__[__doc__.index("Exit codes:"):]
 
 
-def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the commands on `vaq-peer`'s subparsers."""
+def add_peer_commands(subparsers: argparse._SubParsersAction
+                      ) -> Callable[..., argparse.ArgumentParser]:
+    """Register the commands on `vaq-peer`'s subparsers; returns how to add more of them
+    (with the common options), for the command modules that use this one's helpers."""
     common = _common()
 
     def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
@@ -477,9 +479,7 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     from .cli_rollout import add_rollout_commands  # it imports this module's helpers
 
     add_rollout_commands(add)
-    from .cli_federation import add_federation_commands
-
-    add_federation_commands(add, subparsers)
+    return add
 
 
 def main(argv: list[str] | None = None) -> int:

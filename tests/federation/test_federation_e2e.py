@@ -182,7 +182,7 @@ api:
                                    token=False)
         assert status == 200 and "stage 1/1" in script, (status, script)
         url = re.search(r"vaq\.phone_home=(\S+)", script).group(1)
-        path = url.split("/", 3)[3]
+        path = "phone-home/" + url.split("/phone-home/", 1)[1]  # the URL may name a VIP
         status, text = self.curl(self.lan[site.id], f"{base}/{path}", "POST", {}, token=False)
         assert status == 200, (status, text)
 
