@@ -30,7 +30,7 @@ from fed_sot import FedSite, write_fed_sot
 from tools.rigs.netns import Netns, NetnsRig
 from tools.rigs.netns import unavailable_reason as netns_unavailable
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 EXE = str(Path(sys.executable).parent / "vaq-peer")
 ADMIN = "fed-e2e-admin-token-0123456789abc"
 GIT_ENV = {"GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.test",
