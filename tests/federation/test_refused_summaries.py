@@ -114,3 +114,13 @@ def test_forged_replayed_wrong_key_and_undeclared_summaries_are_refused(tmp_path
         assert exchange(base, [good], "ams1")["duplicates"] == 1
         # an exchange needs no token; everything else still does
         assert call(f"{base}/v1/federation")[0] == 401
+        assert call(f"{base}/v1/federation/override/{SHA}", "POST", b"{}")[0] == 401
+
+        # an admin lets this site go without waiting for ams1: replicated and journaled
+        status, text = call(f"{base}/v1/federation/override/{SHA}", "POST",
+                            json.dumps({"reason": "ams1 is in maintenance"}).encode(), AUTH)
+        assert status == 200, text
+        events = json.loads(call(f"{base}/v1/events?limit=1000", headers=AUTH)[1])["events"]
+        override = [e for e in events if e["kind"] == "federation.override"]
+        assert [(e["revision"], e["message"], e["data"]["by"]) for e in override] == [
+            (SHA, "ams1 is in maintenance", "ops")]
