@@ -283,7 +283,8 @@ def relayed_around_a_cut(fed: Federation) -> None:
 
 def cut_off_canary(fed: Federation, rev2: str) -> None:
     """The canary applies rev2 and is cut off from everyone mid-rollout: it keeps serving
-    boots and finishes; the second wave waits, as the SoT says, and says why."""
+    boots and finishes; the second wave waits, as the SoT says, and says why, until an admin
+    overrides the gate for one site."""
     ams1, fra1, sjc1 = SITES
     for site in SITES:
         fed.approve(site.id, rev2)
@@ -299,6 +300,16 @@ def cut_off_canary(fed: Federation, rev2: str) -> None:
                      f"{site.id} waits for the stale ams1", 60, fed.tails)
         assert "on_stale: wait" in mine["reason"], mine
         assert fed.revision_state(site.id, rev2) == "approved"
+    # an admin lets sjc1 go anyway (recorded in the journal); fra1 keeps waiting
+    out = fed.lan["sjc1"].run(EXE, "override", rev2[:12], "--reason", "ams1 unreachable",
+                              "--peer", f"http://{sjc1.peers[0]}:8080",
+                              env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"}, check=False)
+    assert out.returncode == 0, out.stderr
+    until(lambda: fed.revision_state("sjc1", rev2) == "applied", "sjc1 applies rev2 (override)",
+          60, fed.tails)
+    assert fed.revision_state("fra1", rev2) == "approved"
+    events = (fed.api("sjc1", "/v1/events?limit=1000") or {}).get("events", [])
+    assert any(e["kind"] == "federation.override" and e["revision"] == rev2 for e in events)
 
 
 def heal_and_converge(fed: Federation, rev2: str) -> None:
