@@ -229,9 +229,12 @@ def canary_first(fed: Federation, rev1: str) -> None:
     time.sleep(3)  # several exchanges: the second wave must still hold
     for site in (fra1, sjc1):
         assert fed.revision_state(site.id, rev1) == "approved"
-        mine = fed.view(site.id)[site.id]
-        assert (mine["state"], mine["waits_for"], mine["allowed"]) == (
-            "blocked", ["ams1"], False), mine
+        # its own summary says so once it published the approval (a tick and a commit)
+        until(lambda site=site: ((m := fed.view(site.id)[site.id])["state"], m["waits_for"],
+                                 m["allowed"]) == ("blocked", ["ams1"], False),
+              f"{site.id} shows itself blocked by ams1", 30,
+              lambda site=site: str(fed.view(site.id)))
+        assert fed.revision_state(site.id, rev1) == "approved"
     fed.boot_host(ams1)
     until(lambda: fed.rollout_state("ams1", rev1) == "done", "ams1's rollout done", 60,
           fed.tails)
@@ -278,7 +281,8 @@ def relayed_around_a_cut(fed: Federation) -> None:
                     and s["via"].startswith("ams1") and s, "fra1 learns sjc1 via ams1", 60,
                     fed.tails)
     assert not relayed["stale"], relayed
-    assert fed.view("sjc1")["fra1"]["via"].startswith("ams1")
+    until(lambda: fed.view("sjc1")["fra1"]["via"].startswith("ams1"),
+          "sjc1 learns fra1 via ams1", 60, fed.tails)
 
 
 def cut_off_canary(fed: Federation, rev2: str) -> None:
