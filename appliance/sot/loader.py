@@ -426,7 +426,7 @@ def _load_hosts(reader: _UnitReader, path: str, site: str, cluster: str,
         problems.add(path, 1, "empty", f"cluster file {path} holds no hosts")
     key = (site, cluster)
     sot.host_documents[key] = sot.host_documents.get(key, 0) + len(docs)
-    for doc, host, key in zip(docs, unit.models, unit.keys, strict=True):
+    for doc, host, doc_key in zip(docs, unit.models, unit.keys, strict=True):
         if not isinstance(host, Host) or not keep:
             continue
         if host.name in sot.hosts:
@@ -435,4 +435,4 @@ def _load_hosts(reader: _UnitReader, path: str, site: str, cluster: str,
                          f"host name {host.name!r} is already used at {first.file}:"
                          f"{first.line('name')}; host names are unique across all sites")
             continue
-        sot.hosts[host.name] = HostEntry(host, site, cluster, Located(path, doc), key)
+        sot.hosts[host.name] = HostEntry(host, site, cluster, Located(path, doc), doc_key)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import pickle
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
@@ -105,7 +105,7 @@ class RevisionStore:
         except OSError as exc:
             return self._ignored(path, f"unreadable: {exc}")
 
-    def _read(self, path: Path, f: BinaryIO, sha: str) -> tuple[Revision, str] | None:
+    def _read(self, path: Path, f: io.BufferedReader, sha: str) -> tuple[Revision, str] | None:
         line = f.readline(MAX_HEADER)
         try:
             header = json.loads(line) if line.endswith(b"\n") else None
