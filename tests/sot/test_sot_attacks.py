@@ -1,0 +1,68 @@
+"""A commit is input: attacks a careless or hostile SoT committer can make, each asserting the
+attack fails and a known machine (lab-01) still validates and renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sotcase import BASES
+
+from appliance.cli import main
+from appliance.sot.tree import DirectoryTree, UnsafeEntry
+
+SECRET = "root:$6$THIS-IS-A-SECRET-HASH:19000:0:99999:7:::"
+
+
+def _lab(tmp_path: Path) -> Path:
+    root = tmp_path / "sot"
+    shutil.copytree(BASES["lab"], root)
+    return root
+
+
+def _assert_lab01_renders(root: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["render", "lab-01", "--sot", str(root), "--stage", "1", "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)["stages"][0]
+    assert "data:,lab-01" in data["config"] and "phone-home/lab-01/1/" in data["config"]
+    return out
+
+
+def test_symlinks_out_of_the_tree_are_never_read(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    outside = tmp_path / "shadow"
+    outside.write_text(SECRET + "\n")
+    secret_dir = tmp_path / "secret-dir"
+    secret_dir.mkdir()
+    (secret_dir / "x.yml").write_text(SECRET + "\n")
+    root = _lab(tmp_path)
+    (root / "os" / "shadow.yml").symlink_to(outside)             # a file link: error lines
+    (root / "assets" / "ignition" / "snippets" / "leak").symlink_to(outside)  # via include
+    (root / "workflows" / "linked").symlink_to(secret_dir)       # a directory link
+    os.mkfifo(root / "os" / "fifo.yml")                          # would block a reader
+    ign = root / "assets" / "ignition" / "install.ign"
+    ign.write_text(ign.read_text().replace('{% include "snippets/install-unit.json" %}',
+                                           '{% include "snippets/install-unit.json" %}'
+                                           '{# {% include "snippets/leak" %} #}'))
+    tree = DirectoryTree(root)
+    files = list(tree.files())
+    assert "os/shadow.yml" not in files and "os/fifo.yml" not in files
+    assert not any(f.startswith("workflows/linked") for f in files)
+    for path in ("os/shadow.yml", "assets/ignition/snippets/leak", "workflows/linked/x.yml",
+                 "../shadow", "os/../../shadow"):
+        with pytest.raises(UnsafeEntry):
+            tree.read(path)
+
+    main(["validate", str(root)])
+    assert SECRET not in capsys.readouterr().out
+    # An include of the link is a missing template, not the file's content.
+    ign.write_text(ign.read_text().replace('{# {% include "snippets/leak" %} #}',
+                                           '{% include "snippets/leak" %}'))
+    assert main(["validate", str(root)]) != 0
+    out = capsys.readouterr().out
+    assert SECRET not in out and "snippets/leak" in out
+    ign.write_text(ign.read_text().replace('{% include "snippets/leak" %}', ""))
+    assert SECRET not in _assert_lab01_renders(root, capsys)
