@@ -66,3 +66,39 @@ def test_symlinks_out_of_the_tree_are_never_read(tmp_path: Path,
     assert SECRET not in out and "snippets/leak" in out
     ign.write_text(ign.read_text().replace('{% include "snippets/leak" %}', ""))
     assert SECRET not in _assert_lab01_renders(root, capsys)
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    lines = ['id: bomb', 'a0: &a0 ["' + "x" * 64 + '"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import resource
+    import time
+
+    root = _lab(tmp_path)
+    (root / "os" / "bomb.yml").write_text(_alias_bomb())  # 9**9 values if expanded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    assert main(["validate", str(root)]) != 0
+    elapsed = time.monotonic() - started
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    out = capsys.readouterr().out
+    assert "os/bomb.yml" in out and "alias" in out
+    assert elapsed < 30 and grown_kb < 512 * 1024, (elapsed, grown_kb)  # bounds, not timings
+    (root / "os" / "bomb.yml").unlink()
+    _assert_lab01_renders(root, capsys)
+
+
+def test_peer_config_alias_bomb_is_refused(tmp_path: Path) -> None:
+    from appliance.sot.yamlsrc import YamlError, load_documents
+
+    with pytest.raises(YamlError, match="alias"):
+        load_documents(_alias_bomb())
+    # Anchors used as people use them still load.
+    docs = load_documents("d: &d {a: 1}\nhosts:\n" + "".join(
+        f"  - {{name: h{i}, <<: *d}}\n" for i in range(20000)))
+    assert docs[0].data["hosts"][19999] == {"name": "h19999", "a": 1}
