@@ -14,6 +14,7 @@ Each step a host takes is logged with its name: that log is how an operator foll
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +100,17 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     return web.Response(text=BOOT_IPXE.format(base=table.base_url), content_type="text/plain")
 
 
+async def _stage_content(table: BootTable, host: str, stage: int
+                         ) -> tuple[str, tuple[str, str] | None]:
+    """A render not cached yet runs in a thread: a template that is slow for the real token
+    (validation rendered it with a placeholder) stalls its own request, not the event loop
+    that serves DHCP-chained boots; its own deadline and output budget still apply."""
+    cached = table.cached_stage_content(host, stage)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(table.stage_content, host, stage)
+
+
 def _normal_mac(value: str) -> str:
     return value.strip().lower().replace("-", ":")
 
@@ -128,7 +140,7 @@ async def host_script(request: web.Request) -> web.Response:
                   else "not armed (failed, aborted, or held by site policy)")
         log.info("boot.local_disk", host=host, reason=reason, revision=table.sha[:12])
         return web.Response(text=local_disk_script(host, reason), content_type="text/plain")
-    script, _ = table.stage_content(host, stage)
+    script, _ = await _stage_content(table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
              arch=request.query.get("arch"), platform=request.query.get("platform"),
@@ -139,7 +151,7 @@ async def host_script(request: web.Request) -> web.Response:
 
 async def stage_script(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    script, _ = table.stage_content(host, stage)
+    script, _ = await _stage_content(table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
     return web.Response(text=script, content_type="text/plain")
@@ -147,7 +159,7 @@ async def stage_script(request: web.Request) -> web.Response:
 
 async def stage_config(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    _, config = table.stage_content(host, stage)
+    _, config = await _stage_content(table, host, stage)
     if config is None:
         raise web.HTTPNotFound(text=f"stage {stage} of {host!r} has no install config\n")
     kind, text = config

@@ -61,6 +61,10 @@ class BootTable:
         entry = self.hosts[host]
         return len(self.revision.sot.workflows[entry.host.workflow].stages)
 
+    def cached_stage_content(self, host: str, stage: int
+                             ) -> tuple[str, tuple[str, str] | None] | None:
+        return self._rendered.get((host, stage))
+
     def stage_content(self, host: str, stage: int) -> tuple[str, tuple[str, str] | None]:
         """(iPXE script, (kind, config) or None), rendered with the host's real token once."""
         key = (host, stage)

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
+from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .loader import HostEntry, Sot
@@ -28,6 +29,21 @@ from .models import (
     Stage,
     Subnet,
     Workflow,
+)
+from .render_budget import (
+    DEFAULT_BUDGET,
+    LOOP_GUARD,
+    SIZE_GUARD,
+    BudgetExceeded,
+    RenderBudget,
+    bound_filters,
+    bounded_join,
+    budgeted_iter,
+    check_binop,
+    check_call_args,
+    guard_template,
+    sized,
+    template_budget,
 )
 
 PLACEHOLDER_TOKEN = "TOKEN"  # used where no peer secret exists (validate, plan, render offline)
@@ -57,15 +73,34 @@ class _AssetLoader(BaseLoader):
 class _Environment(ImmutableSandboxedEnvironment):
     """The sandbox, with its attribute verdicts cached.
 
+    Loops, calls and the operators that allocate (`*`, `**`, `%`) are held to the render's
+    budget (`render_budget`): the sandbox alone bounds neither time nor memory.
+
     Jinja decides whether `obj.attr` is safe from isinstance checks on `obj` and the name
     `attr` only (internal attributes of functions, frames, generators...; methods that
     mutate known containers), so the verdict is a function of (type(obj), attr). Deciding it
     again on every access was a third of the render time of a large SoT.
     """
 
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._verdicts: dict[tuple[type, str], bool] = {}
+        self.globals[LOOP_GUARD] = budgeted_iter
+        self.globals[SIZE_GUARD] = sized
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return guard_template(super()._parse(source, name, filename))
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any,
+             **kwargs: Any) -> Any:
+        check_call_args(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         key = (type(obj), attr)
@@ -94,6 +129,7 @@ def make_environment(sot: Sot) -> ImmutableSandboxedEnvironment:
     env.filters["cmdline_quote"] = _quote_cmdline_value
     env.filters["tojson"] = _tojson
     env.filters["urlencode"] = _urlencode
+    bound_filters(env.filters)
     return env
 
 
@@ -229,10 +265,13 @@ class Renderer:
     """Renders hosts of one revision; holds the compiled templates for reuse across hosts."""
 
     def __init__(self, sot: Sot, revision: str,
-                 boot_urls: dict[str, str] | None = None) -> None:
+                 boot_urls: dict[str, str] | None = None,
+                 budget: RenderBudget = DEFAULT_BUDGET) -> None:
         """`boot_urls` overrides a site's base URL: a peer renders with its own address, so a
-        machine that booted from it keeps talking to it (and to no dead peer)."""
+        machine that booted from it keeps talking to it (and to no dead peer). `budget`
+        bounds each template render (time, output size)."""
         self.sot = sot
+        self.budget = budget
         self.revision = {"sha": revision, "short": revision[:12]}
         self.env = make_environment(sot)
         self._cmdline_plans: dict[str, list[tuple[str, str | Any, int]]] = {}
@@ -241,6 +280,9 @@ class Renderer:
         self._boot_urls = {sid: site.boot_url() for sid, site in sot.sites.items()}
         self._boot_urls.update(boot_urls or {})
         self._ipxe_parts: dict[tuple[str, str], tuple[str, str]] = {}
+        # Templates that ran past their budget once fail at once for every other host: a
+        # runaway template costs one budget per revision, not one per host.
+        self._over_budget: dict[str, RenderError] = {}
 
     def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
         site = self.sot.sites[entry.site]
@@ -298,8 +340,16 @@ class Renderer:
         except TemplateSyntaxError as exc:
             raise RenderError(exc.filename or f"assets/{key}", exc.lineno or 0,
                               f"template syntax error: {exc.message}") from None
+        known = self._over_budget.get(key)
+        if known is not None:
+            raise RenderError(known.file, known.line, known.message)
         try:
-            return template.render(ctx)
+            with template_budget(self.budget):
+                return bounded_join(template.generate(ctx))
+        except BudgetExceeded as exc:
+            error = _as_render_error(exc, f"assets/{key}")
+            self._over_budget[key] = error
+            raise error from None
         except Exception as exc:  # any template runtime failure belongs to the SoT author
             raise _as_render_error(exc, f"assets/{key}") from None
 
@@ -335,7 +385,8 @@ class Renderer:
                 out.append(value)
                 continue
             try:
-                text = value.render(ctx)
+                with template_budget(self.budget):
+                    text = bounded_join(value.generate(ctx))
             except Exception as exc:
                 raise RenderError(os_file, line, f"cmdline: {_exception_text(exc)}") from None
             out.append(f"{key}={_quote_cmdline_value(text)}")

@@ -18,6 +18,8 @@ from .loader import HostEntry, Sot
 from .models import Workflow
 from .problems import Problems
 from .render import Renderer, RenderError
+from .render_budget import DEFAULT_BUDGET, RenderBudget
+from .render_worker import WorkerFailed, run_bounded
 
 # Which unattended kinds make sense for which OS family; families not listed accept any kind.
 FAMILY_KINDS = {
@@ -360,10 +362,23 @@ def _dhcp_fingerprint(sot: Sot, entry: HostEntry, subnet_digests: dict[tuple[str
     return _digest("\n".join(parts))
 
 
-def render_all(sot: Sot, problems: Problems) -> ValidationResult:
-    """Render every stage of every host once; report failures grouped by template location."""
+def render_all(sot: Sot, problems: Problems,
+               budget: RenderBudget = DEFAULT_BUDGET) -> ValidationResult:
+    """Render every stage of every host once, in a worker bounded in time and memory (a
+    commit is input: its templates are programs); report failures grouped by template."""
+    try:
+        return run_bounded(_render_all, sot, problems, budget,
+                           seconds=budget.revision_seconds,
+                           memory_bytes=budget.worker_memory_bytes)
+    except WorkerFailed as exc:
+        problems.add("assets", 0, "render-budget",
+                     f"the revision's templates could not be rendered within budget: {exc}")
+        return ValidationResult(problems)
+
+
+def _render_all(sot: Sot, problems: Problems, budget: RenderBudget) -> ValidationResult:
     result = ValidationResult(problems)
-    renderer = Renderer(sot, NEUTRAL_REVISION)
+    renderer = Renderer(sot, NEUTRAL_REVISION, budget=budget)
     failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
     checker = FormatChecker()

@@ -102,3 +102,51 @@ def test_peer_config_alias_bomb_is_refused(tmp_path: Path) -> None:
     docs = load_documents("d: &d {a: 1}\nhosts:\n" + "".join(
         f"  - {{name: h{i}, <<: *d}}\n" for i in range(20000)))
     assert docs[0].data["hosts"][19999] == {"name": "h19999", "a": 1}
+
+
+@pytest.mark.parametrize(("template", "expect"), [
+    ("{{ ('a' * 3*10**9)|length }}", "more than its budget"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "time budget"),
+    ("{% set ns = namespace(s='a') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+     "{% endfor %}{{ ns.s|length }}", "more than its budget"),
+    ("{{ 'a'.ljust(10**10) }}{{ 'a'|center(10**10) }}", "more than its budget"),
+    ("{{ 10 ** 100000000 }}", "too large"),
+    ("{% macro m(n) %}{{ m(n) }}{{ m(n) }}{% endmacro %}{{ m(1) }}", "recursion"),
+], ids=["multiply", "nested-range", "doubling", "widths", "power", "recursion"])
+def test_runaway_template_is_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     template: str, expect: str) -> None:
+    import resource
+    import time
+
+    root = _lab(tmp_path)
+    ign = root / "assets" / "ignition" / "install.ign"
+    good = ign.read_text()
+    ign.write_text(template + good)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    assert main(["validate", str(root)]) != 0
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert "assets/ignition/install.ign" in out and expect in out, out
+    # One budget per template per revision (2 s), not one per host; memory untouched.
+    assert elapsed < 60, elapsed
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024
+    ign.write_text(good)
+    _assert_lab01_renders(root, capsys)
+
+
+def test_render_worker_bounds_memory_and_time() -> None:
+    """What the in-template checks miss, the worker still bounds: an allocation past its
+    address-space limit fails in the child, a pass past its clock is killed."""
+    import time
+
+    from appliance.sot.render_worker import WorkerFailed, run_bounded
+
+    with pytest.raises(WorkerFailed, match="memory budget"):
+        run_bounded(bytearray, 3 << 30, seconds=60, memory_bytes=256 << 20)
+    started = time.monotonic()
+    with pytest.raises(WorkerFailed, match="time budget"):
+        run_bounded(time.sleep, 60, seconds=1, memory_bytes=256 << 20)
+    assert time.monotonic() - started < 30
+    assert run_bounded(sum, [1, 2, 3], seconds=30, memory_bytes=256 << 20) == 6
