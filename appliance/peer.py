@@ -190,10 +190,15 @@ class Peer:
                         revision=revision if isinstance(revision, str) else None,
                         data=data or None)
         if kind == "stage-done" and isinstance(host, str):
-            self.outbox.put_command(raft_commands.build(
+            arming = str(fields.get("arming", ""))  # "armed:<seq>" or "armed:None"
+            seq = arming.removeprefix("armed:")
+            cmd = raft_commands.build(
                 "host.stage_done", time.time(), name=host, stage=int(fields["stage"]),
                 stages=int(fields["stages"]),
-                revision=revision if isinstance(revision, str) else None))
+                revision=revision if isinstance(revision, str) else None)
+            # explicit even when None: "made while the host was not armed" is an identity too
+            cmd["armed_seq"] = int(seq) if seq.isdigit() else None
+            self.outbox.put_command(raft_commands.validate(cmd))
 
     # --- the API's view of the applied revision ------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ import structlog
 from aiohttp import web
 
 from appliance.netboot.boottable import BootTable
-from appliance.netboot.progress import HostProgress
+from appliance.netboot.progress import HostProgress, OutOfOrder
+from appliance.netboot.refusals import RefusalDigest
 from appliance.sot.render import local_disk_script
 
 log = structlog.get_logger("vaquero.netboot.boot")
@@ -50,6 +52,10 @@ class BootState:
     firmware_roots: list[Path] = field(default_factory=list)
     on_event: Callable[..., None] | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    digest: RefusalDigest = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.digest = RefusalDigest(self.event, log, "boot")
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -57,6 +63,10 @@ class BootState:
     def event(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
             self.on_event(kind, **fields)
+
+    def refused(self, kind: str, key: str, **fields: Any) -> None:
+        """Unknown or refused machine traffic: journaled as digests (`RefusalDigest`)."""
+        self.digest.note(kind, key, **fields)
 
 
 BOOT_STATE = web.AppKey("boot_state", BootState)
@@ -100,19 +110,34 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     return web.Response(text=BOOT_IPXE.format(base=table.base_url), content_type="text/plain")
 
 
-async def _stage_content(table: BootTable, host: str, stage: int
+async def _stage_content(state: BootState, table: BootTable, host: str, stage: int
                          ) -> tuple[str, tuple[str, str] | None]:
     """A render not cached yet runs in a thread: a template that is slow for the real token
     (validation rendered it with a placeholder) stalls its own request, not the event loop
     that serves DHCP-chained boots; its own deadline and output budget still apply."""
-    cached = table.cached_stage_content(host, stage)
+    arming = state.progress.arming(host)
+    cached = table.cached_stage_content(host, stage, arming)
     if cached is not None:
         return cached
-    return await asyncio.to_thread(table.stage_content, host, stage)
+    return await asyncio.to_thread(table.stage_content, host, stage, arming)
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5,19}$")
 
 
 def _normal_mac(value: str) -> str:
-    return value.strip().lower().replace("-", ":")
+    """The MAC as the tables key it, or "" when it is not a MAC: the query is the client's
+    text, and it is echoed into an iPXE script and the journal."""
+    mac = value.strip().lower().replace("-", ":")
+    return mac if _MAC.match(mac) else ""
+
+
+def _normal_uuid(value: str) -> str:
+    uuid = value.strip().lower()
+    return uuid if _UUID.match(uuid) else ""
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 async def host_script(request: web.Request) -> web.Response:
@@ -120,14 +145,16 @@ async def host_script(request: web.Request) -> web.Response:
     table = state.table
     assert table is not None
     mac = _normal_mac(request.query.get("mac", ""))
-    uuid = request.query.get("uuid", "").strip().lower()
+    uuid = _normal_uuid(request.query.get("uuid", ""))
     host = table.by_mac.get(mac) or table.by_uuid.get(uuid)
     if host is None:
         state.count("unknown_host")
-        log.warning("boot.unknown_machine", mac=mac, uuid=uuid, client=_client(request))
-        state.event("unknown-machine", mac=mac, uuid=uuid, client=_client(request))
+        client = _client(request)
+        state.refused("unknown-machine", mac or client, mac=mac or None, uuid=uuid or None,
+                      client=client)
         return web.Response(status=404, content_type="text/plain", text=(
-            f"#!ipxe\necho Vaquero: machine {mac} is not declared in the SoT\nexit\n"))
+            f"#!ipxe\necho Vaquero: machine {mac or '(no valid MAC given)'} is not declared "
+            f"in the SoT\nexit\n"))
     stages = table.stages(host)
     entry = table.hosts[host]
     stage = None if entry.host.never_provision else state.progress.stage_to_serve(
@@ -140,7 +167,7 @@ async def host_script(request: web.Request) -> web.Response:
                   else "not armed (failed, aborted, or held by site policy)")
         log.info("boot.local_disk", host=host, reason=reason, revision=table.sha[:12])
         return web.Response(text=local_disk_script(host, reason), content_type="text/plain")
-    script, _ = await _stage_content(table, host, stage)
+    script, _ = await _stage_content(state, table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
              arch=request.query.get("arch"), platform=request.query.get("platform"),
@@ -149,9 +176,22 @@ async def host_script(request: web.Request) -> web.Response:
     return web.Response(text=script, content_type="text/plain")
 
 
+def _current_stage_only(state: BootState, table: BootTable, host: str, stage: int) -> None:
+    """A stage's script and config (which carry its phone-home token) are served only while
+    it is the stage the host is at: the token of a stage not started yet never leaves."""
+    entry = table.hosts[host]
+    serving = None if entry.host.never_provision else state.progress.stage_to_serve(
+        host, table.stages(host), fresh=table.site.policy.install_new_hosts)
+    if serving != stage:
+        state.count("stage_not_current")
+        at = f"stage {serving}" if serving is not None else "no install stage"
+        raise web.HTTPNotFound(text=f"{host!r} is at {at}, not stage {stage}\n")
+
+
 async def stage_script(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    script, _ = await _stage_content(table, host, stage)
+    _current_stage_only(state, table, host, stage)
+    script, _ = await _stage_content(state, table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
     return web.Response(text=script, content_type="text/plain")
@@ -159,7 +199,8 @@ async def stage_script(request: web.Request) -> web.Response:
 
 async def stage_config(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    _, config = await _stage_content(table, host, stage)
+    _current_stage_only(state, table, host, stage)
+    _, config = await _stage_content(state, table, host, stage)
     if config is None:
         raise web.HTTPNotFound(text=f"stage {stage} of {host!r} has no install config\n")
     kind, text = config
@@ -179,22 +220,45 @@ async def stage_meta_data(request: web.Request) -> web.Response:
 
 
 async def phone_home(request: web.Request) -> web.Response:
+    """Only the token of this host, this stage and the host's current arming counts; only
+    the next stage moves the host on; a replay answers as the first report did."""
     state, table, host, stage = _host_stage(request)
     token = request.match_info["token"]
-    if not hmac.compare_digest(token.encode(), table.token(host).encode()):
-        state.count("phone_home_refused")
-        log.warning("boot.phone_home_refused", host=host, stage=stage, client=_client(request),
-                    reason="bad token")
+    arming = state.progress.arming(host)
+    stages = table.stages(host)
+    if not hmac.compare_digest(token.encode(), table.token(host, stage, arming).encode()):
+        _refuse_phone_home(state, request, host, stage, "bad token, or one of an earlier "
+                           "arming or another stage")
         raise web.HTTPForbidden(text="bad token\n")
     body = (await request.content.read(4096)).decode(errors="replace")
-    record = state.progress.stage_done(host, stage, table.sha)
-    stages = table.stages(host)
+    before = state.progress.record(host)
+    try:
+        record = state.progress.stage_done(host, stage, table.sha)
+    except OutOfOrder as exc:
+        _refuse_phone_home(state, request, host, stage, str(exc))
+        raise web.HTTPConflict(text=f"{exc}\n") from None
+    replay = before is not None and before.done >= stage
+    answer = {"host": host, "stage": stage, "done": record.done,
+              "workflow_done": record.done >= stages}
+    if replay:
+        state.count("phone_home_replays")
+        log.info("boot.phone_home_replayed", host=host, stage=stage, client=_client(request))
+        return web.json_response({**answer, "replay": True})
     state.count("phone_homes")
     log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),
              done=record.done >= stages, report=body[:1024] or None)
-    state.event("stage-done", host=host, stage=stage, stages=stages, revision=table.sha)
-    return web.json_response({"host": host, "stage": stage, "done": record.done,
-                              "workflow_done": record.done >= stages})
+    state.event("stage-done", host=host, stage=stage, stages=stages, revision=table.sha,
+                arming=arming)
+    return web.json_response(answer)
+
+
+def _refuse_phone_home(state: BootState, request: web.Request, host: str, stage: int,
+                       reason: str) -> None:
+    """Refusals are journaled, but through the rate limiter: anyone on the boot network can
+    make them, and they must not flush the real events out of the journal."""
+    state.count("phone_home_refused")
+    state.refused("phone-home-refused", key=f"{host}/{stage}", client=_client(request),
+                  host=host, stage=stage, reason=reason)
 
 
 async def firmware(request: web.Request) -> web.StreamResponse:

@@ -167,7 +167,18 @@ class Urls:
     base: str
     host: str
     stage: int
-    token: str
+    tokens: dict[int, str]  # phone-home tokens: this stage's and the next's only
+
+    @property
+    def token(self) -> str:
+        return self._token(self.stage)
+
+    def _token(self, stage: int) -> str:
+        token = self.tokens.get(int(stage))
+        if token is None:
+            raise ValueError(f"urls.phone_home_at({stage}): stage {self.stage} may report only "
+                             f"itself and stage {self.stage + 1} (tokens are per stage)")
+        return token
 
     @property
     def ipxe(self) -> str:
@@ -184,7 +195,7 @@ class Urls:
     def phone_home_at(self, stage: int) -> str:
         """The phone-home URL of another stage: an installer writes the next (local) stage's
         URL into the system it installs, which reports from its first boot."""
-        return f"{self.base}/phone-home/{self.host}/{int(stage)}/{self.token}"
+        return f"{self.base}/phone-home/{self.host}/{int(stage)}/{self._token(stage)}"
 
     def artifact(self, artifact: Artifact) -> str:
         return f"{self.base}/artifacts/{artifact.sha256}/{artifact.filename}"
@@ -284,7 +295,8 @@ class Renderer:
         # runaway template costs one budget per revision, not one per host.
         self._over_budget: dict[str, RenderError] = {}
 
-    def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
+    def context(self, entry: HostEntry, plan: StagePlan, token: dict[int, str] | str
+                ) -> dict[str, Any]:
         site = self.sot.sites[entry.site]
         host = entry.host
         view = self._interfaces.get(host.name)
@@ -303,9 +315,14 @@ class Renderer:
             "revision": self.revision, "urls": urls,
         }
 
-    def render_stage(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN
+    def render_stage(self, entry: HostEntry, index: int,
+                     token: dict[int, str] | str = PLACEHOLDER_TOKEN
                      ) -> tuple[str, tuple[str, str] | None]:
-        """The stage's iPXE script, and (type, text) of its unattended config or None."""
+        """The stage's iPXE script, and (type, text) of its unattended config or None.
+        `token`: the phone-home tokens by stage (this one and the next), or one string used
+        for both (validation, offline renders)."""
+        if isinstance(token, str):
+            token = {index: token, index + 1: token}
         plan = stage_plan(self.sot, entry, index)
         if plan.boot is None:
             count = len(plan.workflow.stages)
