@@ -200,6 +200,16 @@ class Peer:
             cmd["armed_seq"] = int(seq) if seq.isdigit() else None
             self.outbox.put_command(raft_commands.validate(cmd))
 
+    def _ref_changes(self, changes: list[dict[str, Any]], token: str, client: str) -> None:
+        """Every ref a push to this peer's remote changed, in the replicated journal: a
+        force-push or a deletion leaves the old SHA and the token that did it on record."""
+        for change in changes:
+            kind = ("git-ref-deleted" if change["deleted"] else
+                    "git-ref-forced" if change["forced"] else "git-ref-updated")
+            self._on_event(kind, revision=None if change["deleted"] else change["new"],
+                           ref=change["ref"], old=change["old"], new=change["new"],
+                           forced=change["forced"], token=token, client=client)
+
     # --- the API's view of the applied revision ------------------------------------------
 
     async def _power(self, name: str, action: str) -> dict[str, Any]:
@@ -348,7 +358,8 @@ class Peer:
 
             self.git_remote = GitRemote(cfg.data_dir / "remote.git", tokens, pushed,
                                         max_body=cfg.remote.max_push_mb << 20,
-                                        branch=cfg.source.ref if cfg.source else "main")
+                                        branch=cfg.source.ref if cfg.source else "main",
+                                        on_refs=self._ref_changes)
         if cfg.bmc.secrets_file is not None:
             from appliance.power.manager import PowerManager
 
