@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ class RenderBudget:
     """What one template render and one revision's renders may spend."""
 
     template_seconds: float = 2.0  # one template for one host and stage
-    revision_seconds: float = 900.0  # every host and stage of a revision, in the worker
+    revision_seconds: float = 300.0  # every host and stage of a revision, in the worker
     output_bytes: int = 4 << 20  # one rendered file (an Ignition with embedded files: ~100 KB)
     worker_memory_bytes: int = 2 << 30  # address space the worker may add to what it forked
 
@@ -47,14 +48,34 @@ _limit: contextvars.ContextVar[int] = contextvars.ContextVar(
     "vaquero_render_output_limit", default=DEFAULT_BUDGET.output_bytes)
 
 
+_alarm = False  # set in the render worker, where SIGALRM may interrupt any Python code
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise BudgetExceeded("the template ran past its time budget (in a helper it called)")
+
+
+def enable_alarm() -> None:
+    """In the render worker (a process of its own, this its main thread): each template
+    also gets a SIGALRM timer, which interrupts what the deadline checks cannot see (Python
+    code of a library function the template called, running long on its own)."""
+    global _alarm
+    signal.signal(signal.SIGALRM, _on_alarm)
+    _alarm = True
+
+
 @contextmanager
 def template_budget(budget: RenderBudget) -> Iterator[None]:
     """The deadline and output limit of one render, for the thread that renders."""
     token_d = _deadline.set(time.monotonic() + budget.template_seconds)
     token_l = _limit.set(budget.output_bytes)
+    if _alarm:
+        signal.setitimer(signal.ITIMER_REAL, budget.template_seconds * 1.5)
     try:
         yield
     finally:
+        if _alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         _deadline.reset(token_d)
         _limit.reset(token_l)
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .render_budget import enable_alarm
+
 T = TypeVar("T")
 
 
@@ -33,6 +35,7 @@ def _address_space() -> int:
 
 def _child(fn: Callable[..., Any], args: tuple[Any, ...], memory_bytes: int, out: int) -> None:
     try:
+        enable_alarm()
         limit = _address_space() + memory_bytes
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))

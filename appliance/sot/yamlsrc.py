@@ -111,7 +111,11 @@ def _scalar(node: yaml.ScalarNode) -> Any:
         return _BOOLS[node.value.lower()]
     if tag == _TIMESTAMP:  # dates stay strings: a SoT has no use for datetime objects
         return node.value
-    return _scalars.construct_object(node, deep=True)
+    try:
+        return _scalars.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5,000 digits
+        raise YamlError(node.start_mark.line + 1, f"a value that is not a usable number: "
+                                                  f"{str(exc)[:100]}") from None
 
 
 ALIAS_BUDGET = 1_000_000  # nodes a stream may rebuild through aliases and merge keys
@@ -184,6 +188,15 @@ def load_documents(text: str | bytes) -> list[Document]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlError(line, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:  # a control character or bad encoding
+        head = text[:exc.position] if exc.position is not None else ""
+        line = (head.count(b"\n" if isinstance(head, bytes) else "\n")) + 1
+        raise YamlError(line, f"not valid YAML: {exc.reason} (character "
+                              f"{exc.character!r})") from None
+    except yaml.YAMLError as exc:  # anything else the parser refuses is the file's problem
+        raise YamlError(1, f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise YamlError(1, "not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     return docs
