@@ -150,3 +150,20 @@ def test_render_worker_bounds_memory_and_time() -> None:
         run_bounded(time.sleep, 60, seconds=1, memory_bytes=256 << 20)
     assert time.monotonic() - started < 30
     assert run_bounded(sum, [1, 2, 3], seconds=30, memory_bytes=256 << 20) == 6
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("id: x\nname: \x1e\n", "control characters"),
+    ("id: x\nn: " + "9" * 5000 + "\n", "not a usable number"),
+    ("id: x\nx: " + "[" * 20000 + "]" * 20000 + "\n", "not valid YAML"),
+], ids=["control-character", "huge-integer", "deep-nesting"])
+def test_hostile_yaml_is_a_problem_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               text: str, expect: str) -> None:
+    """Found by tools/fuzz/sot_fuzz.py: these escaped the loader as exceptions."""
+    root = _lab(tmp_path)
+    (root / "os" / "hostile.yml").write_text(text)
+    assert main(["validate", str(root)]) != 0
+    out = capsys.readouterr().out
+    assert "os/hostile.yml" in out and expect in out, out
+    (root / "os" / "hostile.yml").unlink()
+    _assert_lab01_renders(root, capsys)
