@@ -240,7 +240,7 @@ async def _http_storm(rng: random.Random, count: int, deadline: float) -> int:
                 try:
                     async with session.request(method, base + path, data=body or None) as r:
                         await r.read()
-                except (OSError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, OSError, ValueError):
                     pass
                 sent += 1
 
