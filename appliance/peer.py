@@ -21,12 +21,14 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.api.app import make_api_app
-from appliance.api.auth import TokenError, load_tokens
+from appliance.api.auth import load_tokens
 from appliance.api.context import ApiContext
-from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
+from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.host_archive import HostArchive
+from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
@@ -34,13 +36,18 @@ from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
+from appliance.power.manager import PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
-from appliance.source.github import WebhookSecretError
 from appliance.source.gittree import GitTree, RevisionNotFound
-from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
+# Host states in which a machine runs one of its stages (powered on for it): its console is
+# worth recording. Not while it is being powered: a BMC attaches SOL to a running machine.
+STAGE_STATES = frozenset({"booting", "waiting", "checking"})
+
+# data-plane events that are evidence of a machine booting, and the host.seen step of each
+SEEN_STEPS = {"stage-booting": "script", "stage-loaded": "loaded"}
 
 
 class PeerError(Exception):
@@ -72,7 +79,7 @@ def read_secret(path: Path) -> bytes:
 
 
 def _counter_values(obj: Any) -> dict[str, float]:
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: float(v) for k, v in dataclasses.asdict(obj).items()
                 if isinstance(v, int | float)}
     return {k: float(v) for k, v in dict(obj).items()}
@@ -91,9 +98,14 @@ class Peer:
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
         self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
-        self.power: Any = None  # appliance.power.manager.PowerManager when configured
+        self.power: PowerManager | None = None  # when the config names BMC secrets
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
+        self.consoles: Any = None  # appliance.power.console.ConsoleRecorder with BMCs
+        self.history = HostArchive(config.data_dir / "hosts", config.history.max_events_per_host,
+                                   config.history.max_age_days)
+        self.federation: Any = None  # appliance.federation.service.FederationService
+        self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -173,12 +185,14 @@ class Peer:
 
     def _on_event(self, kind: str, **fields: Any) -> None:
         """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
-        if kind == "stage-booting":  # already logged as boot.script; only the evidence
+        if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
             if self.outbox is not None and isinstance(fields.get("host"), str):
                 revision = fields.get("revision")
-                self.outbox.put_command(raft_commands.build(
-                    "host.seen", time.time(), name=fields["host"], stage=int(fields["stage"]),
-                    revision=revision if isinstance(revision, str) else None))
+                step = {"step": "loaded"} if SEEN_STEPS[kind] == "loaded" else {}
+                self.outbox.put_command(raft_commands.build(  # (no step field: "script",
+                    "host.seen", time.time(), name=fields["host"],  # as peers before it)
+                    stage=int(fields["stage"]),
+                    revision=revision if isinstance(revision, str) else None, **step))
             return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
@@ -251,6 +265,47 @@ class Peer:
             "revision": table.sha,
         }
 
+    async def _watch_consoles(self) -> None:
+        """The leader records the SOL console of every host in a stage (a BMC serves one
+        SOL session: only the peer that drives the machines holds it)."""
+        from appliance.power.console import SolTarget
+        from appliance.power.manager import NoBmc, target_for
+        from appliance.power.secrets import SecretsError
+
+        while True:
+            wanted: dict[str, SolTarget] = {}
+            cluster, table, power = self.cluster, self.table, self.power
+            secrets = power.secrets if power is not None else None
+            if (cluster is not None and table is not None and secrets is not None
+                    and cluster.status.is_leader):
+                for record in cluster.hosts():
+                    entry = table.hosts.get(record.get("name", ""))
+                    if entry is None or record.get("state") not in STAGE_STATES:
+                        continue
+                    try:
+                        target = target_for(entry)
+                        creds = secrets.lookup(target.credentials)
+                    except (NoBmc, SecretsError):
+                        continue
+                    if target.type == "ipmi":
+                        run = (int(record.get("stage") or 0), int(record.get("attempt") or 0))
+                        wanted[entry.host.name] = SolTarget(target.address, target.port or 623,
+                                                            creds.user, creds.password, run)
+            await asyncio.to_thread(self.consoles.want, wanted)
+            await asyncio.sleep(1)
+
+    def _host_names(self) -> list[str]:
+        return list(self.table.hosts) if self.table is not None else []
+
+    def _local_done(self) -> dict[str, int]:
+        """Stages done as this peer serves them, for the hosts it holds local reports of."""
+        out = {}
+        for name in self.local_progress.hosts():
+            record = self.progress.record(name)
+            if record is not None and record.done:
+                out[name] = record.done
+        return out
+
     def _sites(self) -> list[dict[str, Any]]:
         if self.revision is None:
             return []
@@ -277,6 +332,7 @@ class Peer:
                            and table.site.netboot.dhcp_mode == "proxy" else None),
             "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
             "revision": table.sha if table else None,
+            "mode": "source" if cfg.source is not None else "sot",
             "source": self.follower.info() if self.follower else None,
         }
 
@@ -284,7 +340,9 @@ class Peer:
         cfg = self.config
         if cfg.api.url:
             return cfg.api.url.rstrip("/")
-        host = self._boot_info()["address"] or "127.0.0.1"
+        host = (self._boot_info()["address"] or
+                (str(cfg.address) if cfg.address else None) or
+                cfg.raft.address.rpartition(":")[0].strip("[]") or "127.0.0.1")
         return f"http://{host}:{cfg.api.port or self.http_port}"
 
     async def _announce(self) -> None:
@@ -292,8 +350,9 @@ class Peer:
         `vaq-peer doctor` can reach every peer. Re-checked: the leader's first
         reconciliation of the list may race with the first announcement."""
         assert self.cluster is not None and self.outbox is not None
-        me, url = self.config.raft.address, self.api_url()
+        me = self.config.raft.address
         while True:
+            url = self.api_url()  # the boot address is known once a revision is served
             mine = next((p for p in self.cluster.peers() if p["address"] == me), None)
             if mine is None or mine.get("api_url") != url or mine.get("name") != self.config.peer:
                 self.outbox.put_command(raft_commands.build(
@@ -309,6 +368,7 @@ class Peer:
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
         sources["source"] = lambda: self.follower.metrics() if self.follower else {}
+        sources["federation"] = lambda: self.federation.metrics() if self.federation else {}
         sources["workflow"] = lambda: self.engine.metrics() if self.engine else {}
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
@@ -320,18 +380,21 @@ class Peer:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything or nothing: whatever fails, what was started is stopped again
+        (a Raft node left running would hold its port and confuse its group)."""
         try:
             await self._start()
-        except OSError as exc:
+        except BaseException as exc:
             await self.stop()
-            raise PeerError(f"cannot start: {exc.strerror or exc} ({exc.__class__.__name__}); "
-                            "is another server on that port, or is the boot interface "
-                            "missing?") from None
-        except (ClusterStartError, TokenError, SigningKeysError, WebhookSecretError) as exc:
-            await self.stop()
-            raise PeerError(str(exc)) from None
-        except PeerError:
-            await self.stop()
+            if isinstance(exc, PeerError):
+                raise
+            if isinstance(exc, OSError):
+                raise PeerError(f"cannot start: {exc.strerror or exc} "
+                                f"({exc.__class__.__name__}); is another server on that "
+                                "port, or is the boot interface missing?") from None
+            if isinstance(exc, Exception):
+                log.exception("peer.start_failed")
+                raise PeerError(f"cannot start: {exc}") from None
             raise
 
     async def _start(self) -> None:
@@ -345,6 +408,8 @@ class Peer:
         self.outbox = EventOutbox(self.cluster)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         log.info("raft.started", address=cfg.raft.address, peers=list(peers))
+        self._tasks.append(asyncio.create_task(
+            self.history.follow(self.cluster, self._host_names), name="history"))
 
         self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self._on_event)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
@@ -361,9 +426,14 @@ class Peer:
                                         branch=cfg.source.ref if cfg.source else "main",
                                         on_refs=self._ref_changes)
         if cfg.bmc.secrets_file is not None:
-            from appliance.power.manager import PowerManager
-
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
+            if cfg.console.enabled:
+                from appliance.power.console import ConsoleRecorder
+
+                self.consoles = ConsoleRecorder(cfg.data_dir / "consoles",
+                                                cfg.console.max_bytes, cfg.console.keep)
+                self._tasks.append(asyncio.create_task(self._watch_consoles(),
+                                                       name="consoles"))
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
         else:  # follow a git remote; serve what the group applies (503 until then)
@@ -379,14 +449,20 @@ class Peer:
             self._tasks += self.follower.start()
             from appliance.workflow import WorkflowEngine
 
-            self.engine = WorkflowEngine(self.cluster, cfg.site, self.follower.tree_for,
-                                         self.revisions, self.power)
+            self.engine = WorkflowEngine(
+                self.cluster, cfg.site, self.follower.tree_for, self.revisions, self.power,
+                runner_options={"evidence_window": cfg.workflow.evidence_window,
+                                "silence_window": cfg.workflow.silence_window})
             self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
+        self._start_federation()
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
+                             federation=self.federation,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
-                             rollout_progress=self._rollout_progress if self.engine else None)
+                             rollout_progress=self._rollout_progress if self.engine else None,
+                             local_done=self._local_done, host_events=self.history.read,
+                             console=self.consoles.read if self.consoles else lambda *_: None)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -413,6 +489,43 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if not tokens:
+            log.warning("api.no_tokens", hint="the API refuses every request without a token; "
+                        "add api.tokens to the config (`vaq-peer init` writes one)")
+        if cfg.dhcp.enabled:  # another DHCP server where ours serve: journal it now and then
+            self._tasks.append(asyncio.create_task(rogue_dhcp.watch(
+                cfg.interface, lambda: self.table is None
+                or self.table.site.netboot.dhcp_mode == "proxy", self._on_event), name="rogue"))
+
+    def _start_federation(self) -> None:
+        """Signed site summaries with the other sites, and (following a git remote) the
+        cross-site order as a gate of the revision pipeline. Never in the data plane's way."""
+        from appliance.federation.keys import SiteKeyError, load_signing_key
+        from appliance.federation.service import FederationService
+
+        assert self.cluster is not None
+        key = None
+        if self.config.federation.key_file is not None:
+            try:
+                key = load_signing_key(self.config.federation.key_file)
+            except SiteKeyError as exc:
+                raise PeerError(str(exc)) from None
+        self.federation = FederationService(self.config.site, self.cluster,
+                                            lambda: self.revision or self._candidate, key)
+        self._tasks.append(self.federation.start())
+        if self.follower is None:
+            return
+        service, follower = self.federation, self.follower
+
+        async def federation_gate(sha: str) -> tuple[bool, str]:
+            candidate = None
+            if self.revision is None:  # nothing applied yet: the revision judged tells
+                candidate = await asyncio.to_thread(
+                    lambda: self.revisions.get(follower.tree_for(sha)))
+                self._candidate = candidate
+            return await service.gate(sha, candidate)
+
+        follower.pipeline.settings.federation_gate = federation_gate
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
@@ -438,6 +551,10 @@ class Peer:
         self._tasks.clear()
         if self.follower is not None:
             await self.follower.close()
+        if self.consoles is not None:
+            await asyncio.to_thread(self.consoles.close)
+        if self.federation is not None:
+            await self.federation.close()
         if self.power is not None:
             self.power.close()
         if self.artifacts is not None:
@@ -451,6 +568,12 @@ class Peer:
 async def serve(config: PeerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     structlog.contextvars.bind_contextvars(peer=config.peer, site=config.site)
+    if config.clock_offset_s:
+        from appliance.workflow.clock import offset_wall_clock
+
+        offset_wall_clock(config.clock_offset_s)
+        log.warning("peer.clock_offset", seconds=config.clock_offset_s,
+                    reason="clock_offset_s is set: this peer's wall clock is skewed (tests)")
     peer = Peer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -24,6 +24,7 @@ import structlog
 from appliance.netboot import dhcp_codec as wire
 from appliance.netboot import dhcp_table as tbl
 from appliance.netboot.refusals import RefusalDigest
+from appliance.netboot.rogue_dhcp import PROBE_VENDOR_CLASS
 
 log = structlog.get_logger("vaquero.netboot.dhcp")
 
@@ -109,6 +110,8 @@ class Responder:
         """Random MACs are free to make: reported per interval as a digest, not one by one
         (`RefusalDigest`), so a storm cannot flush the journal of real events."""
         self.counters.inc("unknown")
+        if req.vendor_class == PROBE_VENDOR_CLASS:  # a peer looking for rogue servers
+            return
         fields = {
             "mac": mac_text(req.chaddr),
             "message": wire.MESSAGE_NAMES.get(req.msg_type, str(req.msg_type)),

