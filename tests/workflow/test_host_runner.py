@@ -210,8 +210,10 @@ async def test_a_machine_that_loaded_its_kernel_is_left_alone(node: Cluster, arm
     await seen(node, sha, "loaded", 1)
     await asyncio.sleep(4)  # twice the silence window
     assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe")) is None
-    await node.submit({"op": "host.stage_done", "op_id": "ph-3", "at": time.time(),
-                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    for stage in (1, 2):  # in order: a stage is reported only after the one before it
+        await node.submit({"op": "host.stage_done", "op_id": f"ph-3-{stage}",
+                           "at": time.time(), "name": "n1", "stage": stage, "stages": 2,
+                           "revision": sha})
     await asyncio.wait_for(task, 20)
     assert node.host("n1")["state"] == "done" and sim.machine_pids() == []
 
