@@ -143,8 +143,12 @@ async def _walk(peer: Peer, token: str, sha: str) -> None:
         print(_indent("\n".join(script.splitlines()[:6]) + "\n..."))
         table = peer.table
         assert table is not None
-        token_path = f"/phone-home/lab-01/{{}}/{table.token('lab-01')}"
-        status, body = await c.text(token_path.format(1), "POST")
+        arming = peer.progress.arming("lab-01")
+
+        def token_path(stage: int) -> str:  # a token per host, stage and arming
+            return f"/phone-home/lab-01/{stage}/{table.token('lab-01', stage, arming)}"
+
+        status, body = await c.text(token_path(1), "POST")
         print(f"POST /phone-home/lab-01/1/<token> -> {status} {body}   (the installer)")
 
         async def stage_two() -> bool:
@@ -154,7 +158,7 @@ async def _walk(peer: Peer, token: str, sha: str) -> None:
         status, script = await c.text(f"/ipxe?mac={mac}")
         print(f"GET /ipxe?mac={mac} -> {status}   (the installer rebooted it)")
         print(_indent(script))
-        status, body = await c.text(token_path.format(2), "POST")
+        status, body = await c.text(token_path(2), "POST")
         print(f"POST /phone-home/lab-01/2/<token> -> {status} {body}   (its first boot)")
 
         async def lab01_done() -> bool:

@@ -221,10 +221,25 @@ class Peer:
                         revision=revision if isinstance(revision, str) else None,
                         data=data or None)
         if kind == "stage-done" and isinstance(host, str):
-            self.outbox.put_command(raft_commands.build(
+            arming = str(fields.get("arming", ""))  # "armed:<seq>" or "armed:None"
+            seq = arming.removeprefix("armed:")
+            cmd = raft_commands.build(
                 "host.stage_done", time.time(), name=host, stage=int(fields["stage"]),
                 stages=int(fields["stages"]),
-                revision=revision if isinstance(revision, str) else None))
+                revision=revision if isinstance(revision, str) else None)
+            # explicit even when None: "made while the host was not armed" is an identity too
+            cmd["armed_seq"] = int(seq) if seq.isdigit() else None
+            self.outbox.put_command(raft_commands.validate(cmd))
+
+    def _ref_changes(self, changes: list[dict[str, Any]], token: str, client: str) -> None:
+        """Every ref a push to this peer's remote changed, in the replicated journal: a
+        force-push or a deletion leaves the old SHA and the token that did it on record."""
+        for change in changes:
+            kind = ("git-ref-deleted" if change["deleted"] else
+                    "git-ref-forced" if change["forced"] else "git-ref-updated")
+            self._on_event(kind, revision=None if change["deleted"] else change["new"],
+                           ref=change["ref"], old=change["old"], new=change["new"],
+                           forced=change["forced"], token=token, client=client)
 
     # --- the API's view of the applied revision ------------------------------------------
 
@@ -425,7 +440,8 @@ class Peer:
 
             self.git_remote = GitRemote(cfg.data_dir / "remote.git", tokens, pushed,
                                         max_body=cfg.remote.max_push_mb << 20,
-                                        branch=cfg.source.ref if cfg.source else "main")
+                                        branch=cfg.source.ref if cfg.source else "main",
+                                        on_refs=self._ref_changes)
         if cfg.bmc.secrets_file is not None:
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
             if cfg.console.enabled:

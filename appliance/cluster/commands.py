@@ -154,7 +154,8 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"name", "revision", "state", "stage"}),
         frozenset({"attempt", "message", "deadline"}),
     ),
-    "host.stage_done": (frozenset({"name", "stage", "stages"}), frozenset({"revision"})),
+    "host.stage_done": (frozenset({"name", "stage", "stages"}),
+                        frozenset({"revision", "armed_seq"})),
     "host.seen": (frozenset({"name", "stage"}), frozenset({"revision", "step"})),
     "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
     "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
@@ -244,6 +245,12 @@ def validate(cmd: Any) -> dict:
         out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["stages"] = _int(cmd, "stages", low=1, high=64)
         out["revision"] = _sha(cmd, "revision", required=False)
+        if "armed_seq" in cmd:  # the arming the phone-home's token was made for (None: none)
+            armed = cmd["armed_seq"]
+            if armed is not None and (isinstance(armed, bool) or not isinstance(armed, int)
+                                      or armed < 0):
+                raise _fail("armed_seq must be an event sequence number or null")
+            out["armed_seq"] = armed
     elif op == "host.seen":
         out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
         out["stage"] = _int(cmd, "stage", low=1, high=64)

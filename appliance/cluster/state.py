@@ -220,14 +220,27 @@ class ClusterState:
         return {"ok": True, "seq": seq}
 
     def _host_stage_done(self, cmd: dict) -> dict:
-        """A phone-home, as any peer's data plane saw it. Never lowers what is done."""
+        """A phone-home, as any peer's data plane saw it. It counts only for the arming its
+        token was made for (by identity: `armed_seq`, never by comparing peers' clocks),
+        only for the next stage (out of order: refused and journaled), and a replay changes
+        nothing."""
         name, at, stage = cmd["name"], cmd["at"], cmd["stage"]
         record = self.hosts.get(name)
-        if record is not None and at < record.get("armed_at", at):
-            # made before the host was armed again (a report held in a cut-off peer's
-            # outbox): it answers the previous arming, not this one
-            raise _Reject("stale_report", f"host {name}: a stage {stage} report from before "
-                                          "its current arming")
+        current = record.get("armed_seq") if record is not None else None
+        if "armed_seq" in cmd and cmd["armed_seq"] != current:
+            # made for another arming (a report held in a cut-off peer's outbox while the
+            # host was armed again): it answers that arming, not this one
+            raise _Reject("stale_report", f"host {name}: a stage {stage} report made for "
+                                          f"arming {cmd['armed_seq']}, not {current}")
+        done = record.get("done", 0) if record is not None else 0
+        if stage <= done:
+            return {"ok": True, "replay": True, "done": done}
+        if stage != done + 1:
+            seq = self._emit(at, "host.phone_home_refused", host=name, revision=cmd["revision"],
+                             message=f"stage {stage} reported while stage {done + 1} is the "
+                                     "one in progress", data={"stage": stage, "done": done})
+            raise _Reject("out_of_order", f"host {name}: stage {stage} reported before "
+                                          f"stage {done + 1} (event {seq})")
         if record is None or "done" not in record:
             record = {"name": name, "revision": cmd["revision"], "stages": cmd["stages"],
                       "done": 0, "stage": stage, "state": "booting", "attempt": 0,

@@ -16,7 +16,9 @@ Each step a host takes is logged with its name: that log is how an operator foll
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,8 @@ from aiohttp import web
 
 from appliance.netboot.boottable import BootTable
 from appliance.netboot.identify import Identity, resolve
-from appliance.netboot.progress import HostProgress
+from appliance.netboot.progress import HostProgress, OutOfOrder
+from appliance.netboot.refusals import RefusalDigest
 from appliance.sot.render import ipxe_try_peers, local_disk_script
 
 log = structlog.get_logger("vaquero.netboot.boot")
@@ -59,6 +62,10 @@ class BootState:
     firmware_roots: list[Path] = field(default_factory=list)
     on_event: Callable[..., None] | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    digest: RefusalDigest = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.digest = RefusalDigest(self.event, log, "boot")
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -66,6 +73,10 @@ class BootState:
     def event(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
             self.on_event(kind, **fields)
+
+    def refused(self, kind: str, key: str, **fields: Any) -> None:
+        """Unknown or refused machine traffic: journaled as digests (`RefusalDigest`)."""
+        self.digest.note(kind, key, **fields)
 
 
 BOOT_STATE = web.AppKey("boot_state", BootState)
@@ -109,6 +120,26 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     return web.Response(text=boot_ipxe_script(table.peer_urls), content_type="text/plain")
 
 
+async def _stage_content(state: BootState, table: BootTable, host: str, stage: int
+                         ) -> tuple[str, tuple[str, str] | None]:
+    """A render not cached yet runs in a thread: a template that is slow for the real token
+    (validation rendered it with a placeholder) stalls its own request, not the event loop
+    that serves DHCP-chained boots; its own deadline and output budget still apply."""
+    arming = state.progress.arming(host)
+    cached = table.cached_stage_content(host, stage, arming)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(table.stage_content, host, stage, arming)
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5,19}$")
+
+
+def _shown_mac(mac: str) -> str:
+    """The reported MAC as echoed into a script: the query is the client's text."""
+    return mac if _MAC.match(mac) else "(no valid MAC given)"
+
+
 async def host_script(request: web.Request) -> web.Response:
     state = _state(request)
     table = state.table
@@ -130,12 +161,13 @@ async def host_script(request: web.Request) -> web.Response:
     host = found.host
     if host is None:
         state.count("unknown_host")
-        log.warning("boot.unknown_machine", **identity.fields(), client=_client(request))
-        state.event("unknown-machine", **identity.fields(), client=_client(request))
+        client = _client(request)
+        state.refused("unknown-machine", mac or client, **identity.fields(), client=client)
         # 200, not 404: iPXE would take a 404 for a failed peer and ask the next one,
         # which knows this machine no better.
         return web.Response(content_type="text/plain", text=(
-            f"#!ipxe\necho Vaquero: machine {mac} is not declared in the SoT\nexit\n"))
+            f"#!ipxe\necho Vaquero: machine {_shown_mac(mac)} is not declared in the SoT\n"
+            "exit\n"))
     stages = table.stages(host)
     entry = table.hosts[host]
     stage = None if entry.host.never_provision else state.progress.stage_to_serve(
@@ -148,7 +180,7 @@ async def host_script(request: web.Request) -> web.Response:
                   else "not armed (failed, aborted, or held by site policy)")
         log.info("boot.local_disk", host=host, reason=reason, revision=table.sha[:12])
         return web.Response(text=local_disk_script(host, reason), content_type="text/plain")
-    script, _ = table.stage_content(host, stage)
+    script, _ = await _stage_content(state, table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
              matched_by=found.matched_by, arch=request.query.get("arch"),
@@ -158,9 +190,22 @@ async def host_script(request: web.Request) -> web.Response:
     return web.Response(text=script, content_type="text/plain")
 
 
+def _current_stage_only(state: BootState, table: BootTable, host: str, stage: int) -> None:
+    """A stage's script and config (which carry its phone-home token) are served only while
+    it is the stage the host is at: the token of a stage not started yet never leaves."""
+    entry = table.hosts[host]
+    serving = None if entry.host.never_provision else state.progress.stage_to_serve(
+        host, table.stages(host), fresh=table.site.policy.install_new_hosts)
+    if serving != stage:
+        state.count("stage_not_current")
+        at = f"stage {serving}" if serving is not None else "no install stage"
+        raise web.HTTPNotFound(text=f"{host!r} is at {at}, not stage {stage}\n")
+
+
 async def stage_script(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    script, _ = table.stage_content(host, stage)
+    _current_stage_only(state, table, host, stage)
+    script, _ = await _stage_content(state, table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
     return web.Response(text=script, content_type="text/plain")
@@ -176,7 +221,8 @@ async def stage_loaded(request: web.Request) -> web.Response:
 
 async def stage_config(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    _, config = table.stage_content(host, stage)
+    _current_stage_only(state, table, host, stage)
+    _, config = await _stage_content(state, table, host, stage)
     if config is None:
         raise web.HTTPNotFound(text=f"stage {stage} of {host!r} has no install config\n")
     kind, text = config
@@ -196,22 +242,45 @@ async def stage_meta_data(request: web.Request) -> web.Response:
 
 
 async def phone_home(request: web.Request) -> web.Response:
+    """Only the token of this host, this stage and the host's current arming counts; only
+    the next stage moves the host on; a replay answers as the first report did."""
     state, table, host, stage = _host_stage(request)
     token = request.match_info["token"]
-    if not hmac.compare_digest(token.encode(), table.token(host).encode()):
-        state.count("phone_home_refused")
-        log.warning("boot.phone_home_refused", host=host, stage=stage, client=_client(request),
-                    reason="bad token")
+    arming = state.progress.arming(host)
+    stages = table.stages(host)
+    if not hmac.compare_digest(token.encode(), table.token(host, stage, arming).encode()):
+        _refuse_phone_home(state, request, host, stage, "bad token, or one of an earlier "
+                           "arming or another stage")
         raise web.HTTPForbidden(text="bad token\n")
     body = (await request.content.read(4096)).decode(errors="replace")
-    record = state.progress.stage_done(host, stage, table.sha)
-    stages = table.stages(host)
+    before = state.progress.record(host)
+    try:
+        record = state.progress.stage_done(host, stage, table.sha)
+    except OutOfOrder as exc:
+        _refuse_phone_home(state, request, host, stage, str(exc))
+        raise web.HTTPConflict(text=f"{exc}\n") from None
+    replay = before is not None and before.done >= stage
+    answer = {"host": host, "stage": stage, "done": record.done,
+              "workflow_done": record.done >= stages}
+    if replay:
+        state.count("phone_home_replays")
+        log.info("boot.phone_home_replayed", host=host, stage=stage, client=_client(request))
+        return web.json_response({**answer, "replay": True})
     state.count("phone_homes")
     log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),
              done=record.done >= stages, report=body[:1024] or None)
-    state.event("stage-done", host=host, stage=stage, stages=stages, revision=table.sha)
-    return web.json_response({"host": host, "stage": stage, "done": record.done,
-                              "workflow_done": record.done >= stages})
+    state.event("stage-done", host=host, stage=stage, stages=stages, revision=table.sha,
+                arming=arming)
+    return web.json_response(answer)
+
+
+def _refuse_phone_home(state: BootState, request: web.Request, host: str, stage: int,
+                       reason: str) -> None:
+    """Refusals are journaled, but through the rate limiter: anyone on the boot network can
+    make them, and they must not flush the real events out of the journal."""
+    state.count("phone_home_refused")
+    state.refused("phone-home-refused", key=f"{host}/{stage}", client=_client(request),
+                  host=host, stage=stage, reason=reason)
 
 
 async def firmware(request: web.Request) -> web.StreamResponse:

@@ -30,9 +30,12 @@ from appliance.sot.revision import Revision
 log = structlog.get_logger("vaquero.netboot.boottable")
 
 
-def host_token(secret: bytes, host: str) -> str:
-    """The per-host phone-home token: any peer of the site derives and checks the same one."""
-    return hmac.new(secret, f"phone-home:{host}".encode(), hashlib.sha256).hexdigest()[:32]
+def host_token(secret: bytes, host: str, stage: int, arming: str) -> str:
+    """The phone-home token of one host, one stage, one arming: any peer of the site derives
+    and checks the same one. The config of stage 1 (served without authentication) carries
+    no token that reports stage 2 before stage 1, nor one that outlives a re-arming."""
+    message = f"phone-home:{host}:{int(stage)}:{arming}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass
@@ -49,7 +52,7 @@ class BootTable:
     by_serial: dict[str, str] = field(default_factory=dict)  # SMBIOS serial number
     by_asset: dict[str, str] = field(default_factory=dict)  # SMBIOS chassis asset tag
     _renderer: Renderer | None = field(default=None, repr=False)
-    _rendered: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = field(
+    _rendered: dict[tuple[str, int, str], tuple[str, tuple[str, str] | None]] = field(
         default_factory=dict, repr=False)
 
     @property
@@ -61,22 +64,30 @@ class BootTable:
         """Every base URL a machine may try, this peer's first."""
         return (self.base_url, *site_fallback_urls(self.site, self.base_url))
 
-    def token(self, host: str) -> str:
-        return host_token(self.secret, host)
+    def token(self, host: str, stage: int, arming: str) -> str:
+        return host_token(self.secret, host, stage, arming)
 
     def stages(self, host: str) -> int:
         entry = self.hosts[host]
         return len(self.revision.sot.workflows[entry.host.workflow].stages)
 
-    def stage_content(self, host: str, stage: int) -> tuple[str, tuple[str, str] | None]:
-        """(iPXE script, (kind, config) or None), rendered with the host's real token once."""
-        key = (host, stage)
+    def cached_stage_content(self, host: str, stage: int, arming: str
+                             ) -> tuple[str, tuple[str, str] | None] | None:
+        return self._rendered.get((host, stage, arming))
+
+    def stage_content(self, host: str, stage: int, arming: str
+                      ) -> tuple[str, tuple[str, str] | None]:
+        """(iPXE script, (kind, config) or None), rendered once per arming with the tokens
+        of this stage and of the next (an installer writes the next stage's phone-home into
+        the system it installs); no other stage's token is ever rendered."""
+        key = (host, stage, arming)
         cached = self._rendered.get(key)
         if cached is None:
             if self._renderer is None:
                 self._renderer = Renderer(self.revision.sot, self.revision.sha,
                                           {self.site.id: self.base_url})
-            cached = self._renderer.render_stage(self.hosts[host], stage, self.token(host))
+            tokens = {s: self.token(host, s, arming) for s in (stage, stage + 1)}
+            cached = self._renderer.render_stage(self.hosts[host], stage, tokens)
             self._rendered[key] = cached
         return cached
 

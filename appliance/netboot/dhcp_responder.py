@@ -23,6 +23,7 @@ import structlog
 
 from appliance.netboot import dhcp_codec as wire
 from appliance.netboot import dhcp_table as tbl
+from appliance.netboot.refusals import RefusalDigest
 from appliance.netboot.rogue_dhcp import PROBE_VENDOR_CLASS
 
 log = structlog.get_logger("vaquero.netboot.dhcp")
@@ -72,6 +73,8 @@ class Responder:
         self._last_event: dict[tuple[str, bytes], float] = {}
         self._next_prune = 0.0
         self._malformed_last = -MALFORMED_EVENT_PERIOD_S
+        self.unknown = RefusalDigest(self._event if on_event else None, log, "dhcp",
+                                     clock=clock)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -104,10 +107,10 @@ class Responder:
         return True
 
     def _unknown(self, req: wire.Request, src: tuple[str, int]) -> None:
+        """Random MACs are free to make: reported per interval as a digest, not one by one
+        (`RefusalDigest`), so a storm cannot flush the journal of real events."""
         self.counters.inc("unknown")
         if req.vendor_class == PROBE_VENDOR_CLASS:  # a peer looking for rogue servers
-            return
-        if not self._may_report("unknown-mac", req.chaddr):
             return
         fields = {
             "mac": mac_text(req.chaddr),
@@ -117,8 +120,7 @@ class Responder:
         }
         if req.client_uuid:
             fields["uuid"] = req.client_uuid.hex()
-        log.info("dhcp.unknown_mac", **fields)
-        self._event("unknown-mac", **fields)
+        self.unknown.note("unknown-mac", fields["mac"], **fields)
 
     def _malformed(self, reason: str, src: tuple[str, int], size: int) -> None:
         self.counters.inc("malformed")

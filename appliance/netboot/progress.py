@@ -21,6 +21,22 @@ import structlog
 log = structlog.get_logger("vaquero.netboot.progress")
 
 
+class OutOfOrder(ValueError):
+    """A phone-home for a stage that is not the next one: a stage 2 report before stage 1
+    would otherwise mark the workflow done and boot the disk, skipping the install."""
+
+
+def check_order(host: str, stage: int, done: int) -> bool:
+    """True when `stage` is the next one, False for a replay (already done: idempotent);
+    raises OutOfOrder for a stage past the next."""
+    if stage <= done:
+        return False
+    if stage != done + 1:
+        raise OutOfOrder(f"host {host}: stage {stage} reported while stage {done + 1} "
+                         f"is the one in progress")
+    return True
+
+
 @dataclass(frozen=True)
 class HostRecord:
     done: int  # stages completed (0: none yet)
@@ -37,7 +53,16 @@ class HostProgress(Protocol):
 
     def record(self, host: str) -> HostRecord | None: ...
 
-    def stage_done(self, host: str, stage: int, revision: str) -> HostRecord: ...
+    def arming(self, host: str) -> str:
+        """The identity of the host's current arming: phone-home tokens are derived from
+        it, so a report made for an earlier arming (a reinstall since) is refused by
+        identity, never by comparing clocks."""
+        ...
+
+    def stage_done(self, host: str, stage: int, revision: str) -> HostRecord:
+        """Record `stage` done. Only the next stage counts: an earlier one is a replay
+        (returned unchanged), a later one raises OutOfOrder."""
+        ...
 
     def rearm(self, host: str, revision: str) -> None: ...
 
@@ -82,10 +107,15 @@ class LocalProgress:
                                         "revision": record.revision, "at": record.updated}) + "\n")
         os.fsync(self._journal.fileno())  # a phone-home acknowledged is never forgotten
 
+    def arming(self, host: str) -> str:
+        return "local"
+
     def stage_done(self, host: str, stage: int, revision: str) -> HostRecord:
         current = self._records.get(host)
-        done = max(stage, current.done if current else 0)
-        record = HostRecord(done, revision, time.time())
+        if not check_order(host, stage, current.done if current else 0):
+            assert current is not None
+            return current
+        record = HostRecord(stage, revision, time.time())
         self.write(host, record)
         return record
 
@@ -110,6 +140,10 @@ class ReplicatedProgress:
 
     def _key(self, record: dict | None) -> str:
         return f"armed:{record.get('armed_seq')}" if record else "armed:None"
+
+    def arming(self, host: str) -> str:
+        record = self.records(host)
+        return self._key(record if record is not None and "done" in record else None)
 
     def _local_done(self, host: str, record: dict | None) -> int:
         mine = self.local.record(host)
@@ -140,9 +174,11 @@ class ReplicatedProgress:
         mine = self.local.record(host)
         base = mine.done if mine is not None and mine.revision == key else 0
         replicated = record.get("done", 0) if record else 0
-        done = max(stage, base, replicated)
-        self.local.write(host, HostRecord(done, key, time.time()))
-        return HostRecord(done, revision, time.time())
+        done = max(base, replicated)
+        if not check_order(host, stage, done):
+            return HostRecord(done, revision, time.time())
+        self.local.write(host, HostRecord(stage, key, time.time()))
+        return HostRecord(stage, revision, time.time())
 
     def rearm(self, host: str, revision: str) -> None:
         self.local.rearm(host, revision)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from appliance.netboot.refusals import RefusalDigest
 from appliance.netboot.tftp_files import (
     FileMissing,
     FileResolver,
@@ -68,8 +69,10 @@ class TftpServer:
     virtual: `(name) -> bytes | None`, consulted first with the root-relative name.
     interface: bind the listening and transfer sockets to this device (SO_BINDTODEVICE).
     max_blksize: the largest block we agree to; the default fits a 1500-byte MTU.
-    timeout/retries: default retransmission timer (a client's RFC 2349 timeout overrides it)
-    and how many times in a row we resend before abandoning a transfer.
+    timeout/retries: default retransmission timer (a client's RFC 2349 timeout overrides it,
+    up to `max_timeout`) and how many times in a row we resend before abandoning a transfer.
+    max_transfers/max_per_client: transfers at once, in all and from one client address: a
+    firmware fetches one file at a time, so one address cannot take every slot.
     """
 
     def __init__(
@@ -85,6 +88,8 @@ class TftpServer:
         timeout: float = 1.0,
         retries: int = 5,
         max_transfers: int = 10000,
+        max_per_client: int = 8,
+        max_timeout: int = 5,
     ) -> None:
         self.resolver = FileResolver(roots, virtual)
         self.host = host
@@ -95,7 +100,13 @@ class TftpServer:
         self.timeout = timeout
         self.retries = retries
         self.max_transfers = max_transfers
+        self.max_per_client = max_per_client
+        self.max_timeout = max_timeout
         self.counters = TftpCounters()
+        self._per_client: dict[str, int] = {}
+        # Refusals are logged a few per minute, then as one digest: 50,000 junk requests
+        # must not become 25,000 log lines.
+        self.refusals = RefusalDigest(None, log, "tftp")
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transfers: dict[tuple[str, int], Transfer] = {}
@@ -184,6 +195,10 @@ class TftpServer:
             self._refuse(client, local, request, ErrorCode.NOT_DEFINED, "server busy",
                          "too many transfers")
             return
+        if self._per_client.get(client[0], 0) >= self.max_per_client:
+            self._refuse(client, local, request, ErrorCode.NOT_DEFINED, "server busy",
+                         "too many transfers from this client")
+            return
         try:
             source = self.resolver.open(request.filename, netascii=request.mode == "netascii")
         except PathRefused as exc:
@@ -224,10 +239,12 @@ class TftpServer:
 
     def _refuse(self, client: tuple[str, int], local: str, request: Request, code: ErrorCode,
                 message: str, reason: str, level: str = "info") -> None:
-        """Answer a request with an ERROR from a fresh port, as a transfer would, and log it."""
+        """Answer a request with an ERROR from a fresh port, as a transfer would, and log it
+        (rate-limited: a few lines a minute, then a digest with the count)."""
         self.counters.requests_refused += 1
-        getattr(log, level)("tftp.request.refused", client=f"{client[0]}:{client[1]}",
-                            file=request.filename, code=int(code), reason=reason)
+        fields = {"client": f"{client[0]}:{client[1]}", "file": request.filename[:128],
+                  "code": int(code), "reason": reason}
+        self.refusals.note("request.refused", client[0], level=level, **fields)
         with contextlib.suppress(OSError, ValueError), self._transfer_socket(local, client) as s:
             s.send(error_packet(code, message))
 
@@ -236,14 +253,19 @@ class TftpServer:
     def _start_transfer(self, sock: socket.socket, client: tuple[str, int], request: Request,
                         source: Source) -> None:
         nego = negotiate(request.options, file_size=source.size, max_blksize=self.max_blksize,
-                         max_windowsize=self.max_windowsize)
+                         max_windowsize=self.max_windowsize, max_timeout=self.max_timeout)
         fields = {"client": f"{client[0]}:{client[1]}", "file": request.filename,
                   "size": source.size, "blksize": nego.blksize, "windowsize": nego.windowsize,
                   "mode": request.mode}
         started = time.monotonic()
 
+        address = client[0]
+
         def on_done(transfer: Transfer, outcome: Outcome) -> None:
             self._transfers.pop(client, None)
+            left = self._per_client.pop(address, 1) - 1
+            if left > 0:
+                self._per_client[address] = left
             duration = round(time.monotonic() - started, 6)
             if outcome.ok:
                 self.counters.transfers_completed += 1
@@ -268,6 +290,7 @@ class TftpServer:
         )
         self.counters.transfers_started += 1
         self._transfers[client] = transfer
+        self._per_client[address] = self._per_client.get(address, 0) + 1
         log.info("tftp.transfer.start", **fields)
         transfer.start()
 

@@ -107,12 +107,15 @@ def negotiate(
     file_size: int,
     max_blksize: int = PATH_MTU_BLKSIZE,
     max_windowsize: int = 64,
+    max_timeout: int = 255,
 ) -> Negotiated:
     """Decide blksize, windowsize, timeout and tsize from the client's options.
 
     Out-of-range values make us ignore that option (RFC 2347 lets a server leave any option
     unacknowledged) except blksize/windowsize above our limits, which are lowered: a smaller
-    block than asked is always acceptable to an RFC 2348 client.
+    block than asked is always acceptable to an RFC 2348 client. A timeout above
+    `max_timeout` is not acknowledged (RFC 2349 allows only the client's own value back):
+    a client must not hold a transfer slot for minutes by asking for 255 s.
     """
     oack: dict[str, str] = {}
     blksize, windowsize, timeout = DEFAULT_BLKSIZE, 1, None
@@ -124,7 +127,7 @@ def negotiate(
         elif name == "windowsize" and number is not None and number >= 1:
             windowsize = min(number, MAX_WINDOWSIZE, max_windowsize)
             oack[name] = str(windowsize)
-        elif name == "timeout" and number is not None and 1 <= number <= 255:
+        elif name == "timeout" and number is not None and 1 <= number <= min(255, max_timeout):
             timeout = float(number)
             oack[name] = str(number)
         elif name == "tsize" and number is not None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
+from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .loader import HostEntry, Sot
@@ -31,6 +32,21 @@ from .models import (
     Stage,
     Subnet,
     Workflow,
+)
+from .render_budget import (
+    DEFAULT_BUDGET,
+    LOOP_GUARD,
+    SIZE_GUARD,
+    BudgetExceeded,
+    RenderBudget,
+    bound_filters,
+    bounded_join,
+    budgeted_iter,
+    check_binop,
+    check_call_args,
+    guard_template,
+    sized,
+    template_budget,
 )
 
 PLACEHOLDER_TOKEN = "TOKEN"  # used where no peer secret exists (validate, plan, render offline)
@@ -60,15 +76,35 @@ class _AssetLoader(BaseLoader):
 class _Environment(ImmutableSandboxedEnvironment):
     """The sandbox, with its attribute verdicts cached.
 
+    Loops, calls and the operators that allocate (`*`, `**`, `%`) are held to the render's
+    budget (`render_budget`): the sandbox alone bounds neither time nor memory.
+
     Jinja decides whether `obj.attr` is safe from isinstance checks on `obj` and the name
     `attr` only (internal attributes of functions, frames, generators...; methods that
     mutate known containers), so the verdict is a function of (type(obj), attr). Deciding it
     again on every access was a third of the render time of a large SoT.
     """
 
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._verdicts: dict[tuple[type, str], bool] = {}
+        self.globals.pop("lipsum", None)  # lorem ipsum of any size: no use in a SoT
+        self.globals[LOOP_GUARD] = budgeted_iter
+        self.globals[SIZE_GUARD] = sized
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return guard_template(super()._parse(source, name, filename))
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any,
+             **kwargs: Any) -> Any:
+        check_call_args(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         key = (type(obj), attr)
@@ -97,6 +133,7 @@ def make_environment(sot: Sot) -> ImmutableSandboxedEnvironment:
     env.filters["cmdline_quote"] = _quote_cmdline_value
     env.filters["tojson"] = _tojson
     env.filters["urlencode"] = _urlencode
+    bound_filters(env.filters)
     return env
 
 
@@ -136,13 +173,26 @@ class Urls:
     base: str
     host: str
     stage: int
-    token: str
+    tokens: dict[int, str] | str  # phone-home tokens: this stage's and the next's only
     fallbacks: tuple[str, ...] = ()
 
     @property
     def peers(self) -> tuple[str, ...]:
         """Every base URL to try, this peer's first."""
         return (self.base, *self.fallbacks)
+
+    @property
+    def token(self) -> str:
+        return self._token(self.stage)
+
+    def _token(self, stage: int) -> str:
+        if isinstance(self.tokens, str):  # no host (a script for any machine)
+            return self.tokens
+        token = self.tokens.get(int(stage))
+        if token is None:
+            raise ValueError(f"urls.phone_home_at({stage}): stage {self.stage} may report only "
+                             f"itself and stage {self.stage + 1} (tokens are per stage)")
+        return token
 
     @property
     def ipxe(self) -> str:
@@ -164,7 +214,7 @@ class Urls:
     def phone_home_at(self, stage: int) -> str:
         """The phone-home URL of another stage: an installer writes the next (local) stage's
         URL into the system it installs, which reports from its first boot."""
-        return f"{self.base}/phone-home/{self.host}/{int(stage)}/{self.token}"
+        return f"{self.base}/phone-home/{self.host}/{int(stage)}/{self._token(stage)}"
 
     def artifact(self, artifact: Artifact) -> str:
         return f"{self.base}/artifacts/{artifact.sha256}/{artifact.filename}"
@@ -309,10 +359,13 @@ class Renderer:
     """Renders hosts of one revision; holds the compiled templates for reuse across hosts."""
 
     def __init__(self, sot: Sot, revision: str,
-                 boot_urls: dict[str, str] | None = None) -> None:
+                 boot_urls: dict[str, str] | None = None,
+                 budget: RenderBudget = DEFAULT_BUDGET) -> None:
         """`boot_urls` overrides a site's base URL: a peer renders with its own address, so a
-        machine that booted from it keeps talking to it (and to no dead peer)."""
+        machine that booted from it keeps talking to it (and to no dead peer). `budget`
+        bounds each template render (time, output size)."""
         self.sot = sot
+        self.budget = budget
         self.revision = {"sha": revision, "short": revision[:12]}
         self.env = make_environment(sot)
         self._cmdline_plans: dict[str, list[tuple[str, str | Any, int]]] = {}
@@ -323,8 +376,12 @@ class Renderer:
         self._fallback_urls = {sid: site_fallback_urls(site, self._boot_urls[sid])
                                for sid, site in sot.sites.items()}
         self._ipxe_parts: dict[str, tuple[str, str]] = {}  # per OS id
+        # Templates that ran past their budget once fail at once for every other host: a
+        # runaway template costs one budget per revision, not one per host.
+        self._over_budget: dict[str, RenderError] = {}
 
-    def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
+    def context(self, entry: HostEntry, plan: StagePlan, token: dict[int, str] | str
+                ) -> dict[str, Any]:
         site = self.sot.sites[entry.site]
         host = entry.host
         view = self._interfaces.get(host.name)
@@ -344,9 +401,14 @@ class Renderer:
             "revision": self.revision, "urls": urls,
         }
 
-    def render_stage(self, entry: HostEntry, index: int, token: str = PLACEHOLDER_TOKEN
+    def render_stage(self, entry: HostEntry, index: int,
+                     token: dict[int, str] | str = PLACEHOLDER_TOKEN
                      ) -> tuple[str, tuple[str, str] | None]:
-        """The stage's iPXE script, and (type, text) of its unattended config or None."""
+        """The stage's iPXE script, and (type, text) of its unattended config or None.
+        `token`: the phone-home tokens by stage (this one and the next), or one string used
+        for both (validation, offline renders)."""
+        if isinstance(token, str):
+            token = {index: token, index + 1: token}
         plan = stage_plan(self.sot, entry, index)
         if plan.boot is None:
             count = len(plan.workflow.stages)
@@ -381,8 +443,16 @@ class Renderer:
         except TemplateSyntaxError as exc:
             raise RenderError(exc.filename or f"assets/{key}", exc.lineno or 0,
                               f"template syntax error: {exc.message}") from None
+        known = self._over_budget.get(key)
+        if known is not None:
+            raise RenderError(known.file, known.line, known.message)
         try:
-            return template.render(ctx)
+            with template_budget(self.budget):
+                return bounded_join(template.generate(ctx))
+        except BudgetExceeded as exc:
+            error = _as_render_error(exc, f"assets/{key}")
+            self._over_budget[key] = error
+            raise error from None
         except Exception as exc:  # any template runtime failure belongs to the SoT author
             raise _as_render_error(exc, f"assets/{key}") from None
 
@@ -428,7 +498,8 @@ class Renderer:
                 out.append(value)
                 continue
             try:
-                text = value.render(ctx)
+                with template_budget(self.budget):
+                    text = bounded_join(value.generate(ctx))
             except Exception as exc:
                 raise RenderError(os_file, line, f"cmdline: {_exception_text(exc)}") from None
             out.append(f"{key}={_quote_cmdline_value(text)}")

@@ -7,6 +7,7 @@ same code path and give the same model (DESIGN.md: everything is a pure function
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,12 @@ class Tree(Protocol):
 _SKIP_DIRS = {".git", ".venv", "__pycache__", "node_modules"}
 
 
+class UnsafeEntry(OSError):
+    """A tree entry that is not a regular file inside the tree (a symlink, a device, a FIFO,
+    a path with `..`). A commit is input: reading through one would put any file the peer
+    can read (`/etc/shadow`, its own token files) into errors and rendered configs."""
+
+
 class DirectoryTree:
     """A SoT checkout on disk. Its id is the git tree hash of its files, so an unchanged
     working copy and the commit it came from are recognisably the same content."""
@@ -50,18 +57,48 @@ class DirectoryTree:
         return str(self.root)
 
     def files(self) -> Iterator[str]:
+        """Regular files only, as git sees a tree: symlinks (to files or directories),
+        devices and FIFOs are not content and are never followed (`followlinks=False`)."""
         if self._files is None:
             found = []
-            for dirpath, dirnames, filenames in os.walk(self.root):
+            for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
                 dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
                 rel = Path(dirpath).relative_to(self.root)
                 for name in sorted(filenames):
-                    found.append((rel / name).as_posix())
+                    if stat.S_ISREG(os.lstat(os.path.join(dirpath, name)).st_mode):
+                        found.append((rel / name).as_posix())
             self._files = found
         return iter(self._files)
 
     def read(self, path: str) -> bytes:
-        return (self.root / path).read_bytes()
+        """The bytes of a regular file of the tree. Every component is opened without
+        following links (O_NOFOLLOW, relative to the directory opened before it), so a link
+        swapped in after `files()` listed the tree cannot lead outside it either."""
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise UnsafeEntry(f"{path}: not a plain path inside the tree")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.root, flags | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+                except OSError as exc:
+                    raise UnsafeEntry(f"{path}: {part} is not a directory of the tree "
+                                      f"({exc.strerror})") from None
+                os.close(fd)
+                fd = nxt
+            try:
+                leaf = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+            except OSError as exc:
+                raise UnsafeEntry(f"{path}: not a regular file of the tree "
+                                  f"({exc.strerror})") from None
+        finally:
+            os.close(fd)
+        with os.fdopen(leaf, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UnsafeEntry(f"{path}: not a regular file of the tree")
+            return f.read()
 
     @property
     def revision_id(self) -> str:
@@ -79,7 +116,7 @@ class DirectoryTree:
                 node = node.setdefault(d, {})
             full = self.root / path
             mode = 0o100755 if os.access(full, os.X_OK) else 0o100644
-            node[leaf] = (mode, Blob.from_string(full.read_bytes()).id)
+            node[leaf] = (mode, Blob.from_string(self.read(path)).id)
 
         def build(node: dict) -> ObjectID:
             tree = GitTreeObject()

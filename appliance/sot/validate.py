@@ -20,7 +20,9 @@ from .loader import HostEntry, Sot
 from .models import Workflow
 from .problems import Problems
 from .render import Renderer, RenderError, make_environment
+from .render_budget import DEFAULT_BUDGET, RenderBudget
 from .render_keys import RenderKeys
+from .render_worker import WorkerFailed, run_bounded
 from .template_check import template_line_of, template_syntax_errors
 
 # Which unattended kinds make sense for which OS family; families not listed accept any kind.
@@ -415,12 +417,25 @@ def _dhcp_fingerprint(sot: Sot, entry: HostEntry, subnet_digests: dict[tuple[str
     return _digest("\n".join(parts))
 
 
-def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = None
-               ) -> ValidationResult:
-    """Render every stage of every host once; report failures grouped by template location.
+def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = None,
+               budget: RenderBudget = DEFAULT_BUDGET) -> ValidationResult:
+    """Render every stage of every host once, in a worker bounded in time and memory (a
+    commit is input: its templates are programs); report failures grouped by template.
     Hosts whose render key (render_keys) is in `parent` take its results unrendered."""
+    try:
+        return run_bounded(_render_all, sot, problems, parent, budget,
+                           seconds=budget.revision_seconds,
+                           memory_bytes=budget.worker_memory_bytes)
+    except WorkerFailed as exc:
+        problems.add("assets", 0, "render-budget",
+                     f"the revision's templates could not all be rendered: {exc}")
+        return ValidationResult(problems)
+
+
+def _render_all(sot: Sot, problems: Problems, parent: ValidationResult | None,
+                budget: RenderBudget) -> ValidationResult:
     result = ValidationResult(problems)
-    renderer = Renderer(sot, NEUTRAL_REVISION)
+    renderer = Renderer(sot, NEUTRAL_REVISION, budget=budget)
     failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
     checker = FormatChecker(parent.format_verdicts if parent is not None else None)

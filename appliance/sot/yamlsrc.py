@@ -78,7 +78,7 @@ class Source:
                 while loader.check_node():
                     node = loader.get_node()
                     if node is not None:
-                        _build(node)  # the same merge-key flattening as the first parse
+                        _Builder(ALIAS_BUDGET).build(node)  # the same flattening as the first parse
                     nodes.append(node)
             finally:
                 loader.dispose()
@@ -151,35 +151,70 @@ def _scalar(node: yaml.ScalarNode) -> Any:
         return _BOOLS[node.value.lower()]
     if tag == _TIMESTAMP:  # dates stay strings: a SoT has no use for datetime objects
         return node.value
-    return _scalars.construct_object(node, deep=True)
+    try:
+        return _scalars.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5,000 digits
+        raise YamlError(node.start_mark.line + 1, f"a value that is not a usable number: "
+                                                  f"{str(exc)[:100]}") from None
 
 
-def _build(node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return _scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(child) for child in node.value]
-    if isinstance(node, yaml.MappingNode):
-        if any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
-            _scalars.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise YamlError(key_node.start_mark.line + 1, "a mapping key must be a scalar")
-            key = _scalar(key_node)
-            if key in out:
-                raise YamlError(
-                    key_node.start_mark.line + 1, f"key {key!r} appears twice in one mapping"
-                )
-            out[key] = _build(value_node)
-        return out
-    raise YamlError(node.start_mark.line + 1, f"unsupported YAML node {node.tag}")
+ALIAS_BUDGET = 1_000_000  # nodes a stream may rebuild through aliases and merge keys
+
+
+class _Builder:
+    """Builds Python values from a composed node graph. An alias is the same node reached
+    twice; building it again is what makes a few hundred bytes (nine levels of nine aliases)
+    expand to 9**9 values. Every node built again through an alias counts against a budget:
+    legitimate anchors (`<<: *defaults` on 10,000 hosts) stay far below it, a bomb stops at it
+    in well under a second."""
+
+    def __init__(self, budget: int) -> None:
+        self.seen: set[int] = set()
+        self.budget = budget
+
+    def _charge(self, node: yaml.Node, count: int) -> None:
+        self.budget -= count
+        if self.budget < 0:
+            raise YamlError(node.start_mark.line + 1,
+                            f"aliases expand to more than {ALIAS_BUDGET:,} values "
+                            f"(an alias bomb?); write the values out or use fewer aliases")
+
+    def build(self, node: yaml.Node, aliased: bool = False) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return _scalar(node)
+        key = id(node)
+        if aliased or key in self.seen:
+            aliased = True
+            self._charge(node, 1 + len(node.value))
+        else:
+            self.seen.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, aliased) for child in node.value]
+        if isinstance(node, yaml.MappingNode):
+            if any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
+                _scalars.flatten_mapping(node)
+                if not aliased:  # merged entries are copies of another mapping's entries
+                    self._charge(node, len(node.value))
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise YamlError(key_node.start_mark.line + 1,
+                                    "a mapping key must be a scalar")
+                k = _scalar(key_node)
+                if k in out:
+                    raise YamlError(
+                        key_node.start_mark.line + 1, f"key {k!r} appears twice in one mapping"
+                    )
+                out[k] = self.build(value_node, aliased)
+            return out
+        raise YamlError(node.start_mark.line + 1, f"unsupported YAML node {node.tag}")
 
 
 def load_documents(text: str | bytes) -> list[Document]:
     """Parse every document of a YAML stream, keeping line numbers. Empty documents are skipped."""
     loader = _Loader(text)
     source = Source(text)
+    builder = _Builder(ALIAS_BUDGET)
     docs: list[Document] = []
     index = -1
     try:
@@ -188,7 +223,7 @@ def load_documents(text: str | bytes) -> list[Document]:
             index += 1
             if node is None:
                 continue
-            data = _build(node)
+            data = builder.build(node)
             if data is None:
                 continue
             docs.append(Document(data, node.start_mark.line + 1, source, index))
@@ -196,6 +231,15 @@ def load_documents(text: str | bytes) -> list[Document]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlError(line, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:  # a control character or bad encoding
+        head = text[:exc.position] if exc.position is not None else ""
+        line = (head.count(b"\n") if isinstance(head, bytes) else head.count("\n")) + 1
+        raise YamlError(line, f"not valid YAML: {exc.reason} (character "
+                              f"{exc.character!r})") from None
+    except yaml.YAMLError as exc:  # anything else the parser refuses is the file's problem
+        raise YamlError(1, f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise YamlError(1, "not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     return docs

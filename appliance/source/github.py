@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from aiohttp import web
 log = structlog.get_logger("vaquero.source.github")
 
 WEBHOOK_PATH = "/v1/hooks/github"
+SIGNATURE_RE = re.compile(r"^sha256=[0-9a-fA-F]{64}$")
+SEEN_DELIVERIES = 4096  # deliveries remembered for de-duplication
 MAX_WEBHOOK_BODY = 5 * 1024 * 1024  # GitHub caps payloads at 25 MB; a push to a SoT is tiny
 MIN_SECRET_BYTES = 16
 ZERO_SHA = re.compile(r"^0+$")
@@ -90,6 +93,9 @@ class GithubWebhook:
         self.ref = f"refs/heads/{branch}"
         self._on_push = on_push
         self.max_body = max_body
+        # Deliveries already acted on, by GitHub's delivery id and by the digest of the
+        # signed body (the id header is not signed: a replay may change it).
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     async def _read_body(self, request: web.Request) -> bytes:
         # Read the stream ourselves: request.read() obeys the app-wide client_max_size,
@@ -107,10 +113,19 @@ class GithubWebhook:
                 raise _TooLarge
             chunks.append(chunk)
 
+    # long: the webhook's checks in the order that keeps it cheap to attack: header, size,
+    # signature, de-duplication, then the event; each refusal answers where it is found.
     async def handle(self, request: web.Request) -> web.Response:
         delivery = request.headers.get("X-GitHub-Delivery", "")[:64]
         event = request.headers.get("X-GitHub-Event", "")[:64]
         client = request.remote
+        presented = request.headers.get("X-Hub-Signature-256")
+        if presented is None or not SIGNATURE_RE.match(presented):
+            # before a byte of the body is read: an unsigned request costs nothing
+            log.warning("github.webhook.refused", delivery=delivery, client=client,
+                        gh_event=event, reason="no well-formed X-Hub-Signature-256 header")
+            return _error(401, "unauthorized", "missing X-Hub-Signature-256; set a secret on "
+                          "the GitHub webhook")
         try:
             body = await self._read_body(request)
         except _TooLarge:
@@ -118,13 +133,6 @@ class GithubWebhook:
                         limit=self.max_body)
             return _error(413, "too_large", f"webhook bodies are limited to {self.max_body} "
                           "bytes")
-
-        presented = request.headers.get("X-Hub-Signature-256")
-        if presented is None:
-            log.warning("github.webhook.refused", delivery=delivery, client=client,
-                        gh_event=event, reason="no X-Hub-Signature-256 header")
-            return _error(401, "unauthorized", "missing X-Hub-Signature-256; set a secret on "
-                          "the GitHub webhook")
         expected = signature(self._secret, body).encode()
         if not hmac.compare_digest(expected, presented.encode("utf-8", "replace")):
             log.warning("github.webhook.refused", delivery=delivery, client=client,
@@ -156,6 +164,11 @@ class GithubWebhook:
             return _error(400, "bad_request", "push payload without a commit SHA in `after`")
         if payload.get("deleted") or ZERO_SHA.match(after):
             return self._ignored(delivery, f"branch {self.branch!r} deleted")
+        keys = [f"body:{hashlib.sha256(body).hexdigest()}"] + (
+            [f"id:{delivery}"] if delivery else [])
+        if any(k in self._seen for k in keys):
+            log.info("github.webhook.duplicate", delivery=delivery, client=client, sha=after)
+            return web.json_response({"duplicate": after}, status=200)
 
         try:
             await self._on_push(after)
@@ -164,6 +177,10 @@ class GithubWebhook:
             log.error("github.webhook.on_push_failed", delivery=delivery, sha=after,
                       error=f"{type(exc).__name__}: {exc}")
             return _error(500, "internal", "the push was verified but could not be queued")
+        for k in keys:  # remembered once acted on: a failed one may be redelivered
+            self._seen[k] = None
+        while len(self._seen) > SEEN_DELIVERIES:
+            self._seen.popitem(last=False)
         log.info("github.webhook.push", delivery=delivery, client=client, sha=after,
                  ref=ref)
         return web.json_response({"accepted": after}, status=202)

@@ -129,7 +129,14 @@ class HostRunner:
                         f"{self.evidence_window:.0f} s after a power step whose outcome is "
                         "unknown (the leader running it stopped)")
                 continue
-            await self._boot(stage, attempt)
+            try:
+                await self._boot(stage, attempt)
+            except CommandRejected as exc:
+                if exc.code != "stage_already_done":
+                    raise
+                # the machine's phone-home overtook this step (a fast installer): the stage
+                # is done, so nothing of it runs; the next turn reads where the host is
+                self.log.info("workflow.phone_home_overtook_step", stage=stage)
         raise RuntimeError(f"host {self.name}: runner did not converge")
 
     # --- one attempt of one stage ---------------------------------------------------------

@@ -45,9 +45,17 @@ def test_arm_steps_and_phone_homes_walk_a_host_to_installed():
 def test_phone_home_never_lowers_done_and_steps_of_another_revision_are_stale():
     st = ClusterState()
     st.apply(cmd("host.arm", name="n1", revision=R1, stages=3))
+    early = st.apply(cmd("host.stage_done", name="n1", stage=2, stages=3, revision=R1))
+    assert early["error"] == "out_of_order" and st.host("n1")["done"] == 0
+    refused = [e for e in st.events_since(0, 100)["events"]
+               if e["kind"] == "host.phone_home_refused"]
+    assert len(refused) == 1 and refused[0]["host"] == "n1"  # journaled
+    st.apply(cmd("host.stage_done", name="n1", stage=1, stages=3, revision=R1))
     st.apply(cmd("host.stage_done", name="n1", stage=2, stages=3, revision=R1))
-    st.apply(cmd("host.stage_done", name="n1", stage=1, stages=3, revision=R1))  # replayed
-    assert st.host("n1")["done"] == 2
+    events = len(st.events_since(0, 100)["events"])
+    replay = st.apply(cmd("host.stage_done", name="n1", stage=1, stages=3, revision=R1))
+    assert replay["ok"] and replay["replay"] and st.host("n1")["done"] == 2
+    assert len(st.events_since(0, 100)["events"]) == events  # idempotent: nothing new
     assert st.apply(cmd("host.step", name="n1", revision=R2, state="booting",
                         stage=3))["error"] == "stale"
     again = st.apply(cmd("host.arm", name="n1", revision=R1, stages=3))
@@ -119,18 +127,21 @@ def test_seen_records_boot_evidence_only_for_known_hosts():
     assert (rec["seen_at"], rec["seen_stage"], rec["state"]) == (1234.5, 1, "queued")
 
 
-def test_a_report_made_before_the_current_arming_does_not_count():
+def test_a_report_made_for_an_earlier_arming_does_not_count_whatever_the_clocks():
     st = ClusterState()
-    st.apply(cmd("host.arm", at=100.0, name="n1", revision=R1, stages=2))
-    st.apply(cmd("host.stage_done", at=150.0, name="n1", stage=2, stages=2, revision=R1))
-    st.apply(cmd("host.arm", at=200.0, name="n1", revision=R2, stages=2))  # reinstall
-    # a phone-home accepted at 160 by a peer cut off from the group, replicated only now
-    late = st.apply(cmd("host.stage_done", at=160.0, name="n1", stage=1, stages=2,
-                        revision=R1))
+    first = st.apply(cmd("host.arm", at=100.0, name="n1", revision=R1, stages=2))["seq"]
+    st.apply(cmd("host.stage_done", at=150.0, name="n1", stage=1, stages=2, revision=R1,
+                 armed_seq=first))
+    second = st.apply(cmd("host.arm", at=200.0, name="n1", revision=R2, stages=2))["seq"]
+    # a phone-home made under the first arming by a peer cut off from the group, whose
+    # clock runs ahead: identity decides, not the timestamp
+    late = st.apply(cmd("host.stage_done", at=999.0, name="n1", stage=1, stages=2,
+                        revision=R1, armed_seq=first))
     assert late["error"] == "stale_report"
     assert st.host("n1")["done"] == 0
-    assert st.apply(cmd("host.stage_done", at=230.0, name="n1", stage=1, stages=2,
-                        revision=R2))["ok"]
+    # and one made under the current arming by a peer whose clock runs behind counts
+    assert st.apply(cmd("host.stage_done", at=50.0, name="n1", stage=1, stages=2,
+                        revision=R2, armed_seq=second))["ok"]
     assert st.host("n1")["done"] == 1
 
 
@@ -140,6 +151,7 @@ def test_abort_ends_hosts_in_flight_and_resume_retries_failed_ones_in_the_same_e
     for name in ("a", "b", "c"):
         st.apply(cmd("host.arm", name=name, revision=R1, stages=2))
     st.apply(cmd("host.step", name="a", revision=R1, state="failed", stage=1))
+    st.apply(cmd("host.stage_done", name="b", stage=1, stages=2, revision=R1))
     st.apply(cmd("host.stage_done", name="b", stage=2, stages=2, revision=R1))
     st.apply(cmd("host.step", name="b", revision=R1, state="done", stage=2))
     st.apply(cmd("rollout.set", revision=R1, state="failed", reason="max_fail"))

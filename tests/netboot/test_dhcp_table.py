@@ -10,7 +10,8 @@ from scapy.layers.dhcp import BOOTP
 
 from appliance.netboot import dhcp_codec as wire
 from appliance.netboot import dhcp_table as t
-from appliance.netboot.dhcp_responder import EVENT_PERIOD_S, MAX_TRACKED_MACS, Responder
+from appliance.netboot.dhcp_responder import EVENT_PERIOD_S, Responder
+from appliance.netboot.refusals import DISTINCT_CAP, INTERVAL_S
 
 SRC = ("0.0.0.0", 68)
 
@@ -78,7 +79,7 @@ def test_http_boot_without_url_is_not_answered() -> None:
     assert r.handle(dhcp_packet(mac_of(10), "discover", 2), SRC) is not None
 
 
-def test_unknown_mac_events_are_rate_limited_per_mac() -> None:
+def test_unknown_mac_events_are_digested_per_interval() -> None:
     now = [1000.0]
     events: list[tuple[str, dict]] = []
     r = Responder(
@@ -90,10 +91,14 @@ def test_unknown_mac_events_are_rate_limited_per_mac() -> None:
     for xid in range(5):
         assert r.handle(dhcp_packet(stranger, "discover", xid), SRC) is None
     r.handle(dhcp_packet(other, "discover", 9), SRC)
-    now[0] += EVENT_PERIOD_S + 1
+    now[0] += INTERVAL_S + 1
     r.handle(dhcp_packet(stranger, "discover", 10), SRC)
-    assert [f["mac"] for _, f in events] == [stranger, other, stranger]
-    assert r.counters["unknown"] == 7 and r.counters["events_suppressed"] == 4
+    assert [k for k, _ in events] == ["unknown-mac", "unknown-mac-digest", "unknown-mac"]
+    assert events[0][1]["mac"] == stranger and events[2][1]["mac"] == stranger
+    digest = events[1][1]
+    assert digest["count"] == 6 and digest["distinct"] == 2
+    assert digest["sample"] == f"{stranger},{other}"
+    assert r.counters["unknown"] == 7
 
 
 def test_a_failing_event_sink_costs_nothing() -> None:
@@ -153,20 +158,21 @@ def test_declines_are_journaled_once_per_period() -> None:
 
 def test_a_flood_of_fresh_macs_is_counted_but_not_journaled() -> None:
     now = [0.0]
-    events: list[str] = []
+    events: list[tuple[str, dict]] = []
     r = Responder(
         t.compile_table(make_spec(), "br0"),
-        on_event=lambda k, **f: events.append(k),
+        on_event=lambda k, **f: events.append((k, f)),
         clock=lambda: now[0],
     )
-    flood = MAX_TRACKED_MACS + 500
+    flood = DISTINCT_CAP + 500
     for i in range(flood):
         r.handle(
             dhcp_packet(f"52:54:01:{i >> 16:02x}:{i >> 8 & 255:02x}:{i & 255:02x}", "discover", i),
             SRC,
         )
-    assert len(events) == MAX_TRACKED_MACS  # memory stays bounded
-    assert r.counters["unknown"] == flood and r.counters["events_suppressed"] == 500
-    now[0] += EVENT_PERIOD_S + 1  # old entries expire: new MACs are reported again
+    assert [k for k, _ in events] == ["unknown-mac"]  # one event, the rest counted
+    assert r.counters["unknown"] == flood
+    now[0] += INTERVAL_S + 1  # the interval ends: one digest, then new MACs are reported
     r.handle(dhcp_packet("52:54:02:00:00:01", "discover", 1), SRC)
-    assert len(events) == MAX_TRACKED_MACS + 1
+    assert [k for k, _ in events] == ["unknown-mac", "unknown-mac-digest", "unknown-mac"]
+    assert events[1][1]["count"] == flood and events[1][1]["distinct"] == f">={DISTINCT_CAP}"

@@ -97,7 +97,7 @@ def test_host_walks_the_boot_chain_against_a_serving_peer(peer, netns_rig, tmp_p
     assert f"\nset vq-base {BASE}\n" in script
     assert "inst.ks=${vq-base}/boot/rk-01/1/config" in script
     kickstart = cli.run("curl", "-fsS", f"{BASE}/boot/rk-01/1/config").stdout
-    token = host_token(secret, "rk-01")
+    token = host_token(secret, "rk-01", 1, "armed:None")  # not armed: a fixed-SoT peer
     assert f"/phone-home/rk-01/1/{token}" in kickstart
 
     refused = cli.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",

@@ -60,7 +60,8 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def server(root: Path) -> AsyncIterator[TftpServer]:
-    srv = TftpServer(roots=[root], host=HOST, port=0)
+    # every client here shares one address (loopback): lift the per-client cap
+    srv = TftpServer(roots=[root], host=HOST, port=0, max_per_client=1000)
     await srv.start()
     try:
         yield srv

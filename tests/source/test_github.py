@@ -422,3 +422,38 @@ def test_load_webhook_secret(tmp_path: Path):
         load_webhook_secret(tmp_path / "missing")
     with pytest.raises(WebhookSecretError):
         GithubWebhook(b"short", "main", lambda sha: None)  # type: ignore[arg-type]
+
+
+async def test_replayed_delivery_triggers_one_fetch(hook: TestClient):
+    """A delivery replayed 100 times (its unsigned id header changed or not) is acted on
+    once; a new push after it still is."""
+    body = push_body()
+    for i in range(100):
+        headers = signed(body, "push")
+        if i % 2:
+            headers["X-GitHub-Delivery"] = f"forged-{i}"
+        resp = await hook.post(WEBHOOK_PATH, data=body, headers=headers)
+        assert resp.status in (200, 202)
+    assert hook.pushed == [SHA]
+    body = push_body(after=OTHER_SHA)
+    headers = {**signed(body, "push"), "X-GitHub-Delivery": "next-delivery"}
+    assert (await hook.post(WEBHOOK_PATH, data=body, headers=headers)).status == 202
+    assert hook.pushed == [SHA, OTHER_SHA]
+
+
+async def test_unsigned_body_is_refused_before_it_is_read(hook: TestClient):
+    sent: list[int] = []
+
+    async def slow_chunks():
+        for i in range(100):  # 10 MB over ~5 s, if anyone waited for it
+            sent.append(i)
+            yield b"x" * (100 * 1024)
+            await asyncio.sleep(0.05)
+
+    headers = {"X-GitHub-Event": "push", "Content-Type": "application/json"}
+    resp = await hook.post(WEBHOOK_PATH, data=slow_chunks(), headers=headers)
+    assert resp.status == 401
+    assert len(sent) < 100  # answered while the body was still arriving
+    body = push_body()
+    assert (await hook.post(WEBHOOK_PATH, data=body,
+                            headers=signed(body, "push"))).status == 202

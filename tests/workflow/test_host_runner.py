@@ -99,8 +99,10 @@ async def test_a_new_leader_never_repeats_a_step_it_cannot_know_the_outcome_of(
     assert sim.machine_pids() == []  # the BMC was never asked to power anything
     assert node.pending_intents("n1") == []
     # the machine did boot after all: its phone-homes (both stages) move it to done
-    await node.submit({"op": "host.stage_done", "op_id": "ph-1", "at": time.time(),
-                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    for stage in (1, 2):  # in order: a stage is reported only after the one before it
+        await node.submit({"op": "host.stage_done", "op_id": f"ph-1-{stage}",
+                           "at": time.time(), "name": "n1", "stage": stage, "stages": 2,
+                           "revision": sha})
     await asyncio.wait_for(task, 20)
     assert node.host("n1")["state"] == "done"
     assert sim.machine_pids() == []
@@ -155,8 +157,10 @@ async def test_a_machine_seen_booting_is_waited_for_not_power_cycled_again(
     record = node.host("n1")
     assert (record["state"], record["attempt"]) == ("booting", 0), record
     assert node.intent(intent_id(sha, "n1", 1, 1, "pxe")) is None
-    await node.submit({"op": "host.stage_done", "op_id": "ph-2", "at": time.time(),
-                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    for stage in (1, 2):  # in order: a stage is reported only after the one before it
+        await node.submit({"op": "host.stage_done", "op_id": f"ph-2-{stage}",
+                           "at": time.time(), "name": "n1", "stage": stage, "stages": 2,
+                           "revision": sha})
     await asyncio.wait_for(task, 20)
     assert node.host("n1")["state"] == "done" and sim.machine_pids() == []
 
@@ -206,8 +210,10 @@ async def test_a_machine_that_loaded_its_kernel_is_left_alone(node: Cluster, arm
     await seen(node, sha, "loaded", 1)
     await asyncio.sleep(4)  # twice the silence window
     assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe")) is None
-    await node.submit({"op": "host.stage_done", "op_id": "ph-3", "at": time.time(),
-                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    for stage in (1, 2):  # in order: a stage is reported only after the one before it
+        await node.submit({"op": "host.stage_done", "op_id": f"ph-3-{stage}",
+                           "at": time.time(), "name": "n1", "stage": stage, "stages": 2,
+                           "revision": sha})
     await asyncio.wait_for(task, 20)
     assert node.host("n1")["state"] == "done" and sim.machine_pids() == []
 
