@@ -281,11 +281,25 @@ def check_running(procs: list[subprocess.Popen], logs: list[Path]) -> None:
                                f"{log.read_text(errors='replace')[-3000:]}")
 
 
-def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args) -> dict:
+def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args,
+               profile: Path | None = None) -> dict:
+    """One storm of n machines; with `profile`, py-spy samples procs[0] meanwhile."""
     cpu0 = process_tree_cpu(procs)
     t0 = time.monotonic()
-    result = run_client(lab, ["storm", "--hosts", str(n), "--ramp", str(args.ramp),
-                              "--timeout", str(args.timeout)], timeout=args.timeout + 60)
+    box: list[dict] = []
+
+    def load() -> None:
+        box.append(run_client(lab, ["storm", "--hosts", str(n), "--ramp", str(args.ramp),
+                                    "--timeout", str(args.timeout)], timeout=args.timeout + 60))
+
+    report = None
+    if profile is not None:
+        from tools.bench.spy_profile import record
+
+        report = record(procs[0].pid, args.py_spy, load, profile)
+    else:
+        load()
+    result = box[0]
     result["server_cpu_s"] = process_tree_cpu(procs) - cpu0
     result["wall_s"] = time.monotonic() - t0
     failures = ", ".join(f"{k} {v}" for k, v in result["failures"].items()) or "none"
@@ -295,6 +309,8 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
           f"{result['p50_s']:.2f} s p99 {result['p99_s']:.2f} s, failures: {failures}; "
           f"server CPU {result['server_cpu_s']:.1f} s; phases p50 {result['phase_p50_s']}",
           flush=True)
+    if report:
+        print(f"py-spy, {label} peer 1, during the storm:\n{report}", flush=True)
     return result
 
 
@@ -321,7 +337,8 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
             scripts.mkdir()
             run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts)], timeout=300)
             label = "ours" if args.peers == 1 else f"ours x{args.peers}"
-            out["ours"] = storm_once(lab, label, procs, n, args)
+            out["ours"] = storm_once(lab, label, procs, n, args,
+                                     tmp / "spy.txt" if args.py_spy else None)
         finally:
             stop(procs)
         www = reference_www(tmp, scripts, kernel, initrd)
@@ -385,6 +402,8 @@ def main() -> int:
                     help="machines power on spread over this many seconds")
     ap.add_argument("--timeout", type=float, default=300, help="per storm, seconds")
     ap.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    ap.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
+                    help="sample our (first) peer with py-spy for SECONDS of each storm")
     args = ap.parse_args()
     missing = [t for t in ("dnsmasq", "nginx", "ip") if shutil.which(t) is None]
     if os.geteuid() != 0 or missing or not KPXE.exists():
