@@ -128,21 +128,21 @@ async def host_script(request: web.Request) -> web.Response:
                   else "not armed (failed, aborted, or held by site policy)")
         log.info("boot.local_disk", host=host, reason=reason, revision=table.sha[:12])
         return web.Response(text=local_disk_script(host, reason), content_type="text/plain")
-    script, _ = table.stage_content(host, stage)
+    body = table.script_body(host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
              arch=request.query.get("arch"), platform=request.query.get("platform"),
              client=_client(request))
     state.event("stage-booting", host=host, stage=stage, revision=table.sha)
-    return web.Response(text=script, content_type="text/plain")
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 async def stage_script(request: web.Request) -> web.Response:
     state, table, host, stage = _host_stage(request)
-    script, _ = table.stage_content(host, stage)
+    body = table.script_body(host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
-    return web.Response(text=script, content_type="text/plain")
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 async def stage_config(request: web.Request) -> web.Response:

@@ -49,6 +49,7 @@ class BootTable:
     _renderer: Renderer | None = field(default=None, repr=False)
     _rendered: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = field(
         default_factory=dict, repr=False)
+    _script_bodies: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False)
 
     @property
     def sha(self) -> str:
@@ -72,6 +73,15 @@ class BootTable:
             cached = self._renderer.render_stage(self.hosts[host], stage, self.token(host))
             self._rendered[key] = cached
         return cached
+
+    def script_body(self, host: str, stage: int) -> bytes:
+        """The stage's iPXE script as the bytes sent: rendered and encoded once per table
+        (a new revision is a new table), so a boot storm's repeated fetches cost neither."""
+        key = (host, stage)
+        body = self._script_bodies.get(key)
+        if body is None:
+            body = self._script_bodies[key] = self.stage_content(host, stage)[0].encode()
+        return body
 
     def artifacts(self) -> list[Artifact]:
         """Every artifact a host of this site may fetch under this revision."""

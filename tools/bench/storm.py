@@ -307,7 +307,8 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
     print(f"  {label:10} N={n}: {result['phoned_home']}/{n} phoned home, all in "
           f"{done if done is None else round(done, 2)} s, per machine p50 "
           f"{result['p50_s']:.2f} s p99 {result['p99_s']:.2f} s, failures: {failures}; "
-          f"server CPU {result['server_cpu_s']:.1f} s; phases p50 {result['phase_p50_s']}",
+          f"server CPU {result['server_cpu_s']:.1f} s, client CPU {result['client_cpu_s']:.1f} s;"
+          f" phases p50 {result['phase_p50_s']}",
           flush=True)
     if report:
         print(f"py-spy, {label} peer 1, during the storm:\n{report}", flush=True)
