@@ -35,6 +35,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -127,6 +128,25 @@ def client_argv(mode: str, *args: str) -> list[str]:
 def run_client(lab: Lab, args: list[str], timeout: float) -> dict:
     out = lab.client.run(*client_argv(*args), timeout=timeout)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_storm_clients(lab: Lab, n: int, args: argparse.Namespace) -> dict:
+    """--client-procs processes, each booting every k-th machine, all from one start time."""
+    from tools.bench.storm_client import summarise
+
+    k = args.client_procs
+    start_at = time.time() + 1.0 + 0.2 * k  # every process is up and its socket bound
+    procs = [subprocess.Popen(lab.client.cmd(*client_argv(
+        "storm", "--hosts", str(n), "--slice", f"{i}/{k}", "--start-at", f"{start_at:.3f}",
+        "--ramp", str(args.ramp), "--timeout", str(args.timeout))), stdout=subprocess.PIPE,
+        text=True) for i in range(k)]
+    parts = []
+    for p in procs:
+        out, _ = p.communicate(timeout=args.timeout + 90)
+        if p.returncode != 0:
+            raise RuntimeError(f"a storm client failed ({p.returncode})")
+        parts.append(json.loads(out.strip().splitlines()[-1]))
+    return summarise(parts)
 
 
 def process_tree_cpu(procs: list[subprocess.Popen]) -> float:
@@ -289,8 +309,7 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
     box: list[dict] = []
 
     def load() -> None:
-        box.append(run_client(lab, ["storm", "--hosts", str(n), "--ramp", str(args.ramp),
-                                    "--timeout", str(args.timeout)], timeout=args.timeout + 60))
+        box.append(run_storm_clients(lab, n, args))
 
     report = None
     if profile is not None:
@@ -307,7 +326,8 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
     print(f"  {label:10} N={n}: {result['phoned_home']}/{n} phoned home, all in "
           f"{done if done is None else round(done, 2)} s, per machine p50 "
           f"{result['p50_s']:.2f} s p99 {result['p99_s']:.2f} s, failures: {failures}; "
-          f"server CPU {result['server_cpu_s']:.1f} s, client CPU {result['client_cpu_s']:.1f} s;"
+          f"server CPU {result['server_cpu_s']:.1f} s, client CPU {result['client_cpu_s']:.1f} s "
+          f"in {result['client_processes']} processes;"
           f" phases p50 {result['phase_p50_s']}",
           flush=True)
     if report:
@@ -376,6 +396,8 @@ def client_main(argv: list[str]) -> None:
     ap.add_argument("--out")
     ap.add_argument("--ramp", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--slice", default="0/1", help="i/k: boot machines i, i+k, i+2k ...")
+    ap.add_argument("--start-at", type=float, default=0.0, help="wall-clock power-on time")
     a = ap.parse_args(argv)
     hosts = [host(i) for i in range(a.hosts)]
     if a.mode == "ready":
@@ -386,8 +408,13 @@ def client_main(argv: list[str]) -> None:
                                      [(name, mac) for name, mac, _, _ in hosts], a.out))
         print(json.dumps({"scripts": len(hosts)}))
     else:
-        machines = [sc.Machine(mac, uuid) for _, mac, _, uuid in hosts]
-        print(json.dumps(asyncio.run(sc.storm(machines, "eth0", a.ramp, a.timeout))))
+        rng = random.Random(1)  # the same power-on schedule whatever the slicing
+        delays = [rng.uniform(0, a.ramp) for _ in hosts]
+        i, k = (int(x) for x in a.slice.split("/"))
+        mine = range(i, len(hosts), k)
+        machines = [sc.Machine(hosts[j][1], hosts[j][3]) for j in mine]
+        print(json.dumps(asyncio.run(sc.storm(machines, [delays[j] for j in mine], "eth0",
+                                              a.start_at or time.time(), a.timeout))))
 
 
 def main() -> int:
@@ -402,6 +429,9 @@ def main() -> int:
     ap.add_argument("--ramp", type=float, default=1.0,
                     help="machines power on spread over this many seconds")
     ap.add_argument("--timeout", type=float, default=300, help="per storm, seconds")
+    ap.add_argument("--client-procs", type=int, default=2,
+                    help="client processes sharing the machines (the client must not be "
+                    "the limit)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     ap.add_argument("--py-spy", type=int, default=0, metavar="SECONDS",
                     help="sample our (first) peer with py-spy for SECONDS of each storm")
@@ -415,7 +445,8 @@ def main() -> int:
     print(f"boot storm: {args.peers} peer(s); kernel {args.kernel_kb} KiB, initrd "
           f"{args.initrd_kb} KiB; power-on ramp {args.ramp} s; {os.cpu_count()} cores; load "
           f"average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\nclient: "
-          f"{shlex.join(client_argv('storm', '--hosts', 'N'))} (in the client namespace)",
+          f"{shlex.join(client_argv('storm', '--hosts', 'N', '--slice', 'i/K'))} x "
+          f"{args.client_procs} processes (in the client namespace)",
           flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="vq-bench-storm-", dir="/dev/shm") as t:

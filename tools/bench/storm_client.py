@@ -11,8 +11,11 @@ in the same run. Each machine, from one network namespace:
   5. HTTP GET of the kernel and initrds the script names (sizes checked)
   6. HTTP POST to the phone-home URL from the kernel command line (vaq.phone_home=)
 
-All machines share one DHCP socket (replies are broadcast; matched by xid); each has its own
-TFTP socket and one keep-alive HTTP connection (iPXE pools connections too). Every wait is
+The machines of one process share one DHCP socket (replies are broadcast, so every client
+process gets each; matched by xid); each has its own TFTP socket and one keep-alive HTTP
+connection (iPXE pools connections too). storm.py splits the machines over several client
+processes that power on from one shared wall-clock start, so that the client is not the
+limit. Every wait is
 bounded: a machine that does not finish by the deadline counts as a failure, by phase.
 """
 
@@ -347,10 +350,12 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def storm(machines: list[Machine], interface: str, ramp: float,
+async def storm(machines: list[Machine], delays: list[float], interface: str, start_at: float,
                 timeout: float) -> dict:
-    """Power all machines on within `ramp` seconds; wait for each (bounded by `timeout`)."""
+    """Power machine i on at `start_at` (wall clock, shared by every client process) +
+    delays[i]; wait for each, bounded by `timeout`. Returns this process's records."""
     dhcp = DhcpClients(interface)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
     start = time.monotonic()
     deadline = start + timeout
 
@@ -359,28 +364,36 @@ async def storm(machines: list[Machine], interface: str, ramp: float,
         machine.started = time.monotonic()
         await boot(machine, dhcp, deadline=deadline)
 
-    rng = random.Random(1)
     try:
-        tasks = [asyncio.create_task(one(m, rng.uniform(0, ramp))) for m in machines]
+        tasks = [asyncio.create_task(one(m, d)) for m, d in zip(machines, delays, strict=True)]
         await asyncio.wait(tasks, timeout=timeout + 5)
         for task in tasks:
             task.cancel()
     finally:
         dhcp.close()
-    ok = [m for m in machines if m.finished is not None]
-    failures: dict[str, int] = {}
-    for m in machines:
-        if m.finished is None:
-            reason = m.failed or "deadline"
-            failures[reason] = failures.get(reason, 0) + 1
-    per = [m.finished - m.started for m in ok if m.finished is not None]
-    phases = {name: round(pct([m.phases[name] for m in ok if name in m.phases], 50), 4)
-              for name in ("dhcp", "tftp", "dhcp-ipxe", "script", "files", "phone-home")}
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"machines": len(machines), "phoned_home": len(ok), "failures": failures,
-            # near all_done_s: the client, not the server, was the limit
-            "client_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "all_done_s": (max(m.finished for m in ok) - start) if ok else None,
+    return {"client_cpu_s": usage.ru_utime + usage.ru_stime, "records": [
+        {"started": m.started - start, "finished": None if m.finished is None
+         else m.finished - start, "failed": m.failed, "phases": m.phases} for m in machines]}
+
+
+def summarise(parts: list[dict]) -> dict:
+    """One storm's figures from the records of every client process (times from start_at)."""
+    records = [r for part in parts for r in part["records"]]
+    ok = [r for r in records if r["finished"] is not None]
+    failures: dict[str, int] = {}
+    for r in records:
+        if r["finished"] is None:
+            reason = r["failed"] or "deadline"
+            failures[reason] = failures.get(reason, 0) + 1
+    per = [r["finished"] - r["started"] for r in ok]
+    phases = {name: round(pct([r["phases"][name] for r in ok if name in r["phases"]], 50), 4)
+              for name in ("dhcp", "tftp", "dhcp-ipxe", "script", "files", "phone-home")}
+    return {"machines": len(records), "phoned_home": len(ok), "failures": failures,
+            # near all_done_s x processes: the client, not the server, was the limit
+            "client_cpu_s": round(sum(p["client_cpu_s"] for p in parts), 2),
+            "client_processes": len(parts),
+            "all_done_s": max(r["finished"] for r in ok) if ok else None,
             "p50_s": pct(per, 50), "p99_s": pct(per, 99), "phase_p50_s": phases}
 
 
