@@ -50,6 +50,7 @@ class BootTable:
     _rendered: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = field(
         default_factory=dict, repr=False)
     _script_bodies: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False)
+    _stage_counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def sha(self) -> str:
@@ -59,8 +60,12 @@ class BootTable:
         return host_token(self.secret, host)
 
     def stages(self, host: str) -> int:
-        entry = self.hosts[host]
-        return len(self.revision.sot.workflows[entry.host.workflow].stages)
+        count = self._stage_counts.get(host)
+        if count is None:  # asked on every script request: the model walk once per host
+            entry = self.hosts[host]
+            count = self._stage_counts[host] = len(
+                self.revision.sot.workflows[entry.host.workflow].stages)
+        return count
 
     def stage_content(self, host: str, stage: int) -> tuple[str, tuple[str, str] | None]:
         """(iPXE script, (kind, config) or None), rendered with the host's real token once."""
