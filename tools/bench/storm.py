@@ -354,12 +354,13 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
         try:
             for ip in PEER_IPS[:args.peers]:
                 run_client(lab, ["ready", f"http://{ip}:{HTTP_PORT}/boot.ipxe"], timeout=200)
-            scripts = tmp / "scripts"
-            scripts.mkdir()
-            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts)], timeout=300)
             label = "ours" if args.peers == 1 else f"ours x{args.peers}"
             out["ours"] = storm_once(lab, label, procs, n, args,
                                      tmp / "spy.txt" if args.py_spy else None)
+            # after the storm: its first script requests rendered them, as after a revision
+            scripts = tmp / "scripts"
+            scripts.mkdir()
+            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts)], timeout=300)
         finally:
             stop(procs)
         www = reference_www(tmp, scripts, kernel, initrd)
