@@ -273,12 +273,11 @@ http {{
 
 
 def reference_www(tmp: Path, scripts: Path, kernel: Path, initrd: Path) -> Path:
-    """nginx's root: the chain script, every host's script (from our peer), the files."""
-    from appliance.netboot.boot_http import BOOT_IPXE
-
+    """nginx's root: our peer's chain script and every host's script, byte for byte (their
+    URLs name the address nginx listens on), and the same kernel and initrd."""
     www = tmp / "www"
     (www / "scripts").mkdir(parents=True)
-    (www / "boot.ipxe").write_text(BOOT_IPXE.format(base=f"http://{PEER_IPS[0]}:{HTTP_PORT}"))
+    os.link(tmp / "boot.ipxe", www / "boot.ipxe")
     for f in scripts.iterdir():
         os.link(f, www / "scripts" / f.name)
     for f, name in ((kernel, "vmlinuz"), (initrd, "initrd.img")):
@@ -360,7 +359,8 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
             # after the storm: its first script requests rendered them, as after a revision
             scripts = tmp / "scripts"
             scripts.mkdir()
-            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts)], timeout=300)
+            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts), "--chain",
+                             str(tmp / "boot.ipxe")], timeout=300)
         finally:
             stop(procs)
         www = reference_www(tmp, scripts, kernel, initrd)
@@ -395,6 +395,7 @@ def client_main(argv: list[str]) -> None:
     ap.add_argument("url", nargs="?")
     ap.add_argument("--hosts", type=int, default=0)
     ap.add_argument("--out")
+    ap.add_argument("--chain", help="where the scripts mode saves the chain script")
     ap.add_argument("--ramp", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--slice", default="0/1", help="i/k: boot machines i, i+k, i+2k ...")
@@ -406,7 +407,8 @@ def client_main(argv: list[str]) -> None:
         print(json.dumps({"ready": a.url}))
     elif a.mode == "scripts":
         asyncio.run(sc.fetch_scripts(f"http://{PEER_IPS[0]}:{HTTP_PORT}",
-                                     [(name, mac) for name, mac, _, _ in hosts], a.out))
+                                     [(name, mac) for name, mac, _, _ in hosts], a.out,
+                                     a.chain))
         print(json.dumps({"scripts": len(hosts)}))
     else:
         rng = random.Random(1)  # the same power-on schedule whatever the slicing

@@ -7,8 +7,9 @@ in the same run. Each machine, from one network namespace:
   1. DHCP DORA as a PXE ROM (option 93 arch 0, PXEClient vendor class, broadcast flag)
   2. TFTP of the boot file the offer names (undionly.kpxe), lockstep, blksize 1456
   3. DHCP DORA again as iPXE (user class "iPXE"): the offer names the boot script URL
-  4. HTTP GET of that script (a chain), then of the host's script it chains to
-  5. HTTP GET of the kernel and initrds the script names (sizes checked)
+  4. HTTP GET of that script (a chain), then of the host's script it chains to, run by a
+     small iPXE script interpreter (set, goto, chain, kernel, initrd, boot, `||`)
+  5. HTTP GET of the kernel and initrds as the script loads them (sizes checked)
   6. HTTP POST to the phone-home URL from the kernel command line (vaq.phone_home=)
 
 The machines of one process share one DHCP socket (replies are broadcast, so every client
@@ -253,31 +254,101 @@ class Http:
 
 
 IPXE_VARS = re.compile(r"\$\{([^}]+)\}")
+_VALUE_OPTS = frozenset({"--name", "-n", "--timeout", "-t"})  # options that take a value
 
 
-def expand(text: str, mac: str, uuid: str | None) -> str:
-    values = {"netX/mac": mac, "net0/mac": mac, "mac": mac, "uuid": uuid or "",
-              "buildarch": "i386", "platform": "pcbios"}
-    return IPXE_VARS.sub(lambda m: urllib.parse.quote(values.get(m[1], ""), safe=":-"), text)
+class Ipxe:
+    """Just enough of iPXE's script language to walk the boot chains benchmarked here:
+    `set`, labels and `goto`, `chain`, `kernel`, `initrd`/`imgfetch`/`module`, `boot`,
+    `exit`, and `command || fallback` (a failed fetch runs the fallback). Every other command
+    (echo, sleep, prompt ...) is skipped. Fetches happen when the command runs, as in iPXE;
+    bounded in steps and chain depth."""
 
+    def __init__(self, http: Http, mac: str, uuid: str | None) -> None:
+        self.http = http
+        self.vars = {"netX/mac": mac, "net0/mac": mac, "mac": mac, "uuid": uuid or "",
+                     "buildarch": "i386", "platform": "pcbios"}
+        self.kernel_args: list[str] = []
+        self.kernel = False
+        self.file_seconds = 0.0
+        self.steps = 0
 
-def script_urls(script: str) -> tuple[str | None, list[str], str | None]:
-    """(chain URL, [kernel and initrd URLs], phone-home URL) of an iPXE script."""
-    chain, files, phone = None, [], None
-    for line in script.splitlines():
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "chain":
-            chain = next((w for w in words[1:] if "://" in w), None)
-        elif words[0] in ("kernel", "initrd"):
-            url = next((w for w in words[1:] if "://" in w), None)
-            if url:
-                files.append(url)
-            if words[0] == "kernel":
-                phone = next((w.split("=", 1)[1] for w in words
-                              if w.startswith("vaq.phone_home=")), None)
-    return chain, files, phone
+    def expand(self, text: str) -> str:
+        return IPXE_VARS.sub(lambda m: urllib.parse.quote(
+            self.vars.get(m[1].split(":")[0], ""), safe=":-/."), text)
+
+    async def run(self, url: str, depth: int = 0) -> bool:
+        """Run the script at `url`; True once it booted a kernel."""
+        if depth > 4:
+            raise BootFailed("script", "chains nested too deep")
+        status, body, _ = await self.http.request("GET", url)
+        if status != 200:
+            return False
+        lines = [line.strip() for line in body.decode(errors="replace").splitlines()]
+        labels = {line[1:].split()[0]: i for i, line in enumerate(lines)
+                  if line.startswith(":") and len(line) > 1}
+        i = 0
+        while i < len(lines):
+            self.steps += 1
+            if self.steps > 1000:
+                raise BootFailed("script", "more than 1000 script steps")
+            line = lines[i]
+            i += 1
+            if not line or line[0] in "#:":
+                continue
+            command, bar, fallback = line.partition("||")
+            words = self.expand(command).split()
+            result = await self.command(words, depth) if words else True
+            if result == "booted":
+                return True
+            if result is False and bar:
+                words = self.expand(fallback).split()
+                result = await self.command(words, depth) if words else True
+            if isinstance(result, tuple):  # goto
+                if result[1] not in labels:
+                    raise BootFailed("script", f"goto {result[1]}: no such label")
+                i = labels[result[1]] + 1
+            elif result is False:
+                raise BootFailed("script", f"{url}: {' '.join(words)[:80]} failed")
+        return False
+
+    async def command(self, words: list[str], depth: int) -> bool | str | tuple[str, str]:
+        name, rest = words[0], words[1:]
+        if name == "set" and rest:
+            self.vars[rest[0]] = " ".join(rest[1:])
+            return True
+        if name == "goto" and rest:
+            return ("goto", rest[0])
+        if name in ("exit", "sanboot", "reboot", "shell", "poweroff"):
+            raise BootFailed("script", f"the script ran {name} instead of booting")
+        if name == "boot":
+            return "booted" if self.kernel else False
+        if name not in ("chain", "kernel", "initrd", "imgfetch", "module"):
+            return True  # echo, sleep, prompt, imgfree ...
+        args, skip = [], False
+        for word in rest:
+            if skip:
+                skip = False
+            elif word.startswith("-") and not args:
+                skip = word in _VALUE_OPTS
+            else:
+                args.append(word)
+        if not args or "://" not in args[0]:
+            return False
+        if name == "chain":
+            return "booted" if await self.run(args[0], depth + 1) else False
+        started = time.monotonic()
+        status, _, size = await self.http.request("GET", args[0], keep=False)
+        self.file_seconds += time.monotonic() - started
+        if status != 200 or size == 0:
+            return False
+        if name == "kernel":
+            self.kernel, self.kernel_args = True, args[1:]
+        return True
+
+    def phone_home(self) -> str | None:
+        return next((a.split("=", 1)[1] for a in self.kernel_args
+                     if a.startswith("vaq.phone_home=")), None)
 
 
 # -- one machine -------------------------------------------------------------------------------
@@ -311,23 +382,14 @@ async def boot(machine: Machine, dhcp: DhcpClients, *, deadline: float) -> None:
         url = ack.options.get(67, b"").split(b"\0")[0].decode() or ack.file
         lap("dhcp-ipxe")
         phase = "script"
-        for _hop in range(3):  # boot.ipxe chains to the host's own script
-            status, body, _ = await http.request("GET", url)
-            if status != 200:
-                raise BootFailed("script", f"{url}: HTTP {status}")
-            chain, files, phone = script_urls(body.decode(errors="replace"))
-            if chain is None:
-                break
-            url = expand(chain, machine.mac, machine.uuid)
-        if not files or phone is None:
-            raise BootFailed("script", f"{url}: no kernel or phone-home URL in the script")
-        lap("script")
-        phase = "files"
-        for file_url in files:
-            status, _, size = await http.request("GET", file_url, keep=False)
-            if status != 200 or size == 0:
-                raise BootFailed("files", f"{file_url}: HTTP {status}, {size} bytes")
-        lap("files")
+        ipxe = Ipxe(http, machine.mac, machine.uuid)
+        booted = await ipxe.run(url)
+        phone = ipxe.phone_home()
+        if not booted or phone is None:
+            raise BootFailed("script", f"{url}: no kernel booted, or no phone-home URL")
+        lap("script")  # with the kernel and initrds, fetched as the script ran them:
+        machine.phases["files"] = ipxe.file_seconds
+        machine.phases["script"] -= ipxe.file_seconds
         phase = "phone-home"
         report = json.dumps({"mac": machine.mac}).encode()
         status, _, _ = await http.request("POST", phone, report)
@@ -397,15 +459,19 @@ def summarise(parts: list[dict]) -> dict:
             "p50_s": pct(per, 50), "p99_s": pct(per, 99), "phase_p50_s": phases}
 
 
-async def fetch_scripts(base: str, hosts: list[tuple[str, str]], out: str) -> None:
-    """Each host's stage-1 script from a peer, saved as `<out>/<mac>` for the reference."""
+async def fetch_scripts(base: str, hosts: list[tuple[str, str]], out: str,
+                        chain: str) -> None:
+    """What our peer serves, as files for the reference's nginx: its chain script as `chain`
+    and each host's stage-1 script as `<out>/<mac>`."""
     http = Http(timeout=30)
     try:
-        for name, mac in hosts:
-            status, body, _ = await http.request("GET", f"{base}/boot/{name}/1/script.ipxe")
+        urls = [(f"{base}/boot.ipxe", chain)] + [
+            (f"{base}/boot/{name}/1/script.ipxe", os.path.join(out, mac)) for name, mac in hosts]
+        for url, path in urls:
+            status, body, _ = await http.request("GET", url)
             if status != 200:
-                raise RuntimeError(f"{name}: HTTP {status}")
-            with open(os.path.join(out, mac), "wb") as f:
+                raise RuntimeError(f"{url}: HTTP {status}")
+            with open(path, "wb") as f:
                 f.write(body)
     finally:
         await http.close()
