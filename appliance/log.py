@@ -66,21 +66,26 @@ class TurnBatchedWriter:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            with self._lock:
-                self._file.write(message + "\n")
-                self._file.flush()
-            return
-        self._pending.append(message)
-        if not self._scheduled:
+            loop = None
+        with self._lock:  # several threads may log (each loop thread, worker threads)
+            if loop is None:  # written now, after what is pending, so the order holds
+                self._pending.append(message)
+                self._write_pending()
+                return
+            self._pending.append(message)
+            if self._scheduled:
+                return
             self._scheduled = True
-            loop.call_soon(self.flush)
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._scheduled = False
-        if not self._pending:
-            return
-        lines, self._pending = self._pending, []
         with self._lock:
+            self._scheduled = False
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
             self._file.write("\n".join(lines) + "\n")
             self._file.flush()
 
