@@ -39,6 +39,7 @@ import random  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -334,54 +335,86 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
     return result
 
 
-def run_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
+def ours_round(lab: Lab, n: int, args: argparse.Namespace, tmp: Path, sot: Path,
+               files: tuple[Path, Path], first: bool) -> dict:
+    """Fresh peers (new data dirs: no host has phoned home yet), one storm. The first round
+    then saves what they served, for the reference."""
     tmp.mkdir()
     tmp.chmod(0o755)
-    kernel, initrd = tmp / "vmlinuz", tmp / "initrd.img"
-    kernel.write_bytes(os.urandom(args.kernel_kb << 10))
-    initrd.write_bytes(os.urandom(args.initrd_kb << 10))
+    procs = start_peers(lab, tmp, sot, args.peers, *files)
+    try:
+        for ip in PEER_IPS[:args.peers]:
+            run_client(lab, ["ready", f"http://{ip}:{HTTP_PORT}/boot.ipxe"], timeout=200)
+        label = "ours" if args.peers == 1 else f"ours x{args.peers}"
+        result = storm_once(lab, label, procs, n, args,
+                            tmp / "spy.txt" if args.py_spy and first else None)
+        if first:  # after the storm: its first script requests rendered them, as after a swap
+            scripts = tmp.parent / "scripts"
+            scripts.mkdir()
+            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts), "--chain",
+                             str(tmp.parent / "boot.ipxe")], timeout=300)
+        return result
+    finally:
+        stop(procs)
+
+
+def reference_round(lab: Lab, n: int, args: argparse.Namespace, tmp: Path, www: Path) -> dict:
+    tmp.mkdir()
+    tmp.chmod(0o755)
+    procs = start_reference(lab, tmp, n, www)
+    try:
+        run_client(lab, ["ready", f"http://{PEER_IPS[0]}:{HTTP_PORT}/boot.ipxe"], timeout=60)
+        check_running(procs, [tmp / "dnsmasq.log", tmp / "nginx.log"])
+        return storm_once(lab, "reference", procs, n, args)
+    finally:
+        stop(procs)
+
+
+def run_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, list[dict]]:
+    """--rounds paired storms of each chain, alternating which goes first (the machine's
+    other load drifts); the ratio is the median of the per-round ratios."""
+    tmp.mkdir()
+    tmp.chmod(0o755)
+    files = (tmp / "vmlinuz", tmp / "initrd.img")
+    files[0].write_bytes(os.urandom(args.kernel_kb << 10))
+    files[1].write_bytes(os.urandom(args.initrd_kb << 10))
     sot = tmp / "sot"
-    write_sot(sot, n, args.peers, kernel, initrd)
+    write_sot(sot, n, args.peers, *files)
     check = subprocess.run([str(BIN / "vaq-peer"), "validate", str(sot)], capture_output=True,
                            text=True, timeout=300)
     if check.returncode != 0:
         raise RuntimeError(f"the generated SoT is not valid:\n{check.stdout}{check.stderr}")
-    out: dict[str, dict] = {}
+    out: dict[str, list[dict]] = {"ours": [], "reference": []}
+    www: Path | None = None
     with NetnsRig("vqs") as rig:
         lab = Lab(rig, args.peers)
-        procs = start_peers(lab, tmp, sot, args.peers, kernel, initrd)
-        try:
-            for ip in PEER_IPS[:args.peers]:
-                run_client(lab, ["ready", f"http://{ip}:{HTTP_PORT}/boot.ipxe"], timeout=200)
-            label = "ours" if args.peers == 1 else f"ours x{args.peers}"
-            out["ours"] = storm_once(lab, label, procs, n, args,
-                                     tmp / "spy.txt" if args.py_spy else None)
-            # after the storm: its first script requests rendered them, as after a revision
-            scripts = tmp / "scripts"
-            scripts.mkdir()
-            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts), "--chain",
-                             str(tmp / "boot.ipxe")], timeout=300)
-        finally:
-            stop(procs)
-        www = reference_www(tmp, scripts, kernel, initrd)
-        procs = start_reference(lab, tmp, n, www)
-        try:
-            run_client(lab, ["ready", f"http://{PEER_IPS[0]}:{HTTP_PORT}/boot.ipxe"],
-                       timeout=60)
-            check_running(procs, [tmp / "dnsmasq.log", tmp / "nginx.log"])
-            out["reference"] = storm_once(lab, "reference", procs, n, args)
-        finally:
-            stop(procs)
-    ours, ref = out["ours"], out["reference"]
-    if ours["all_done_s"] and ref["all_done_s"] and ours["phoned_home"] == n:
-        ratio = ours["all_done_s"] / ref["all_done_s"]
-        clean = not ours["failures"]
-        print(f"N={n}: ours/reference, time until all phoned home: {ratio:.2f}x (goal <= 1.0 "
-              f"with no failures: {'met' if ratio <= 1.0 and clean else 'MISSED'})", flush=True)
-    else:
-        print(f"N={n}: ours {ours['phoned_home']}/{n}, reference {ref['phoned_home']}/{n} "
-              "phoned home: no ratio (goal MISSED)", flush=True)
+        for r in range(args.rounds):
+            for chain in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
+                where = tmp / f"{chain}-{r + 1}"
+                if chain == "ours":
+                    out["ours"].append(ours_round(lab, n, args, where, sot, files, r == 0))
+                else:
+                    www = www or reference_www(tmp, tmp / "scripts", *files)
+                    out["reference"].append(reference_round(lab, n, args, where, www))
+    report_size(n, out)
     return out
+
+
+def report_size(n: int, out: dict[str, list[dict]]) -> None:
+    pairs = [(o, r) for o, r in zip(out["ours"], out["reference"], strict=True)]
+    failures = sum(n - o["phoned_home"] for o, _ in pairs)
+    ratios = [o["all_done_s"] / r["all_done_s"] for o, r in pairs
+              if o["all_done_s"] and r["all_done_s"]]
+    if len(ratios) != len(pairs):
+        print(f"N={n}: a storm ended with no machine phoned home: no ratio (goal MISSED)")
+        return
+    ratio = statistics.median(ratios)
+    done = {k: statistics.median(x["all_done_s"] for x in v) for k, v in out.items()}
+    print(f"N={n}: all phoned home in (median of {len(pairs)} round(s)) ours "
+          f"{done['ours']:.2f} s, reference {done['reference']:.2f} s; ours/reference "
+          f"{ratio:.2f}x (per round: {', '.join(f'{x:.2f}' for x in ratios)}); machines that "
+          f"did not phone home through ours: {failures} (goal <= 1.0x with none: "
+          f"{'met' if ratio <= 1.0 and not failures else 'MISSED'})", flush=True)
 
 
 # -- the client process (runs inside the client namespace) ------------------------------------
@@ -431,6 +464,8 @@ def main() -> int:
     ap.add_argument("--initrd-kb", type=int, default=2048)
     ap.add_argument("--ramp", type=float, default=1.0,
                     help="machines power on spread over this many seconds")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="paired storms per size, alternating which chain goes first")
     ap.add_argument("--timeout", type=float, default=300, help="per storm, seconds")
     ap.add_argument("--client-procs", type=int, default=2,
                     help="client processes sharing the machines (the client must not be "
