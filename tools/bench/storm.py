@@ -21,6 +21,9 @@ ours/reference of the time until all phoned home (goal: <= 1.0, no failures).
 
 The kernel and initrd are random files of --kernel-kb and --initrd-kb (small by default:
 the storm is about the chain, not about pushing gigabytes through veths on a 2-core box).
+Our peers keep their data on disk (--peer-data), so each phone-home pays its journal fsync
+and Raft write as in production; the reference's phone-home endpoint records nothing.
+Each size runs --rounds paired storms with fresh peers, alternating which chain goes first.
 """
 
 from __future__ import annotations
@@ -173,8 +176,10 @@ def stop(procs: list[subprocess.Popen]) -> None:
 # -- ours -----------------------------------------------------------------------------------
 
 
-def start_peers(lab: Lab, tmp: Path, sot: Path, n_peers: int, kernel: Path,
-                initrd: Path) -> list[subprocess.Popen]:
+def start_peers(lab: Lab, tmp: Path, sot: Path, n_peers: int, kernel: Path, initrd: Path,
+                data_root: Path | None) -> list[subprocess.Popen]:
+    """`data_root`: where the peers keep their data (Raft journal, phone-home journal,
+    artifact cache); on disk, each phone-home's fsyncs cost what they cost in production."""
     secret, raft_secret = tmp / "token.secret", tmp / "raft.secret"
     secret.write_text("c3Rvcm0tcGhvbmUtaG9tZS10b2tlbi1zZWNyZXQ=\n")
     raft_secret.write_text("c3Rvcm0tcmFmdC1ncm91cC1wYXNzd29yZA==\n")
@@ -183,11 +188,12 @@ def start_peers(lab: Lab, tmp: Path, sot: Path, n_peers: int, kernel: Path,
     raft = [f"{PEER_IPS[k]}:7950" for k in range(n_peers)]
     procs = []
     for k, ns in enumerate(lab.peers):
-        data = tmp / f"peer-{k + 1}"
+        data = (data_root / f"{tmp.parent.name}-{tmp.name}-peer-{k + 1}" if data_root
+                else tmp / f"peer-{k + 1}")
         cache = data / "artifacts" / "sha256"
         cache.mkdir(parents=True)
         for f in (kernel, initrd):  # in the cache already: the storm is not about the mirror
-            os.link(f, cache / hashlib.sha256(f.read_bytes()).hexdigest())
+            shutil.copyfile(f, cache / hashlib.sha256(f.read_bytes()).hexdigest())
         config = tmp / f"peer-{k + 1}.yaml"
         config.write_text(f"""
 site: storm
@@ -341,7 +347,7 @@ def ours_round(lab: Lab, n: int, args: argparse.Namespace, tmp: Path, sot: Path,
     then saves what they served, for the reference."""
     tmp.mkdir()
     tmp.chmod(0o755)
-    procs = start_peers(lab, tmp, sot, args.peers, *files)
+    procs = start_peers(lab, tmp, sot, args.peers, *files, args.data_root)
     try:
         for ip in PEER_IPS[:args.peers]:
             run_client(lab, ["ready", f"http://{ip}:{HTTP_PORT}/boot.ipxe"], timeout=200)
@@ -467,6 +473,9 @@ def main() -> int:
     ap.add_argument("--initrd-kb", type=int, default=2048)
     ap.add_argument("--ramp", type=float, default=1.0,
                     help="machines power on spread over this many seconds")
+    ap.add_argument("--peer-data", choices=("disk", "tmpfs"), default="disk",
+                    help="where our peers keep their journals (disk: fsyncs cost as in "
+                    "production; the reference records no phone-home at all)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="paired storms per size, alternating which chain goes first")
     ap.add_argument("--timeout", type=float, default=300, help="per storm, seconds")
@@ -490,8 +499,12 @@ def main() -> int:
           f"{args.client_procs} processes (in the client namespace)",
           flush=True)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="vq-bench-storm-", dir="/dev/shm") as t:
+    with tempfile.TemporaryDirectory(prefix="vq-bench-storm-", dir="/dev/shm") as t, \
+            tempfile.TemporaryDirectory(prefix="vq-bench-storm-data-", dir="/var/tmp") as d:
         Path(t).chmod(0o755)  # dnsmasq serves TFTP and reads its hosts as nobody
+        args.data_root = Path(d) if args.peer_data == "disk" else None
+        print(f"peer data dirs (Raft and phone-home journals): "
+              f"{args.data_root or 'tmpfs'}", flush=True)
         for n in (int(x) for x in args.hosts.split(",")):
             results[n] = run_size(n, args, Path(t) / f"n{n}")
     end = os.getloadavg()
