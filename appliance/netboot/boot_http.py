@@ -176,6 +176,7 @@ async def phone_home(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(text="bad token\n")
     body = (await request.content.read(4096)).decode(errors="replace")
     record = state.progress.stage_done(host, stage, table.sha)
+    await state.progress.sync()  # acknowledged once on disk (one fsync for many phone-homes)
     stages = table.stages(host)
     state.count("phone_homes")
     log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=_client(request),

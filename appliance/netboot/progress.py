@@ -9,6 +9,7 @@ peer cut off from the majority still moves a host on instead of installing it ag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -41,6 +42,10 @@ class HostProgress(Protocol):
 
     def rearm(self, host: str, revision: str) -> None: ...
 
+    async def sync(self) -> None:
+        """Return once every stage_done so far is on disk (acknowledge a phone-home after)."""
+        ...
+
 
 class LocalProgress:
     """Host records in memory, journaled to `<data_dir>/progress.jsonl` (one line a change)."""
@@ -58,8 +63,13 @@ class LocalProgress:
                 except (ValueError, KeyError, TypeError):
                     log.warning("progress.bad_line", file=str(self.path), line=n)
         self._journal = open(self.path, "a", buffering=1)  # noqa: SIM115 - lives with the peer
+        self._written = 0  # lines appended (each reaches the OS at once: line-buffered)
+        self._synced = 0  # of which known to be on disk
+        self._syncing: asyncio.Future[None] | None = None
+        self.fsyncs = 0
 
     def close(self) -> None:
+        os.fsync(self._journal.fileno())
         self._journal.close()
 
     def stage_to_serve(self, host: str, stages: int, fresh: bool = True) -> int | None:
@@ -73,17 +83,46 @@ class LocalProgress:
         return self._records.get(host)
 
     def write(self, host: str, record: HostRecord) -> None:
-        """Journal a record as given (the caller decides what `done` and `revision` mean)."""
+        """Journal a record as given (the caller decides what `done` and `revision` mean),
+        on disk when this returns."""
+        self.append(host, record)
+        os.fsync(self._journal.fileno())
+        self.fsyncs += 1
+        self._synced = self._written
+
+    def append(self, host: str, record: HostRecord) -> None:
+        """Journal a record; on disk once `sync()` returns."""
         self._records[host] = record
         self._journal.write(json.dumps({"host": host, "done": record.done,
                                         "revision": record.revision, "at": record.updated}) + "\n")
-        os.fsync(self._journal.fileno())  # a phone-home acknowledged is never forgotten
+        self._written += 1
+
+    async def sync(self) -> None:
+        """Wait until every record appended so far is on disk. A phone-home is acknowledged
+        only then (never forgotten), but the fsync runs in a thread while the event loop
+        keeps serving DHCP, TFTP and HTTP, and one fsync covers every record appended before
+        it started (group commit): in a boot storm, an fsync per phone-home on the event
+        loop held everything else up for seconds (tools/bench/storm.py)."""
+        target = self._written
+        while self._synced < target:
+            if self._syncing is None:
+                self._syncing = asyncio.ensure_future(self._fsync())
+            await asyncio.shield(self._syncing)
+
+    async def _fsync(self) -> None:
+        covered = self._written
+        try:
+            await asyncio.to_thread(os.fsync, self._journal.fileno())
+            self.fsyncs += 1
+            self._synced = max(self._synced, covered)
+        finally:
+            self._syncing = None
 
     def stage_done(self, host: str, stage: int, revision: str) -> HostRecord:
         current = self._records.get(host)
         done = max(stage, current.done if current else 0)
         record = HostRecord(done, revision, time.time())
-        self.write(host, record)
+        self.append(host, record)
         return record
 
     def rearm(self, host: str, revision: str) -> None:
@@ -138,8 +177,11 @@ class ReplicatedProgress:
         base = mine.done if mine is not None and mine.revision == key else 0
         replicated = record.get("done", 0) if record else 0
         done = max(stage, base, replicated)
-        self.local.write(host, HostRecord(done, key, time.time()))
+        self.local.append(host, HostRecord(done, key, time.time()))
         return HostRecord(done, revision, time.time())
+
+    async def sync(self) -> None:
+        await self.local.sync()
 
     def rearm(self, host: str, revision: str) -> None:
         self.local.rearm(host, revision)
