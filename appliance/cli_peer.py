@@ -161,8 +161,8 @@ def cmd_revisions(client: PeerClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     revs = data.get("revisions", [])
     applied = data.get("applied")
-    rows = [(short(r.get("sha")) + (" *" if r.get("sha") == applied else ""), r.get("state"),
-             r.get("source"), ago(r.get("observed_at")), ago(r.get("updated_at")),
+    rows = [((short(r.get("sha")) or "?") + (" *" if r.get("sha") == applied else ""),
+             r.get("state"), r.get("source"), ago(r.get("observed_at")), ago(r.get("updated_at")),
              _approvals(r)) for r in revs]
     print(table(["REVISION", "STATE", "SOURCE", "OBSERVED", "UPDATED", "APPROVALS"], rows))
     what = f"in state {args.state}" if args.state else "known"
@@ -464,8 +464,13 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="print events as they happen until Ctrl-C (or --for)")
     p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
                    help="with --follow: stop after this long")
-    add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
-        "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    p = add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
+            "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    p.add_argument("--boot-network", metavar="IFACE",
+                   help="also send a real DHCPDISCOVER on IFACE (root) and report every other "
+                   "DHCP server that answers")
+    p.add_argument("--boot-network-wait", type=float, default=5.0, metavar="SECONDS",
+                   help="how long to listen for answers (default 5, at most 30)")
     from .cli_rollout import add_rollout_commands  # it imports this module's helpers
 
     add_rollout_commands(add)

@@ -109,12 +109,13 @@ class PeerClient:
         self._token = token
         self.timeout = timeout
 
-    @property
     def at(self, url: str) -> PeerClient:
         """The same credentials against another peer: to follow the leader for an action."""
         return PeerClient(url, self._token, self.timeout)
 
+    @property
     def has_token(self) -> bool:
+        """Whether a token was given (the doctor says so before the checks that need one)."""
         return bool(self._token)
 
     def __repr__(self) -> str:  # never show the token, also not in a traceback

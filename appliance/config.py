@@ -129,6 +129,15 @@ class ApiConfig(_Strict):
     tokens: list[ApiToken] = []
 
 
+class WorkflowConfig(_Strict):
+    """How long the leader waits for signs of a machine booting (seconds, on its own
+    monotonic clock): a script fetch after a power step whose outcome it cannot know
+    (evidence), and the kernel and initrds loaded after the script (silence)."""
+
+    evidence_window: Annotated[float, Field(ge=5, le=86400)] = 600.0
+    silence_window: Annotated[float, Field(ge=5, le=86400)] = 600.0
+
+
 class PeerConfig(_Strict):
     site: Id
     peer: Id  # this peer's name in the site's env.yml
@@ -150,6 +159,10 @@ class PeerConfig(_Strict):
     # Fetch every artifact of the applied revision at start, so a boot storm never waits on
     # the upstream mirror; off: fetched on first request.
     prefetch_artifacts: bool = True
+    workflow: WorkflowConfig = WorkflowConfig()
+    # Seconds added to this peer's wall clock, as if it had drifted: for tests that show no
+    # decision depends on peers' clocks agreeing. Never set it on a real peer.
+    clock_offset_s: Annotated[float, Field(ge=-86400, le=86400)] = 0.0
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -14,6 +14,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ipxe ovmf openipmi ipmitool
   isc-dhcp-client tftp-hpa kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light wrk
   busybox-static cpio gnupg openssh-client
+  ignition cloud-init  # ignition-validate and cloud-init's JSON schema: format checks
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

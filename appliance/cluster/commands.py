@@ -138,6 +138,10 @@ def _peer(value: Any) -> dict:
 
 
 # op -> (required fields, optional fields) beyond op, op_id, at
+# What a peer saw a booting machine do: fetch its stage's script, then (generated scripts
+# only) finish loading the stage's kernel and initrds, just before booting them.
+SEEN_STEPS = ("script", "loaded")
+
 _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "revision.observe": (frozenset({"sha"}), frozenset({"source"})),
     "revision.transition": (
@@ -152,7 +156,7 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"attempt", "message", "deadline"}),
     ),
     "host.stage_done": (frozenset({"name", "stage", "stages"}), frozenset({"revision"})),
-    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision"})),
+    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision", "step"})),
     "hosts.seen": (frozenset({"hosts"}), frozenset()),
     "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
     "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
@@ -169,24 +173,34 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 OPS = frozenset(_FIELDS)
 
 
+def _seen_step(cmd: dict) -> str:
+    step = cmd.get("step", "script")
+    if step not in SEEN_STEPS:
+        raise _fail(f"step must be one of {', '.join(SEEN_STEPS)}")
+    return step
+
+
 def _seen_batch(value: Any) -> list[dict]:
-    """The boot evidence of many hosts in one entry: [{name, stage, at, revision?}, ...]."""
+    """The boot evidence of many hosts in one entry: [{name, stage, at, revision?, step?}]."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_SEEN_BATCH:
         raise _fail(f"hosts must be a list of 1 to {MAX_SEEN_BATCH} objects")
     out = []
     for item in value:
-        if not isinstance(item, dict) or set(item) - {"name", "stage", "at", "revision"}:
-            raise _fail("each of hosts is an object with name, stage, at and optional revision")
+        if not isinstance(item, dict) or set(item) - {"name", "stage", "at", "revision", "step"}:
+            raise _fail("each of hosts is an object with name, stage, at and optional revision "
+                        "and step")
         at = item.get("at")
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
                 or at < 0:
             raise _fail("at must be a timestamp in seconds (the submitter's clock)")
         out.append({"name": _text(item, "name", required=True, max_len=MAX_NAME),
                      "stage": _int(item, "stage", low=1, high=64), "at": float(at),
-                     "revision": _sha(item, "revision", required=False)})
+                     "revision": _sha(item, "revision", required=False),
+                     "step": _seen_step(item)})
     return out
 
 
+# long: one branch per operation, until one table per replicated operation replaces it.
 def validate(cmd: Any) -> dict:
     """Return a normalized copy of `cmd` or raise InvalidCommand. Pure and deterministic."""
     if not isinstance(cmd, dict):
@@ -260,6 +274,7 @@ def validate(cmd: Any) -> dict:
         out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
         out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["revision"] = _sha(cmd, "revision", required=False)
+        out["step"] = _seen_step(cmd)
     elif op == "hosts.seen":
         out["hosts"] = _seen_batch(cmd.get("hosts"))
     elif op == "rollout.start":

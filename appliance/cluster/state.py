@@ -245,14 +245,21 @@ class ClusterState:
         return {"ok": True, "seq": seq, "done": record["done"]}
 
     def _host_seen(self, cmd: dict) -> dict:
-        """A peer served the host a stage's script: evidence that the machine is booting.
-        Lets a new leader tell a power action that happened from one that was lost."""
+        """A peer served the host a stage's script, or saw it finish loading the stage's
+        kernel and initrds: evidence that the machine is booting. The event's seq orders it
+        against the leader's power intents in Raft order, which no peer's clock can skew: a
+        new leader tells a power action that happened from one that was lost, and a machine
+        that went silent after its script from one on its way."""
         record = self.hosts.get(cmd["name"])
         if record is None:  # never armed nor reported: nobody waits for this evidence
             return {"ok": True, "ignored": True}
-        record.update(seen_at=cmd["at"], seen_stage=cmd["stage"])
-        seq = self._emit(cmd["at"], "host.booting_seen", host=cmd["name"],
-                         revision=cmd["revision"], data={"stage": cmd["stage"]})
+        step = cmd.get("step", "script")
+        seq = self._emit(cmd["at"], "host.booting_seen" if step == "script" else "host.loaded",
+                         host=cmd["name"], revision=cmd["revision"], data={"stage": cmd["stage"]})
+        if step == "script":
+            record.update(seen_at=cmd["at"], seen_stage=cmd["stage"], seen_seq=seq)
+        else:
+            record.update(loaded_stage=cmd["stage"], loaded_seq=seq)
         return {"ok": True, "seq": seq}
 
     def _hosts_seen(self, cmd: dict) -> dict:
@@ -338,14 +345,14 @@ class ClusterState:
         if cmd["intent_id"] in self.intents:
             raise _Reject("duplicate_intent", f"intent {cmd['intent_id']} exists")
         self.fence_term = cmd["term"]
-        self.intents[cmd["intent_id"]] = {
-            "intent_id": cmd["intent_id"], "host": cmd["host"], "action": cmd["action"],
-            "stage": cmd["stage"], "revision": cmd["revision"], "term": cmd["term"],
-            "at": cmd["at"], "result": None,
-        }
         seq = self._emit(cmd["at"], "intent.recorded", host=cmd["host"], revision=cmd["revision"],
                          message=cmd["action"],
                          data={"intent_id": cmd["intent_id"], "stage": cmd["stage"]})
+        self.intents[cmd["intent_id"]] = {
+            "intent_id": cmd["intent_id"], "host": cmd["host"], "action": cmd["action"],
+            "stage": cmd["stage"], "revision": cmd["revision"], "term": cmd["term"],
+            "at": cmd["at"], "result": None, "seq": seq,
+        }
         return {"ok": True, "seq": seq}
 
     def _intent_result(self, cmd: dict) -> dict:

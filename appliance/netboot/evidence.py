@@ -2,7 +2,8 @@
 
 Why: a new leader must tell a power action that happened from one that was lost (see
 workflow/host_run.py); a peer serving a host its stage script is the proof. That proof is
-worth one Raft entry per host, stage and arming, not one per request: in a boot storm
+worth one Raft entry per host, stage, arming and step (script served, kernel loaded), not
+one per request: in a boot storm
 the per-request write cost a third of the script route's throughput (commit ec999d1), and a
 machine that re-fetches its script (iPXE retries, a reboot loop) proves nothing new. So the
 script route only calls `served()` (a dict lookup); new evidence is gathered for `interval`
@@ -30,26 +31,28 @@ class BootEvidence:
         self.records = records
         self.submit = submit
         self.interval = interval
-        self._last: dict[str, tuple] = {}  # host -> what was last recorded; one per host
+        self._last: dict[tuple[str, str], tuple] = {}  # (host, step) -> what was last told
         self._pending: list[dict] = []
         self._flush_at: asyncio.TimerHandle | None = None
         self.recorded = 0  # evidence items handed to the outbox
         self.entries = 0  # hosts.seen entries they made
 
-    def served(self, host: str, stage: int, revision: str | None) -> None:
-        """The host was just served stage `stage`'s script of `revision`."""
+    def served(self, host: str, stage: int, revision: str | None,
+               step: str = "script") -> None:
+        """The host was just served stage `stage`'s script of `revision` (step "script"),
+        or told the peer it loaded that stage's kernel and initrds (step "loaded")."""
         record = self.records(host)
         if record is None:
-            self._last.pop(host, None)
+            self._last.pop((host, step), None)
             return
         # An arming (armed_seq) and each retry of a stage (attempt) is a new power action
         # whose evidence the leader may need; anything else was already told.
         key = (stage, record.get("armed_seq"), record.get("attempt"), revision)
-        if self._last.get(host) == key:
+        if self._last.get((host, step)) == key:
             return
-        self._last[host] = key
+        self._last[(host, step)] = key
         self._pending.append({"name": host, "stage": stage, "at": time.time(),
-                              "revision": revision})
+                              "revision": revision, "step": step})
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(self.interval, self.flush)
 

@@ -80,6 +80,33 @@ def _check_sha256(value: str) -> str:
     return value
 
 
+# What firmware reports when nobody set a serial or asset tag: shared by whole batches of
+# machines, so never an identity (the boot path ignores them too).
+PLACEHOLDER_IDENTITIES = frozenset({
+    "", "0", "none", "null", "n/a", "na", "default string", "not specified", "not applicable",
+    "to be filled by o.e.m.", "to be filled by oem", "system serial number",
+    "chassis serial number",
+    "asset tag", "no asset tag", "asset-1234567890", "0123456789", "1234567890", "123456789",
+    "serial", "unknown", "invalid", "not available", "empty", "xxxxxxxxxx",
+})
+
+
+def is_placeholder_identity(value: str) -> bool:
+    return value.strip().lower() in PLACEHOLDER_IDENTITIES
+
+
+def _check_smbios_string(value: str) -> str:
+    value = value.strip()
+    if is_placeholder_identity(value):
+        raise ValueError(f"{value!r} is what firmware reports when nothing was set; machines "
+                         "share it, so it cannot identify one: use the real value or leave "
+                         "the field out")
+    if len(value) > 64 or not value.isprintable():
+        raise ValueError(f"{value!r} is not an SMBIOS string (printable, at most 64 "
+                         "characters)")
+    return value
+
+
 def _as_str(value: Any) -> Any:
     """YAML reads `major_version: 3815` as an int; versions are strings."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -276,6 +303,9 @@ class Interface(Strict):
     hostname: Hostname | None = None
     ignore_dhcp: bool = False
     bmc: Bmc | None = None
+    # The original Vaquero's interface name on the host (eth0, p6p1): for templates, and a
+    # way to tell interfaces apart where a MAC is not known.
+    identifier: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _bmc_only_on_bmc(self) -> Interface:
@@ -292,7 +322,11 @@ class Host(Strict):
     name: Hostname
     interfaces: Annotated[list[Interface], Field(min_length=1)]
     uuid: UUID | None = None
-    serial: str | None = None
+    # SMBIOS system serial number and chassis asset tag: iPXE's ${serial} and ${asset}
+    serial: Annotated[str, BeforeValidator(_as_str),
+                      AfterValidator(_check_smbios_string)] | None = None
+    asset_tag: Annotated[str, BeforeValidator(_as_str),
+                         AfterValidator(_check_smbios_string)] | None = None
     workflow: Id
     never_provision: bool = False
     metadata: Metadata = {}

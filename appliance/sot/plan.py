@@ -172,7 +172,8 @@ def classify(old_rev: Revision, new_rev: Revision) -> tuple[list[HostChange], in
         wf = new.workflows.get(host.workflow)
         site = new.sites[entry.site]
         before = old.hosts.get(name)
-        base = dict(name=name, site=entry.site, cluster=entry.cluster, workflow=host.workflow)
+        base: dict[str, Any] = dict(name=name, site=entry.site, cluster=entry.cluster,
+                                    workflow=host.workflow)
         if before is None:
             if host.never_provision:
                 changes.append(HostChange(**base, action=HOLD, reason="new, never_provision"))

@@ -63,11 +63,18 @@ async def test_a_storm_of_script_requests_makes_one_entry_per_batch():
     assert len(group.entries) == 2
     assert {(h["name"], h["stage"]) for h in group.entries[1]["hosts"]} == {("n1", 2), ("n2", 1)}
 
+    for _ in range(3):  # the generated script tells it loaded the kernel: its own step
+        evidence.served("n2", 1, R1, step="loaded")
+    await settle(evidence)
+    assert len(group.entries) == 3
+    assert [(h["name"], h["step"]) for h in group.entries[2]["hosts"]] == [("n2", "loaded")]
+    assert group.state.host("n2")["loaded_stage"] == 1
+
     group.state.apply(cmd("host.arm", at=2000.0, name="n1", revision=R2, stages=2))
     evidence.served("n1", 1, R2)  # re-armed: a new arming
     await settle(evidence)
-    assert len(group.entries) == 3
-    assert evidence.recorded == 5 and evidence.entries == 3
+    assert len(group.entries) == 4
+    assert evidence.recorded == 6 and evidence.entries == 4
 
 
 async def test_large_storms_are_cut_into_bounded_entries():
@@ -87,7 +94,7 @@ async def test_large_storms_are_cut_into_bounded_entries():
 def test_a_batch_is_validated_like_any_command():
     good = {"name": "n1", "stage": 1, "at": 5.0}
     assert commands.validate(cmd("hosts.seen", hosts=[good]))["hosts"] == [
-        {**good, "revision": None}]
+        {**good, "revision": None, "step": "script"}]
     for bad, message in [
         ([], "list of 1 to"),
         ([good] * (commands.MAX_SEEN_BATCH + 1), "list of 1 to"),
@@ -95,6 +102,7 @@ def test_a_batch_is_validated_like_any_command():
         ([{**good, "at": float("nan")}], "at must be a timestamp"),
         ([{**good, "extra": 1}], "each of hosts is an object"),
         ([{**good, "revision": "main"}], "revision must be"),
+        ([{**good, "step": "dancing"}], "step must be one of"),
     ]:
         with pytest.raises(InvalidCommand, match=message):
             commands.validate(cmd("hosts.seen", hosts=bad))

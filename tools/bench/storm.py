@@ -448,9 +448,11 @@ def client_main(argv: list[str]) -> None:
         asyncio.run(sc.wait_ready(a.url, 180))
         print(json.dumps({"ready": a.url}))
     elif a.mode == "scripts":
-        asyncio.run(sc.fetch_scripts(f"http://{PEER_IPS[0]}:{HTTP_PORT}",
-                                     [(name, mac) for name, mac, _, _ in hosts], a.out,
-                                     a.chain))
+        files = asyncio.run(sc.fetch_scripts(f"http://{PEER_IPS[0]}:{HTTP_PORT}",
+                                             [(name, mac) for name, mac, _, _ in hosts], a.out,
+                                             a.chain))
+        for path, body in files.items():
+            Path(path).write_bytes(body)
         print(json.dumps({"scripts": len(hosts)}))
     else:
         rng = random.Random(1)  # the same power-on schedule whatever the slicing

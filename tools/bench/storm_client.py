@@ -460,10 +460,11 @@ def summarise(parts: list[dict]) -> dict:
 
 
 async def fetch_scripts(base: str, hosts: list[tuple[str, str]], out: str,
-                        chain: str) -> None:
-    """What our peer serves, as files for the reference's nginx: its chain script as `chain`
-    and each host's stage-1 script as `<out>/<mac>`."""
+                        chain: str) -> dict[str, bytes]:
+    """What our peer serves, as files for the reference's nginx: {path: bytes}, its chain
+    script as `chain` and each host's stage-1 script as `<out>/<mac>`."""
     http = Http(timeout=30)
+    files = {}
     try:
         urls = [(f"{base}/boot.ipxe", chain)] + [
             (f"{base}/boot/{name}/1/script.ipxe", os.path.join(out, mac)) for name, mac in hosts]
@@ -471,10 +472,10 @@ async def fetch_scripts(base: str, hosts: list[tuple[str, str]], out: str,
             status, body, _ = await http.request("GET", url)
             if status != 200:
                 raise RuntimeError(f"{url}: HTTP {status}")
-            with open(path, "wb") as f:
-                f.write(body)
+            files[path] = body
     finally:
         await http.close()
+    return files
 
 
 async def wait_ready(url: str, timeout: float) -> None:
