@@ -22,9 +22,10 @@ __all__ = ["ApiToken", "Role", "TokenError", "auth_middleware", "is_public", "lo
            "match_token"]
 log = structlog.get_logger("vaquero.api.auth")
 
-# The GitHub webhook authenticates by the HMAC of its body instead of a bearer token.
+# The GitHub webhook authenticates by the HMAC of its body instead of a bearer token, the
+# federation exchange by the signatures of the site summaries it carries.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json",
-                          "/v1/hooks/github"})
+                          "/v1/hooks/github", "/v1/federation/exchange"})
 # The machine-facing boot chain: machines have no token (DESIGN.md, boot chain).
 # The git remote (/git/) checks tokens itself, with HTTP basic auth as the git CLI sends it.
 PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/",

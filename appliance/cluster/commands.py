@@ -169,7 +169,10 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "peer.add": (frozenset({"address"}), frozenset({"name", "api_url"})),
     "peer.remove": (frozenset({"address"}), frozenset()),
     "peers.set": (frozenset({"peers"}), frozenset()),
+    "federation.summary": (frozenset({"site", "seq", "digest", "envelope"}), frozenset({"via"})),
+    "federation.override": (frozenset({"revision", "by"}), frozenset({"reason"})),
 }
+MAX_ENVELOPE = 6144  # a signed site summary (appliance/federation/summary.py), as JSON
 OPS = frozenset(_FIELDS)
 
 
@@ -311,6 +314,23 @@ def validate(cmd: Any) -> dict:
         out.update(_peer({k: cmd.get(k) for k in ("address", "name", "api_url") if k in cmd}))
         if op == "peer.remove":
             del out["name"], out["api_url"]
+    elif op == "federation.summary":
+        # verified by the receiving peer before it is submitted; apply keeps the newest only
+        out["site"] = _text(cmd, "site", required=True, max_len=63)
+        out["seq"] = _int(cmd, "seq", low=1, high=2**53)
+        out["digest"] = _text(cmd, "digest", required=True, max_len=64)
+        out["via"] = _text(cmd, "via", max_len=MAX_NAME)
+        envelope = cmd["envelope"]
+        if not isinstance(envelope, dict):
+            raise _fail("envelope must be an object")
+        encoded = json.dumps(envelope, sort_keys=True, allow_nan=False, separators=(",", ":"))
+        if len(encoded.encode()) > MAX_ENVELOPE:
+            raise _fail(f"envelope is larger than {MAX_ENVELOPE} bytes")
+        out["envelope"] = json.loads(encoded)
+    elif op == "federation.override":
+        out["revision"] = _sha(cmd, "revision")
+        out["by"] = _text(cmd, "by", required=True, max_len=MAX_NAME)
+        out["reason"] = _text(cmd, "reason")
     elif op == "peers.set":
         peers = cmd["peers"]
         if not isinstance(peers, list) or not 1 <= len(peers) <= MAX_PEERS:

@@ -54,6 +54,8 @@ class ClusterState:
         self.peers: dict[str, dict] = {}
         self.applied_ops: OrderedDict[str, dict] = OrderedDict()
         self.applied_count = 0
+        # site -> its last accepted signed summary; revision -> gate override (federation)
+        self.federation: dict[str, dict] = {"summaries": {}, "overrides": {}}
 
     # ---- apply -------------------------------------------------------------------------
 
@@ -392,7 +394,30 @@ class ClusterState:
         seq = self._emit(cmd["at"], "peers.set", data={"addresses": sorted(self.peers)})
         return {"ok": True, "seq": seq}
 
+    def _federation_summary(self, cmd: dict) -> dict:
+        """A verified summary (checked by the peer that received it): kept if newer."""
+        held = self.federation["summaries"].get(cmd["site"])
+        if held is not None and held["seq"] >= cmd["seq"]:
+            raise _Reject("not_newer", f"summary {cmd['seq']} of {cmd['site']}: "
+                                       f"{held['seq']} is held")
+        self.federation["summaries"][cmd["site"]] = {
+            "site": cmd["site"], "seq": cmd["seq"], "digest": cmd["digest"],
+            "envelope": cmd["envelope"], "received_at": cmd["at"], "via": cmd["via"]}
+        return {"ok": True}
+
+    def _federation_override(self, cmd: dict) -> dict:
+        overrides = self.federation["overrides"]
+        overrides[cmd["revision"]] = {"by": cmd["by"], "at": cmd["at"], "reason": cmd["reason"]}
+        while len(overrides) > HISTORY_LIMIT:
+            del overrides[next(iter(overrides))]
+        seq = self._emit(cmd["at"], "federation.override", revision=cmd["revision"],
+                         message=cmd["reason"], data={"by": cmd["by"]})
+        return {"ok": True, "seq": seq}
+
     # ---- reads (callers hold the raft lock; results are copies) -------------------------
+
+    def federation_view(self) -> dict:
+        return copy.deepcopy(self.federation)
 
     def revision(self, sha: str) -> dict | None:
         rev = self.revisions.get(sha)
@@ -461,6 +486,7 @@ class ClusterState:
             "peers": self.peers,
             "applied_ops": list(self.applied_ops.items()),
             "applied_count": self.applied_count,
+            "federation": self.federation,
         }
 
     @classmethod
@@ -482,6 +508,7 @@ class ClusterState:
         state.peers = data["peers"]
         state.applied_ops = OrderedDict(data["applied_ops"])
         state.applied_count = data["applied_count"]
+        state.federation = data.get("federation") or {"summaries": {}, "overrides": {}}
         return state
 
 
@@ -503,4 +530,6 @@ _HANDLERS = {
     "peer.add": ClusterState._peer_add,
     "peer.remove": ClusterState._peer_remove,
     "peers.set": ClusterState._peers_set,
+    "federation.summary": ClusterState._federation_summary,
+    "federation.override": ClusterState._federation_override,
 }

@@ -52,7 +52,8 @@ class BootEvidence:
             return
         self._last[(host, step)] = key
         self._pending.append({"name": host, "stage": stage, "at": time.time(),
-                              "revision": revision, "step": step})
+                              "revision": revision,
+                              "step": step if step != "script" else None})  # the default
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(self.interval, self.flush)
 

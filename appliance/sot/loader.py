@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .models import ASSET_TYPES, Boot, Host, OperatingSystem, Site, Workflow
+from .models import ASSET_TYPES, Boot, Federation, Host, OperatingSystem, Site, Workflow
 from .problems import Problems
 from .tree import Tree
 from .yamlsrc import Document, YamlError, load_documents
@@ -62,6 +62,7 @@ class Sot:
     boots: dict[str, Boot] = field(default_factory=dict)
     workflows: dict[str, Workflow] = field(default_factory=dict)
     assets: dict[str, Asset] = field(default_factory=dict)
+    federation: Federation | None = None  # federation.yml: the cross-site rollout order
     at: dict[tuple[str, str], Located] = field(default_factory=dict)
     # Documents that failed their schema, by (kind, id) and host documents per cluster,
     # valid or not: checks that follow use them so one error is not reported again as others.
@@ -205,6 +206,8 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
                 env_files[site_dir] = path
             else:  # Vaquero's convention: cluster-<name>.yml holds cluster <name>
                 cluster_files.append((site_dir, stem.removeprefix("cluster-"), path))
+        elif path in FEDERATION_FILES:
+            _load_federation(tree, path, sot, problems)
         elif top in _OBJECT_KINDS and len(parts) == 2 and path.endswith(YAML_SUFFIXES):
             _load_objects(tree, path, top, sot, problems)
         elif top == "assets" and len(parts) >= 3:
@@ -293,6 +296,23 @@ def _load_objects(tree: Tree, path: str, folder: str, sot: Sot, problems: Proble
             continue
         table(sot)[ident] = obj
         sot.at[key] = Located(path, doc)
+
+
+FEDERATION_FILES = ("federation.yml", "federation.yaml")
+
+
+def _load_federation(tree: Tree, path: str, sot: Sot, problems: Problems) -> None:
+    docs = _documents(tree, path, problems)
+    if not docs:
+        return
+    if len(docs) > 1 or sot.federation is not None:
+        problems.add(path, docs[-1].line, "extra-document",
+                     "the federation is described once, in one document of federation.yml")
+        return
+    federation = _validate(Federation, path, docs[0], problems, "federation")
+    if federation is not None:
+        sot.federation = federation
+        sot.at[("federation", "federation")] = Located(path, docs[0])
 
 
 def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problems) -> None:

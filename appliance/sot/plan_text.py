@@ -65,4 +65,5 @@ def plan_text(plan: Plan, max_hosts: int = 50) -> str:  # noqa: C901 - a section
             lines.append(f"  {p.host} ({p.bmc or 'no BMC'}): " + "; ".join(p.steps))
         if len(plan.power) > max_hosts:
             lines.append(f"  ... and {len(plan.power) - max_hosts} more")
+    lines += plan.federation
     return "\n".join(lines) + "\n"

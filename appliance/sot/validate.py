@@ -461,6 +461,39 @@ def _stages_resolve(sot: Sot, workflow: Workflow) -> bool:
     return True
 
 
+def check_federation(sot: Sot, problems: Problems) -> None:
+    """Every site of the rollout order exists and appears once; every site is in the order;
+    a key belongs to one site only (a shared key would let one site speak for another)."""
+    owners: dict[str, str] = {}
+    for site in sot.sites.values():
+        at = sot.at[("site", site.id)]
+        for i, key in enumerate(site.federation.keys):
+            if key in owners and owners[key] != site.id:
+                problems.add(at.file, at.line("federation", "keys", i), "shared-site-key",
+                             f"site {site.id!r}: this key is also declared by site "
+                             f"{owners[key]!r}; every site signs with its own key")
+            owners.setdefault(key, site.id)
+    rollout = sot.federation.rollout if sot.federation else None
+    if rollout is None:
+        return
+    at = sot.at[("federation", "federation")]
+    field = ("rollout", "waves") if rollout.waves else ("rollout", "order")
+    seen: set[str] = set()
+    for name in rollout.sites():
+        if name not in sot.sites:
+            problems.add(at.file, at.line(*field), "dangling-reference",
+                         f"the rollout order names site {name!r}, which has no "
+                         f"sites/{name}/env.yml{_known(sot.sites)}")
+        elif name in seen:
+            problems.add(at.file, at.line(*field), "duplicate-id",
+                         f"site {name!r} appears twice in the rollout order")
+        seen.add(name)
+    for name in sorted(set(sot.sites) - seen):
+        problems.add(at.file, at.line(*field), "site-not-in-order",
+                     f"site {name!r} is not in the rollout order: add it to a wave (a site "
+                     "left out would never know when to apply)")
+
+
 def check_templates(sot: Sot, problems: Problems) -> None:
     """Parse every asset, used or not and whatever else failed: each syntax error, once."""
     env = make_environment(sot)
@@ -475,6 +508,7 @@ def check_templates(sot: Sot, problems: Problems) -> None:
 def validate_sot(sot: Sot, problems: Problems) -> ValidationResult:
     check_templates(sot, problems)
     check_sites(sot, problems)
+    check_federation(sot, problems)
     check_references(sot, problems)
     check_hosts(sot, problems)
     check_rollouts(sot, problems)

@@ -51,6 +51,9 @@ class PipelineSettings:
     require_signed_commits: bool = False
     verify_signature: Callable[[str], str | None] | None = None
     report_status: StatusReport | None = None  # (sha, state, description) -> commit status
+    # The cross-site order (appliance/federation): may this site apply `sha` now, and why.
+    # Checked after approval, before applying; it never touches what is already applied.
+    federation_gate: Callable[[str], Awaitable[tuple[bool, str]]] | None = None
     poll: float = 1.0  # seconds between checks when nothing wakes the loop
 
 
@@ -183,6 +186,10 @@ class RevisionPipeline:
                                  approvals_required=self.settings.approvals_required)
                 return
         if state == "approved":
+            if self.settings.federation_gate is not None:
+                allowed, _ = await self.settings.federation_gate(sha)
+                if not allowed:
+                    return  # the sites before this one are not done yet: next round
             if self.settings.status_gate is not None:
                 ok, missing = await self.settings.status_gate(sha)
                 if not ok:

@@ -335,6 +335,14 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
     assert {n: m.power_ons() for n, m in machines.items()} == {
         "etcd-1": 2, "work-1": 4, "work-2": 4}
     assert not [e for e in journal if e["kind"] in ("host.retrying", "host.failed")]
+    # every stage script fetched was followed by the machine's "kernel and initrds loaded"
+    # mark, replicated from whichever peer served it: no machine looked silent
+    fetched = {(e["host"], e["revision"], e["data"]["stage"]) for e in journal
+               if e["kind"] == "host.booting_seen"}
+    loaded = {(e["host"], e["revision"], e["data"]["stage"]) for e in journal
+              if e["kind"] == "host.loaded"}
+    assert fetched and fetched == loaded, (fetched, loaded)
+    assert not [e for e in journal if "rescue" in (e.get("message") or "")]
 
 
 @pytest.mark.skip(reason="waits for wt/hardening (the phone-home bound to the arming): until "
