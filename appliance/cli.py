@@ -12,6 +12,7 @@ from pathlib import Path
 from .cli_peer import add_peer_commands
 from .sot.revision import Revision, compile_tree, empty_revision
 from .sot.tree import DirectoryTree, Tree
+from .upgrade import add_upgrade_command
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 EMPTY_NAMES = {"none", "empty"}
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)
     add_peer_commands(sub)
+    add_upgrade_command(sub)
     return parser
 
 
