@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 ENV_SIZE = 1024
 ENV_HEADER = b"# GRUB Environment Block\n"
@@ -33,6 +34,8 @@ PARTLABEL_DIR = Path("/dev/disk/by-partlabel")
 SQUASHFS_MAGIC = b"hsqs"
 SLOT_PARTLABEL = "vaq-root-{}"
 CHUNK = 4 << 20
+PROC_CMDLINE = Path("/proc/cmdline")
+MAX_TRIAL_RESTARTS = 3
 
 
 class UpgradeError(Exception):
@@ -87,8 +90,8 @@ class GrubEnv:
         return values
 
 
-def booted_slot(cmdline: str | None = None) -> str:
-    text = cmdline if cmdline is not None else Path("/proc/cmdline").read_text()
+def booted_slot(cmdline: Path = PROC_CMDLINE) -> str:
+    text = cmdline.read_text()
     for word in text.split():
         if word.startswith("vaq.slot="):
             slot = word.split("=", 1)[1]
@@ -102,30 +105,50 @@ def other_slot(slot: str) -> str:
     return "b" if slot == "a" else "a"
 
 
-def system_payload(image: Path) -> tuple[int, int]:
-    """(offset, length) of the squashfs system inside IMAGE: a squashfs file as the build
-    writes it (`vaquero-root.sqfs`), or a whole disk image (its `vaq-root-a` partition)."""
-    with open(image, "rb") as f:
-        head = f.read(4)
-        offset = 0
-        if head != SQUASHFS_MAGIC:
-            offset = _gpt_partition_offset(f, SLOT_PARTLABEL.format("a"))
-        f.seek(offset)
-        superblock = f.read(96)
-    if superblock[:4] != SQUASHFS_MAGIC:
-        raise UpgradeError(f"{image}: neither a squashfs system nor an appliance disk image")
+def squashfs_length(superblock: bytes) -> int:
+    """Bytes of the filesystem, from its superblock (mksquashfs pads the file to 4 KiB)."""
+    if superblock[:4] != SQUASHFS_MAGIC or len(superblock) < 96:
+        raise UpgradeError("neither a squashfs system nor an appliance disk image")
     (bytes_used,) = struct.unpack_from("<Q", superblock, 40)
-    length = (bytes_used + 4095) // 4096 * 4096  # mksquashfs pads to 4 KiB
-    if offset + length > image.stat().st_size:
-        length = bytes_used
-    return offset, length
+    return bytes_used
+
+
+def open_payload(image: str) -> tuple[BinaryIO, bytes, int]:
+    """The squashfs system in IMAGE, as (stream after the superblock, superblock, length).
+
+    IMAGE: a squashfs file as the build writes it (`vaquero-root.sqfs`), a whole disk image
+    (its `vaq-root-a` partition), or "-" for a squashfs on stdin (`ssh peer vaq-peer upgrade -
+    < vaquero-root.sqfs`: no room needed on the peer for the file).
+    """
+    if image == "-":
+        stream: BinaryIO = sys.stdin.buffer
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise UpgradeError(f"{image}: no such file")
+        stream = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        if stream.read(4) != SQUASHFS_MAGIC:
+            try:
+                offset = _gpt_partition_offset(stream, SLOT_PARTLABEL.format("a"))
+            except UpgradeError as exc:
+                stream.close()
+                raise UpgradeError(f"{image}: {exc}") from None
+        else:
+            offset = 0
+        stream.seek(offset)
+    superblock = stream.read(96)
+    try:
+        return stream, superblock, squashfs_length(superblock)
+    except UpgradeError as exc:
+        stream.close()
+        raise UpgradeError(f"{image}: {exc}") from None
 
 
 def _gpt_partition_offset(f, name: str) -> int:
     f.seek(512)
     header = f.read(92)
     if header[:8] != b"EFI PART":
-        raise UpgradeError("no GPT and no squashfs signature")
+        raise UpgradeError("neither a squashfs system nor an appliance disk image (no GPT)")
     entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
     f.seek(entries_lba * 512)
     for _ in range(min(count, 256)):
@@ -137,45 +160,40 @@ def _gpt_partition_offset(f, name: str) -> int:
     raise UpgradeError(f"the disk image has no partition named {name}")
 
 
-def write_slot(image: Path, target: Path) -> str:
+def write_slot(image: str, target: Path) -> str:
     """Copy the system into the target slot, then read it back: the sha256 they share."""
-    offset, length = system_payload(image)
-    try:
-        capacity = _device_size(target)
-    except OSError as exc:
-        raise UpgradeError(f"{target}: {exc.strerror}") from None
-    if length > capacity:
-        raise UpgradeError(f"{image}: system of {length} bytes does not fit {target} "
-                           f"({capacity} bytes)")
-    written = hashlib.sha256()
-    with open(image, "rb") as src, open(target, "r+b") as dst:
-        src.seek(offset)
+    stream, superblock, length = open_payload(image)
+    with stream:
+        try:
+            capacity = _device_size(target)
+        except OSError as exc:
+            raise UpgradeError(f"{target}: {exc.strerror}") from None
+        if length > capacity:
+            raise UpgradeError(f"{image}: system of {length} bytes does not fit {target} "
+                               f"({capacity} bytes)")
+        written = hashlib.sha256(superblock)
+        with open(target, "r+b") as dst:
+            dst.write(superblock)
+            left = length - len(superblock)
+            while left:
+                block = stream.read(min(CHUNK, left))
+                if not block:
+                    raise UpgradeError(f"{image}: truncated ({left} bytes missing)")
+                dst.write(block)
+                written.update(block)
+                left -= len(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+    readback = hashlib.sha256()
+    with open(target, "rb") as dst:
+        os.posix_fadvise(dst.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # the medium, not the cache
         left = length
         while left:
-            block = src.read(min(CHUNK, left))
+            block = dst.read(min(CHUNK, left))
             if not block:
-                raise UpgradeError(f"{image}: truncated")
-            dst.write(block)
-            written.update(block)
+                break
+            readback.update(block)
             left -= len(block)
-        dst.flush()
-        os.fsync(dst.fileno())
-    readback = hashlib.sha256()
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read the medium, not the cache
-        with os.fdopen(fd, "rb") as dst:
-            fd = -1
-            left = length
-            while left:
-                block = dst.read(min(CHUNK, left))
-                if not block:
-                    break
-                readback.update(block)
-                left -= len(block)
-    finally:
-        if fd >= 0:
-            os.close(fd)
     if readback.digest() != written.digest():
         raise UpgradeError(f"{target}: read back differs from what was written")
     return written.hexdigest()
@@ -209,6 +227,13 @@ def peer_http_ports(uid: int | None = None) -> list[int]:
     return sorted(ports)
 
 
+def peer_restarts() -> int:
+    """How often systemd restarted vaq-peer this boot: a crash loop needs no full timeout."""
+    out = subprocess.run(["systemctl", "show", "-P", "NRestarts", "vaq-peer.service"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
 def healthy(ports: list[int]) -> int | None:
     for port in ports:
         try:
@@ -237,7 +262,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 def show_status(args: argparse.Namespace) -> int:
     env = GrubEnv.load(args.grubenv)
-    slot = booted_slot()
+    slot = booted_slot(args.proc_cmdline)
     build = Path("/usr/lib/vaquero/build-id")
     print(f"running slot {slot} ({build.read_text().strip() if build.exists() else '?'}); "
           f"default slot {env.get('slot', 'a')}; trial: {env.get('try_slot') or 'none'}")
@@ -245,10 +270,8 @@ def show_status(args: argparse.Namespace) -> int:
 
 
 def install(args: argparse.Namespace) -> int:
-    image = Path(args.image)
-    if not image.is_file():
-        raise UpgradeError(f"{image}: no such file")
-    slot = booted_slot()
+    image = args.image
+    slot = booted_slot(args.proc_cmdline)
     target_slot = other_slot(slot)
     target = args.partlabel_dir / SLOT_PARTLABEL.format(target_slot)
     print(f"writing {image} into slot {target_slot} ({target}); running slot {slot} stays "
@@ -263,8 +286,9 @@ def install(args: argparse.Namespace) -> int:
 
 
 def confirm(args: argparse.Namespace) -> int:
-    """The trial boot's verdict: make it the default once the peer is healthy, else reboot."""
-    slot = booted_slot()
+    """The trial boot's verdict: make it the default once the peer is healthy, else fail (the
+    unit then reboots)."""
+    slot = booted_slot(args.proc_cmdline)
     env = GrubEnv.load(args.grubenv)
     if env.get("try_slot") != slot:
         print(f"slot {slot}: not a trial boot, nothing to confirm", flush=True)
@@ -277,29 +301,34 @@ def confirm(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         port = healthy(peer_http_ports())
+        restarts = peer_restarts()
+        if not port and restarts >= MAX_TRIAL_RESTARTS:
+            print(f"slot {slot}: vaq-peer failed {restarts} times", flush=True)
+            break
         if port:
             GrubEnv.update(args.grubenv, slot=slot, try_slot="", try_pending="")
             print(f"slot {slot} confirmed: the peer answers /healthz on port {port}", flush=True)
             return 0
         time.sleep(2)
-    print(f"slot {slot}: the peer did not answer /healthz within {args.timeout:.0f} s; "
-          f"rebooting into slot {env.get('slot', 'a')}", flush=True)
-    if args.reboot_on_failure:
-        subprocess.run(["systemctl", "reboot"], check=False)
+    # vaq-boot-confirm.service reboots on this failure (FailureAction=reboot); GRUB then
+    # drops the trial and boots the confirmed slot.
+    print(f"slot {slot}: the peer is not healthy (no /healthz answer within "
+          f"{args.timeout:.0f} s or a crash loop); the next boot is slot {env.get('slot', 'a')}",
+          flush=True)
     return 1
 
 
 def add_upgrade_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upgrade", help="appliance image: install a new system in the other "
                        "A/B slot (root)")
-    p.add_argument("image", nargs="?", help="vaquero-root.sqfs or a whole vaquero.img")
+    p.add_argument("image", nargs="?",
+                   help="vaquero-root.sqfs, a whole vaquero.img, or - (squashfs on stdin)")
     p.add_argument("--reboot", action="store_true", help="reboot into it once written")
     p.add_argument("--confirm", action="store_true",
                    help="(vaq-boot-confirm.service) confirm a trial boot once the peer is healthy")
     p.add_argument("--timeout", type=float, default=300, help="--confirm: seconds to wait")
-    p.add_argument("--no-reboot-on-failure", dest="reboot_on_failure", action="store_false",
-                   help="--confirm: only report an unhealthy trial")
     p.add_argument("--status", action="store_true", help="slots: running, default, trial")
     p.add_argument("--grubenv", type=Path, default=GRUBENV, help=argparse.SUPPRESS)
     p.add_argument("--partlabel-dir", type=Path, default=PARTLABEL_DIR, help=argparse.SUPPRESS)
+    p.add_argument("--proc-cmdline", type=Path, default=PROC_CMDLINE, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_upgrade)
