@@ -22,7 +22,7 @@ start=$(date +%s)
 step() { echo "build: [$(( $(date +%s) - start ))s] $*"; }
 
 for tool in mmdebstrap mksquashfs mkfs.vfat mcopy mke2fs sfdisk grub-mkimage zstd; do
-  command -v "$tool" >/dev/null || { echo "build: $tool is missing (tools/install.sh --image)"; exit 2; }
+  command -v "$tool" >/dev/null || { echo "build: $tool is missing (tools/install.sh)"; exit 2; }
 done
 "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "build: needs Python 3.11 (Debian 12's) to build the wheels: set PYTHON"; exit 2; }

@@ -6,31 +6,33 @@ set -eu
 root=$1
 work=$2
 here=$(dirname "$0")
+# Commands in the new root get a clean environment (no pip or locale settings of the builder).
+in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
 
 cp -a "$here/rootfs/." "$root/"
 chmod 0755 "$root/usr/lib/vaquero/appliance_config.py"
 # A fixed uid: files on the state partition must keep their owner across image updates.
-chroot "$root" groupadd --system --gid 990 vaquero
-chroot "$root" useradd --system --uid 990 --gid 990 --home-dir /var/lib/vaquero/peer \
+in_root groupadd --system --gid 990 vaquero
+in_root useradd --system --uid 990 --gid 990 --home-dir /var/lib/vaquero/peer \
   --no-create-home --shell /usr/sbin/nologin vaquero
 
 # The appliance: a wheel of this repository and its pinned dependencies, in their own venv.
 mkdir -p "$root/tmp/wheels"
 cp "$work"/wheels/*.whl "$work/requirements.txt" "$root/tmp/wheels/"
-chroot "$root" python3 -m venv /opt/vaquero/venv
-chroot "$root" /opt/vaquero/venv/bin/pip install --quiet --no-index --no-cache-dir \
+in_root python3 -m venv /opt/vaquero/venv
+in_root /opt/vaquero/venv/bin/pip install --quiet --no-index --no-cache-dir \
   --find-links /tmp/wheels -r /tmp/wheels/requirements.txt
-chroot "$root" sh -c '/opt/vaquero/venv/bin/pip install --quiet --no-index --no-cache-dir \
+in_root sh -c '/opt/vaquero/venv/bin/pip install --quiet --no-index --no-cache-dir \
   --no-deps /tmp/wheels/vaquero_appliance-*.whl'
-chroot "$root" /opt/vaquero/venv/bin/pip check
-chroot "$root" /opt/vaquero/venv/bin/vaq-peer --help >/dev/null
+in_root /opt/vaquero/venv/bin/pip check
+in_root /opt/vaquero/venv/bin/vaq-peer --help >/dev/null
 rm -rf "$root/tmp/wheels"
 ln -sf /opt/vaquero/venv/bin/vaq-peer "$root/usr/local/bin/vaq-peer"
 
-chroot "$root" systemctl enable --quiet vaq-config.service vaq-peer.service \
+in_root systemctl enable --quiet vaq-config.service vaq-peer.service \
   vaq-boot-confirm.service vaq-ssh-keys.service systemd-networkd.service \
   systemd-resolved.service serial-getty@ttyS0.service ssh.service
-chroot "$root" systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer \
+in_root systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer \
   e2scrub_all.timer e2scrub_reap.service fstrim.timer 2>/dev/null || true
 
 # Nothing machine-specific in the system: host keys are made at first boot on the state
@@ -45,14 +47,14 @@ mkdir -p "$root/etc/vaquero" "$root/boot/efi" "$root/var/lib/vaquero"
 kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -1)
 ln -sf "$kernel" "$root/boot/vmlinuz"
 ln -sf "initrd.img-${kernel#vmlinuz-}" "$root/boot/initrd.img"
-if ! chroot "$root" lsinitramfs "/boot/initrd.img-${kernel#vmlinuz-}" | grep -q 'squashfs.ko'; then
-  chroot "$root" update-initramfs -u -k "${kernel#vmlinuz-}"
+if ! in_root lsinitramfs "/boot/initrd.img-${kernel#vmlinuz-}" | grep -q 'squashfs.ko'; then
+  in_root update-initramfs -u -k "${kernel#vmlinuz-}"
 fi
 
 # What is inside, for audits (/var is a tmpfs at run time, so dpkg's own records are hidden).
 mkdir -p "$root/usr/share/vaquero"
-chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' > "$root/usr/share/vaquero/packages.txt"
-chroot "$root" /opt/vaquero/venv/bin/pip freeze > "$root/usr/share/vaquero/python-packages.txt"
+in_root dpkg-query -W -f '${Package} ${Version}\n' > "$root/usr/share/vaquero/packages.txt"
+in_root /opt/vaquero/venv/bin/pip freeze > "$root/usr/share/vaquero/python-packages.txt"
 cp "$work/build-id" "$root/usr/lib/vaquero/build-id"
 
 mksquashfs "$root" "$work/vaquero-root.sqfs" -noappend -quiet -no-progress \

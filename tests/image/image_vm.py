@@ -28,7 +28,7 @@ def image_unavailable() -> str | None:
                 "(or set VAQ_IMAGE_DIR)")
     for tool in ("mcopy", "sfdisk", "mksquashfs", "unsquashfs"):
         if shutil.which(tool) is None:
-            return f"{tool} is missing (tools/install.sh --image)"
+            return f"{tool} is missing (tools/install.sh)"
     return None
 
 
@@ -40,7 +40,7 @@ def default_accel() -> str:
 
 
 class ImageGuest(QemuGuest):
-    """A machine booting `disk` (BIOS or UEFI), its NIC on `bridge` in `ns`."""
+    """A machine booting `disk` (BIOS or UEFI), its NIC (ens5 in the guest) on `bridge`."""
 
     def __init__(self, ns: Netns, bridge: str, mac: str, disk: Path, firmware: Firmware,
                  *, name: str, workdir: Path, memory_mb: int = 1024) -> None:
@@ -55,9 +55,9 @@ class ImageGuest(QemuGuest):
             "-smp", "1", "-nographic", "-no-reboot", "-monitor", "none", "-parallel", "none",
             "-serial", f"file:{self.console_log}",
             "-drive", f"if=none,id=d0,format=raw,file={self.disk}",
-            "-device", "virtio-blk-pci,drive=d0,bootindex=0",
+            "-device", "virtio-blk-pci,drive=d0,bootindex=0,addr=0x4",
             "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={self.mac},romfile=",
+            "-device", f"virtio-net-pci,netdev=n0,mac={self.mac},romfile=,addr=0x5",  # ens5
         ]  # fmt: skip
         if self.firmware == "uefi":
             vars_copy = self.workdir / f"{self.name}.OVMF_VARS.fd"
@@ -99,4 +99,21 @@ def config_tarball(config_dir: Path, out: Path) -> Path:
     with tarfile.open(out, "w:gz") as tar:
         for path in sorted(config_dir.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(config_dir)), recursive=False)
+    return out
+
+
+def derive_build(system: Path, out: Path, note: str, *, drop: str | None = None) -> Path:
+    """A second build of the system made from the first one's squashfs: its build-id says
+    `note`; `drop` removes a path from it (a build broken on purpose, e.g. a dependency
+    missing from the venv). Rebuilding from scratch costs minutes for nothing new to test."""
+    tree = out.with_suffix(".tree")
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(system)], check=True,
+                   timeout=600, capture_output=True)
+    build_id = tree / "usr/lib/vaquero/build-id"
+    build_id.write_text(build_id.read_text().strip() + f" {note}\n")
+    if drop:
+        shutil.rmtree(tree / drop)
+    subprocess.run(["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress",
+                    "-comp", "gzip"], check=True, timeout=600, capture_output=True)
+    shutil.rmtree(tree)
     return out

@@ -28,7 +28,7 @@ REPO = Path(__file__).parents[2]
 TOOLS = ("mksquashfs", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "grub-mkimage", "grub-editenv")
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in TOOLS),
-    reason=f"needs {', '.join(TOOLS)} (tools/install.sh --image)")
+    reason=f"needs {', '.join(TOOLS)} (tools/install.sh)")
 
 
 def vaq(*args: str) -> subprocess.CompletedProcess[str]:
