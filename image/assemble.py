@@ -9,8 +9,8 @@ the sector numbers). So the build runs unprivileged, in a container or CI.
 Layout (GPT, 1 MiB aligned):
   1 bios        1 MiB   GRUB core.img (legacy BIOS)
   2 vaq-esp    32 MiB   FAT: EFI/BOOT/BOOTX64.EFI, grub/grub.cfg, grub/grubenv (A/B state)
-  3 vaq-root-a SLOT     squashfs system, slot A (the build writes it here)
-  4 vaq-root-b SLOT     slot B (empty until the first `vaq-peer upgrade`)
+  3 vaq-root-a 256 MiB    squashfs system, slot A (the build writes it here)
+  4 vaq-root-b 256 MiB    slot B (empty until the first `vaq-peer upgrade`)
   5 vaq-config 16 MiB   FAT labelled VAQCONFIG: peer.yaml and secrets, written by the operator
   6 vaq-state  64 MiB+  ext4: Raft journal, SoT mirror, artifact cache, SSH host keys
 """
@@ -50,7 +50,8 @@ def run(*argv: str | Path, **kw) -> subprocess.CompletedProcess:
 
 def grub_images(work: Path) -> tuple[Path, Path]:
     """core.img for BIOS and BOOTX64.EFI, each with the modules and the ESP-finding config."""
-    early = HERE / "grub/early.cfg"
+    early = HERE / "grub/early.cfg"  # embedded: finds the ESP by /vaquero-esp.id (no comments:
+    # GRUB's embedded config does not take them)
     core = work / "core.img"
     run("grub-mkimage", "-O", "i386-pc", "-o", core, "-c", early, "-p", "/grub",
         "biosdisk", *GRUB_MODULES)
@@ -100,7 +101,8 @@ def state_image(work: Path, size_mb: int) -> Path:
     state = work / "state.img"
     state.unlink(missing_ok=True)
     run("mke2fs", "-q", "-t", "ext4", "-L", "vaq-state", "-U", "clear", "-E",
-        "hash_seed=56415153-0000-0000-0000-000000000000", state, f"{size_mb}M")
+        "hash_seed=56415153-0000-0000-0000-000000000000", state, f"{size_mb}M",
+        stdout=subprocess.DEVNULL)
     return state
 
 
@@ -151,7 +153,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="the squashfs system")
     ap.add_argument("disk", type=Path, help="the disk image to write")
-    ap.add_argument("--slot-mb", type=int, default=320)
+    ap.add_argument("--slot-mb", type=int, default=256)
     ap.add_argument("--state-mb", type=int, default=64)
     ap.add_argument("--config-mb", type=int, default=16)
     ap.add_argument("--config-dir", type=Path, help="files to put on the config partition")

@@ -32,20 +32,13 @@ def image_unavailable() -> str | None:
     return None
 
 
-def default_accel() -> str:
-    """KVM when this machine has it (a Debian boot under TCG takes minutes), else TCG."""
-    if os.environ.get("VAQ_QEMU_ACCEL"):
-        return os.environ["VAQ_QEMU_ACCEL"]
-    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
-
-
 class ImageGuest(QemuGuest):
     """A machine booting `disk` (BIOS or UEFI), its NIC (ens5 in the guest) on `bridge`."""
 
     def __init__(self, ns: Netns, bridge: str, mac: str, disk: Path, firmware: Firmware,
                  *, name: str, workdir: Path, memory_mb: int = 1024) -> None:
         super().__init__(ns, bridge, mac, firmware, name=name, memory_mb=memory_mb,
-                         accel=default_accel(), workdir=workdir)
+                         workdir=workdir)  # TCG, or $VAQ_QEMU_ACCEL=kvm where it works
         self.disk = disk
         self.boots = 0
 
