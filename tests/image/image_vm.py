@@ -107,6 +107,7 @@ def derive_build(system: Path, out: Path, note: str, *, drop: str | None = None)
     if drop:
         shutil.rmtree(tree / drop)
     subprocess.run(["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress",
-                    "-comp", "gzip"], check=True, timeout=600, capture_output=True)
+                    "-comp", "gzip", "-Xcompression-level", "1"],  # fast; GRUB and Linux read it
+                   check=True, timeout=900, capture_output=True)
     shutil.rmtree(tree)
     return out
