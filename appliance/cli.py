@@ -8,8 +8,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .cli_peer import add_peer_commands
+from .importer.cli_import import add_import_command
 from .sot.revision import Revision, compile_tree, empty_revision
 from .sot.tree import DirectoryTree, Tree
 from .upgrade import add_upgrade_command
@@ -55,18 +57,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.path and args.git:
         raise UsageError("give either PATH or --git REPO, not both")
     revision = compile_tree(open_tree(args.path, args.git, args.rev))
+    warnings = sorted(revision.result.problems.warnings)
+    valid = revision.valid and not (args.strict and warnings)
     if args.json:
         _print_json({"revision": revision.sha, "source": revision.source,
-                     "valid": revision.valid, "summary": revision.summary(),
-                     "problems": [p.to_json() for p in revision.problems]})
+                     "valid": valid, "summary": revision.summary(),
+                     "problems": [p.to_json() for p in revision.problems],
+                     "warnings": [p.to_json() for p in warnings]})
     else:
         for problem in revision.problems:
             print(problem)
+        for warning in warnings:
+            print(f"{'error' if args.strict else 'warning'}: {warning}")
         s = revision.summary()
-        verdict = "valid" if revision.valid else f"NOT valid: {s['problems']} problem(s)"
+        count = s["problems"] + (len(warnings) if args.strict else 0)
+        verdict = "valid" if valid else f"NOT valid: {count} problem(s)"
+        if warnings and not args.strict:
+            verdict += f", {len(warnings)} warning(s)"
         print(f"{revision.source} ({revision.sha[:12]}): {s['sites']} site(s), {s['clusters']} "
               f"cluster(s), {s['hosts']} host(s), {s['renders']} stage render(s): {verdict}")
-    return EXIT_OK if revision.valid else EXIT_INVALID
+    return EXIT_OK if valid else EXIT_INVALID
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -113,7 +123,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                          "does not exist; run `vaq-peer validate`")
     stages = [args.stage] if args.stage else list(range(1, len(workflow.stages) + 1))
     renderer = Renderer(revision.sot, revision.sha)
-    out = []
+    out: list[dict[str, Any]] = []
     for index in stages:
         try:
             ipxe = renderer.render_ipxe(entry, index)
@@ -153,7 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not sot.is_dir():
         raise UsageError(f"the bundled lab SoT is not at {sot}; run from a checkout")
     print(f"== vaq-peer validate {sot}")
-    code = cmd_validate(argparse.Namespace(path=str(sot), git=None, rev=None, json=False))
+    code = cmd_validate(argparse.Namespace(path=str(sot), git=None, rev=None, json=False,
+                                           strict=False))
     if code != EXIT_OK:
         return code
     print(f"\n== vaq-peer plan none {sot}   (the first rollout of the lab site)")
@@ -194,6 +205,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaq-peer", description=__doc__)
+    # `vaq-peer --site fra1 hosts`: its own dest, since a subcommand's default would
+    # overwrite a shared one (the subcommands take --site too)
+    parser.add_argument("--site", dest="site_for_all", metavar="SITE",
+                        help="ask about another site (commands against a peer)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="validate a SoT: every problem, with file:line")
@@ -201,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--git", metavar="REPO", help="read a git repository instead of a directory")
     p.add_argument("--rev", default="HEAD", help="branch, tag or SHA with --git (default HEAD)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--strict", action="store_true",
+                   help="files and folders the format does not know are errors, not warnings")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="the work a change from OLD to NEW implies")
@@ -230,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     add_peer_commands(sub)
     add_upgrade_command(sub)
+    add_import_command(sub)
     return parser
 
 

@@ -185,12 +185,34 @@ def _check_boot(report: Report, me: View) -> None:
     report.add("PASS", "boot network", ", ".join(f"{k} {v}" for k, v in boot.items()))
 
 
+def _check_boot_network(report: Report, interface: str, wait: float) -> None:
+    """Another DHCP server answering where our peers serve: a WARN per server, since only
+    the operator knows whether the site runs proxyDHCP beside it on purpose."""
+    from .netboot.rogue_dhcp import ProbeError, probe
+
+    check = f"DHCP on {interface}"
+    try:
+        answers = probe(interface, wait=wait)
+    except ProbeError as exc:
+        report.add("WARN", check, f"cannot be checked: {exc}")
+        return
+    if not answers:
+        report.add("PASS", check, f"no other DHCP server answered a DISCOVER within "
+                   f"{wait:g} s")
+    for answer in answers:
+        report.add("WARN", check, f"another {answer.describe()}; machines may boot from it "
+                   "(expected only beside a site in dhcp_mode: proxy)")
+
+
 def run_doctor(client: PeerClient, args: argparse.Namespace) -> int:
     report = Report(as_json=args.json)
+    interface = getattr(args, "boot_network", None)
     me = _check_self(client, report)
     if me is None:
         if report.checks and report.checks[0]["result"] == "PASS":
             _check_readyz(client, report, report.checks[0]["detail"].split()[0])
+        if interface:
+            _check_boot_network(report, interface, args.boot_network_wait)
         return report.finish()
     _check_readyz(client, report, me.label)
     others, names = _check_peers(client, report, me)
@@ -198,4 +220,6 @@ def run_doctor(client: PeerClient, args: argparse.Namespace) -> int:
     _check_agreement(report, views, names)
     _check_clocks(report, views)
     _check_boot(report, me)
+    if interface:
+        _check_boot_network(report, interface, args.boot_network_wait)
     return report.finish()

@@ -161,8 +161,8 @@ def cmd_revisions(client: PeerClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     revs = data.get("revisions", [])
     applied = data.get("applied")
-    rows = [(short(r.get("sha")) + (" *" if r.get("sha") == applied else ""), r.get("state"),
-             r.get("source"), ago(r.get("observed_at")), ago(r.get("updated_at")),
+    rows = [((short(r.get("sha")) or "?") + (" *" if r.get("sha") == applied else ""),
+             r.get("state"), r.get("source"), ago(r.get("observed_at")), ago(r.get("updated_at")),
              _approvals(r)) for r in revs]
     print(table(["REVISION", "STATE", "SOURCE", "OBSERVED", "UPDATED", "APPROVALS"], rows))
     what = f"in state {args.state}" if args.state else "known"
@@ -396,7 +396,8 @@ def _run(func: Command) -> Callable[[argparse.Namespace], int]:
     """Build the client from the common options; turn API failures into exit codes."""
     def run(args: argparse.Namespace) -> int:
         try:
-            client = PeerClient(peer_url(args.peer), read_token(args.token_file), args.timeout)
+            client = PeerClient(peer_url(args.peer), read_token(args.token_file), args.timeout,
+                                site=args.site or getattr(args, "site_for_all", None))
             return func(client, args)
         except ApiError as exc:
             print(f"vaq-peer {getattr(args, 'command', '')}: {exc.message}", file=sys.stderr)
@@ -415,6 +416,8 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="per request (default 10)")
     common.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    common.add_argument("--site", metavar="SITE", help="ask about another site: the peer "
+                        "forwards the request to a peer of SITE with your token")
     return common
 
 
@@ -464,11 +467,19 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="print events as they happen until Ctrl-C (or --for)")
     p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
                    help="with --follow: stop after this long")
-    add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
-        "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    p = add("doctor", cmd_doctor, "check this peer, the token, every peer, leader agreement, "
+            "clock skew and readiness: PASS/WARN/FAIL lines, exit 1 on any FAIL")
+    p.add_argument("--boot-network", metavar="IFACE",
+                   help="also send a real DHCPDISCOVER on IFACE (root) and report every other "
+                   "DHCP server that answers")
+    p.add_argument("--boot-network-wait", type=float, default=5.0, metavar="SECONDS",
+                   help="how long to listen for answers (default 5, at most 30)")
     from .cli_rollout import add_rollout_commands  # it imports this module's helpers
 
     add_rollout_commands(add)
+    from .cli_federation import add_federation_commands
+
+    add_federation_commands(add, subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,17 +104,20 @@ def _parse(raw: bytes) -> dict[str, Any]:
 class PeerClient:
     """The API of one peer. `timeout` bounds connecting and each read."""
 
-    def __init__(self, url: str, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float = 10.0,
+                 site: str | None = None) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self.site = site  # another site's: the peer forwards every request to a peer of it
 
-    @property
     def at(self, url: str) -> PeerClient:
         """The same credentials against another peer: to follow the leader for an action."""
-        return PeerClient(url, self._token, self.timeout)
+        return PeerClient(url, self._token, self.timeout, self.site)
 
+    @property
     def has_token(self) -> bool:
+        """Whether a token was given (the doctor says so before the checks that need one)."""
         return bool(self._token)
 
     def __repr__(self) -> str:  # never show the token, also not in a traceback
@@ -123,6 +126,8 @@ class PeerClient:
     def _request(self, method: str, path: str, query: dict[str, Any] | None,
                  body: dict[str, Any] | None, token: bool) -> urllib.request.Request:
         url = self.url + path
+        if self.site:
+            query = {**(query or {}), "site": self.site}
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items()
                                                  if v is not None})

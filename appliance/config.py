@@ -81,6 +81,14 @@ class BmcConfig(_Strict):
     max_sessions: Annotated[int, Field(ge=1, le=256)] = 8  # concurrent BMC sessions per peer
 
 
+class FederationConfig(_Strict):
+    """This site's signing key (Ed25519, PEM): the same file on every peer of the site; its
+    public key is declared in the site's env.yml (`federation.keys`). Without it the site
+    still receives and verifies other sites' summaries but publishes none."""
+
+    key_file: Path | None = None
+
+
 class HttpConfig(_Strict):
     listen: str = "0.0.0.0"
     port: Port | None = None  # default: the site's netboot.http_port
@@ -129,6 +137,15 @@ class ApiConfig(_Strict):
     tokens: list[ApiToken] = []
 
 
+class WorkflowConfig(_Strict):
+    """How long the leader waits for signs of a machine booting (seconds, on its own
+    monotonic clock): a script fetch after a power step whose outcome it cannot know
+    (evidence), and the kernel and initrds loaded after the script (silence)."""
+
+    evidence_window: Annotated[float, Field(ge=5, le=86400)] = 600.0
+    silence_window: Annotated[float, Field(ge=5, le=86400)] = 600.0
+
+
 class PeerConfig(_Strict):
     site: Id
     peer: Id  # this peer's name in the site's env.yml
@@ -141,6 +158,7 @@ class PeerConfig(_Strict):
     remote: RemoteConfig = RemoteConfig()
     bmc: BmcConfig = BmcConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    federation: FederationConfig = FederationConfig()
     token_secret_file: Path  # HMAC key for per-host phone-home tokens, same on every peer
     raft: RaftConfig
     api: ApiConfig = ApiConfig()
@@ -150,6 +168,10 @@ class PeerConfig(_Strict):
     # Fetch every artifact of the applied revision at start, so a boot storm never waits on
     # the upstream mirror; off: fetched on first request.
     prefetch_artifacts: bool = True
+    workflow: WorkflowConfig = WorkflowConfig()
+    # Seconds added to this peer's wall clock, as if it had drifted: for tests that show no
+    # decision depends on peers' clocks agreeing. Never set it on a real peer.
+    clock_offset_s: Annotated[float, Field(ge=-86400, le=86400)] = 0.0
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -205,6 +227,9 @@ def load_config(path: str | Path) -> PeerConfig:
         "github": config.github.model_copy(update={
             k: base / v for k, v in (("webhook_secret_file", config.github.webhook_secret_file),
                                      ("token_file", config.github.token_file)) if v}),
+        "federation": config.federation.model_copy(update={
+            "key_file": base / config.federation.key_file if config.federation.key_file
+            else None}),
         "tftp": config.tftp.model_copy(update={"roots": [base / r for r in config.tftp.roots]}),
         "raft": config.raft.model_copy(update={
             "password_file": base / config.raft.password_file}),

@@ -111,6 +111,7 @@ async def _host_state(c: _Client, name: str) -> dict:
     return (data or {}).get("record") or {}
 
 
+# long: the demo's script, told in the order an operator sees it.
 async def _walk(peer: Peer, token: str, sha: str) -> None:
     base = f"http://127.0.0.1:{peer.http_port}"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:

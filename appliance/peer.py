@@ -27,6 +27,7 @@ from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
@@ -34,6 +35,7 @@ from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
+from appliance.power.manager import PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.github import WebhookSecretError
@@ -41,6 +43,9 @@ from appliance.source.gittree import GitTree, RevisionNotFound
 from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
+
+# data-plane events that are evidence of a machine booting, and the host.seen step of each
+SEEN_STEPS = {"stage-booting": "script", "stage-loaded": "loaded"}
 
 
 class PeerError(Exception):
@@ -72,7 +77,7 @@ def read_secret(path: Path) -> bytes:
 
 
 def _counter_values(obj: Any) -> dict[str, float]:
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: float(v) for k, v in dataclasses.asdict(obj).items()
                 if isinstance(v, int | float)}
     return {k: float(v) for k, v in dict(obj).items()}
@@ -91,9 +96,11 @@ class Peer:
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
         self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
-        self.power: Any = None  # appliance.power.manager.PowerManager when configured
+        self.power: PowerManager | None = None  # when the config names BMC secrets
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
+        self.federation: Any = None  # appliance.federation.service.FederationService
+        self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
         self._tftp: TftpServer | None = None
@@ -173,12 +180,14 @@ class Peer:
 
     def _on_event(self, kind: str, **fields: Any) -> None:
         """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
-        if kind == "stage-booting":  # already logged as boot.script; only the evidence
+        if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
             if self.outbox is not None and isinstance(fields.get("host"), str):
                 revision = fields.get("revision")
-                self.outbox.put_command(raft_commands.build(
-                    "host.seen", time.time(), name=fields["host"], stage=int(fields["stage"]),
-                    revision=revision if isinstance(revision, str) else None))
+                step = {"step": "loaded"} if SEEN_STEPS[kind] == "loaded" else {}
+                self.outbox.put_command(raft_commands.build(  # (no step field: "script",
+                    "host.seen", time.time(), name=fields["host"],  # as peers before it)
+                    stage=int(fields["stage"]),
+                    revision=revision if isinstance(revision, str) else None, **step))
             return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
@@ -294,6 +303,7 @@ class Peer:
         }
         sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
         sources["source"] = lambda: self.follower.metrics() if self.follower else {}
+        sources["federation"] = lambda: self.federation.metrics() if self.federation else {}
         sources["workflow"] = lambda: self.engine.metrics() if self.engine else {}
         sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
                                     "active": float(self._tftp.counters.active)}
@@ -345,8 +355,6 @@ class Peer:
                                         max_body=cfg.remote.max_push_mb << 20,
                                         branch=cfg.source.ref if cfg.source else "main")
         if cfg.bmc.secrets_file is not None:
-            from appliance.power.manager import PowerManager
-
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
@@ -363,10 +371,14 @@ class Peer:
             self._tasks += self.follower.start()
             from appliance.workflow import WorkflowEngine
 
-            self.engine = WorkflowEngine(self.cluster, cfg.site, self.follower.tree_for,
-                                         self.revisions, self.power)
+            self.engine = WorkflowEngine(
+                self.cluster, cfg.site, self.follower.tree_for, self.revisions, self.power,
+                runner_options={"evidence_window": cfg.workflow.evidence_window,
+                                "silence_window": cfg.workflow.silence_window})
             self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
+        self._start_federation()
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
+                             federation=self.federation,
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
@@ -397,6 +409,40 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if cfg.dhcp.enabled:  # another DHCP server where ours serve: journal it now and then
+            self._tasks.append(asyncio.create_task(rogue_dhcp.watch(
+                cfg.interface, lambda: self.table is None
+                or self.table.site.netboot.dhcp_mode == "proxy", self._on_event), name="rogue"))
+
+    def _start_federation(self) -> None:
+        """Signed site summaries with the other sites, and (following a git remote) the
+        cross-site order as a gate of the revision pipeline. Never in the data plane's way."""
+        from appliance.federation.keys import SiteKeyError, load_signing_key
+        from appliance.federation.service import FederationService
+
+        assert self.cluster is not None
+        key = None
+        if self.config.federation.key_file is not None:
+            try:
+                key = load_signing_key(self.config.federation.key_file)
+            except SiteKeyError as exc:
+                raise PeerError(str(exc)) from None
+        self.federation = FederationService(self.config.site, self.cluster,
+                                            lambda: self.revision or self._candidate, key)
+        self._tasks.append(self.federation.start())
+        if self.follower is None:
+            return
+        service, follower = self.federation, self.follower
+
+        async def federation_gate(sha: str) -> tuple[bool, str]:
+            candidate = None
+            if self.revision is None:  # nothing applied yet: the revision judged tells
+                candidate = await asyncio.to_thread(
+                    lambda: self.revisions.get(follower.tree_for(sha)))
+                self._candidate = candidate
+            return await service.gate(sha, candidate)
+
+        follower.pipeline.settings.federation_gate = federation_gate
 
     async def _artifact(self, request: web.Request) -> web.StreamResponse:
         """The cache's handler, with the requesting host's name on its log lines: each
@@ -422,6 +468,8 @@ class Peer:
         self._tasks.clear()
         if self.follower is not None:
             await self.follower.close()
+        if self.federation is not None:
+            await self.federation.close()
         if self.power is not None:
             self.power.close()
         if self.artifacts is not None:
@@ -435,6 +483,12 @@ class Peer:
 async def serve(config: PeerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     structlog.contextvars.bind_contextvars(peer=config.peer, site=config.site)
+    if config.clock_offset_s:
+        from appliance.workflow.clock import offset_wall_clock
+
+        offset_wall_clock(config.clock_offset_s)
+        log.warning("peer.clock_offset", seconds=config.clock_offset_s,
+                    reason="clock_offset_s is set: this peer's wall clock is skewed (tests)")
     peer = Peer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

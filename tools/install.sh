@@ -17,6 +17,7 @@ PACKAGES=(
   busybox-static cpio gnupg openssh-client
   mmdebstrap squashfs-tools mtools dosfstools fdisk e2fsprogs grub-common grub-pc-bin
   grub-efi-amd64-bin zstd  # image/build.sh and tests/image
+  ignition cloud-init  # ignition-validate and cloud-init's JSON schema: format checks
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -25,6 +25,7 @@ from appliance.cluster.errors import (
 
 from .auth import ApiToken, auth_middleware, is_public
 from .context import API_CONTEXT, ApiContext, ctx
+from .federation_routes import add_federation_routes, site_forwarding
 from .openapi import build_document, describe
 from .rollout_routes import add_rollout_routes
 from .routes import add_api_routes
@@ -91,10 +92,12 @@ async def cluster_errors(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _prometheus(values: dict[str, float]) -> str:
-    lines = []
+    lines, typed = [], set()
     for name, value in sorted(values.items()):
         base = name.split("{", 1)[0]
-        lines.append(f"# TYPE {base} gauge")
+        if base not in typed:  # one TYPE line per metric, also when it has labels
+            typed.add(base)
+            lines.append(f"# TYPE {base} gauge")
         lines.append(f"{name} {value}")
     return "\n".join(lines) + "\n"
 
@@ -129,10 +132,12 @@ def make_api_app(context: ApiContext, tokens: list[ApiToken],
                  extra_routes: Callable[[web.Application], None] | None = None
                  ) -> web.Application:
     """The peer's one HTTP application: the API, plus (extra_routes) the boot endpoints."""
-    app = web.Application(middlewares=[request_context, cluster_errors, auth_middleware(tokens)])
+    app = web.Application(middlewares=[request_context, cluster_errors, auth_middleware(tokens),
+                                       site_forwarding])
     app[API_CONTEXT] = context
     add_api_routes(app)
     add_rollout_routes(app)
+    add_federation_routes(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)
     if extra_routes is not None:

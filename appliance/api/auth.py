@@ -9,21 +9,23 @@ unless someone decides otherwise.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
+# The tokens themselves live below the API (the git remote checks them too); these names
+# stay importable from here.
+from appliance.tokens import ApiToken, Role, TokenError, load_tokens, match_token
+
+__all__ = ["ApiToken", "Role", "TokenError", "auth_middleware", "is_public", "load_tokens",
+           "match_token"]
 log = structlog.get_logger("vaquero.api.auth")
 
-Role = Literal["read", "admin"]
-# The GitHub webhook authenticates by the HMAC of its body instead of a bearer token.
+# The GitHub webhook authenticates by the HMAC of its body instead of a bearer token, the
+# federation exchange by the signatures of the site summaries it carries.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json",
-                          "/v1/hooks/github"})
+                          "/v1/hooks/github", "/v1/federation/exchange"})
 # The machine-facing boot chain: machines have no token (DESIGN.md, boot chain).
 # The git remote (/git/) checks tokens itself, with HTTP basic auth as the git CLI sends it.
 PUBLIC_PREFIXES = ("/boot.ipxe", "/ipxe", "/boot/", "/phone-home/", "/artifacts/", "/firmware/",
@@ -32,46 +34,12 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_NAME = web.RequestKey("token_name", str)  # the authenticated token's name, never its value
 
 
-@dataclass(frozen=True)
-class ApiToken:
-    name: str
-    role: Role
-    secret: bytes
-
-
-class TokenError(Exception):
-    """A token file that cannot be used, with what to do about it."""
-
-
-def load_tokens(entries: Iterable[tuple[str, Role, Path]]) -> list[ApiToken]:
-    tokens = []
-    for name, role, path in entries:
-        try:
-            secret = path.read_bytes().strip()
-        except OSError as exc:
-            raise TokenError(f"API token {name!r}: cannot read {path}: {exc.strerror}") from None
-        if len(secret) < 16:
-            raise TokenError(f"API token {name!r}: {path} holds {len(secret)} bytes; use at least "
-                             "16 random characters (`head -c 32 /dev/urandom | base64`)")
-        tokens.append(ApiToken(name, role, secret))
-    return tokens
-
-
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
-def match_token(tokens: list[ApiToken], presented: bytes) -> ApiToken | None:
-    """Compare against every token (no early exit), so timing says nothing about which."""
-    found = None
-    for token in tokens:
-        if hmac.compare_digest(token.secret, presented):
-            found = token
-    return found
 
 
 def auth_middleware(tokens: list[ApiToken]) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -29,6 +29,9 @@ class ApiContext:
     power: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
     # rollout_progress(sha) -> the rollout's progress; None without a workflow engine.
     rollout_progress: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    # appliance/federation/service.py FederationService (api/federation_routes.py
+    # FederationApi); None when the peer takes no part in a federation.
+    federation: Any = None
     started: float = field(default_factory=time.time)
 
 

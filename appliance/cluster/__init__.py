@@ -5,21 +5,18 @@ Use `Cluster(ClusterSettings(...))`: `await start()`, replicated writes (`observ
 `append_event`, `add_peer`, `remove_peer`), local reads, `follow_events`, `status`.
 Writers that must not wait on Raft (the data plane) use `EventOutbox`.
 
-pysyncobj <= 0.3.17 replaces `socket.inet_ntop` for the whole process with a Windows-only
-implementation when it is imported (`pysyncobj/win_inet_pton.py` assigns it outside its
-`os.name == 'nt'` guard), which breaks every later caller on Linux, scapy among them. This
-package init runs before any of our modules import pysyncobj, and puts the real one back.
+The names below that need pysyncobj are imported on first use, so the pure modules (the
+command format in `commands`, the state machine in `state`, the errors) can be imported,
+tested and type-checked without it. `pysyncobj_fix` is where pysyncobj is first imported,
+and repairs what that import does to `socket.inet_ntop`.
 """
 
-import _socket
-import socket
+from __future__ import annotations
 
-import pysyncobj.win_inet_pton  # noqa: F401 - import it first so the damage is done and undone
+import importlib
+from typing import TYPE_CHECKING, Any
 
-socket.inet_ntop = _socket.inet_ntop
-
-from appliance.cluster.bridge import Cluster  # noqa: E402
-from appliance.cluster.errors import (  # noqa: E402
+from appliance.cluster.errors import (
     ClusterError,
     ClusterStartError,
     CommandRejected,
@@ -30,14 +27,37 @@ from appliance.cluster.errors import (  # noqa: E402
     NoQuorum,
     NotLeader,
 )
-from appliance.cluster.outbox import EventOutbox  # noqa: E402
-from appliance.cluster.raft import (  # noqa: E402
-    PYSYNCOBJ_DEFAULT,
-    TUNED,
-    ClusterSettings,
-    RaftStatus,
-    RaftTiming,
-)
+
+if TYPE_CHECKING:
+    from appliance.cluster.bridge import Cluster
+    from appliance.cluster.outbox import EventOutbox
+    from appliance.cluster.raft import (
+        PYSYNCOBJ_DEFAULT,
+        TUNED,
+        ClusterSettings,
+        RaftStatus,
+        RaftTiming,
+    )
+
+_LAZY = {
+    "Cluster": "appliance.cluster.bridge",
+    "EventOutbox": "appliance.cluster.outbox",
+    "PYSYNCOBJ_DEFAULT": "appliance.cluster.raft",
+    "TUNED": "appliance.cluster.raft",
+    "ClusterSettings": "appliance.cluster.raft",
+    "RaftStatus": "appliance.cluster.raft",
+    "RaftTiming": "appliance.cluster.raft",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PYSYNCOBJ_DEFAULT",

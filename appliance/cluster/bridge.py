@@ -28,6 +28,7 @@ import structlog
 from pysyncobj import FAIL_REASON
 from pysyncobj.syncobj import SyncObjException
 
+import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster import commands
 from appliance.cluster.errors import (
     ClusterError,
@@ -393,7 +394,7 @@ class Cluster:
             except Exception as exc:  # never raise on the tick thread
                 details = {"error": str(exc)}
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(details))
+                loop.call_soon_threadsafe(_settle, fut, details)
 
         node.vq_call_soon(collect)
         return await asyncio.wait_for(fut, timeout)
@@ -453,3 +454,9 @@ class Cluster:
 def _resolve(fut: asyncio.Future, result: Any, reason: int) -> None:
     if not fut.done():
         fut.set_result((result, reason))
+
+
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    """Resolve `fut` unless it is done already (cancelled by a timeout meanwhile)."""
+    if not fut.done():
+        fut.set_result(value)

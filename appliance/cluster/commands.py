@@ -137,6 +137,10 @@ def _peer(value: Any) -> dict:
 
 
 # op -> (required fields, optional fields) beyond op, op_id, at
+# What a peer saw a booting machine do: fetch its stage's script, then (generated scripts
+# only) finish loading the stage's kernel and initrds, just before booting them.
+SEEN_STEPS = ("script", "loaded")
+
 _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "revision.observe": (frozenset({"sha"}), frozenset({"source"})),
     "revision.transition": (
@@ -151,7 +155,7 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"attempt", "message", "deadline"}),
     ),
     "host.stage_done": (frozenset({"name", "stage", "stages"}), frozenset({"revision"})),
-    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision"})),
+    "host.seen": (frozenset({"name", "stage"}), frozenset({"revision", "step"})),
     "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
     "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
     "intent.record": (
@@ -163,10 +167,14 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "peer.add": (frozenset({"address"}), frozenset({"name", "api_url"})),
     "peer.remove": (frozenset({"address"}), frozenset()),
     "peers.set": (frozenset({"peers"}), frozenset()),
+    "federation.summary": (frozenset({"site", "seq", "digest", "envelope"}), frozenset({"via"})),
+    "federation.override": (frozenset({"revision", "by"}), frozenset({"reason"})),
 }
+MAX_ENVELOPE = 6144  # a signed site summary (appliance/federation/summary.py), as JSON
 OPS = frozenset(_FIELDS)
 
 
+# long: one branch per operation, until one table per replicated operation replaces it.
 def validate(cmd: Any) -> dict:
     """Return a normalized copy of `cmd` or raise InvalidCommand. Pure and deterministic."""
     if not isinstance(cmd, dict):
@@ -240,6 +248,10 @@ def validate(cmd: Any) -> dict:
         out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
         out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["revision"] = _sha(cmd, "revision", required=False)
+        step = cmd.get("step", "script")
+        if step not in SEEN_STEPS:
+            raise _fail(f"step must be one of {', '.join(SEEN_STEPS)}")
+        out["step"] = step
     elif op == "rollout.start":
         out["revision"] = _sha(cmd, "revision")
         out["base"] = _sha(cmd, "base", required=False)
@@ -274,6 +286,23 @@ def validate(cmd: Any) -> dict:
         out.update(_peer({k: cmd.get(k) for k in ("address", "name", "api_url") if k in cmd}))
         if op == "peer.remove":
             del out["name"], out["api_url"]
+    elif op == "federation.summary":
+        # verified by the receiving peer before it is submitted; apply keeps the newest only
+        out["site"] = _text(cmd, "site", required=True, max_len=63)
+        out["seq"] = _int(cmd, "seq", low=1, high=2**53)
+        out["digest"] = _text(cmd, "digest", required=True, max_len=64)
+        out["via"] = _text(cmd, "via", max_len=MAX_NAME)
+        envelope = cmd["envelope"]
+        if not isinstance(envelope, dict):
+            raise _fail("envelope must be an object")
+        encoded = json.dumps(envelope, sort_keys=True, allow_nan=False, separators=(",", ":"))
+        if len(encoded.encode()) > MAX_ENVELOPE:
+            raise _fail(f"envelope is larger than {MAX_ENVELOPE} bytes")
+        out["envelope"] = json.loads(encoded)
+    elif op == "federation.override":
+        out["revision"] = _sha(cmd, "revision")
+        out["by"] = _text(cmd, "by", required=True, max_len=MAX_NAME)
+        out["reason"] = _text(cmd, "reason")
     elif op == "peers.set":
         peers = cmd["peers"]
         if not isinstance(peers, list) or not 1 <= len(peers) <= MAX_PEERS:

@@ -54,6 +54,8 @@ class ClusterState:
         self.peers: dict[str, dict] = {}
         self.applied_ops: OrderedDict[str, dict] = OrderedDict()
         self.applied_count = 0
+        # site -> its last accepted signed summary; revision -> gate override (federation)
+        self.federation: dict[str, dict] = {"summaries": {}, "overrides": {}}
 
     # ---- apply -------------------------------------------------------------------------
 
@@ -245,14 +247,21 @@ class ClusterState:
         return {"ok": True, "seq": seq, "done": record["done"]}
 
     def _host_seen(self, cmd: dict) -> dict:
-        """A peer served the host a stage's script: evidence that the machine is booting.
-        Lets a new leader tell a power action that happened from one that was lost."""
+        """A peer served the host a stage's script, or saw it finish loading the stage's
+        kernel and initrds: evidence that the machine is booting. The event's seq orders it
+        against the leader's power intents in Raft order, which no peer's clock can skew: a
+        new leader tells a power action that happened from one that was lost, and a machine
+        that went silent after its script from one on its way."""
         record = self.hosts.get(cmd["name"])
         if record is None:  # never armed nor reported: nobody waits for this evidence
             return {"ok": True, "ignored": True}
-        record.update(seen_at=cmd["at"], seen_stage=cmd["stage"])
-        seq = self._emit(cmd["at"], "host.booting_seen", host=cmd["name"],
-                         revision=cmd["revision"], data={"stage": cmd["stage"]})
+        step = cmd.get("step", "script")
+        seq = self._emit(cmd["at"], "host.booting_seen" if step == "script" else "host.loaded",
+                         host=cmd["name"], revision=cmd["revision"], data={"stage": cmd["stage"]})
+        if step == "script":
+            record.update(seen_at=cmd["at"], seen_stage=cmd["stage"], seen_seq=seq)
+        else:
+            record.update(loaded_stage=cmd["stage"], loaded_seq=seq)
         return {"ok": True, "seq": seq}
 
     def _rollout_start(self, cmd: dict) -> dict:
@@ -332,14 +341,14 @@ class ClusterState:
         if cmd["intent_id"] in self.intents:
             raise _Reject("duplicate_intent", f"intent {cmd['intent_id']} exists")
         self.fence_term = cmd["term"]
-        self.intents[cmd["intent_id"]] = {
-            "intent_id": cmd["intent_id"], "host": cmd["host"], "action": cmd["action"],
-            "stage": cmd["stage"], "revision": cmd["revision"], "term": cmd["term"],
-            "at": cmd["at"], "result": None,
-        }
         seq = self._emit(cmd["at"], "intent.recorded", host=cmd["host"], revision=cmd["revision"],
                          message=cmd["action"],
                          data={"intent_id": cmd["intent_id"], "stage": cmd["stage"]})
+        self.intents[cmd["intent_id"]] = {
+            "intent_id": cmd["intent_id"], "host": cmd["host"], "action": cmd["action"],
+            "stage": cmd["stage"], "revision": cmd["revision"], "term": cmd["term"],
+            "at": cmd["at"], "result": None, "seq": seq,
+        }
         return {"ok": True, "seq": seq}
 
     def _intent_result(self, cmd: dict) -> dict:
@@ -379,7 +388,30 @@ class ClusterState:
         seq = self._emit(cmd["at"], "peers.set", data={"addresses": sorted(self.peers)})
         return {"ok": True, "seq": seq}
 
+    def _federation_summary(self, cmd: dict) -> dict:
+        """A verified summary (checked by the peer that received it): kept if newer."""
+        held = self.federation["summaries"].get(cmd["site"])
+        if held is not None and held["seq"] >= cmd["seq"]:
+            raise _Reject("not_newer", f"summary {cmd['seq']} of {cmd['site']}: "
+                                       f"{held['seq']} is held")
+        self.federation["summaries"][cmd["site"]] = {
+            "site": cmd["site"], "seq": cmd["seq"], "digest": cmd["digest"],
+            "envelope": cmd["envelope"], "received_at": cmd["at"], "via": cmd["via"]}
+        return {"ok": True}
+
+    def _federation_override(self, cmd: dict) -> dict:
+        overrides = self.federation["overrides"]
+        overrides[cmd["revision"]] = {"by": cmd["by"], "at": cmd["at"], "reason": cmd["reason"]}
+        while len(overrides) > HISTORY_LIMIT:
+            del overrides[next(iter(overrides))]
+        seq = self._emit(cmd["at"], "federation.override", revision=cmd["revision"],
+                         message=cmd["reason"], data={"by": cmd["by"]})
+        return {"ok": True, "seq": seq}
+
     # ---- reads (callers hold the raft lock; results are copies) -------------------------
+
+    def federation_view(self) -> dict:
+        return copy.deepcopy(self.federation)
 
     def revision(self, sha: str) -> dict | None:
         rev = self.revisions.get(sha)
@@ -448,6 +480,7 @@ class ClusterState:
             "peers": self.peers,
             "applied_ops": list(self.applied_ops.items()),
             "applied_count": self.applied_count,
+            "federation": self.federation,
         }
 
     @classmethod
@@ -469,6 +502,7 @@ class ClusterState:
         state.peers = data["peers"]
         state.applied_ops = OrderedDict(data["applied_ops"])
         state.applied_count = data["applied_count"]
+        state.federation = data.get("federation") or {"summaries": {}, "overrides": {}}
         return state
 
 
@@ -489,4 +523,6 @@ _HANDLERS = {
     "peer.add": ClusterState._peer_add,
     "peer.remove": ClusterState._peer_remove,
     "peers.set": ClusterState._peers_set,
+    "federation.summary": ClusterState._federation_summary,
+    "federation.override": ClusterState._federation_override,
 }

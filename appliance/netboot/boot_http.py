@@ -1,8 +1,10 @@
 """The machine-facing HTTP endpoints of the boot chain (no bearer token: machines have none).
 
   GET  /boot.ipxe                       what DHCP hands iPXE: chains to /ipxe with MAC and UUID
-  GET  /ipxe?mac=&uuid=                 the host's script for the stage it is at (or disk boot)
+  GET  /ipxe?mac=&uuid=&serial=&asset=  the host's script for the stage it is at (or disk boot)
   GET  /boot/{host}/{stage}/script.ipxe the script of one stage
+  GET  /boot/{host}/{stage}/loaded      a generated script has loaded the stage's kernel
+                                        and initrds and is about to boot them
   GET  /boot/{host}/{stage}/config      the rendered install config of one stage
   GET  /boot/{host}/{stage}/user-data   the same, for cloud-init's nocloud-net datasource
   GET  /boot/{host}/{stage}/meta-data   instance-id and hostname for nocloud-net
@@ -24,19 +26,27 @@ import structlog
 from aiohttp import web
 
 from appliance.netboot.boottable import BootTable
+from appliance.netboot.identify import Identity, resolve
 from appliance.netboot.progress import HostProgress
-from appliance.sot.render import local_disk_script
+from appliance.sot.render import ipxe_try_peers, local_disk_script
 
 log = structlog.get_logger("vaquero.netboot.boot")
 
-BOOT_IPXE = (
-    "#!ipxe\n"
-    "# Vaquero: ask the peers for this machine's script, by the MAC that booted and SMBIOS UUID\n"
-    "chain --autofree {base}/ipxe?mac=${{netX/mac}}&uuid=${{uuid}}"
-    "&arch=${{buildarch}}&platform=${{platform}} ||\n"
-    "echo Vaquero: no boot script for ${{netX/mac}}; booting the next device\n"
-    "exit\n"
-)
+# What DHCP hands iPXE: ask a peer for this machine's script, by the MAC that booted and
+# SMBIOS UUID, serial number and asset tag; the peer that answered DHCP first, then the
+# site's other peers. The script it chains falls back the same way for every fetch
+# (sot.render.ipxe_try_peers). A chained script that returns (a local-disk `exit`) ends
+# this one the same way.
+BOOT_ATTEMPT = ("chain --autofree ${vq-base}/ipxe?mac=${netX/mac}&uuid=${uuid}"
+                "&serial=${serial:uristring}&asset=${asset:uristring}"
+                "&arch=${buildarch}&platform=${platform} || goto ${vq-next}\nexit\n")
+
+
+def boot_ipxe_script(bases: tuple[str, ...]) -> str:
+    return ("#!ipxe\n# Vaquero: ask the peers for this machine's script\n"
+            + ipxe_try_peers(bases, BOOT_ATTEMPT))
+
+
 IPXE_TYPE = "text/plain; charset=utf-8"
 
 
@@ -96,25 +106,35 @@ async def boot_ipxe(request: web.Request) -> web.Response:
     state.count("boot_ipxe")
     host = table.by_ip.get(_client(request))
     log.info("boot.chain", host=host, client=_client(request))
-    return web.Response(text=BOOT_IPXE.format(base=table.base_url), content_type="text/plain")
-
-
-def _normal_mac(value: str) -> str:
-    return value.strip().lower().replace("-", ":")
+    return web.Response(text=boot_ipxe_script(table.peer_urls), content_type="text/plain")
 
 
 async def host_script(request: web.Request) -> web.Response:
     state = _state(request)
     table = state.table
     assert table is not None
-    mac = _normal_mac(request.query.get("mac", ""))
-    uuid = request.query.get("uuid", "").strip().lower()
-    host = table.by_mac.get(mac) or table.by_uuid.get(uuid)
+    q = request.query
+    identity = Identity.from_report(q.get("mac", ""), q.get("uuid", ""), q.get("serial", ""),
+                                    q.get("asset", ""))
+    mac = identity.mac
+    found = resolve(table, identity)
+    if found.conflict:
+        state.count("ambiguous_machine")
+        log.warning("boot.ambiguous_machine", **identity.fields(), matches=found.matches,
+                    client=_client(request))
+        state.event("ambiguous-machine", **identity.fields(), client=_client(request),
+                    matches=" ".join(f"{k}:{h}" for k, h in found.matches.items()))
+        return web.Response(status=409, content_type="text/plain", text=(
+            "#!ipxe\necho Vaquero: this machine matches more than one host of the SoT; "
+            "refused (fix the SoT)\nexit\n"))
+    host = found.host
     if host is None:
         state.count("unknown_host")
-        log.warning("boot.unknown_machine", mac=mac, uuid=uuid, client=_client(request))
-        state.event("unknown-machine", mac=mac, uuid=uuid, client=_client(request))
-        return web.Response(status=404, content_type="text/plain", text=(
+        log.warning("boot.unknown_machine", **identity.fields(), client=_client(request))
+        state.event("unknown-machine", **identity.fields(), client=_client(request))
+        # 200, not 404: iPXE would take a 404 for a failed peer and ask the next one,
+        # which knows this machine no better.
+        return web.Response(content_type="text/plain", text=(
             f"#!ipxe\necho Vaquero: machine {mac} is not declared in the SoT\nexit\n"))
     stages = table.stages(host)
     entry = table.hosts[host]
@@ -131,9 +151,10 @@ async def host_script(request: web.Request) -> web.Response:
     script, _ = table.stage_content(host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, stages=stages, revision=table.sha[:12],
-             arch=request.query.get("arch"), platform=request.query.get("platform"),
-             client=_client(request))
-    state.event("stage-booting", host=host, stage=stage, revision=table.sha)
+             matched_by=found.matched_by, arch=request.query.get("arch"),
+             platform=request.query.get("platform"), client=_client(request))
+    state.event("stage-booting", host=host, stage=stage, revision=table.sha,
+                matched_by=found.matched_by)
     return web.Response(text=script, content_type="text/plain")
 
 
@@ -143,6 +164,14 @@ async def stage_script(request: web.Request) -> web.Response:
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
     return web.Response(text=script, content_type="text/plain")
+
+
+async def stage_loaded(request: web.Request) -> web.Response:
+    state, table, host, stage = _host_stage(request)
+    state.count("loaded")
+    log.info("boot.loaded", host=host, stage=stage, client=_client(request))
+    state.event("stage-loaded", host=host, stage=stage, revision=table.sha)
+    return web.Response(text="loaded\n", content_type="text/plain")
 
 
 async def stage_config(request: web.Request) -> web.Response:
@@ -205,6 +234,7 @@ def add_boot_routes(app: web.Application, state: BootState) -> None:
     app.router.add_get("/boot.ipxe", boot_ipxe)
     app.router.add_get("/ipxe", host_script)
     app.router.add_get("/boot/{host}/{stage}/script.ipxe", stage_script)
+    app.router.add_get("/boot/{host}/{stage}/loaded", stage_loaded)
     app.router.add_get("/boot/{host}/{stage}/config", stage_config)
     app.router.add_get("/boot/{host}/{stage}/user-data", stage_config)
     app.router.add_get("/boot/{host}/{stage}/meta-data", stage_meta_data)

@@ -2,8 +2,8 @@
 
 DESIGN: DHCP, TFTP and HTTP read an immutable table swapped atomically and never wait on
 Raft. The table holds the DHCP reservations of the peer's site (as the DHCP server's
-TableSpec), the host indexes by MAC, UUID and address, and a renderer whose results are
-cached per host and stage. Every peer compiles the same table from the same SHA.
+TableSpec), the host indexes by MAC, UUID, serial, asset tag and address, and a renderer
+whose results are cached per host and stage. Every peer compiles the same table from the same SHA.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from appliance.netboot.dhcp_table import (
 )
 from appliance.sot.loader import HostEntry
 from appliance.sot.models import Artifact, Site, Subnet
-from appliance.sot.render import Renderer
+from appliance.sot.render import Renderer, site_fallback_urls
 from appliance.sot.revision import Revision
 
 log = structlog.get_logger("vaquero.netboot.boottable")
@@ -46,6 +46,8 @@ class BootTable:
     by_ip: dict[str, str]
     dhcp: TableSpec
     secret: bytes = field(repr=False)
+    by_serial: dict[str, str] = field(default_factory=dict)  # SMBIOS serial number
+    by_asset: dict[str, str] = field(default_factory=dict)  # SMBIOS chassis asset tag
     _renderer: Renderer | None = field(default=None, repr=False)
     _rendered: dict[tuple[str, int], tuple[str, tuple[str, str] | None]] = field(
         default_factory=dict, repr=False)
@@ -53,6 +55,11 @@ class BootTable:
     @property
     def sha(self) -> str:
         return self.revision.sha
+
+    @property
+    def peer_urls(self) -> tuple[str, ...]:
+        """Every base URL a machine may try, this peer's first."""
+        return (self.base_url, *site_fallback_urls(self.site, self.base_url))
 
     def token(self, host: str) -> str:
         return host_token(self.secret, host)
@@ -127,6 +134,8 @@ def compile_boot_table(revision: Revision, site_id: str, interface: str,
     by_mac: dict[str, str] = {}
     by_uuid: dict[str, str] = {}
     by_ip: dict[str, str] = {}
+    by_serial: dict[str, str] = {}
+    by_asset: dict[str, str] = {}
     reservations = []
     for name, entry in sot.hosts.items():
         if entry.site != site_id:
@@ -135,6 +144,10 @@ def compile_boot_table(revision: Revision, site_id: str, interface: str,
         host = entry.host
         if host.uuid is not None:
             by_uuid[str(host.uuid)] = name
+        if host.serial:
+            by_serial[host.serial] = name
+        if host.asset_tag:
+            by_asset[host.asset_tag] = name
         boot_iface = host.boot_interface()
         for iface in host.interfaces:
             by_ip[str(iface.ipv4)] = name
@@ -152,4 +165,5 @@ def compile_boot_table(revision: Revision, site_id: str, interface: str,
         subnets=tuple(_subnet_spec(s) for s in site.subnets),
         reservations=tuple(reservations),
         server=ServerIdentity(addresses={interface: server_address}, next_server=server_address))
-    return BootTable(revision, site, base, hosts, by_mac, by_uuid, by_ip, spec, secret)
+    return BootTable(revision, site, base, hosts, by_mac, by_uuid, by_ip, spec, secret,
+                     by_serial=by_serial, by_asset=by_asset)

@@ -74,6 +74,7 @@ class Request:
     client_uuid: bytes | None = None  # 97, type byte + 16-byte UUID
 
 
+# long: one pass over the bytes on the hot path; helpers would cost a call per option.
 def parse_request(data: bytes) -> Request:
     """Read a BOOTREQUEST with its DHCP options; raise MalformedPacket on anything odd.
 

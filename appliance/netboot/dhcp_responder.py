@@ -23,6 +23,7 @@ import structlog
 
 from appliance.netboot import dhcp_codec as wire
 from appliance.netboot import dhcp_table as tbl
+from appliance.netboot.rogue_dhcp import PROBE_VENDOR_CLASS
 
 log = structlog.get_logger("vaquero.netboot.dhcp")
 
@@ -104,6 +105,8 @@ class Responder:
 
     def _unknown(self, req: wire.Request, src: tuple[str, int]) -> None:
         self.counters.inc("unknown")
+        if req.vendor_class == PROBE_VENDOR_CLASS:  # a peer looking for rogue servers
+            return
         if not self._may_report("unknown-mac", req.chaddr):
             return
         fields = {

@@ -1,16 +1,25 @@
-"""The power driver interface: what the workflow engine needs from any BMC protocol.
+"""The power interfaces: `PowerControl`, what the workflow engine, the host runners and the
+API need from a peer's power (one action on one host), and `PowerDriver`, what that needs
+from any BMC protocol (one BMC).
 
-One driver instance talks to one BMC. Drivers are async; the protocol modules (`ipmi`,
-`redfish`) decide how they do I/O. Errors always name the BMC, never the password, because
-they end up in events and logs that operators read.
+Drivers are async; the protocol modules (`ipmi`, `redfish`) decide how they do I/O, and are
+found by BMC type in `DRIVERS` (a module per protocol, imported on first use, each with a
+`make_driver`). Errors always name the BMC, never the password, because they end up in
+events and logs that operators read.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
+import importlib
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from appliance.sot.loader import HostEntry
 
 
 class PowerState(enum.StrEnum):
@@ -104,3 +113,43 @@ class PowerDriver(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release sessions or connections; the default driver holds none."""
+
+
+class PowerControl(Protocol):
+    """A peer's power, as its callers use it (`appliance.power.manager.PowerManager`)."""
+
+    async def run(self, entry: HostEntry, action: str) -> dict[str, Any]:
+        """Run one action (status, on, off, soft_off, cycle, pxe, pxe_persistent) on the
+        host's BMC: {host, action, state?}. Raises PowerError, or LookupError when the host
+        declares no BMC."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriverResources:
+    """What every driver of one peer shares: a cap on concurrent BMC sessions, and the
+    thread pool for protocols whose library blocks (pyghmi)."""
+
+    limiter: asyncio.Semaphore
+    executor: Executor
+
+
+# BMC type (the SoT's `bmc.type`) -> the module that speaks it. Each module has
+# `make_driver(target, credentials, resources) -> PowerDriver`; importing it on first use
+# keeps pyghmi out of peers that only speak Redfish.
+DRIVERS: dict[str, str] = {
+    "ipmi": "appliance.power.ipmi",
+    "redfish": "appliance.power.redfish",
+}
+
+
+def make_driver(target: BmcTarget, credentials: BmcCredentials,
+                resources: DriverResources) -> PowerDriver:
+    """The driver for `target.type`; a type without a driver is a PowerError naming it."""
+    module = DRIVERS.get(target.type)
+    if module is None:
+        raise PowerError(target, "driver", f"no driver for BMC type {target.type!r} "
+                         f"(known: {', '.join(sorted(DRIVERS))})")
+    driver: PowerDriver = importlib.import_module(module).make_driver(
+        target, credentials, resources)
+    return driver

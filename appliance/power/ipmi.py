@@ -23,7 +23,15 @@ from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi.command import Command
 from pyghmi.ipmi.private.session import Session as _Session
 
-from .base import BmcCredentials, BmcTarget, BootDevice, PowerDriver, PowerError, PowerState
+from .base import (
+    BmcCredentials,
+    BmcTarget,
+    BootDevice,
+    DriverResources,
+    PowerDriver,
+    PowerError,
+    PowerState,
+)
 
 log = structlog.get_logger("vaquero.power")
 
@@ -139,7 +147,7 @@ class IpmiDriver(PowerDriver):
             sess = cmd.ipmi_session
             try:
                 sess.logout()
-            except Exception:  # a failed logout must not hide the result
+            except Exception:  # noqa: BLE001 - a failed logout must not hide the result
                 log.debug("ipmi_logout_failed", bmc=self.target.address)
             # pyghmi 1.6 leaves a logged-out session registered as "initting" under its
             # (bmc, user, password, port, kg) key and hands it to the next Command, which
@@ -214,3 +222,9 @@ class IpmiDriver(PowerDriver):
             kwargs["uefiboot"] = uefi
         await self._run(f"set boot device {bootdev}",
                         lambda c: c.set_bootdev(bootdev, **kwargs))
+
+
+def make_driver(target: BmcTarget, credentials: BmcCredentials,
+                resources: DriverResources) -> IpmiDriver:
+    """The registry's entry for `type: ipmi` (see `base.DRIVERS`)."""
+    return IpmiDriver(target, credentials, resources.executor, resources.limiter)

@@ -16,7 +16,15 @@ from typing import Any
 
 import structlog
 
-from appliance.power.base import BmcTarget, BootDevice, PowerDriver, PowerError
+from appliance.power.base import (
+    BmcTarget,
+    BootDevice,
+    DriverResources,
+    PowerDriver,
+    PowerError,
+    make_driver,
+)
+from appliance.power.secrets import BmcSecrets, load_bmc_secrets
 from appliance.sot.loader import HostEntry
 
 log = structlog.get_logger("vaquero.power")
@@ -29,6 +37,7 @@ class NoBmc(LookupError):
 
 
 def target_for(entry: HostEntry) -> BmcTarget:
+    """Where the host's BMC is, from its SoT entry; NoBmc when it declares none."""
     iface = entry.host.bmc_interface()
     if iface is None or iface.bmc is None:
         raise NoBmc(f"host {entry.host.name!r} declares no BMC interface; power it by hand")
@@ -39,27 +48,22 @@ def target_for(entry: HostEntry) -> BmcTarget:
 
 
 class PowerManager:
-    def __init__(self, secrets_file: Path | None, max_sessions: int = 8) -> None:
-        self.secrets: Any = None
-        if secrets_file is not None:
-            from appliance.power.secrets import load_bmc_secrets
+    """The peer's `PowerControl`: a driver per action, from the registry by BMC type."""
 
+    def __init__(self, secrets_file: Path | None, max_sessions: int = 8) -> None:
+        self.secrets: BmcSecrets | None = None
+        if secrets_file is not None:
             self.secrets = load_bmc_secrets(secrets_file)
         self.limiter = asyncio.Semaphore(max_sessions)
         self.executor = ThreadPoolExecutor(max_sessions, thread_name_prefix="bmc")
 
     def driver(self, entry: HostEntry) -> PowerDriver:
+        """A driver for the host's BMC, with its credentials; close it after use."""
         target = target_for(entry)
         if self.secrets is None:
             raise PowerError(target, "credentials", "the peer config names no BMC secrets file")
         credentials = self.secrets.lookup(target.credentials)
-        if target.type == "redfish":
-            from appliance.power.redfish import RedfishDriver
-
-            return RedfishDriver(target, credentials, limiter=self.limiter)
-        from appliance.power.ipmi import IpmiDriver
-
-        return IpmiDriver(target, credentials, self.executor, self.limiter)
+        return make_driver(target, credentials, DriverResources(self.limiter, self.executor))
 
     async def run(self, entry: HostEntry, action: str) -> dict[str, Any]:
         """Run one action; returns {host, action, state?}. Raises PowerError or NoBmc."""
@@ -81,4 +85,5 @@ class PowerManager:
             await driver.close()
 
     def close(self) -> None:
+        """Stop the BMC worker threads (blocking calls in flight are abandoned)."""
         self.executor.shutdown(wait=False, cancel_futures=True)

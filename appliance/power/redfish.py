@@ -20,6 +20,7 @@ from appliance.power.base import (
     BmcCredentials,
     BmcTarget,
     BootDevice,
+    DriverResources,
     PowerDriver,
     PowerError,
     PowerState,
@@ -325,9 +326,15 @@ async def _error_detail(resp: aiohttp.ClientResponse) -> str:
     if not isinstance(err, dict):
         return f" {resp.reason}" if resp.reason else ""
     messages = [
-        info.get("Message")
+        str(info["Message"])
         for info in err.get("@Message.ExtendedInfo") or []
         if isinstance(info, dict) and info.get("Message")
     ]
     text = "; ".join(messages) or err.get("message") or ""
     return f": {text}" if text else ""
+
+
+def make_driver(target: BmcTarget, credentials: BmcCredentials,
+                resources: DriverResources) -> RedfishDriver:
+    """The registry's entry for `type: redfish` (see `base.DRIVERS`)."""
+    return RedfishDriver(target, credentials, limiter=resources.limiter)

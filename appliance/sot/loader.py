@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
-from .models import ASSET_TYPES, Boot, Host, OperatingSystem, Site, Workflow
+from .models import ASSET_TYPES, Boot, Federation, Host, OperatingSystem, Site, Workflow
 from .problems import Problems
 from .tree import Tree
 from .yamlsrc import Document, YamlError, load_documents
@@ -61,11 +62,15 @@ class Sot:
     boots: dict[str, Boot] = field(default_factory=dict)
     workflows: dict[str, Workflow] = field(default_factory=dict)
     assets: dict[str, Asset] = field(default_factory=dict)
+    federation: Federation | None = None  # federation.yml: the cross-site rollout order
     at: dict[tuple[str, str], Located] = field(default_factory=dict)
     # Documents that failed their schema, by (kind, id) and host documents per cluster,
     # valid or not: checks that follow use them so one error is not reported again as others.
     broken: set[tuple[str, str]] = field(default_factory=set)
     host_documents: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Asset paths with template syntax errors (all reported by the syntax pass, not again by
+    # every host that renders them).
+    syntax_broken: set[str] = field(default_factory=set)
 
     def clusters(self) -> dict[tuple[str, str], list[HostEntry]]:
         """Hosts grouped by (site, cluster), in file order."""
@@ -120,7 +125,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def explain(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
+def explain(err: ErrorDetails, model: type[BaseModel]) -> tuple[str, str]:
     """A pydantic error -> (code, sentence a person can act on)."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # Union branches add their type names to the path; drop them.
@@ -193,12 +198,16 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
     for path in tree.files():
         parts = path.split("/")
         top = parts[0]
+        if _ignored(parts):
+            continue
         if top == "sites" and len(parts) == 3 and path.endswith(YAML_SUFFIXES):
             site_dir, stem = parts[1], parts[2].rsplit(".", 1)[0]
             if stem == "env":
                 env_files[site_dir] = path
             else:  # Vaquero's convention: cluster-<name>.yml holds cluster <name>
                 cluster_files.append((site_dir, stem.removeprefix("cluster-"), path))
+        elif path in FEDERATION_FILES:
+            _load_federation(tree, path, sot, problems)
         elif top in _OBJECT_KINDS and len(parts) == 2 and path.endswith(YAML_SUFFIXES):
             _load_objects(tree, path, top, sot, problems)
         elif top == "assets" and len(parts) >= 3:
@@ -215,6 +224,8 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
             name = "/".join(parts[2:])
             key = f"{parts[1]}/{name}"
             sot.assets[key] = Asset(parts[1], name, path, text)
+        else:
+            problems.warn(path, 0, "unknown-file", _unknown_file(parts))
 
     for site_dir, path in sorted(env_files.items()):
         _load_site(tree, site_dir, path, sot, problems)
@@ -225,12 +236,41 @@ def load_sot(tree: Tree) -> tuple[Sot, Problems]:
     for site_dir, cluster, path in cluster_files:
         site_id = next((s.id for s in sot.sites.values() if sot.at[("site", s.id)].file
                         == env_files.get(site_dir)), None)
-        if site_id is not None:
-            _load_hosts(tree, path, site_id, cluster, sot, problems)
+        # A site that failed its schema still has its hosts checked: one broken env.yml must
+        # not hide the problems of every host behind it. They stay out of the model.
+        _load_hosts(tree, path, site_id or site_dir, cluster, sot, problems,
+                    keep=site_id is not None)
     if not env_files:
         problems.add("sites", 0, "no-sites", "no site found: a SoT needs sites/<site>/env.yml "
                      "and at least one cluster file")
     return sot, problems
+
+
+# Files a SoT may hold beside its data: documentation, CI and editor settings.
+_DOC_PREFIXES = ("readme", "license", "licence", "copying", "changelog", "notice", "contributing",
+                 "import-todo", "codeowners")
+
+
+def _ignored(parts: list[str]) -> bool:
+    if any(p.startswith(".") for p in parts):
+        return True  # .git, .github, .drone.yml, .gitignore: not the format's business
+    return len(parts) == 1 and parts[0].lower().startswith(_DOC_PREFIXES)
+
+
+def _unknown_file(parts: list[str]) -> str:
+    top = parts[0]
+    known = "sites/, os/, boot/, workflows/, assets/"
+    if len(parts) == 1:
+        return f"{top} is not part of the SoT format (it reads {known}); Vaquero ignores it"
+    if top not in ("sites", "assets", *_OBJECT_KINDS):
+        return (f"{top}/ is not a folder of the SoT format (it reads {known}); "
+                f"{'/'.join(parts)} is ignored")
+    if top == "sites":
+        return ("sites/<site>/ holds env.yml and cluster files (*.yml) only; "
+                f"{'/'.join(parts)} is ignored")
+    if top == "assets":
+        return f"assets/ holds templates in assets/<type>/; {'/'.join(parts)} is ignored"
+    return f"{top}/ holds *.yml or *.yaml files directly; {'/'.join(parts)} is ignored"
 
 
 _OBJECT_KINDS: dict[str, tuple[str, type[BaseModel], Callable[[Sot], dict]]] = {
@@ -258,6 +298,23 @@ def _load_objects(tree: Tree, path: str, folder: str, sot: Sot, problems: Proble
         sot.at[key] = Located(path, doc)
 
 
+FEDERATION_FILES = ("federation.yml", "federation.yaml")
+
+
+def _load_federation(tree: Tree, path: str, sot: Sot, problems: Problems) -> None:
+    docs = _documents(tree, path, problems)
+    if not docs:
+        return
+    if len(docs) > 1 or sot.federation is not None:
+        problems.add(path, docs[-1].line, "extra-document",
+                     "the federation is described once, in one document of federation.yml")
+        return
+    federation = _validate(Federation, path, docs[0], problems, "federation")
+    if federation is not None:
+        sot.federation = federation
+        sot.at[("federation", "federation")] = Located(path, docs[0])
+
+
 def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problems) -> None:
     docs = _documents(tree, path, problems)
     if docs is None:
@@ -283,7 +340,7 @@ def _load_site(tree: Tree, site_dir: str, path: str, sot: Sot, problems: Problem
 
 
 def _load_hosts(tree: Tree, path: str, site: str, cluster: str, sot: Sot,
-                problems: Problems) -> None:
+                problems: Problems, keep: bool = True) -> None:
     docs = _documents(tree, path, problems)
     if docs is None:
         return
@@ -293,7 +350,7 @@ def _load_hosts(tree: Tree, path: str, site: str, cluster: str, sot: Sot,
     sot.host_documents[key] = sot.host_documents.get(key, 0) + len(docs)
     for doc in docs:
         host = _validate(Host, path, doc, problems, "host", sot)
-        if host is None:
+        if host is None or not keep:
             continue
         if host.name in sot.hosts:
             first = sot.hosts[host.name].at

@@ -80,6 +80,33 @@ def _check_sha256(value: str) -> str:
     return value
 
 
+# What firmware reports when nobody set a serial or asset tag: shared by whole batches of
+# machines, so never an identity (the boot path ignores them too).
+PLACEHOLDER_IDENTITIES = frozenset({
+    "", "0", "none", "null", "n/a", "na", "default string", "not specified", "not applicable",
+    "to be filled by o.e.m.", "to be filled by oem", "system serial number",
+    "chassis serial number",
+    "asset tag", "no asset tag", "asset-1234567890", "0123456789", "1234567890", "123456789",
+    "serial", "unknown", "invalid", "not available", "empty", "xxxxxxxxxx",
+})
+
+
+def is_placeholder_identity(value: str) -> bool:
+    return value.strip().lower() in PLACEHOLDER_IDENTITIES
+
+
+def _check_smbios_string(value: str) -> str:
+    value = value.strip()
+    if is_placeholder_identity(value):
+        raise ValueError(f"{value!r} is what firmware reports when nothing was set; machines "
+                         "share it, so it cannot identify one: use the real value or leave "
+                         "the field out")
+    if len(value) > 64 or not value.isprintable():
+        raise ValueError(f"{value!r} is not an SMBIOS string (printable, at most 64 "
+                         "characters)")
+    return value
+
+
 def _as_str(value: Any) -> Any:
     """YAML reads `major_version: 3815` as an int; versions are strings."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -227,6 +254,33 @@ class Policy(Strict):
     signed_commits: bool = False
 
 
+def _check_public_key(value: str) -> str:
+    """`ed25519:<base64 of the 32-byte raw public key>`, as `vaq-peer federation-key` prints."""
+    kind, _, b64 = value.strip().partition(":")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if kind != "ed25519" or len(raw) != 32:
+        raise ValueError(f"{value[:60]!r} is not a site key: write `ed25519:` and the base64 "
+                         "of the 32-byte public key (`vaq-peer federation-key FILE` prints it)")
+    return f"ed25519:{b64}"
+
+
+PublicKey = Annotated[str, AfterValidator(_check_public_key)]
+
+
+class SiteFederation(Strict):
+    """How other sites verify and reach this one. Public keys are not secrets: the private
+    key lives in a file on the site's peers (peer config `federation.key_file`). Several keys
+    while one is rotated: a summary is accepted if it verifies against any of them."""
+
+    keys: list[PublicKey] = []
+    # API URLs of the site's peers that other sites push summaries to; default
+    # http://<peer address>:<netboot.http_port> of every peer.
+    endpoints: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")]] = []
+
+
 class Site(Strict):
     """`sites/<site>/env.yml`."""
 
@@ -236,7 +290,13 @@ class Site(Strict):
     peers: list[Peer] = []
     netboot: Netboot = Netboot()
     policy: Policy = Policy()
+    federation: SiteFederation = SiteFederation()
     metadata: Metadata = {}
+
+    def federation_endpoints(self) -> list[str]:
+        if self.federation.endpoints:
+            return [e.rstrip("/") for e in self.federation.endpoints]
+        return [f"http://{p.address}:{self.netboot.http_port}" for p in self.peers]
 
     def subnet(self, subnet_id: str) -> Subnet | None:
         for s in self.subnets:
@@ -276,6 +336,9 @@ class Interface(Strict):
     hostname: Hostname | None = None
     ignore_dhcp: bool = False
     bmc: Bmc | None = None
+    # The original Vaquero's interface name on the host (eth0, p6p1): for templates, and a
+    # way to tell interfaces apart where a MAC is not known.
+    identifier: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _bmc_only_on_bmc(self) -> Interface:
@@ -292,7 +355,11 @@ class Host(Strict):
     name: Hostname
     interfaces: Annotated[list[Interface], Field(min_length=1)]
     uuid: UUID | None = None
-    serial: str | None = None
+    # SMBIOS system serial number and chassis asset tag: iPXE's ${serial} and ${asset}
+    serial: Annotated[str, BeforeValidator(_as_str),
+                      AfterValidator(_check_smbios_string)] | None = None
+    asset_tag: Annotated[str, BeforeValidator(_as_str),
+                         AfterValidator(_check_smbios_string)] | None = None
     workflow: Id
     never_provision: bool = False
     metadata: Metadata = {}
@@ -431,3 +498,41 @@ class Workflow(Strict):
     stages: Annotated[list[Stage], Field(min_length=1)]
     rollout: Rollout = Rollout()
     depends_on: list[Id] = []
+
+
+# --- federation.yml (top level) --------------------------------------------------------------
+
+
+class FederationRollout(Strict):
+    """How a revision travels between sites: `waves` (each wave after the previous one is done
+    and healthy for `soak` seconds), or `order` with at most `max_parallel` sites at once."""
+
+    waves: list[Annotated[list[Id], Field(min_length=1)]] = []
+    order: list[Id] = []
+    max_parallel: Annotated[int, Field(ge=1)] = 1
+    soak: Annotated[float, Field(ge=0, le=7 * 86400)] = 300
+    # halt_all: a failed site halts every site that has not started (Nomad's fail_all);
+    # halt_site: only the failed site stops, the others go on without it.
+    on_failure: Literal["halt_all", "halt_site"] = "halt_all"
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> FederationRollout:
+        if bool(self.waves) == bool(self.order):
+            raise ValueError("give exactly one of `waves` (lists of sites) or `order` (a list "
+                             "of sites, with `max_parallel`)")
+        return self
+
+    def sites(self) -> list[str]:
+        return [s for wave in self.waves for s in wave] if self.waves else list(self.order)
+
+
+class Federation(Strict):
+    """`federation.yml`: the cross-site rollout order and how summaries age."""
+
+    rollout: FederationRollout | None = None
+    interval: Annotated[float, Field(ge=0.5, le=3600)] = 5  # seconds between exchanges
+    summary_ttl: Annotated[float, Field(ge=1, le=86400)] = 120  # older: stale
+    # wait: a stale site holds the sites after it until it is heard from again; proceed: it
+    # stops holding them once its last summary is `stale_timeout` seconds old.
+    on_stale: Literal["wait", "proceed"] = "wait"
+    stale_timeout: Annotated[float, Field(ge=0)] = 3600

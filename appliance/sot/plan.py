@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .federation_text import order_text
 from .loader import HostEntry, Sot
 from .models import Workflow
 from .revision import Revision, no_cyclic_gc
@@ -67,6 +68,7 @@ class Plan:
     waves: dict[str, list[Wave]]
     power: list[PowerAction]
     unchanged: int
+    federation: list[str] = field(default_factory=list)  # the cross-site order, as text
 
     def counts(self) -> dict[str, int]:
         out = {a: 0 for a in ACTION_ORDER}
@@ -87,6 +89,7 @@ class Plan:
             "hosts": [asdict(h) for h in self.hosts],
             "rollout": {site: [asdict(w) for w in waves] for site, waves in self.waves.items()},
             "power": [asdict(p) for p in self.power],
+            "federation": self.federation,
         }
 
 
@@ -172,7 +175,8 @@ def classify(old_rev: Revision, new_rev: Revision) -> tuple[list[HostChange], in
         wf = new.workflows.get(host.workflow)
         site = new.sites[entry.site]
         before = old.hosts.get(name)
-        base = dict(name=name, site=entry.site, cluster=entry.cluster, workflow=host.workflow)
+        base: dict[str, Any] = dict(name=name, site=entry.site, cluster=entry.cluster,
+                                    workflow=host.workflow)
         if before is None:
             if host.never_provision:
                 changes.append(HostChange(**base, action=HOLD, reason="new, never_provision"))
@@ -312,4 +316,5 @@ def make_plan(old: Revision, new: Revision) -> Plan:
     with no_cyclic_gc():  # two large revisions are alive: see no_cyclic_gc
         changes, unchanged = classify(old, new)
         return Plan(old.sha, new.sha, _definition_changes(old.sot, new.sot), changes,
-                    rollout_waves(new.sot, changes), power_actions(new.sot, changes), unchanged)
+                    rollout_waves(new.sot, changes), power_actions(new.sot, changes), unchanged,
+                    order_text(new.sot.federation))

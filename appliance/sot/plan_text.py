@@ -11,7 +11,7 @@ _TITLE = {
 }
 
 
-def plan_text(plan: Plan, max_hosts: int = 50) -> str:
+def plan_text(plan: Plan, max_hosts: int = 50) -> str:  # noqa: C901 - a section per part
     counts = plan.counts()
     lines = [f"Plan {plan.old[:12]} -> {plan.new[:12]}"]
     summary = ", ".join(f"{counts[a]} to {_TITLE[a].split(' (')[0]}" for a in ACTION_ORDER
@@ -44,13 +44,14 @@ def plan_text(plan: Plan, max_hosts: int = 50) -> str:
         for wave in waves:
             lines.append(f"  wave {wave.index}: {', '.join(wave.workflows)}")
             for cr in wave.clusters:
-                p = cr.policy
-                after = f", after {', '.join(p['depends_on'])}" if p["depends_on"] else ""
-                health = p.get("health")
+                policy = cr.policy
+                depends = policy["depends_on"]
+                after = f", after {', '.join(depends)}" if depends else ""
+                health = policy.get("health")
                 gate = f", health {health['type']}:{health['port']}" if health else ""
                 lines.append(f"    cluster {cr.cluster} / {cr.workflow}: max_concurrent "
-                             f"{p['max_concurrent']}, min_standing {p['min_standing']}, "
-                             f"max_fail {p['max_fail']}{gate}{after}")
+                             f"{policy['max_concurrent']}, min_standing {policy['min_standing']}, "
+                             f"max_fail {policy['max_fail']}{gate}{after}")
                 for i, batch in enumerate(cr.batches[:max_hosts], start=1):
                     lines.append(f"      batch {i}: {', '.join(batch)}")
                 if len(cr.batches) > max_hosts:
@@ -64,4 +65,5 @@ def plan_text(plan: Plan, max_hosts: int = 50) -> str:
             lines.append(f"  {p.host} ({p.bmc or 'no BMC'}): " + "; ".join(p.steps))
         if len(plan.power) > max_hosts:
             lines.append(f"  ... and {len(plan.power) - max_hosts} more")
+    lines += plan.federation
     return "\n".join(lines) + "\n"

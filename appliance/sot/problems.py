@@ -36,6 +36,14 @@ class Problems:
 
     items: list[Problem] = field(default_factory=list)
     _seen: set[Problem] = field(default_factory=set, repr=False)
+    # Not errors: what the format does not know (a file it ignores). `validate --strict`
+    # refuses them too. They never make a revision invalid by themselves.
+    warnings: list[Problem] = field(default_factory=list)
+
+    def warn(self, file: str, line: int | None, code: str, message: str) -> None:
+        problem = Problem(file or "<sot>", line or 0, code, message)
+        if problem not in self.warnings:
+            self.warnings.append(problem)
 
     def add(self, file: str, line: int | None, code: str, message: str) -> None:
         problem = Problem(file or "<sot>", line or 0, code, message)

@@ -8,12 +8,14 @@ in a variable name is an error at validation time instead of an empty string on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -25,6 +27,7 @@ from .models import (
     Boot,
     Interface,
     OperatingSystem,
+    Site,
     Stage,
     Subnet,
     Workflow,
@@ -126,12 +129,20 @@ def _tojson(value: Any, indent: int | None = None) -> str:
 
 @dataclass(frozen=True)
 class Urls:
-    """Every URL a host uses, all under the site's boot URL (any peer answers them)."""
+    """Every URL a host uses, all under the site's boot URL (any peer answers them).
+    `fallbacks` are the site's other peers' base URLs: a script or config that fetches or
+    reports can try them in turn when the peer it booted from dies (see `peers`)."""
 
     base: str
     host: str
     stage: int
     token: str
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        """Every base URL to try, this peer's first."""
+        return (self.base, *self.fallbacks)
 
     @property
     def ipxe(self) -> str:
@@ -140,6 +151,11 @@ class Urls:
     @property
     def config(self) -> str:
         return f"{self.base}/boot/{self.host}/{self.stage}/config"
+
+    @property
+    def loaded(self) -> str:
+        """Fetched by a generated script once the stage's kernel and initrds are loaded."""
+        return f"{self.base}/boot/{self.host}/{self.stage}/loaded"
 
     @property
     def phone_home(self) -> str:
@@ -184,6 +200,7 @@ def interface_view(sot: Sot, entry: HostEntry, iface: Interface,
     view: dict[str, Any] = {
         "type": iface.type, "mac": iface.mac, "ipv4": ipv4,
         "hostname": iface.hostname or entry.host.name, "subnet": subnet,
+        "identifier": iface.identifier or "",
     }
     if subnet is not None:
         cache = subnet_views if subnet_views is not None else {}
@@ -219,10 +236,73 @@ def stage_plan(sot: Sot, entry: HostEntry, index: int) -> StagePlan:
     return StagePlan(workflow, stage, index, boot, sot.os[boot.operating_system])
 
 
+# The generated stage script: one attempt block shared by every peer, entered with
+# ${vq-base} set to that peer's URL and ${vq-next} to the label to go to when a fetch or the
+# boot fails. A dead peer (killed mid-kernel, say) costs one attempt, not the machine. When
+# every peer failed, the machine reboots into PXE (DHCP may then pick a live peer) instead
+# of falling through to a disk that may hold nothing bootable. iPXE builds without the
+# `reboot` or `sleep` command (both optional in iPXE's config) wait with `prompt` and start
+# over from the first peer instead.
+IPXE_BASE = "${vq-base}"
+IPXE_RETRY_DELAY = 10  # seconds before a machine whose whole chain failed tries again
+
+
+def ipxe_try_peers(bases: tuple[str, ...], attempt: str) -> str:
+    """iPXE lines that run `attempt` (which uses ${vq-base} and ends each fetch and its boot
+    with `|| goto ${vq-next}`) against each base URL in turn, then reboot into PXE."""
+    out = []
+    for i, base in enumerate(bases):
+        following = f"vq-peer-{i + 1}" if i + 1 < len(bases) else "vq-failed"
+        out.append(f":vq-peer-{i}\nset vq-base {base}\nset vq-next {following}\n"
+                   "goto vq-attempt\n")
+    out.append(f":vq-attempt\n{attempt}")
+    out.append(f":vq-failed\necho Vaquero: the chain failed through {len(bases)} peer(s); "
+               f"rebooting into PXE in {IPXE_RETRY_DELAY} s\n"
+               f"sleep {IPXE_RETRY_DELAY} || prompt --timeout {IPXE_RETRY_DELAY * 1000} "
+               "Press any key to retry now ||\nreboot ||\ngoto vq-peer-0\n")
+    return "".join(out)
+
+
+def site_fallback_urls(site: Site, base: str) -> tuple[str, ...]:
+    """The other peers' base URLs of a site whose peers each serve the chain themselves
+    (none when the site names one boot URL: a VIP or a DNS name already spans them)."""
+    if site.netboot.boot_url:
+        return ()
+    port = urlsplit(base).port or site.netboot.http_port
+    suffix = "" if port == 80 else f":{port}"
+    urls = [f"http://{p.address}{suffix}" for p in site.peers]
+    return tuple(u for u in dict.fromkeys(urls) if u != base)
+
+
 def local_disk_script(host: str, note: str) -> str:
     """Boot the installed disk: `exit` hands control back to the firmware's next boot device,
     which works on BIOS and UEFI alike (sanboot needs the right drive number)."""
     return f"#!ipxe\n# {host}: {note}: boot from the local disk\nexit\n"
+
+
+class _LazyInterfaces:
+    """`interfaces`: every interface of the host as templates see one (subnet resolved),
+    built only when a template asks (most use `interface` alone)."""
+
+    def __init__(self, renderer: Renderer, entry: HostEntry) -> None:
+        self._renderer, self._entry = renderer, entry
+        self._views: list[dict[str, Any]] | None = None
+
+    def _all(self) -> list[dict[str, Any]]:
+        if self._views is None:
+            r = self._renderer
+            self._views = [interface_view(r.sot, self._entry, i, r._subnet_views)
+                           for i in self._entry.host.interfaces]
+        return self._views
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 class Renderer:
@@ -240,7 +320,9 @@ class Renderer:
         self._interfaces: dict[str, dict[str, Any]] = {}
         self._boot_urls = {sid: site.boot_url() for sid, site in sot.sites.items()}
         self._boot_urls.update(boot_urls or {})
-        self._ipxe_parts: dict[tuple[str, str], tuple[str, str]] = {}
+        self._fallback_urls = {sid: site_fallback_urls(site, self._boot_urls[sid])
+                               for sid, site in sot.sites.items()}
+        self._ipxe_parts: dict[str, tuple[str, str]] = {}  # per OS id
 
     def context(self, entry: HostEntry, plan: StagePlan, token: str) -> dict[str, Any]:
         site = self.sot.sites[entry.site]
@@ -250,10 +332,11 @@ class Renderer:
             iface = host.boot_interface() or host.interfaces[0]
             view = interface_view(self.sot, entry, iface, self._subnet_views)
             self._interfaces[host.name] = view
-        urls = Urls(self._boot_urls[entry.site], host.name, plan.index, token)
+        urls = Urls(self._boot_urls[entry.site], host.name, plan.index, token,
+                    self._fallback_urls[entry.site])
         return {
             "site": site, "env": site, "host": host, "cluster": entry.cluster,
-            "interface": view,
+            "interface": view, "interfaces": _LazyInterfaces(self, entry),
             "boot": plan.boot, "os": plan.os, "workflow": plan.workflow,
             "stage": StageView(plan.index, len(plan.workflow.stages), plan.stage.label,
                                plan.boot.id if plan.boot else None, plan.stage.timeout,
@@ -304,22 +387,32 @@ class Renderer:
             raise _as_render_error(exc, f"assets/{key}") from None
 
     def _generated_ipxe(self, plan: StagePlan, ctx: dict[str, Any]) -> str:
+        """Kernel, initrds and the command line's URLs come from ${vq-base}, which the
+        script sets to each of the site's peers in turn (`ipxe_try_peers`)."""
         urls: Urls = ctx["urls"]
         os_ = plan.os
         assert os_ is not None and plan.boot is not None
-        key = (urls.base, os_.id)
-        parts = self._ipxe_parts.get(key)
+        parts = self._ipxe_parts.get(os_.id)
         if parts is None:
+            any_peer = Urls(IPXE_BASE, "", 0, "")
             # UEFI kernels loaded by iPXE find their initramfs only through initrd=<name>.
             initrd_args = " ".join(f"initrd={a.filename}" for a in os_.boot.initrd)
-            kernel = f"kernel --name {os_.boot.kernel.filename} {urls.artifact(os_.boot.kernel)}"
-            initrds = "".join(f"initrd --name {a.filename} {urls.artifact(a)}\n"
-                              for a in os_.boot.initrd)
-            parts = self._ipxe_parts[key] = (f"{kernel} {initrd_args}".rstrip(), initrds)
-        kernel_line = " ".join([parts[0], *self._cmdline(plan, ctx)])
+            kernel = (f"kernel --name {os_.boot.kernel.filename} "
+                      f"{any_peer.artifact(os_.boot.kernel)}")
+            initrds = "".join(f"initrd --name {a.filename} {any_peer.artifact(a)} "
+                              "|| goto ${vq-next}\n" for a in os_.boot.initrd)
+            parts = self._ipxe_parts[os_.id] = (f"{kernel} {initrd_args}".rstrip(), initrds)
+        # ${vq-base} is whichever peer this attempt uses; `urls.peers` lists it, then all
+        peer_urls = dataclasses.replace(urls, base=IPXE_BASE, fallbacks=urls.peers)
+        kernel_line = " ".join([parts[0], *self._cmdline(plan, {**ctx, "urls": peer_urls})])
+        # Tell the peers it has everything, so the leader can tell a machine on its way from
+        # one that went silent after its script (a failed mark changes nothing).
+        mark = f"imgfetch --name vq-loaded {peer_urls.loaded} && imgfree vq-loaded ||\n"
+        attempt = (f"imgfree\n{kernel_line} || goto ${{vq-next}}\n{parts[1]}{mark}"
+                   "boot || goto ${vq-next}\n")
         return (f"#!ipxe\n# {ctx['host'].name}: stage {plan.index}/{len(plan.workflow.stages)} "
                 f"{plan.stage.label}, boot {plan.boot.id}, revision {self.revision['short']}\n"
-                f"{kernel_line}\n{parts[1]}boot\n")
+                + ipxe_try_peers(urls.peers, attempt))
 
     def _cmdline(self, plan: StagePlan, ctx: dict[str, Any]) -> list[str]:
         """Vaquero's rules: '' -> bare key; value -> key=value; list -> the key once per item.

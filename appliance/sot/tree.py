@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from dulwich.objects import Blob
+from dulwich.objects import Blob, ObjectID
 from dulwich.objects import Tree as GitTreeObject
 
 
@@ -81,7 +81,7 @@ class DirectoryTree:
             mode = 0o100755 if os.access(full, os.X_OK) else 0o100644
             node[leaf] = (mode, Blob.from_string(full.read_bytes()).id)
 
-        def build(node: dict) -> bytes:
+        def build(node: dict) -> ObjectID:
             tree = GitTreeObject()
             for name, entry in node.items():
                 if isinstance(entry, dict):

@@ -12,12 +12,14 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from urllib.parse import quote
 
-from .formats import check_rendered
+from .formats import check_rendered_all
 from .loader import HostEntry, Sot
 from .models import Workflow
 from .problems import Problems
-from .render import Renderer, RenderError
+from .render import Renderer, RenderError, make_environment
+from .template_check import template_line_of, template_syntax_errors
 
 # Which unattended kinds make sense for which OS family; families not listed accept any kind.
 FAMILY_KINDS = {
@@ -78,7 +80,7 @@ class FormatChecker:
     """
 
     def __init__(self) -> None:
-        self._verdicts: dict[tuple[str, str, str, str], tuple[int, str] | None] = {}
+        self._verdicts: dict[tuple[str, str, str, str], list[tuple[int, str]]] = {}
         self.parsed = 0
 
     @staticmethod
@@ -95,18 +97,23 @@ class FormatChecker:
         if host.serial:
             pairs.append((host.serial, "VAQMASKSERIAL"))
         pairs.append((host.name, "vaqmaskhost"))
+        # Files embedded in Ignition configs are data: URLs: their values are URL-encoded,
+        # twice for a config embedded in a config (an installer's own Ignition).
+        encoded = [(quote(v, safe=""), quote(p, safe="")) for v, p in pairs
+                   if quote(v, safe="") != v]
+        pairs += encoded + [(quote(v, safe=""), quote(p, safe="")) for v, p in encoded]
         # Longest first, so a value that contains another is replaced whole.
         return sorted(pairs, key=lambda p: -len(p[0]))
 
-    # Parsers slow enough for masking to pay (a JSON parse or a prefix check is cheaper than
-    # the replacements).
-    MASKED_KINDS = frozenset({"kickstart", "cloud-config", "preseed"})
+    # Parsers slow enough for masking to pay (a prefix check is cheaper than the
+    # replacements; ignition-validate is a process per file).
+    MASKED_KINDS = frozenset({"kickstart", "cloud-config", "preseed", "ignition"})
 
     def check(self, kind: str, text: str, os_family: str, os_major: str,
-              identity: list[tuple[str, str]]) -> tuple[int, str] | None:
+              identity: list[tuple[str, str]]) -> list[tuple[int, str]]:
         if kind not in self.MASKED_KINDS:
             self.parsed += 1
-            return check_rendered(kind, text, os_family, os_major)
+            return check_rendered_all(kind, text, os_family, os_major)
         masked = text
         for value, placeholder in identity:
             if value in masked:
@@ -114,11 +121,11 @@ class FormatChecker:
         key = (kind, os_family, os_major, masked)
         if key not in self._verdicts:
             self.parsed += 1
-            self._verdicts[key] = check_rendered(kind, masked, os_family, os_major)
-        if self._verdicts[key] is None:
-            return None
+            self._verdicts[key] = check_rendered_all(kind, masked, os_family, os_major)
+        if not self._verdicts[key]:
+            return []
         self.parsed += 1
-        return check_rendered(kind, text, os_family, os_major)
+        return check_rendered_all(kind, text, os_family, os_major)
 
 
 def check_references(sot: Sot, problems: Problems) -> None:
@@ -221,24 +228,24 @@ def check_sites(sot: Sot, problems: Problems) -> None:
                 problems.add(at.file, at.line("peers", i, "name"), "duplicate-id",
                              f"site {site.id!r}: peer name {peer.name!r} is used twice")
             names.add(peer.name)
-            subnet = site.subnet(peer.subnet) if peer.subnet else next(
+            peer_subnet = site.subnet(peer.subnet) if peer.subnet else next(
                 (s for s in site.subnets if peer.address in s.cidr), None)
-            if peer.subnet and subnet is None:
+            if peer.subnet and peer_subnet is None:
                 problems.add(at.file, at.line("peers", i, "subnet"), "dangling-reference",
                              f"peer {peer.name!r}: subnet {peer.subnet!r} is not a subnet of "
                              f"site {site.id!r}")
-            elif subnet is None or peer.address not in subnet.cidr:
+            elif peer_subnet is None or peer.address not in peer_subnet.cidr:
                 problems.add(at.file, at.line("peers", i, "address"), "address-outside-subnet",
                              f"peer {peer.name!r}: address {peer.address} is in no subnet of "
                              f"site {site.id!r}")
-            elif peer.address == subnet.gateway:
+            elif peer.address == peer_subnet.gateway:
                 problems.add(at.file, at.line("peers", i, "address"), "address-collision",
                              f"peer {peer.name!r}: address {peer.address} is the gateway of "
                              f"subnet {subnet.id!r}")
 
 
 _DUPLICATE_CODES = {"MAC": "mac", "IPv4 address": "ipv4", "hostname": "hostname",
-                    "UUID": "uuid", "serial": "serial"}
+                    "UUID": "uuid", "serial": "serial", "asset tag": "asset-tag"}
 
 
 def check_hosts(sot: Sot, problems: Problems) -> None:
@@ -247,6 +254,7 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
     hostnames: dict[str, tuple[str, HostEntry]] = {}
     uuids: dict[str, HostEntry] = {}
     serials: dict[str, HostEntry] = {}
+    asset_tags: dict[str, HostEntry] = {}
     peers_by_site = {
         sid: {p.address: p.name for p in site.peers} for sid, site in sot.sites.items()
     }
@@ -321,6 +329,23 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                 dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
             else:
                 serials[host.serial] = entry
+        names: dict[str, int] = {}
+        for i, iface in enumerate(host.interfaces):
+            if iface.identifier is None:
+                continue
+            if iface.identifier in names:
+                problems.add(entry.at.file, entry.at.line("interfaces", i, "identifier"),
+                             "duplicate-identifier",
+                             f"host {host.name!r}: interfaces {names[iface.identifier]} and {i} "
+                             f"are both {iface.identifier!r}; an identifier names one interface")
+            else:
+                names[iface.identifier] = i
+        if host.asset_tag:
+            if host.asset_tag in asset_tags:
+                dup("asset tag", host.asset_tag, asset_tags[host.asset_tag], entry,
+                    entry.at.line("asset_tag"))
+            else:
+                asset_tags[host.asset_tag] = entry
 
 
 def check_rollouts(sot: Sot, problems: Problems) -> None:
@@ -384,20 +409,21 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
                 stage = workflow.stages[index - 1]
                 boot = sot.boots[stage.boot] if stage.boot else None
                 if boot is not None and boot.ipxe:
-                    bad = checker.check("ipxe", ipxe, "", "", identity)
-                    if bad:
-                        failures[(f"assets/ipxe/{boot.ipxe}", bad[0],
-                                  f"rendered iPXE script {bad[1]}")].append(entry.host.name)
+                    for line, message in checker.check("ipxe", ipxe, "", "", identity):
+                        failures[(f"assets/ipxe/{boot.ipxe}", line,
+                                  f"rendered iPXE script {message}")].append(entry.host.name)
                 if rendered is not None and boot is not None:
                     kind, config = rendered
                     os_ = sot.os[boot.operating_system]
-                    bad = checker.check(kind, config, os_.os_family, os_.major_version, identity)
-                    if bad:
-                        path = f"assets/{kind}/{boot.unattended.use}"  # type: ignore[union-attr]
-                        failures[(path, bad[0], f"rendered {kind} {bad[1]}")].append(
+                    key = f"{kind}/{boot.unattended.use}"  # type: ignore[union-attr]
+                    for line, message in checker.check(kind, config, os_.os_family,
+                                                       os_.major_version, identity):
+                        at, text = _in_template(sot, key, config, line, f"rendered {kind}")
+                        failures[(at, text[0], f"{text[1]} {message}")].append(
                             entry.host.name)
             except RenderError as exc:
-                failures[(exc.file, exc.line, exc.message)].append(entry.host.name)
+                if not (sot.syntax_broken and exc.message.startswith("template syntax error")):
+                    failures[(exc.file, exc.line, exc.message)].append(entry.host.name)
             stages.append(StageFingerprint(_digest(ipxe), _digest(config)))
         result.fingerprints[entry.host.name] = HostFingerprint(
             _dhcp_fingerprint(sot, entry, subnet_digests), tuple(stages))
@@ -407,6 +433,17 @@ def render_all(sot: Sot, problems: Problems) -> ValidationResult:
         what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
         problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
     return result
+
+
+def _in_template(sot: Sot, key: str, rendered: str, line: int, what: str
+                 ) -> tuple[str, tuple[int, str]]:
+    """Locate a validator's line of the rendered file in the template that made it."""
+    asset = sot.assets.get(key)
+    path = asset.path if asset else f"assets/{key}"
+    mapped = template_line_of(asset.text, rendered, line) if asset else None
+    if mapped is None or mapped == line:
+        return path, (mapped or line, what)
+    return path, (mapped, f"{what} (its line {line})")
 
 
 def _stages_resolve(sot: Sot, workflow: Workflow) -> bool:
@@ -424,8 +461,54 @@ def _stages_resolve(sot: Sot, workflow: Workflow) -> bool:
     return True
 
 
+def check_federation(sot: Sot, problems: Problems) -> None:
+    """Every site of the rollout order exists and appears once; every site is in the order;
+    a key belongs to one site only (a shared key would let one site speak for another)."""
+    owners: dict[str, str] = {}
+    for site in sot.sites.values():
+        at = sot.at[("site", site.id)]
+        for i, key in enumerate(site.federation.keys):
+            if key in owners and owners[key] != site.id:
+                problems.add(at.file, at.line("federation", "keys", i), "shared-site-key",
+                             f"site {site.id!r}: this key is also declared by site "
+                             f"{owners[key]!r}; every site signs with its own key")
+            owners.setdefault(key, site.id)
+    rollout = sot.federation.rollout if sot.federation else None
+    if rollout is None:
+        return
+    at = sot.at[("federation", "federation")]
+    field = ("rollout", "waves") if rollout.waves else ("rollout", "order")
+    seen: set[str] = set()
+    for name in rollout.sites():
+        if name not in sot.sites:
+            problems.add(at.file, at.line(*field), "dangling-reference",
+                         f"the rollout order names site {name!r}, which has no "
+                         f"sites/{name}/env.yml{_known(sot.sites)}")
+        elif name in seen:
+            problems.add(at.file, at.line(*field), "duplicate-id",
+                         f"site {name!r} appears twice in the rollout order")
+        seen.add(name)
+    for name in sorted(set(sot.sites) - seen):
+        problems.add(at.file, at.line(*field), "site-not-in-order",
+                     f"site {name!r} is not in the rollout order: add it to a wave (a site "
+                     "left out would never know when to apply)")
+
+
+def check_templates(sot: Sot, problems: Problems) -> None:
+    """Parse every asset, used or not and whatever else failed: each syntax error, once."""
+    env = make_environment(sot)
+    for key in sorted(sot.assets):
+        asset = sot.assets[key]
+        for line, message in template_syntax_errors(env, asset.text, asset.path):
+            sot.syntax_broken.add(asset.path)
+            problems.add(asset.path, line, "template-syntax",
+                         f"template syntax error: {message}")
+
+
 def validate_sot(sot: Sot, problems: Problems) -> ValidationResult:
+    check_templates(sot, problems)
     check_sites(sot, problems)
+    check_federation(sot, problems)
     check_references(sot, problems)
     check_hosts(sot, problems)
     check_rollouts(sot, problems)

@@ -26,7 +26,7 @@ _BOOL_NULL_WORDS = frozenset({
     "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL", "~"})
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+class _Loader(_BaseLoader):
     """libyaml calls back into Python to resolve the tag of every scalar, trying each
     implicit resolver's regex (most of the parse time of a large cluster file). A plain
     scalar whose first character starts no implicit type is a string: answer at once, and

@@ -31,7 +31,8 @@ import structlog
 from dulwich.client import get_transport_and_path
 from dulwich.config import ConfigDict
 from dulwich.errors import ChecksumMismatch
-from dulwich.objects import Commit, ShaFile, Tag
+from dulwich.objects import Commit, ObjectID, ShaFile, Tag
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 log = structlog.get_logger("vaquero.source")
@@ -113,7 +114,7 @@ class GitMirror:
                 refs = self._fetch_refs(token, wants=None)
             except FetchError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - dulwich and urllib3 raise many kinds
                 # `from None`: the original exception (and its args) may carry the token.
                 raise FetchError(
                     f"fetch from {redact_url(self.url)} failed: "
@@ -122,7 +123,8 @@ class GitMirror:
                 self._store_refs(repo, refs)
                 return self._followed_sha(repo, refs)
 
-    def _fetch_refs(self, token: str | None, wants: list[bytes] | None) -> dict[bytes, bytes]:
+    def _fetch_refs(self, token: str | None, wants: list[ObjectID] | None
+                    ) -> dict[Ref, ObjectID]:
         kwargs: dict[str, object] = {}
         if token is not None and urlsplit(self.url).scheme in ("http", "https"):
             kwargs = {"username": _HTTP_USER, "password": token}
@@ -134,17 +136,19 @@ class GitMirror:
             if wants is None:
                 result = client.fetch(remote_path, repo)
             else:
-                result = client.fetch(remote_path, repo,
-                                      determine_wants=lambda _refs, depth=None: wants)
+                def determine_wants(refs: object, depth: int | None = None) -> list[ObjectID]:
+                    return wants
+
+                result = client.fetch(remote_path, repo, determine_wants=determine_wants)
         return {name: sha for name, sha in result.refs.items() if sha is not None}
 
-    def _store_refs(self, repo: Repo, refs: dict[bytes, bytes]) -> None:
-        heads = {}
+    def _store_refs(self, repo: Repo, refs: dict[Ref, ObjectID]) -> None:
+        heads: dict[Ref, ObjectID] = {}
         for name, sha in refs.items():
             if name.endswith(b"^{}"):
                 continue
             if name.startswith(b"refs/heads/"):
-                heads[b"refs/remotes/origin/" + name[len(b"refs/heads/"):]] = sha
+                heads[Ref(b"refs/remotes/origin/" + name[len(b"refs/heads/"):])] = sha
             elif name.startswith(b"refs/tags/"):
                 heads[name] = sha
         current = repo.refs.as_dict()
@@ -152,15 +156,15 @@ class GitMirror:
             if sha in repo.object_store and current.get(name) != sha:
                 repo.refs[name] = sha
         # Prune remote branches that are gone; their objects stay (an agreed SHA may need them).
-        for name in list(repo.refs.keys(base=b"refs/remotes/origin/")):
-            full = b"refs/remotes/origin/" + name
+        for name in list(repo.refs.keys(base=Ref(b"refs/remotes/origin/"))):
+            full = Ref(b"refs/remotes/origin/" + name)
             if full not in heads:
                 del repo.refs[full]
 
-    def _followed_sha(self, repo: Repo, refs: dict[bytes, bytes]) -> str:
+    def _followed_sha(self, repo: Repo, refs: dict[Ref, ObjectID]) -> str:
         ref = self.ref.encode()
-        names = [ref] if ref.startswith(b"refs/") else [b"refs/heads/" + ref,
-                                                         b"refs/tags/" + ref]
+        names = [Ref(ref)] if ref.startswith(b"refs/") else [Ref(b"refs/heads/" + ref),
+                                                              Ref(b"refs/tags/" + ref)]
         for name in names:
             if name in refs:
                 obj: ShaFile = repo[refs[name]]
@@ -178,7 +182,7 @@ class GitMirror:
 
     def has_commit(self, sha: str) -> bool:
         with Repo(str(self.path)) as repo:
-            return sha.encode() in repo.object_store
+            return ObjectID(sha.encode()) in repo.object_store
 
     def ensure(self, sha: str) -> None:
         """Make the commit `sha` present and verified, fetching if needed; else raise."""
@@ -193,8 +197,8 @@ class GitMirror:
             token = self._token()
             with self._locked():
                 try:
-                    self._fetch_refs(token, wants=[sha.encode()])
-                except Exception as exc:
+                    self._fetch_refs(token, wants=[ObjectID(sha.encode())])
+                except Exception as exc:  # noqa: BLE001 - logged; has_commit() decides
                     log.info("source.fetch_by_sha_failed", sha=sha,
                              reason=self._scrub(f"{type(exc).__name__}: {exc}", token))
         if not self.has_commit(sha):
@@ -283,7 +287,7 @@ class Poller:
             # mirror's lock makes the next polls fail fast until it returns.
             sha = await asyncio.wait_for(asyncio.to_thread(self.mirror.fetch),
                                          timeout=self.fetch_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a poll never raises: counted, retried
             self.consecutive_failures += 1
             self.last_error = (f"fetch timed out after {self.fetch_timeout} s"
                                if isinstance(exc, TimeoutError) else str(exc))
@@ -302,7 +306,7 @@ class Poller:
         log.info("source.new_commit", sha=sha, previous=self.last_sha, ref=self.mirror.ref)
         try:
             await self.on_new(sha)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the next poll tries this commit again
             log.warning("source.on_new_failed", sha=sha, reason=f"{type(exc).__name__}: {exc}")
             return
         self.last_sha = sha

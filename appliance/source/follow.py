@@ -107,10 +107,12 @@ class SourceFollower:
             sha = self.cluster.applied_revision()
             if sha and sha != self.serving() and sha != failed:
                 try:
-                    revision = await asyncio.to_thread(
-                        lambda sha=sha: self.revisions.get(self.tree_for(sha)))
+                    def load(sha: str = sha) -> Revision:
+                        return self.revisions.get(self.tree_for(sha))
+
+                    revision = await asyncio.to_thread(load)
                     await self.install(revision)
-                except Exception as exc:  # keep serving the last good revision
+                except Exception as exc:  # noqa: BLE001 - keep serving the last good revision
                     failed = sha
                     log.error("revision.cannot_serve", revision=sha, error=str(exc))
             await asyncio.sleep(0.5)

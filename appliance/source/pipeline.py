@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
@@ -35,7 +36,8 @@ log = structlog.get_logger("vaquero.pipeline")
 
 ACTIVE = ("observed", "validated", "planned", "approved", "applying")
 StatusGate = Callable[[str], Awaitable[tuple[bool, list[str]]]]
-StatusReport = Callable[[str, str, str], Awaitable[object]]
+CommitState = Literal["error", "failure", "pending", "success"]  # a forge's commit status
+StatusReport = Callable[[str, CommitState, str], Awaitable[object]]
 
 
 @dataclass
@@ -49,6 +51,9 @@ class PipelineSettings:
     require_signed_commits: bool = False
     verify_signature: Callable[[str], str | None] | None = None
     report_status: StatusReport | None = None  # (sha, state, description) -> commit status
+    # The cross-site order (appliance/federation): may this site apply `sha` now, and why.
+    # Checked after approval, before applying; it never touches what is already applied.
+    federation_gate: Callable[[str], Awaitable[tuple[bool, str]]] | None = None
     poll: float = 1.0  # seconds between checks when nothing wakes the loop
 
 
@@ -129,10 +134,12 @@ class RevisionPipeline:
                 "rejected", "planned", "awaiting_approval", "approved", "applied"):
             # the commit shows its verdict: the validation report's first problem, or the
             # plan's counts, then where it stands
-            github_state = {"rejected": "failure", "applied": "success"}.get(state, "pending")
+            verdicts: dict[str, CommitState] = {"rejected": "failure", "applied": "success"}
+            github_state = verdicts.get(state, "pending")
             await self.settings.report_status(sha, github_state, f"{state}: {reason}"[:140])
 
-    async def _advance(self, sha: str) -> None:
+    # long: one step of the revision lifecycle, a branch per state, read top to bottom.
+    async def _advance(self, sha: str) -> None:  # noqa: C901 - a branch per state
         record = self.cluster.revision(sha)
         if record is None:
             return
@@ -179,6 +186,10 @@ class RevisionPipeline:
                                  approvals_required=self.settings.approvals_required)
                 return
         if state == "approved":
+            if self.settings.federation_gate is not None:
+                allowed, _ = await self.settings.federation_gate(sha)
+                if not allowed:
+                    return  # the sites before this one are not done yet: next round
             if self.settings.status_gate is not None:
                 ok, missing = await self.settings.status_gate(sha)
                 if not ok:

@@ -22,10 +22,11 @@ import structlog
 from aiohttp import web
 from dulwich.errors import HangupException
 from dulwich.protocol import ReceivableProtocol
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 from dulwich.server import DEFAULT_HANDLERS, BackendRepo, DictBackend
 
-from appliance.api.auth import ApiToken, match_token
+from appliance.tokens import ApiToken, match_token
 
 log = structlog.get_logger("vaquero.source.remote")
 
@@ -42,7 +43,7 @@ def open_remote(path: Path, branch: str = "main") -> Repo:
     if not (path / "objects").is_dir():
         path.mkdir(parents=True, exist_ok=True)
         repo = Repo.init_bare(str(path))
-        repo.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{branch}".encode())
+        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(f"refs/heads/{branch}".encode()))
         return repo
     return Repo(str(path))
 

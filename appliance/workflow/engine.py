@@ -20,16 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL
 from appliance.cluster.errors import ClusterError, CommandRejected
+from appliance.power.base import PowerControl
 from appliance.sot.plan import Plan, make_plan
 from appliance.sot.revision import Revision, RevisionCache, empty_revision
 from appliance.sot.tree import Tree
+from appliance.workflow.clock import SYSTEM_CLOCK, Clock
 from appliance.workflow.host_run import HostRunner
 from appliance.workflow.schedule import RolloutProgress, progress
 
@@ -48,10 +49,17 @@ def planned_base(revision_record: dict | None) -> str:
 
 class WorkflowEngine:
     def __init__(self, cluster: Cluster, site: str, tree_for: Callable[[str], Tree],
-                 cache: RevisionCache, power: Any, *, poll: float = 1.0) -> None:
+                 cache: RevisionCache, power: PowerControl | None, *, poll: float = 1.0,
+                 clock: Clock = SYSTEM_CLOCK, runner_options: dict[str, float] | None = None
+                 ) -> None:
+        """`runner_options`: HostRunner's windows (evidence_window, silence_window)."""
         self.cluster, self.site, self.tree_for = cluster, site, tree_for
         self.cache, self.power, self.poll = cache, power, poll
+        self.clock, self.runner_options = clock, dict(runner_options or {})
         self._runners: dict[str, asyncio.Task[None]] = {}
+        # when this leader started waiting for each host's stage attempt (its monotonic
+        # clock); forgotten when it stops leading, so the next leader starts over
+        self._watch: dict[tuple, float] = {}
         self._plans: dict[tuple[str, str], Plan] = {}
         self._install_maps: dict[str, dict[str, str]] = {}
 
@@ -155,11 +163,14 @@ class WorkflowEngine:
         for task in self._runners.values():
             task.cancel()
         self._runners.clear()
+        self._watch.clear()
 
     def _reap(self) -> None:
         for name, task in list(self._runners.items()):
             if task.done():
                 del self._runners[name]
+                for key in [k for k in self._watch if k[1] == name]:
+                    del self._watch[key]
                 if not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
                     log.error("workflow.runner_failed", host=name,
@@ -227,6 +238,11 @@ class WorkflowEngine:
             entry = revisions[rev].sot.hosts.get(name)
             if entry is None or entry.site != self.site:
                 continue
-            workflow = revisions[rev].sot.workflows[entry.host.workflow]
-            runner = HostRunner(self.cluster, self.power, entry, workflow, rev)
+            sot = revisions[rev].sot
+            workflow = sot.workflows[entry.host.workflow]
+            marked = frozenset(i for i, s in enumerate(workflow.stages, 1)
+                               if s.boot is not None and not sot.boots[s.boot].ipxe)
+            runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
+                                clock=self.clock, watch=self._watch, marked_stages=marked,
+                                **self.runner_options)
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")

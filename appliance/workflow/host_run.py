@@ -10,15 +10,23 @@ happened shows in what the peers see next: the machine fetching its stage's scri
 as `host.seen`), then its phone-home. No script within EVIDENCE_WINDOW means the action was
 lost, and the stage's next attempt runs then, not after the whole stage timeout. So a machine
 gets at most one power action per attempt of a stage, and a lost one costs minutes.
-The host's record (stage, attempt, deadline) is the runner's only memory: nothing is kept
-in this object that a new leader would need.
+
+A machine that went silent is power-cycled into PXE once through its BMC, instead of sitting
+until the stage timeout: powered but no script fetched within EVIDENCE_WINDOW (the peer that
+answered its DHCP died), or a script fetched but the stage's kernel and initrds not loaded
+within SILENCE_WINDOW (a generated script reports when it has loaded them).
+
+No decision compares two peers' clocks: evidence is ordered against the power intents by
+Raft order (event seq), and every duration (stage timeout, evidence and silence windows) is
+measured on this leader's monotonic clock from when it started watching; a new leader starts
+over. The host's record (stage, attempt) is the runner's only memory: nothing is kept in this
+object that a new leader would need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from typing import Any
 
 import structlog
@@ -26,19 +34,23 @@ import structlog
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL
 from appliance.cluster.errors import CommandRejected
+from appliance.power.base import PowerControl
 from appliance.power.manager import NoBmc, target_for
 from appliance.sot.loader import HostEntry
 from appliance.sot.models import Stage, Workflow
+from appliance.workflow.clock import SYSTEM_CLOCK, Clock
 from appliance.workflow.health import wait_healthy
 
 log = structlog.get_logger("vaquero.workflow.host")
 
 POWER_TIMEOUT = 120.0  # seconds for one BMC action (Redfish may need 90 s)
 # How long after a power step of unknown outcome a machine must have fetched its stage's
-# script (firmware POST and PXE can take minutes on servers), and the clock skew tolerated
-# between the peer that served it and the leader that recorded the step.
+# script (firmware POST and PXE can take minutes on servers).
 EVIDENCE_WINDOW = 600.0
-CLOCK_MARGIN = 30.0
+# How long a machine may take from fetching its script to having loaded the stage's kernel
+# and initrds (hundreds of MB over a busy boot network), before it counts as silent.
+SILENCE_WINDOW = 600.0
+RESCUE = "rescue-pxe"  # the step id of the one power-cycle into PXE a silent machine gets
 
 
 class StepFailed(Exception):
@@ -52,10 +64,20 @@ def intent_id(revision: str, host: str, stage: int, attempt: int, step: str) -> 
 
 
 class HostRunner:
-    def __init__(self, cluster: Cluster, power: Any, entry: HostEntry, workflow: Workflow,
-                 revision: str, *, evidence_window: float = EVIDENCE_WINDOW) -> None:
+    def __init__(self, cluster: Cluster, power: PowerControl | None, entry: HostEntry,
+                 workflow: Workflow, revision: str, *, evidence_window: float = EVIDENCE_WINDOW,
+                 silence_window: float = SILENCE_WINDOW, clock: Clock = SYSTEM_CLOCK,
+                 watch: dict[tuple, float] | None = None,
+                 marked_stages: frozenset[int] = frozenset()) -> None:
+        """`watch`: when this leader started waiting for each (host, stage, attempt), shared
+        by the engine's runners so a restarted runner does not restart the stage timeout;
+        the engine drops it when it stops leading. `marked_stages`: stages whose generated
+        script reports having loaded its kernel and initrds (custom scripts do not)."""
         self.cluster, self.power, self.entry = cluster, power, entry
-        self.evidence_window = evidence_window
+        self.evidence_window, self.silence_window = evidence_window, silence_window
+        self.clock = clock
+        self.watch = watch if watch is not None else {}
+        self.marked_stages = marked_stages
         self.workflow, self.revision = workflow, revision
         self.name = entry.host.name
         self.log = log.bind(host=self.name, revision=revision[:12])
@@ -96,9 +118,10 @@ class HostRunner:
             stage = rec["done"] + 1
             attempt = rec["attempt"] if rec["stage"] == stage else 0
             if rec["state"] in ("booting", "waiting") and rec["stage"] == stage:
-                outcome = await self._wait_stage(stage, attempt,
-                                                 rec.get("deadline") or time.time())
-                if outcome == "timeout":
+                outcome = await self._wait_stage(stage, attempt)
+                if outcome == "silent":
+                    await self._rescue(stage, attempt)
+                elif outcome == "timeout":
                     await self._timed_out(stage, attempt)
                 elif outcome == "lost":
                     await self._failed_attempt(
@@ -118,19 +141,19 @@ class HostRunner:
         if spec.local and attempt == 0 and (self.power is None or not self._has_bmc()):
             # the installer reboots into its disk by itself; nothing to power
             await self._step("booting", stage, attempt, f"{label}: waiting for the phone-home "
-                             "of its first boot from disk", deadline=time.time() + timeout)
+                             "of its first boot from disk", deadline=self.clock.wall() + timeout)
             return
         try:
             target_for(self.entry)
         except NoBmc:
             await self._step("waiting", stage, attempt,
                              f"{label}: no BMC declared: power it on into PXE by hand",
-                             deadline=time.time() + timeout)
+                             deadline=self.clock.wall() + timeout)
             return
         if self.power is None:
             await self._step("waiting", stage, attempt,
                              f"{label}: this peer has no BMC secrets file (bmc.secrets_file): "
-                             "power it on by hand", deadline=time.time() + timeout)
+                             "power it on by hand", deadline=self.clock.wall() + timeout)
             return
         await self._step("powering", stage, attempt, label)
         try:
@@ -145,7 +168,7 @@ class HostRunner:
             await self._failed_attempt(stage, attempt, f"{label}: {exc}")
             return
         await self._step("booting", stage, attempt, f"{label}: waiting for its phone-home",
-                         deadline=time.time() + timeout)
+                         deadline=self.clock.wall() + timeout)
 
     def _has_bmc(self) -> bool:
         try:
@@ -155,10 +178,12 @@ class HostRunner:
         return True
 
     async def _power(self, action: str) -> str:
+        assert self.power is not None  # no step runs without one
         await asyncio.wait_for(self.power.run(self.entry, action), POWER_TIMEOUT)
         return action
 
     async def _is_off(self) -> bool:
+        assert self.power is not None  # no step runs without one
         result = await asyncio.wait_for(self.power.run(self.entry, "status"), POWER_TIMEOUT)
         return result.get("state") == "off"
 
@@ -198,29 +223,77 @@ class HostRunner:
 
     # --- waiting ---------------------------------------------------------------------------
 
-    async def _wait_stage(self, stage: int, attempt: int, deadline: float) -> str:
-        """"reported" once the host reported `stage` (or is finished); "timeout" at the
-        deadline (wall clock: it is in the replicated record, set by whichever leader);
-        "lost" when the stage's boot step has an unknown outcome and no peer served the
-        machine its script within `evidence_window`: that power action never happened, and
-        waiting for the whole stage timeout would only delay the retry."""
+    async def _wait_stage(self, stage: int, attempt: int) -> str:
+        """"reported" once the host reported `stage` (or is finished); "timeout" when the
+        stage's timeout has passed since this leader started waiting; "lost" when the stage's
+        boot step has an unknown outcome and no peer served the machine its script after it
+        (in Raft order) within `evidence_window`: that power action never happened, and
+        waiting for the whole stage timeout would only delay the retry; "silent" when the
+        machine fetched its script but did not load the stage's kernel and initrds within
+        `silence_window` (stages with a generated script), or never fetched its script
+        within `evidence_window` after a power step that worked (once per attempt)."""
+        spec = self.workflow.stages[stage - 1]
+        clock = self.clock
+        started = self.watch.setdefault((self.revision, self.name, stage, attempt),
+                                        clock.monotonic())
         boot = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
-        unknown_at = None
-        if boot is not None and "outcome unknown" in ((boot["result"] or {}).get("detail") or ""):
-            unknown_at = boot["at"]
+        after = (boot or {}).get("seq") or 0  # evidence must follow the power step
+        unknown = boot is not None and "outcome unknown" in (
+            (boot["result"] or {}).get("detail") or "")
+        rescued = self.cluster.intent(
+            intent_id(self.revision, self.name, stage, attempt, RESCUE)) is not None
+        may_rescue = boot is not None and spec.boot is not None and not rescued
+        script_seq, silent_since = None, started
         while True:
             rec = self._record()
             if rec is None or rec["state"] in HOST_TERMINAL or rec["done"] >= stage:
                 return "reported"
-            now = time.time()
-            if deadline <= now:
+            now = clock.monotonic()
+            if now >= started + spec.timeout:
                 return "timeout"
-            if unknown_at is not None and now >= unknown_at + self.evidence_window:
-                seen = rec.get("seen_at") or 0.0
-                if rec.get("seen_stage") != stage or seen < unknown_at - CLOCK_MARGIN:
+            seen = rec.get("seen_seq") if rec.get("seen_stage") == stage else None
+            if seen is not None and seen <= after:
+                seen = None  # a script fetched before this attempt's power step
+            if seen is None and now >= started + self.evidence_window:
+                if unknown:
                     return "lost"
-                unknown_at = None  # it booted: wait for the phone-home as usual
-            await self.cluster.wait_change(min(deadline - now, 2.0))
+                if may_rescue:  # powered, but never asked for its script (a dead peer's
+                    return "silent"  # DHCP answer, a firmware that gave up)
+            if may_rescue and seen is not None and stage in self.marked_stages:
+                loaded = rec.get("loaded_seq") if rec.get("loaded_stage") == stage else None
+                if loaded is not None and loaded > seen:
+                    may_rescue = False  # on its way: kernel and initrds loaded
+                elif seen != script_seq:  # a (new) script fetch: it is alive, watch again
+                    script_seq, silent_since = seen, now
+                elif now >= silent_since + self.silence_window:
+                    return "silent"
+            wake = started + spec.timeout - now
+            await self.cluster.wait_change(min(wake, 2.0))
+
+    async def _rescue(self, stage: int, attempt: int) -> None:
+        """Power-cycle a silent machine into PXE, once per attempt of a stage; the stage's
+        timeout keeps running."""
+        spec = self.workflow.stages[stage - 1]
+        label = f"stage {stage}/{len(self.workflow.stages)} {spec.label}"
+        rec = self._record() or {}
+        fetched = rec.get("seen_stage") == stage and (rec.get("seen_seq") or 0) > ((
+            self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
+            or {}).get("seq") or 0)
+        why = (f"silent {self.silence_window:.0f} s after fetching its script" if fetched
+               else f"no script fetched {self.evidence_window:.0f} s after it was powered")
+        self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
+        try:
+            await self._once(stage, attempt, RESCUE, lambda: self._power("pxe"))
+            await self._once(stage, attempt, "rescue-boot", self._power_on_or_cycle)
+            note = "power-cycled into PXE once"
+        except StepFailed as exc:
+            note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"
+        try:
+            await self._step("booting", stage, attempt, f"{label}: {why}; {note}",
+                             deadline=rec.get("deadline"))
+        except CommandRejected as exc:
+            if exc.code != "stage_already_done":  # it reported meanwhile: nothing to say
+                raise
 
     async def _timed_out(self, stage: int, attempt: int) -> None:
         spec = self.workflow.stages[stage - 1]

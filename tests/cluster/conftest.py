@@ -8,15 +8,12 @@ import contextlib
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "rigs"))
-
-from raft_node import RigNode, free_ports, stop_all_signal
+from tools.rigs.raft_node import RigNode, free_ports, stop_all_signal
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import socket
 from pathlib import Path
 
 import pytest
-from raft_node import free_ports
 
 from appliance.cluster import (
     Cluster,
@@ -21,6 +20,7 @@ from appliance.cluster import (
     NoQuorum,
     NotLeader,
 )
+from tools.rigs.raft_node import free_ports
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA2 = "fedcba9876543210fedcba9876543210fedcba98"

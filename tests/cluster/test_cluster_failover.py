@@ -8,7 +8,8 @@ import asyncio
 import time
 
 import pytest
-from raft_node import RigNode, find_leader
+
+from tools.rigs.raft_node import RigNode, find_leader
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ class Writers:
             sent = time.monotonic()
             try:
                 r = await node.call("event", message=msg, timeout=5, wait=10)
-            except Exception as exc:  # the node was killed under us
+            except Exception as exc:  # noqa: BLE001 - the node was killed under us
                 self.errors.append(f"{node.address}: {exc}")
                 return
             if r["ok"]:
@@ -132,7 +133,7 @@ async def test_membership_add_then_remove(rigs):
     top = r["seq"]
 
     # Add a fourth peer through a follower (forwarded to the leader), then start it.
-    from raft_node import free_ports
+    from tools.rigs.raft_node import free_ports
 
     new_addr = f"127.0.0.1:{free_ports(1)[0]}"
     r = await follower.call("add_peer", address=new_addr, timeout=10)

@@ -8,9 +8,10 @@ import asyncio
 import time
 
 import pytest
-from raft_node import RigNode, find_leader
 
-pytestmark = pytest.mark.slow
+from tools.rigs.raft_node import RigNode, find_leader
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 PORT = 4801
 

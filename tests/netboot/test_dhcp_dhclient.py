@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from dhcp_support import SERVER_IP, BootNet, mac_of, run_dhclient
 
-pytestmark = pytest.mark.skipif(shutil.which("dhclient") is None, reason="dhclient missing")
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(shutil.which("dhclient") is None, reason="dhclient missing")]
 
 
 def test_dhclient_gets_reservation_and_options(boot_net: BootNet, tmp_path: Path) -> None:

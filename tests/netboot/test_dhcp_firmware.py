@@ -25,7 +25,7 @@ from tools.rigs.netns import Netns
 from tools.rigs.qemu_guest import QemuGuest
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 FETCH_TIMEOUT_S = 150  # TCG: OVMF reaches PXE in ~10-20 s, SeaBIOS+iPXE faster
 DNSMASQ_RANGE = ("198.18.0.100", "198.18.0.150")

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from tools.rigs.netns import NETNS_DIR, NetnsRig, sweep_stale, unavailable_reason
+from tools.rigs.netns import NETNS_DIR, NetnsRig, sweep_stale
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason="needs root and ip")
+pytestmark = pytest.mark.root
 
 
 def namespaces() -> set[str]:

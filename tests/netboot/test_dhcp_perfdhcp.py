@@ -16,6 +16,7 @@ from dhcp_support import SERVER_IP, BootNet, mac_of, make_spec
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.root,
     pytest.mark.skipif(shutil.which("perfdhcp") is None, reason="perfdhcp missing"),
 ]
 

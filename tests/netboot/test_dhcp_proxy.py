@@ -23,6 +23,8 @@ from dhcp_support import (
     run_dhclient,
 )
 
+pytestmark = pytest.mark.root
+
 UEFI = [
     ("vendor_class_id", b"PXEClient:Arch:00007:UNDI:003016"),
     ("pxe_client_architecture", b"\x00\x07"),

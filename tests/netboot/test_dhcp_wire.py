@@ -28,6 +28,8 @@ from scapy.layers.dhcp import BOOTP
 
 from appliance.netboot import dhcp_table as t
 
+pytestmark = pytest.mark.root
+
 CLIENT_IP = "198.18.0.200"
 
 

@@ -72,6 +72,7 @@ def _client(rig: NetnsRig, srv, label: str, mac: str):
     return cli
 
 
+@pytest.mark.root
 @pytest.mark.skipif(shutil.which("dhclient") is None, reason="isc-dhcp-client not installed")
 def test_host_walks_the_boot_chain_against_a_serving_peer(peer, netns_rig, tmp_path) -> None:
     srv, proc, log, secret = peer
@@ -89,10 +90,12 @@ def test_host_walks_the_boot_chain_against_a_serving_peer(peer, netns_rig, tmp_p
     assert got.read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
 
     chain = cli.run("curl", "-fsS", f"{BASE}/boot.ipxe").stdout
-    assert chain.startswith("#!ipxe") and f"{BASE}/ipxe?mac=${{netX/mac}}" in chain
+    assert chain.startswith("#!ipxe") and f"\nset vq-base {BASE}\n" in chain
+    assert "chain --autofree ${vq-base}/ipxe?mac=${netX/mac}" in chain
     script = cli.run("curl", "-fsS", f"{BASE}/ipxe?mac=52:54:00:08:00:03").stdout
     assert "# rk-01: stage 1/1 install" in script
-    assert f"inst.ks={BASE}/boot/rk-01/1/config" in script
+    assert f"\nset vq-base {BASE}\n" in script
+    assert "inst.ks=${vq-base}/boot/rk-01/1/config" in script
     kickstart = cli.run("curl", "-fsS", f"{BASE}/boot/rk-01/1/config").stdout
     token = host_token(secret, "rk-01")
     assert f"/phone-home/rk-01/1/{token}" in kickstart
@@ -114,6 +117,7 @@ def test_host_walks_the_boot_chain_against_a_serving_peer(peer, netns_rig, tmp_p
     assert token not in text  # secrets never reach the logs
 
 
+@pytest.mark.root
 @pytest.mark.skipif(shutil.which("dhclient") is None, reason="isc-dhcp-client not installed")
 def test_unknown_machine_gets_no_lease_and_an_event(peer, netns_rig, tmp_path) -> None:
     srv, proc, log, _ = peer

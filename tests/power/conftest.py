@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ipmi_sim_rig import Sim, run_sim
+
+from tests.support.ipmi_sim_rig import Sim, run_sim
 
 
 @pytest.fixture

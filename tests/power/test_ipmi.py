@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from ipmi_sim_rig import ADDRESSES, PASSWORD, Sim, free_udp_port
 
 from appliance.power.base import BmcCredentials, BmcTarget, PowerError, PowerState
 from appliance.power.ipmi import BmcLimiter, IpmiDriver, make_executor
+from tests.support.ipmi_sim_rig import ADDRESSES, PASSWORD, Sim, free_udp_port
 
 pytestmark = pytest.mark.skipif(shutil.which("ipmi_sim") is None,
                                 reason="ipmi_sim (Debian package openipmi) not installed")

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ipmi_sim_rig import PASSWORD, Sim
 
+from tests.support.ipmi_sim_rig import PASSWORD, Sim
 from tools.rigs.peer_proc import ADMIN, EXE, single_peer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -88,6 +88,7 @@ def qemu_alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_power_and_bootdev_over_ipmi_lan_drive_a_real_guest(lab: Lab) -> None:
     """Off -> bootdev + on (pyghmi) -> iPXE runs -> cycle -> reset -> guest dies -> on -> off."""
     g = BmcGuest(lab.lan, "br0", MACS[0], BMCS[0], password=PASSWORD, workdir=lab.tmp / "g")
@@ -148,6 +149,7 @@ def test_power_and_bootdev_over_ipmi_lan_drive_a_real_guest(lab: Lab) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_two_guests_on_one_bridge_answer_each_for_its_own_machine(lab: Lab) -> None:
     """Each BMC powers only its own guest; both machines share the boot bridge."""
     guests = [

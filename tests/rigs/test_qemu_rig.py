@@ -161,6 +161,7 @@ def boot_network(
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_bios_and_uefi_guests_netboot_and_phone_home(
     boot_network: tuple[NetnsRig, Netns, BootServer, Path], tmp_path: Path
 ) -> None:
@@ -218,6 +219,7 @@ def bare_bridge() -> Iterator[Netns]:
         yield ns
 
 
+@pytest.mark.root
 def test_guest_without_answers_times_out_and_is_cleaned_up(bare_bridge: Netns) -> None:
     """No DHCP server: the bounded wait raises with the console, close() kills QEMU and its tap."""
     guest = QemuGuest(bare_bridge, "br0", GUESTS["bios"][0], "bios")
@@ -233,6 +235,7 @@ def test_guest_without_answers_times_out_and_is_cleaned_up(bare_bridge: Netns) -
 
 
 @pytest.mark.slow
+@pytest.mark.root
 def test_failed_boots_end_qemu_at_once(bare_bridge: Netns, test_os: GuestOS) -> None:
     """`panic=-1` + `-no-reboot`: a kernel without init, and an initramfs without its phone-home
     URL, both end QEMU by themselves, and `wait_for` reports it without waiting 180 s."""

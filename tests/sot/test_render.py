@@ -69,11 +69,44 @@ def test_ipxe_script_follows_vaquero_cmdline_rules_and_uefi_initrd(kinds) -> Non
     assert "initrd=initramfs.img initrd=rootfs.img" in kernel
     # a list value repeats the key once per item
     assert "console=tty0 console=ttyS0,115200n8" in kernel
-    # templated values are rendered per host; URLs point at the site's boot URL
-    assert "coreos.inst.ignition_url=http://198.18.8.5:8080/boot/fc-01/1/config" in kernel
+    # templated values are rendered per host; URLs point at the peer being tried, which
+    # starts with the site's boot URL
+    assert "coreos.inst.ignition_url=${vq-base}/boot/fc-01/1/config" in kernel
+    assert "\nset vq-base http://198.18.8.5:8080\n" in script
     assert script.count("\ninitrd --name ") == 2
     ubuntu = Renderer(kinds.sot, kinds.sha).render_ipxe(kinds.sot.hosts["ub-01"], 1)
     assert " autoinstall " in ubuntu  # an empty value gives the bare key
+
+
+def test_every_fetch_falls_back_to_the_sites_other_peers_then_pxe(tmp_path: Path) -> None:
+    sot = materialise({"base": "kinds", "patch": [{
+        "file": "sites/kinds/env.yml", "old": "    address: 198.18.8.5\n",
+        "new": "    address: 198.18.8.5\n  - {name: peer-2, address: 198.18.8.6}\n"
+               "  - {name: peer-3, address: 198.18.8.7}\n"}]}, tmp_path / "sot")
+    rev = compile_directory(str(sot))
+    assert rev.valid, rev.problems
+    # peer-2 renders for itself: its own URL first, then the others in the site's order
+    r = Renderer(rev.sot, rev.sha, {"kinds": "http://198.18.8.6:8080"})
+    script = r.render_ipxe(rev.sot.hosts["fc-01"], 1)
+    order = re.findall(r"^set vq-base (\S+)$", script, re.M)
+    assert order == ["http://198.18.8.6:8080", "http://198.18.8.5:8080", "http://198.18.8.7:8080"]
+    nexts = re.findall(r"^set vq-next (\S+)$", script, re.M)
+    assert nexts == ["vq-peer-1", "vq-peer-2", "vq-failed"]
+    lines = script.splitlines()
+    attempt = lines[lines.index(":vq-attempt") + 1:lines.index(":vq-failed")]
+    # every fetch of the attempt, and its boot, goes on to the next peer when it fails
+    assert attempt[0] == "imgfree"
+    fetches = [x for x in attempt[1:] if not x.startswith("imgfetch --name vq-loaded")]
+    assert [x.split()[0] for x in fetches] == ["kernel", "initrd", "initrd", "boot"]
+    assert all(x.endswith(" || goto ${vq-next}") and "http://" not in x for x in fetches)
+    # with everything loaded, the machine tells the peers before booting (failure is fine)
+    assert attempt[-2] == ("imgfetch --name vq-loaded ${vq-base}/boot/fc-01/1/loaded "
+                           "&& imgfree vq-loaded ||")
+    # the whole chain failed: reboot into PXE (or start over where iPXE cannot reboot)
+    assert lines[lines.index(":vq-failed"):][-2:] == ["reboot ||", "goto vq-peer-0"]
+    # the config the installer fetches still names the peer that served it
+    _, text = r.render_config(rev.sot.hosts["fc-01"], 1)
+    assert "${vq-base}" not in text
 
 
 def test_phone_home_token_is_per_render(kinds) -> None:

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from wf_sot import LabHost, write_sot
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "power"))
-from ipmi_sim_rig import PASSWORD, run_sim
-
 from appliance.cluster import Cluster, ClusterSettings
 from appliance.power.manager import PowerManager
 from appliance.sot.revision import compile_directory
 from appliance.workflow.host_run import HostRunner, intent_id
+from tests.support.ipmi_sim_rig import PASSWORD, run_sim
 from tools.rigs.raft_node import free_ports
 
 pytestmark = [pytest.mark.slow,
@@ -162,3 +159,104 @@ async def test_a_machine_seen_booting_is_waited_for_not_power_cycled_again(
                        "name": "n1", "stage": 2, "stages": 2, "revision": sha})
     await asyncio.wait_for(task, 20)
     assert node.host("n1")["state"] == "done" and sim.machine_pids() == []
+
+
+async def seen(node: Cluster, sha: str, step: str, n: int) -> None:
+    """What a peer's data plane replicates when the machine fetches its stage 1 script
+    (step "script") or has loaded the stage's kernel and initrds (step "loaded")."""
+    await node.submit({"op": "host.seen", "op_id": f"seen-{step}-{n}", "at": time.time(),
+                       "name": "n1", "stage": 1, "revision": sha, "step": step})
+
+
+def host_events(node: Cluster) -> list[tuple[str, str]]:
+    return [(e["kind"], e.get("message") or "") for e in node.events_since(0, 1000)["events"]
+            if e.get("host") == "n1" and e["kind"].startswith("host.")]
+
+
+async def test_a_machine_silent_after_its_script_is_power_cycled_once_before_the_timeout(
+        node: Cluster, armed) -> None:
+    _, sha, runner = armed
+    runner.marked_stages, runner.silence_window = frozenset({1, 2}), 2.0
+    await leave_unknown(node, sha)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
+    await seen(node, sha, "script", 1)  # then nothing: the peer serving it died, say
+    rescue = intent_id(sha, "n1", 1, 0, "rescue-pxe")
+    await until(lambda: (node.intent(rescue) or {}).get("result"), "the rescue", timeout=8)
+    # long before the stage's 10 s timeout; ipmi_sim (no chassis program) refuses it
+    assert node.intent(rescue)["result"]["ok"] is False
+    await asyncio.wait_for(task, 60)
+    kinds = host_events(node)
+    silent = [m for k, m in kinds if "silent 2 s after fetching its script" in m]
+    assert len(silent) == 1, kinds  # once per attempt, not once per window
+    assert "its BMC refused the power-cycle" in silent[0]
+    timeout = kinds.index(("host.retrying", "stage 1 firmware: no phone-home within 10 s; "
+                           "retry 1 of 1"))
+    assert kinds.index(("host.booting", silent[0])) < timeout
+    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-boot")) is None  # nothing after
+
+
+async def test_a_machine_that_loaded_its_kernel_is_left_alone(node: Cluster, armed) -> None:
+    sim, sha, runner = armed
+    runner.marked_stages, runner.silence_window = frozenset({1, 2}), 2.0
+    await leave_unknown(node, sha)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
+    await seen(node, sha, "script", 1)
+    await seen(node, sha, "loaded", 1)
+    await asyncio.sleep(4)  # twice the silence window
+    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe")) is None
+    await node.submit({"op": "host.stage_done", "op_id": "ph-3", "at": time.time(),
+                       "name": "n1", "stage": 2, "stages": 2, "revision": sha})
+    await asyncio.wait_for(task, 20)
+    assert node.host("n1")["state"] == "done" and sim.machine_pids() == []
+
+
+async def test_a_stage_timeout_runs_on_this_leaders_monotonic_clock(
+        node: Cluster, armed) -> None:
+    """A previous leader whose wall clock ran an hour ahead powered the machine and wrote a
+    deadline that is already past here: the stage still gets its whole timeout, measured on
+    this leader's monotonic clock from when it started waiting."""
+    _, sha, runner = armed
+    for step in ("pxe", "boot"):
+        iid = intent_id(sha, "n1", 1, 0, step)
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
+        await node.record_result(iid, True, "power done")
+    await node.step_host("n1", sha, "booting", 1, message="old leader",
+                         deadline=time.time() - 3600)
+    t0 = time.monotonic()
+    await asyncio.wait_for(runner.run(), 60)  # timed out, retried, the retry refused
+    assert time.monotonic() - t0 >= 10, "the recorded deadline was used"
+    assert ("host.retrying", "stage 1 firmware: no phone-home within 10 s; retry 1 of 1"
+            ) in host_events(node)
+
+
+async def test_evidence_is_ordered_by_raft_not_by_the_serving_peers_clock(
+        node: Cluster, armed) -> None:
+    """A script fetch replicated before the power step (in Raft order) is no evidence of
+    it, however late the clock of the peer that served it says it was."""
+    _, sha, runner = armed
+    await node.submit({"op": "host.seen", "op_id": "seen-early", "at": time.time() + 3600,
+                       "name": "n1", "stage": 1, "revision": sha})
+    await leave_unknown(node, sha)
+    await asyncio.wait_for(runner.run(), 60)  # lost after 3 s, retried, the retry refused
+    assert ("host.retrying", "stage 1: no sign of a boot 3 s after a power step whose outcome "
+            "is unknown (the leader running it stopped); retry 1 of 1") in host_events(node)
+
+
+async def test_a_machine_powered_that_never_asks_for_its_script_is_rescued_once(
+        node: Cluster, armed) -> None:
+    """The power step worked (its result is recorded) but no peer served the machine its
+    script within the evidence window (the peer whose DHCP answer it took died): one
+    power-cycle into PXE, then the stage timeout as usual."""
+    _, sha, runner = armed
+    for step in ("pxe", "boot"):
+        iid = intent_id(sha, "n1", 1, 0, step)
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
+        await node.record_result(iid, True, "power done")
+    await node.step_host("n1", sha, "booting", 1, message="powered")
+    await asyncio.wait_for(runner.run(), 60)
+    kinds = host_events(node)
+    rescues = [m for k, m in kinds if "no script fetched 3 s after it was powered" in m]
+    assert len(rescues) == 1, kinds
+    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe"))["result"]["ok"] is False

@@ -8,7 +8,8 @@ same bridge (tools/rigs/bmc_guest.py); the test talks to the API from an `ops` n
 1. The SoT (etcd: 1 host, workers: 2 hosts, a two-stage workflow of network boots of the test
    OS, which phones home and then stays up like an installed machine) is pushed and approved.
    The leader powers every machine on into PXE for stage 1, then power-cycles it into PXE for
-   stage 2; each reports done.
+   stage 2; each reports done. Meanwhile a follower is cut off for CUT_S and healed: the
+   leader keeps its term and its runners (pre-vote).
 2. A change to the workers' install stage with `max_concurrent: 1` is pushed and approved.
    As soon as the leader has powered the first worker on, the leader is killed (SIGKILL).
    The rollout finishes under the new leader.
@@ -37,7 +38,7 @@ from tools.rigs.netns import unavailable_reason as netns_unavailable
 from tools.rigs.qemu_guest import RouterAdvertiser
 from tools.rigs.test_kernel import build_test_os
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 EXE = str(Path(sys.executable).parent / "vaq-peer")
 ADMIN = "e2e-admin-token-0123456789abcdef"
 BMC_PASSWORD = "Lab-ipmi-Pw-4412"
@@ -51,18 +52,21 @@ WORKERS = ("work-1", "work-2")
 # etcd-1 is UEFI (OVMF's own PXE, then snponly.efi by TFTP from a peer), the workers BIOS
 FIRMWARE = {"etcd-1": "uefi", "work-1": "bios", "work-2": "bios"}
 STAGE_TIMEOUT = 400  # a stage under TCG takes 20-90 s here; a retry would fail the test anyway
+CUT_S = 45  # many election timeouts (0.3-0.6 s); the issue's 5 minutes is a run by hand
 
 
 class Site:
     """The three peer processes and the ops namespace that talks to them."""
 
-    def __init__(self, rig: NetnsRig, tmp: Path, bare: Path) -> None:
+    def __init__(self, rig: NetnsRig, tmp: Path, bare: Path,
+                 clock_offsets: tuple[float, ...] = (0, 0, 0)) -> None:
         self.rig, self.tmp = rig, tmp
         self.lan = rig.netns("lan")
         rig.bridge(self.lan, "br0", "198.18.0.1/24")
         self.ops = rig.netns("ops")
         rig.veth(self.lan, self.ops, bridge="br0", cidr_b="198.18.0.250/24")
         self.procs: dict[int, subprocess.Popen] = {}
+        self.links: dict[int, tuple] = {}  # peer -> (its namespace, its port on the bridge)
         self.logs: dict[int, Path] = {}
         secrets = tmp / "secrets"
         secrets.mkdir()
@@ -76,7 +80,8 @@ class Site:
         raft = [f"{a}:7001" for a in PEERS]
         for i, address in enumerate(PEERS):
             ns = rig.netns(f"peer{i + 1}")
-            rig.veth(self.lan, ns, bridge="br0", cidr_b=f"{address}/24")
+            link, _ = rig.veth(self.lan, ns, bridge="br0", cidr_b=f"{address}/24")
+            self.links[i] = (ns, link)
             config = tmp / f"peer{i + 1}.yaml"
             config.write_text(f"""
 site: lab
@@ -87,6 +92,7 @@ token_secret_file: {secrets / 'phone-home.key'}
 source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}
 bmc: {{secrets_file: {secrets / 'bmc.yaml'}}}
 prefetch_artifacts: true
+clock_offset_s: {clock_offsets[i]}
 http: {{port: 8080}}
 raft: {{address: "{raft[i]}", peers: {json.dumps(raft)}, password_file: {secrets / 'raft.key'}}}
 api:
@@ -126,6 +132,13 @@ api:
         """The leader as a live peer sees it (index into PEERS), None while there is none."""
         address = (self.try_api("/v1/leader") or {}).get("leader")
         return PEERS.index(address.split(":")[0]) if address else None
+
+    def cut(self, i: int, up: bool = False) -> None:
+        """Take a peer's link down at both ends (a real partition: its sockets stay open)."""
+        ns, link = self.links[i]
+        state = "up" if up else "down"
+        self.lan.run("ip", "link", "set", link, state)
+        ns.run("ip", "link", "set", "eth0", state)
 
     def kill(self, i: int) -> None:
         self.procs[i].send_signal(signal.SIGKILL)
@@ -179,6 +192,33 @@ def events(site: Site) -> list[dict]:
     return out
 
 
+def powered_on(site: Site, sha: str) -> bool:
+    return any(e["kind"] == "intent.ok" and e.get("revision") == sha
+               and e.get("data", {}).get("action") == "power.boot" for e in events(site))
+
+
+def cut_a_follower_and_heal(site: Site) -> int:
+    """Cut a follower off for CUT_S, heal it: the leader keeps its term (the rejoining peer
+    deposes no one: pre-vote) and its runners never stop. Returns the leader."""
+    leader = site.leader()
+    assert leader is not None
+    term = site.api("/v1/leader", peer=leader)["term"]
+    cut = next(i for i in range(3) if i != leader)
+    stopped = site.logs[leader].read_text().count("workflow.runners_stopped")
+    site.cut(cut)
+    time.sleep(CUT_S)
+    site.cut(cut, up=True)
+    time.sleep(10)
+    after = site.api("/v1/leader", peer=leader)
+    rejoined = site.api("/v1/leader", peer=cut)
+    print(f"\npeer-{cut + 1} cut off {CUT_S} s in a running rollout: leader peer-{leader + 1} "
+          f"term {term} -> {after['term']}; the rejoined peer sees term {rejoined['term']}")
+    assert (after["leader"], after["term"]) == (f"{PEERS[leader]}:7001", term), after
+    assert rejoined["term"] == term, rejoined
+    assert site.logs[leader].read_text().count("workflow.runners_stopped") == stopped
+    return leader
+
+
 @pytest.fixture(scope="module")
 def guest_os():
     return build_test_os()
@@ -212,8 +252,11 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
                 machine.start()
             until(lambda: site.leader() is not None, "a leader", 60, debug)
 
-            # 1. first install: every machine powered on, two stages, done
+            # 1. first install: every machine powered on, two stages, done; meanwhile a
+            # follower is cut off and healed without disturbing the leader
             approve(site, rev1)
+            until(lambda: powered_on(site, rev1), "a machine powered on", 120, debug)
+            cut_a_follower_and_heal(site)
             until(lambda: rollout_state(site, rev1) == "done", "the first rollout done",
                   2 * STAGE_TIMEOUT, debug)
             records = {h["name"]: h for h in site.api("/v1/hosts")["hosts"]}
@@ -292,3 +335,79 @@ def test_three_peers_install_then_roll_an_update_through_a_leader_kill(
     assert {n: m.power_ons() for n, m in machines.items()} == {
         "etcd-1": 2, "work-1": 4, "work-2": 4}
     assert not [e for e in journal if e["kind"] in ("host.retrying", "host.failed")]
+    # every stage script fetched was followed by the machine's "kernel and initrds loaded"
+    # mark, replicated from whichever peer served it: no machine looked silent
+    fetched = {(e["host"], e["revision"], e["data"]["stage"]) for e in journal
+               if e["kind"] == "host.booting_seen"}
+    loaded = {(e["host"], e["revision"], e["data"]["stage"]) for e in journal
+              if e["kind"] == "host.loaded"}
+    assert fetched and fetched == loaded, (fetched, loaded)
+    assert not [e for e in journal if "rescue" in (e.get("message") or "")]
+
+
+@pytest.mark.skip(reason="waits for wt/hardening (the phone-home bound to the arming): until "
+                  "then cluster/state.py refuses a report served by a peer whose clock is behind "
+                  "the arming leader's as stale_report (run by hand: the -300 s peer's 2 "
+                  "reports were refused); remove this mark when that lands")
+def test_peers_with_skewed_clocks_finish_a_rollout_through_a_leader_kill(
+        guest_os, tmp_path: Path) -> None:
+    """Peers' wall clocks 5 minutes apart (0, +300 s, -300 s: `clock_offset_s`), the two BIOS
+    workers installed in two stages. After the first power-on a follower is cut off for
+    CUT_S and healed (no change of leader or term, the runners never stopped), then the
+    leader is killed. No report is refused, no power step repeated or retried, each machine
+    started once per stage."""
+    reason = netns_unavailable() or bmc_unavailable("bios")
+    if reason:
+        pytest.skip(reason)
+    hosts = [h for h in HOSTS if h.name in WORKERS]
+    work, bare = init_repo(tmp_path)
+    write_sot(work, hosts, guest_os.kernel, guest_os.initrd, peers=PEERS, http_port=8080,
+              stage_timeout=STAGE_TIMEOUT, retries=1, worker_concurrency=2, depends=False,
+              stay=True)
+    rev = push(work, "lab: workers")
+    with NetnsRig() as rig:
+        site = Site(rig, tmp_path, bare, clock_offsets=(0, 300, -300))
+        machines = {h.name: BmcGuest(site.lan, "br0", h.mac, h.bmc[0], password=BMC_PASSWORD,
+                                     firmware="bios", workdir=tmp_path / f"guest-{h.name}")
+                    for h in hosts}
+        advertiser = RouterAdvertiser(site.lan, "br0")
+
+        def debug() -> str:
+            progress = site.try_api("/v1/rollouts/current")
+            consoles = "\n".join(f"--- {n}\n{m.console_tail(15)}" for n, m in machines.items())
+            return f"{json.dumps(progress, indent=1)[:4000]}\n{site.tails()}\n{consoles}"
+
+        try:
+            advertiser.start()
+            for machine in machines.values():
+                machine.start()
+            until(lambda: site.leader() is not None, "a leader", 60, debug)
+            approve(site, rev)
+            until(lambda: powered_on(site, rev), "a machine powered on", 120, debug)
+            leader = cut_a_follower_and_heal(site)
+            killed = site.leader()
+            assert killed == leader
+            site.kill(killed)
+            print(f"killed the leader peer-{killed + 1} (clock offset "
+                  f"{(0, 300, -300)[killed]:+d} s) after the first power-on")
+            until(lambda: site.leader() not in (None, killed), "a new leader", 30, debug)
+            new_leader = site.leader()
+            until(lambda: rollout_state(site, rev) == "done", "the rollout done",
+                  3 * STAGE_TIMEOUT, debug)
+            print(f"new leader peer-{new_leader + 1} (offset {(0, 300, -300)[new_leader]:+d} s)")
+            journal = events(site)
+            records = {h["name"]: h for h in site.api("/v1/hosts")["hosts"]}
+            logs = site.tails(100_000)
+        finally:
+            advertiser.close()
+            for machine in machines.values():
+                machine.close()
+            site.close()
+    for name in WORKERS:
+        assert (records[name]["state"], records[name]["done"]) == ("done", 2), records[name]
+    assert "stale_report" not in logs and "phone_home_refused" not in logs
+    boots = Counter((e["host"], e["data"]["stage"]) for e in journal
+                    if e["kind"] == "intent.recorded" and e.get("message") == "power.boot")
+    assert boots == {(n, s): 1 for n in WORKERS for s in ("1", "2")}, boots
+    assert not [e for e in journal if e["kind"] in ("host.retrying", "host.failed")]
+    assert {n: m.power_ons() for n, m in machines.items()} == {n: 2 for n in WORKERS}

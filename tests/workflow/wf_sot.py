@@ -91,6 +91,7 @@ cmdline:
   - vaq.stage: "{ident}-{note}"
   - vaq.stay: "{int(stay)}"
   - vaq.phone_home: "{{{{ urls.phone_home }}}}"
+  - vaq.peers: "{{{{ urls.peers | join(',') }}}}"
 """)
         (root / f"boot/testos-{ident}.yml").write_text(
             f"id: testos-{ident}\noperating_system: testos-{ident}\n")

@@ -93,11 +93,13 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp
 CMDLINE=$(cat /proc/cmdline)
 URL=
+PEERS=
 BOOTIF=
 STAY=0
 for w in $CMDLINE; do
   case "$w" in
     vaq.phone_home=*) URL="${w#vaq.phone_home=}" ;;
+    vaq.peers=*) PEERS=$(echo "${w#vaq.peers=}" | tr , ' ') ;;
     vaq.stay=1) STAY=1 ;;
     vaq.markers=1) MARKERS=1 ;;
     BOOTIF=*) BOOTIF=$(echo "${w#BOOTIF=}" | sed 's/^01-//; s/-/:/g' | tr A-F a-f) ;;
@@ -140,14 +142,19 @@ FW=bios
 UUID=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null)
 BODY="{\"mac\": \"$MAC\", \"ip\": \"$IP\", \"iface\": \"$IFACE\", \"firmware\": \"$FW\","
 BODY="$BODY \"uuid\": \"$UUID\", \"uname\": \"$(uname -a)\"}"
+# The peer that served the kernel first, then (vaq.peers=) each peer of the site with the
+# same path: the one that served the kernel may have died since.
+PATH_PART="/${URL#*://*/}"
 ok=0
 for try in 1 2 3 4 5; do
-  if timeout 10 wget -q -O /tmp/reply --header "Content-Type: application/json" \
-      --post-data "$BODY" "$URL"; then ok=1; break; fi
+  for target in "$URL" $(for b in $PEERS; do echo "$b$PATH_PART"; done); do
+    if timeout 10 wget -q -O /tmp/reply --header "Content-Type: application/json" \
+        --post-data "$BODY" "$target"; then ok=1; URL=$target; break 2; fi
+  done
   sleep 1
 done
 [ $ok = 1 ] || fail "phone home to $URL"
-echo "@MARKER@ PHONED-HOME $MAC $IP"
+echo "@MARKER@ PHONED-HOME $MAC $IP $URL"
 if [ "$STAY" = 1 ]; then
   echo "@MARKER@ RUNNING"
   while :; do sleep 3600; done

@@ -85,7 +85,7 @@ class LoopThread:
     def _main(self) -> None:
         try:
             _setns(self._ns_path)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._ready.set_exception(exc)
             return
         asyncio.set_event_loop(self.loop)
@@ -151,7 +151,7 @@ class Netns:
             try:
                 _setns(self.path)
                 box.append(socket.socket(*args))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 box.append(exc)
 
         t = threading.Thread(target=make, name=f"netns-socket:{self.name}")

@@ -27,9 +27,10 @@ reboot at once, and QEMU's `-no-reboot` turns that reboot into an exit, so a fai
 ends the guest immediately instead of running into the test's timeout. Optional:
 `vaq.markers=1` prints a `VAQ-TEST: <step>` line on the console at each step (also enabled at
 build time with `build_test_os(markers=True)`), `BOOTIF=01-aa-bb-..` (iPXE's
-`BOOTIF=01-${netX/mac:hexhyp}`) picks the NIC when there are several. Whatever the markers,
-the console always shows `VAQ-TEST: PHONED-HOME <mac> <ip>` on success and
-`VAQ-TEST: FAILED: <why>` before powering off on failure.
+`BOOTIF=01-${netX/mac:hexhyp}`) picks the NIC when there are several; `vaq.peers=<base>,..`
+lists base URLs to phone home through (same path) when the phone-home URL's peer is gone.
+Whatever the markers, the console always shows `VAQ-TEST: PHONED-HOME <mac> <ip> <url>` on
+success and `VAQ-TEST: FAILED: <why>` before powering off on failure.
 
 Usage::
 
@@ -98,6 +99,18 @@ class GuestOS:
     kernel_release: str  # e.g. "6.1.0-56-amd64"
     package: str  # the .deb file name it came from
     markers: bool
+
+    def sot_os(self, os_id: str = "testos", peers_fallback: bool = False) -> str:
+        """The SoT's `os/<id>.yml` that boots this test OS and phones home (through every
+        peer of the site in turn with `peers_fallback`)."""
+        extra = "  - vaq.peers: \"{{ urls.peers | join(',') }}\"\n" if peers_fallback else ""
+        return (f"id: {os_id}\nos_family: busybox\nmajor_version: \"1\"\nboot:\n"
+                f"  kernel: {{url: \"file://{self.kernel}\", sha256: {self.kernel_sha256}, "
+                "name: vmlinuz}\n  initrd:\n"
+                f"    - {{url: \"file://{self.initrd}\", sha256: {self.initrd_sha256}, "
+                "name: initrd.img}\n"
+                "cmdline:\n  - console: ttyS0\n  - panic: \"-1\"\n"
+                "  - vaq.phone_home: \"{{ urls.phone_home }}\"\n" + extra)
 
 
 def cache_dir() -> Path:

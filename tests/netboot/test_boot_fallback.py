@@ -1,0 +1,163 @@
+"""A peer dying in the middle of a machine's boot chain does not strand the machine.
+
+Three `vaq-peer serve` processes, each in its own network namespace on one boot bridge, each
+serving the same SoT (each its own group of one: this is the data plane alone); a BIOS QEMU
+guest netboots the test OS. The peer serving the guest is killed (SIGKILL) at one step of
+its chain; the guest's scripts fall back to the site's other peers for every later fetch
+(sot.render.ipxe_try_peers) and the test OS phones home through another peer. Nobody
+touches the guest: one QEMU start, no reboot (QEMU runs with -no-reboot, so a reboot would
+end it), and the phone-home lands on a live peer.
+
+Kill points: as the peer serves the stage script (the kernel fetch follows at once), as it
+finishes sending the kernel (the initrd is next), and as the guest reports its kernel and
+initrds loaded (the phone-home is next). A kill right after DHCP, before any script, leaves
+nothing to fall back from: that machine is the engine's to rescue through its BMC
+(tests/workflow/test_host_runner.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools.rigs.netns import NetnsRig
+from tools.rigs.netns import unavailable_reason as netns_unavailable
+from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
+from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
+from tools.rigs.test_kernel import GuestOS, build_test_os
+
+pytestmark = pytest.mark.slow
+EXE = str(Path(sys.executable).parent / "vaq-peer")
+PEERS = ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
+HOST, MAC, IP = "fb-01", "52:54:00:fb:00:01", "198.18.0.31"
+
+
+def write_sot(root: Path, guest_os: GuestOS) -> None:
+    for sub in ("sites/fb", "os", "boot", "workflows"):
+        (root / sub).mkdir(parents=True)
+    peers = "\n".join(f"  - {{name: peer-{i}, address: {a}}}" for i, a in enumerate(PEERS, 1))
+    (root / "sites/fb/env.yml").write_text(f"""
+id: fb
+subnets:
+  - {{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], domain: fb.test}}
+peers:
+{peers}
+netboot: {{http_port: 8080}}
+""")
+    (root / "sites/fb/cluster-guests.yml").write_text(
+        f"name: {HOST}\nworkflow: testos\ninterfaces:\n"
+        f"  - {{type: physical, mac: \"{MAC}\", subnet: boot, ipv4: {IP}}}\n")
+    (root / "os/testos.yml").write_text(guest_os.sot_os(peers_fallback=True))
+    (root / "boot/testos.yml").write_text("id: testos\noperating_system: testos\n")
+    (root / "workflows/testos.yml").write_text(
+        "id: testos\nstages:\n  - {name: boot, boot: testos, timeout: 300}\n")
+
+
+def log_lines(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+@pytest.fixture(scope="module")
+def guest_os():
+    return build_test_os()
+
+
+@pytest.mark.parametrize("kill_at", ["script", "kernel", "loaded"])
+def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
+        guest_os, tmp_path: Path, kill_at: str) -> None:
+    reason = netns_unavailable() or qemu_unavailable("bios")
+    if reason:
+        pytest.skip(reason)
+    sot = tmp_path / "sot"
+    write_sot(sot, guest_os)
+    secret = tmp_path / "secret"
+    secret.write_text("ZmFsbGJhY2stdGVzdC1zZWNyZXQta2V5LTAxMjM0NQ==\n")
+    raft_secret = tmp_path / "raft.secret"
+    raft_secret.write_text("ZmFsbGJhY2stcmFmdA==\n")
+    raft_secret.chmod(0o600)
+    trigger = {  # the log event, on the serving peer, at which it is killed
+        "script": lambda e: e["event"] == "boot.script" and e.get("host") == HOST,
+        "kernel": lambda e: (e["event"] == "artifact.request"
+                             and e.get("sha256") == guest_os.kernel_sha256
+                             and e.get("client") == IP and e.get("status") == 200),
+        "loaded": lambda e: e["event"] == "boot.loaded" and e.get("host") == HOST,
+    }[kill_at]
+    with NetnsRig() as rig:
+        lan = rig.netns("lan")
+        rig.bridge(lan, "br0", "198.18.0.1/24")
+        procs, logs = [], []
+        for i, address in enumerate(PEERS):
+            ns = rig.netns(f"peer{i + 1}")
+            rig.veth(lan, ns, bridge="br0", cidr_b=f"{address}/24")
+            config = tmp_path / f"peer{i + 1}.yaml"
+            config.write_text(
+                f"site: fb\npeer: peer-{i + 1}\ndata_dir: {tmp_path / f'data{i + 1}'}\n"
+                f"interface: eth0\nsot: {{path: {sot}}}\ntoken_secret_file: {secret}\n"
+                f"http: {{port: 8080}}\ntftp: {{enabled: false}}\n"
+                f"raft: {{address: '{address}:7960', password_file: {raft_secret}}}\n")
+            logs.append(tmp_path / f"peer{i + 1}.log")
+            with logs[-1].open("w") as out:
+                procs.append(ns.popen([EXE, "serve", "--config", str(config)], stdout=out,
+                                      stderr=subprocess.STDOUT))
+        advertiser = RouterAdvertiser(lan, "br0")
+        advertiser.start()
+        guest = QemuGuest(lan, "br0", mac=MAC, firmware="bios", name=HOST)
+        killed = None
+        try:
+            deadline = time.monotonic() + 60
+            while not all('"revision.serving"' in p.read_text() for p in logs):
+                assert time.monotonic() < deadline, "\n".join(p.read_text() for p in logs)
+                time.sleep(0.2)
+            guest.start()
+            deadline = time.monotonic() + 240
+            home = None
+            while home is None:
+                assert time.monotonic() < deadline, (
+                    f"no phone-home (killed peer {killed})\n{guest.console_tail(60)}")
+                for i, path in enumerate(logs):
+                    events = log_lines(path)
+                    if killed is None and any(trigger(e) for e in events):
+                        procs[i].send_signal(signal.SIGKILL)
+                        procs[i].wait(timeout=10)
+                        killed = i
+                        print(f"\nkilled peer {i + 1} at '{kill_at}' "
+                              f"{guest.elapsed:.1f} s after the guest started")
+                    if any(e["event"] == "boot.phone_home" and e.get("host") == HOST
+                           for e in events):
+                        home = i
+                assert guest.running or home is not None, guest.console_tail(60)
+                time.sleep(0.1)
+            print(f"phoned home through peer {home + 1} {guest.elapsed:.1f} s after start")
+            console = guest.console_text()
+        finally:
+            advertiser.close()
+            guest.close()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    assert killed is not None, f"the trigger never fired\n{console}"
+    assert home != killed
+    # one boot, untouched: one iPXE start, one kernel, one phone-home
+    assert console.count("iPXE initialising devices") == 1, console
+    assert console.count("PHONED-HOME") == 1, console
+    served = {i: [e["event"] for e in log_lines(p) if e.get("host") == HOST]
+              for i, p in enumerate(logs)}
+    print({f"peer{i + 1}": sorted(set(v)) for i, v in served.items()})
