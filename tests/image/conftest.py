@@ -3,6 +3,7 @@ talking to the booted machine from outside (HTTP and SSH from the test's namespa
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import time
@@ -47,8 +48,9 @@ def site_config(tmp_path: Path, guest_os) -> Path:
     (cfg / "artifacts").mkdir()
     shutil.copyfile(guest_os.kernel, cfg / "artifacts/vmlinuz")
     shutil.copyfile(guest_os.initrd, cfg / "artifacts/initrd.img")
-    write_sot(cfg / "sot", ARTIFACTS / "vmlinuz", guest_os.kernel_sha256,
-              ARTIFACTS / "initrd.img", guest_os.initrd_sha256)
+    # The SoT's artifacts: file:// URLs of the copies on the config partition, as the VM sees it.
+    write_sot(cfg / "sot", dataclasses.replace(guest_os, kernel=ARTIFACTS / "vmlinuz",
+                                               initrd=ARTIFACTS / "initrd.img"))
     (cfg / "secrets/phone-home.key").write_text("aW1hZ2UtdGVzdC1waG9uZS1ob21lLWtleQ==\n")
     (cfg / "secrets/raft.key").write_text("aW1hZ2UtdGVzdC1yYWZ0LWtleQ==\n")
     (cfg / "peer.yaml").write_text(f"""\

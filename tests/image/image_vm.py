@@ -46,7 +46,8 @@ class ImageGuest(QemuGuest):
         argv = [
             QEMU, "-name", self.name, "-accel", self.accel, "-m", str(self.memory_mb),
             "-smp", "1", "-nographic", "-no-reboot", "-monitor", "none", "-parallel", "none",
-            "-serial", f"file:{self.console_log}",
+            # Appended, not truncated: one log across power cycles, each boot after its marker.
+            "-chardev", f"file,id=s0,path={self.console_log},append=on", "-serial", "chardev:s0",
             "-drive", f"if=none,id=d0,format=raw,file={self.disk}",
             "-device", "virtio-blk-pci,drive=d0,bootindex=0,addr=0x4",
             "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",

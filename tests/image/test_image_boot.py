@@ -29,7 +29,7 @@ from tests.image.image_vm import IMAGE_DIR, ImageGuest, disk_with_config
 from tools.rigs.netns import NetnsRig
 from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("image_ready")]
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("image_ready")]
 
 
 @pytest.mark.parametrize("firmware", ["uefi", "bios"])

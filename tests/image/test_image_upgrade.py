@@ -19,7 +19,7 @@ from tests.image.conftest import PEER_MAC, healthz, ssh, wait_healthy, wait_unti
 from tests.image.image_vm import IMAGE_DIR, ImageGuest, derive_build, disk_with_config
 from tools.rigs.netns import Netns, NetnsRig
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("image_ready")]
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("image_ready")]
 STATE = ("ssh-keygen -lf /var/lib/vaquero/ssh/ssh_host_ed25519_key.pub; "
          "ls /var/lib/vaquero/peer")
 
