@@ -71,17 +71,24 @@ raft: {{address: '{SERVER}:7650', password_file: secrets/raft.key}}
     return cfg
 
 
-def ssh(ns: Netns, key: Path, command: str, *, timeout: float = 60,
+def ssh(ns: Netns, key: Path, command: str, *, timeout: float = 240,
         stdin_file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `command` as root on the machine, over SSH from the test's namespace."""
+    """Run `command` as root on the machine, over SSH from the test's namespace; a command
+    still running at `timeout` counts as failed (exit 124), like `timeout(1)`. Generous: under
+    TCG on a busy machine, starting `vaq-peer` in the guest alone has taken over a minute."""
     argv = ns.cmd("ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
                   "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                   "-o", "LogLevel=ERROR", f"root@{SERVER}", command)
-    if stdin_file is None:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    with stdin_file.open("rb") as stdin:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=stdin)
+    try:
+        if stdin_file is None:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        with stdin_file.open("rb") as stdin:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  stdin=stdin)
+    except subprocess.TimeoutExpired as exc:
+        return subprocess.CompletedProcess(argv, 124, str(exc.stdout or ""),
+                                           f"timed out after {timeout:.0f} s")
 
 
 def healthz(ns: Netns) -> bool:

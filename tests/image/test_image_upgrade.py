@@ -25,18 +25,18 @@ STATE = ("ssh-keygen -lf /var/lib/vaquero/ssh/ssh_host_ed25519_key.pub; "
 
 
 def upgrade_and_reboot(ns: Netns, vm: ImageGuest, key: Path, system: Path) -> None:
-    done = ssh(ns, key, "vaq-peer upgrade -", stdin_file=system, timeout=300)
+    done = ssh(ns, key, "vaq-peer upgrade -", stdin_file=system, timeout=900)
     assert done.returncode == 0, done.stderr
     assert "slot b written and verified" in done.stdout, done.stdout
     status = ssh(ns, key, "vaq-peer upgrade --status").stdout
     assert "default slot a; trial: b" in status, status
-    ssh(ns, key, "systemctl reboot", timeout=30)
-    vm.wait_exit(timeout=180)
+    ssh(ns, key, "systemctl reboot")
+    vm.wait_exit(timeout=300)
     vm.power_cycle()
 
 
 def slot_status(ns: Netns, key: Path) -> str:
-    return ssh(ns, key, "vaq-peer upgrade --status", timeout=30).stdout.strip()
+    return ssh(ns, key, "vaq-peer upgrade --status").stdout.strip()
 
 
 def test_upgrade_to_a_second_build_keeps_the_peer_s_state(site_config: Path,
@@ -81,7 +81,7 @@ def test_a_broken_build_falls_back_to_the_previous_slot(site_config: Path,
             upgrade_and_reboot(ns, vm, key, broken)
             # The trial boot of slot b: the peer cannot start, the confirm fails, the machine
             # reboots by itself (vaq-boot-confirm.service FailureAction=reboot).
-            vm.wait_exit(timeout=400)
+            vm.wait_exit(timeout=900)
             trial = vm.boot_text()
             assert "vaq.slot=b" in trial or "slot b" in trial, trial[-3000:]
             vm.power_cycle()
