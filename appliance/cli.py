@@ -1,6 +1,8 @@
-"""`vaq-peer`: offline commands on a SoT checkout or git repository, and (later) diagnostics
-against a running peer. Exit codes: 0 success or valid, 1 invalid SoT or failed check,
-2 usage error (bad arguments, missing path or revision)."""
+"""`vaq-peer`: offline commands on a SoT checkout or git repository (validate, plan, render),
+running a peer (init, serve), and commands against a running peer's API (status, hosts,
+rollout, doctor...). Exit codes: 0 success or valid, 1 invalid SoT or failed check,
+2 usage error (bad arguments, bad config, missing path or revision); the API commands add
+3 unreachable, 4 token refused, 5 no quorum."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from .cli_federation import add_federation_commands
 from .cli_peer import add_peer_commands
+from .cli_rollout import add_rollout_commands
 from .importer.cli_import import add_import_command
 from .sot.revision import Revision, compile_tree, empty_revision
 from .sot.tree import DirectoryTree, Tree
@@ -185,15 +190,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .config import ConfigError, load_config
+    from .config_check import check_config
     from .log import configure_logging
     from .peer import PeerError, serve
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    result = check_config(args.config)
+    for finding in result.findings:
+        print(finding, file=sys.stderr)
+    if not result.ok or result.config is None:
+        print(f"vaq-peer serve: {len(result.errors())} problem(s) in {args.config}; nothing "
+              "was started", file=sys.stderr)
         return EXIT_USAGE
+    if args.check:
+        print(f"{args.config}: ok" + (f" ({len(result.findings)} warning(s))"
+                                      if result.findings else ""))
+        return EXIT_OK
+    config = result.config
     configure_logging(args.log_format or config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
@@ -205,6 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaq-peer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vaq-peer {__version__}")
     # `vaq-peer --site fra1 hosts`: its own dest, since a subcommand's default would
     # overwrite a shared one (the subcommands take --site too)
     parser.add_argument("--site", dest="site_for_all", metavar="SITE",
@@ -241,11 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run this peer: DHCP, TFTP and HTTP boot of the site")
     p.add_argument("--config", required=True, help="the peer config file (YAML)")
     p.add_argument("--log-format", choices=["json", "console"], help="override the config")
+    p.add_argument("--check", action="store_true", help="check the config and every file it "
+                   "names, print each problem with file:line, start nothing (exit 2 on errors)")
     p.set_defaults(func=cmd_serve)
+
+    from .cli_init import add_init_command
+    from .cli_lab import add_lab_command
+
+    add_init_command(sub)
+    add_lab_command(sub)
 
     p = sub.add_parser("demo", help="validate, plan and render the bundled lab site")
     p.set_defaults(func=cmd_demo)
-    add_peer_commands(sub)
+    add = add_peer_commands(sub)
+    add_rollout_commands(add)
+    add_federation_commands(add, sub)
     add_upgrade_command(sub)
     add_import_command(sub)
     return parser

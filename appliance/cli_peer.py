@@ -3,12 +3,13 @@
 Any peer answers: reads come from that peer's replica (they work on a peer cut off from the
 majority), writes are replicated through Raft from whichever peer receives them.
 
-Where: --peer URL, else $VAQ_PEER, else http://127.0.0.1:8080. Token: --token-file FILE,
-else $VAQ_TOKEN (a `read` token may read; `approve` and `note` need an `admin` token). The
-token is never printed.
+Where: --peer URL, else $VAQ_PEER, else http://127.0.0.1 (port 80: a peer's boot HTTP port,
+which serves the API unless `api.port` is set). Token: --token-file FILE, else
+$VAQ_TOKEN_FILE (a file holding the token), else $VAQ_TOKEN (the token itself); a `read`
+token may read; writes need an `admin` token. The token is never printed.
 
 Exit codes:
-  0  success (doctor: every check passed or warned)
+  0  success (doctor: every check passed or warned; status: the peer has a quorum)
   1  failed: not found (404), refused by the state machine (409), server error (5xx),
      doctor found a FAIL, `leader` knows no leader
   2  usage: bad arguments, unreadable token file, ambiguous revision prefix, a request
@@ -16,7 +17,7 @@ Exit codes:
   3  the peer is unreachable (the message names the URL and the reason)
   4  the token is missing, not valid (401) or may not do this (403)
   5  this peer cannot reach a quorum: writes are refused there (reads still work);
-     try another peer
+     try another peer. `status` says so too, after printing the status
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from typing import Any
 
 from .client import (
     EXIT_FAILED,
+    EXIT_NO_QUORUM,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     ApiError,
     PeerClient,
@@ -98,8 +101,24 @@ def print_json(data: Any) -> None:
 
 # ---- commands -----------------------------------------------------------------------------
 
+def _status_waiting(client: PeerClient, wait: float | None) -> dict[str, Any]:
+    """The status; with --wait, a peer that does not answer yet (starting), or has no quorum
+    yet (electing), is asked again until it has or the time is up: what a script needs
+    after `vaq-peer serve &`."""
+    deadline = time.monotonic() + (wait or 0)
+    while True:
+        try:
+            st = client.get("/v1/status")
+            if st.get("raft", {}).get("has_quorum") or time.monotonic() >= deadline:
+                return st
+        except ApiError as exc:
+            if exc.exit_code != EXIT_UNREACHABLE or time.monotonic() >= deadline:
+                raise
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
 def cmd_status(client: PeerClient, args: argparse.Namespace) -> int:
-    st = client.get("/v1/status")
+    st = _status_waiting(client, args.wait)
     if args.json:
         print_json(st)
         return EXIT_OK
@@ -115,12 +134,26 @@ def cmd_status(client: PeerClient, args: argparse.Namespace) -> int:
         ("quorum", f"{yes(raft.get('has_quorum'))}  ({len(raft.get('connected', [])) + 1} of "
                    f"{len(raft.get('members', []))} members reachable, self included)"),
         ("log", f"commit index {raft.get('commit_index')}, applied {raft.get('last_applied')}"),
-        ("revision", st.get("applied_revision") or "none applied"),
+        ("revision", _revision_line(st)),
         ("uptime", duration(st.get("uptime_s") or 0)),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    if not raft.get("has_quorum"):
+        print(f"vaq-peer status: {st.get('peer')} has no quorum (exit {EXIT_NO_QUORUM})",
+              file=sys.stderr)
+        return EXIT_NO_QUORUM
     return EXIT_OK
+
+
+def _revision_line(st: dict[str, Any]) -> str:
+    applied, served = st.get("applied_revision"), st.get("served_revision")
+    mode = (st.get("boot") or {}).get("mode")
+    if applied:
+        return applied if served in (None, applied) else f"{applied} (serving {served})"
+    if served and mode == "sot":
+        return f"{served} (a fixed `sot:` revision, served; no pipeline)"
+    return "none applied yet (boot requests get 503)"
 
 
 def cmd_peers(client: PeerClient, args: argparse.Namespace) -> int:
@@ -294,16 +327,41 @@ def cmd_hosts(client: PeerClient, args: argparse.Namespace) -> int:
         print_json(data)
         return EXIT_OK
     hosts = sorted(data.get("hosts", []), key=lambda h: h.get("name", ""))
-    rows = [(h.get("name"), h.get("stage"), h.get("state"),
-             f"{h.get('done', '-')}/{h.get('stages', '-')}", short(h.get("revision")),
+    rows = [(h.get("name"), h.get("stage"), h.get("state"), _done(h), short(h.get("revision")),
              ago(h.get("updated_at")), (h.get("message") or h.get("last_event") or "")[:70])
             for h in hosts]
     print(table(["HOST", "STAGE", "STATE", "DONE", "REVISION", "UPDATED", "MESSAGE"], rows))
     print(f"{len(hosts)} host(s) with a recorded workflow state")
+    if any(h.get("pending_replication") for h in hosts):
+        print("(+N here: stages this peer saw done, not yet recorded by the group; it serves "
+              "from them and replicates them when it reaches a quorum)")
+    return EXIT_OK
+
+
+def _done(h: dict[str, Any]) -> str:
+    text = f"{h.get('done', '-')}/{h.get('stages', '-')}"
+    if h.get("pending_replication"):
+        text += f" (+{h['done_here'] - (h.get('done') or 0)} here)"
+    return text
+
+
+def cmd_host_events(client: PeerClient, args: argparse.Namespace) -> int:
+    data = client.get(f"/v1/hosts/{args.name}/events", after=args.after, limit=args.limit)
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    events = data.get("events", [])
+    print(f"host {args.name}: {data.get('total', 0)} event(s) in this peer's history")
+    for event in events:
+        print(event_line(event))
+    if events and len(events) >= args.limit:
+        print(f"(more: --after {events[-1].get('seq')})")
     return EXIT_OK
 
 
 def cmd_host(client: PeerClient, args: argparse.Namespace) -> int:
+    if args.events:
+        return cmd_host_events(client, args)
     data = client.get(f"/v1/hosts/{args.name}")
     if args.json:
         print_json(data)
@@ -384,6 +442,27 @@ def _follow(client: PeerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_console(client: PeerClient, args: argparse.Namespace) -> int:
+    """The host's serial console as the leader recorded it over SOL; --follow: as it comes."""
+    path = f"/v1/hosts/{args.host}/console"
+    data = client.get(path, tail=args.tail)
+    if args.json and not args.follow:
+        print_json(data)
+        return EXIT_OK
+    sys.stdout.write(data.get("text", ""))
+    sys.stdout.flush()
+    deadline = time.monotonic() + (args.for_seconds or 3600 * 24 * 365)
+    try:
+        while args.follow and time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            data = client.get(path, offset=data.get("next_offset", 0))
+            sys.stdout.write(data.get("text", ""))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def cmd_doctor(client: PeerClient, args: argparse.Namespace) -> int:
     from .cli_doctor import run_doctor
 
@@ -410,9 +489,10 @@ def _run(func: Command) -> Callable[[argparse.Namespace], int]:
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--peer", metavar="URL",
-                        help="the peer's API (default: $VAQ_PEER or http://127.0.0.1:8080)")
+                        help="the peer's API (default: $VAQ_PEER, else http://127.0.0.1)")
     common.add_argument("--token-file", metavar="FILE",
-                        help="file holding the API token (default: $VAQ_TOKEN)")
+                        help="file holding the API token (default: $VAQ_TOKEN_FILE; or "
+                        "$VAQ_TOKEN holding the token itself)")
     common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="per request (default 10)")
     common.add_argument("--json", action="store_true", help="print the API's answer as JSON")
@@ -424,8 +504,35 @@ def _common() -> argparse.ArgumentParser:
 EPILOG = __doc__[__doc__.index("Exit codes:"):]
 
 
-def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the commands on `vaq-peer`'s subparsers."""
+def _add_host_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """hosts, host (with its history), console."""
+    add("hosts", cmd_hosts, "hosts and where each is in its workflow")
+    p = add("host", cmd_host, "one host: workflow state and what the applied revision says; "
+            "--events: its whole history")
+    p.add_argument("name")
+    p.add_argument("--events", action="store_true", help="every event of this host, across "
+                   "revisions (kept on each peer beyond the journal's ring)")
+    p.add_argument("--after", type=int, default=0, metavar="N", help="with --events: after "
+                   "sequence number N")
+    p.add_argument("--limit", type=int, default=1000, metavar="N",
+                   help="with --events: at most N (max 1000)")
+    p = add("console", cmd_console, "a host's serial console (IPMI serial-over-LAN), recorded "
+            "by the leader while the host is in a stage; from any peer")
+    p.add_argument("host")
+    p.add_argument("--tail", type=int, default=65536, metavar="BYTES",
+                   help="the last BYTES of it (default 65536)")
+    p.add_argument("--follow", "-f", action="store_true", help="then print what comes, until "
+                   "Ctrl-C (or --for)")
+    p.add_argument("--for", dest="for_seconds", type=float, metavar="SECONDS",
+                   help="with --follow: stop after this long")
+
+
+def add_peer_commands(
+    subparsers: argparse._SubParsersAction,
+) -> Callable[[str, Command, str], argparse.ArgumentParser]:
+    """Register the commands on `vaq-peer`'s subparsers; returns the `add` that gives the
+    rollout and federation commands (their own modules, which use this one's helpers) the
+    same common options."""
     common = _common()
 
     def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
@@ -435,7 +542,11 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_run(func))
         return p
 
-    add("status", cmd_status, "a running peer: Raft role, term, leader, quorum, revision")
+    p = add("status", cmd_status, "a running peer: Raft role, term, leader, quorum, revision "
+            "(exit 5 without a quorum)")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="ask again for this long while the peer does not answer or has no "
+                   "quorum yet")
     add("peers", cmd_peers, "the peer group as the asked peer sees it")
     add("leader", cmd_leader, "the Raft leader (exit 1 if none is known)")
     p = add("revisions", cmd_revisions, "revisions and their lifecycle state")
@@ -457,9 +568,7 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add("note", cmd_note, "record an operator note in the event journal (admin token)")
     p.add_argument("message")
     p.add_argument("--host", help="the host the note is about")
-    add("hosts", cmd_hosts, "hosts and where each is in its workflow")
-    p = add("host", cmd_host, "one host: workflow state and what the applied revision says")
-    p.add_argument("name")
+    _add_host_commands(add)
     p = add("events", cmd_events, "the event journal; --follow for live events")
     p.add_argument("--after", type=int, metavar="N", help="events after sequence number N")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (max 1000)")
@@ -474,26 +583,5 @@ def add_peer_commands(subparsers: argparse._SubParsersAction) -> None:
                    "DHCP server that answers")
     p.add_argument("--boot-network-wait", type=float, default=5.0, metavar="SECONDS",
                    help="how long to listen for answers (default 5, at most 30)")
-    from .cli_rollout import add_rollout_commands  # it imports this module's helpers
+    return add
 
-    add_rollout_commands(add)
-    from .cli_federation import add_federation_commands
-
-    add_federation_commands(add, subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m appliance.cli_peer`: these commands alone, as `vaq-peer` would run them."""
-    parser = argparse.ArgumentParser(prog="vaq-peer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_peer_commands(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BrokenPipeError:  # `vaq-peer events | head`
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

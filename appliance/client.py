@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PEER = "http://127.0.0.1:8080"
+# A peer's API is served on its boot HTTP port unless `api.port` says otherwise, and a site's
+# `netboot.http_port` defaults to 80: on a peer with the defaults, the CLI needs no VAQ_PEER.
+DEFAULT_PEER = "http://127.0.0.1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_NO_QUORUM = 0, 1, 2, 3, 4, 5
 NO_QUORUM_CODES = frozenset({"no_quorum", "no_leader"})
 
@@ -39,7 +41,10 @@ class ApiError(Exception):
 
 
 def read_token(token_file: str | None) -> str | None:
-    """--token-file wins over VAQ_TOKEN; an unreadable file is a usage error (exit 2)."""
+    """--token-file, else $VAQ_TOKEN_FILE (a file holding the token), else $VAQ_TOKEN (the
+    token itself). An unreadable file is a usage error (exit 2), and so is a VAQ_TOKEN that
+    names a file: sending a path as the token would only earn a 401."""
+    token_file = token_file or os.environ.get("VAQ_TOKEN_FILE", "").strip() or None
     if token_file:
         try:
             token = Path(token_file).read_text().strip()
@@ -49,11 +54,16 @@ def read_token(token_file: str | None) -> str | None:
         if not token:
             raise ApiError(f"the token file {token_file} is empty", EXIT_USAGE)
         return token
-    return os.environ.get("VAQ_TOKEN", "").strip() or None
+    value = os.environ.get("VAQ_TOKEN", "").strip()
+    if value.startswith(("/", "./", "~")) and Path(value).expanduser().is_file():
+        raise ApiError(f"VAQ_TOKEN holds the token itself, and {value} is a file: use "
+                       f"VAQ_TOKEN_FILE={value} (or --token-file {value})", EXIT_USAGE)
+    return value or None
 
 
 def peer_url(value: str | None) -> str:
-    """--peer wins over VAQ_PEER; a bare host:port gets http://."""
+    """--peer wins over VAQ_PEER, else the default (this machine, port 80); a bare host:port
+    gets http://."""
     url = (value or os.environ.get("VAQ_PEER") or DEFAULT_PEER).strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
@@ -150,8 +160,14 @@ class PeerClient:
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc.code, _parse(exc.read()), method, path) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(f"peer {self.url} unreachable: {_reason(exc)}",
-                           EXIT_UNREACHABLE) from None
+            raise ApiError(self._unreachable(exc), EXIT_UNREACHABLE) from None
+
+    def _unreachable(self, exc: BaseException) -> str:
+        text = f"peer {self.url} unreachable: {_reason(exc)}"
+        if self.url == DEFAULT_PEER and not os.environ.get("VAQ_PEER"):
+            text += (" (the default: no VAQ_PEER or --peer given; set VAQ_PEER to the peer's "
+                     "api.url, e.g. VAQ_PEER=http://10.0.0.11:8443)")
+        return text
 
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.call("GET", path, query=query or None)
@@ -167,7 +183,8 @@ class PeerClient:
         if status in (401, 403):
             hint = ""
             if status == 401 and not self._token:
-                hint = " (no token given: use --token-file FILE or set VAQ_TOKEN)"
+                hint = (" (no token given: use --token-file FILE, or set VAQ_TOKEN_FILE to a "
+                        "file holding it, or VAQ_TOKEN to the token itself)")
             return ApiError(f"{where}: refused ({status} {code}): {message}{hint}", EXIT_AUTH,
                             status, body)
         if status == 503 and code in NO_QUORUM_CODES:
@@ -191,8 +208,7 @@ class PeerClient:
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc.code, _parse(exc.read()), "GET", path) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(f"peer {self.url} unreachable: {_reason(exc)}",
-                           EXIT_UNREACHABLE) from None
+            raise ApiError(self._unreachable(exc), EXIT_UNREACHABLE) from None
         with resp:
             if resp.fp is not None and hasattr(resp.fp, "raw"):
                 # urlopen's timeout covered the connect; a quiet stream may wait longer.

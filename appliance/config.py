@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .sot.loader import explain
 from .sot.models import Id
-from .sot.yamlsrc import YamlError, load_documents
+from .sot.yamlsrc import Document, YamlError, load_documents
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -79,6 +79,21 @@ class BmcConfig(_Strict):
 
     secrets_file: Path | None = None
     max_sessions: Annotated[int, Field(ge=1, le=256)] = 8  # concurrent BMC sessions per peer
+
+
+class HistoryConfig(_Strict):
+    """Each host's events, kept on this peer's disk beyond the journal's 10,000-event ring."""
+
+    max_events_per_host: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    max_age_days: Annotated[float, Field(gt=0)] = 365.0
+
+
+class ConsoleConfig(_Strict):
+    """Serial-over-LAN consoles of hosts in a stage, recorded by the leader (IPMI BMCs)."""
+
+    enabled: bool = True
+    max_bytes: Annotated[int, Field(ge=4096, le=1 << 30)] = 1 << 20  # per file, then rotated
+    keep: Annotated[int, Field(ge=1, le=20)] = 3  # rotated files kept per host
 
 
 class FederationConfig(_Strict):
@@ -165,6 +180,8 @@ class PeerConfig(_Strict):
     http: HttpConfig = HttpConfig()
     tftp: TftpConfig = TftpConfig()
     dhcp: DhcpConfig = DhcpConfig()
+    history: HistoryConfig = HistoryConfig()
+    console: ConsoleConfig = ConsoleConfig()
     # Fetch every artifact of the applied revision at start, so a boot storm never waits on
     # the upstream mirror; off: fetched on first request.
     prefetch_artifacts: bool = True
@@ -187,18 +204,20 @@ class ConfigError(Exception):
     """Every problem of a config file, one per line, each with file:line."""
 
 
-def load_config(path: str | Path) -> PeerConfig:
+def parse_config(path: str | Path) -> tuple[PeerConfig | None, Document | None, list[str]]:
+    """The config (paths made absolute), its YAML document (for the line of any key), and
+    every problem pydantic finds at once, each as `file:line: message`."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the peer config: {exc.strerror}") from None
+        return None, None, [f"{path}: cannot read the peer config: {exc.strerror}"]
     try:
         docs = load_documents(text)
     except YamlError as exc:
-        raise ConfigError(f"{path}:{exc.line}: {exc.message}") from None
+        return None, None, [f"{path}:{exc.line}: {exc.message}"]
     if len(docs) != 1 or not isinstance(docs[0].data, dict):
-        raise ConfigError(f"{path}:1: the peer config must be one YAML mapping")
+        return None, None, [f"{path}:1: the peer config must be one YAML mapping"]
     doc = docs[0]
     try:
         config = PeerConfig.model_validate(doc.data)
@@ -207,8 +226,21 @@ def load_config(path: str | Path) -> PeerConfig:
         for err in exc.errors(include_url=False):
             _, sentence = explain(err, PeerConfig)
             lines.append(f"{path}:{doc.line_of(tuple(err['loc']))}: {sentence}")
-        raise ConfigError("\n".join(lines)) from None
-    base = path.parent
+        return None, doc, lines
+    return _absolute(config, path.parent), doc, []
+
+
+def load_config(path: str | Path) -> PeerConfig:
+    """The config, or ConfigError with every problem of its YAML and fields (the files it
+    names are checked by appliance.config_check, which `vaq-peer serve` runs first)."""
+    config, _, problems = parse_config(path)
+    if config is None:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def _absolute(config: PeerConfig, base: Path) -> PeerConfig:
+    """Relative paths in the config are relative to the config file."""
     return config.model_copy(update={
         "data_dir": base / config.data_dir,
         "token_secret_file": base / config.token_secret_file,

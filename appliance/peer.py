@@ -21,12 +21,13 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.api.app import make_api_app
-from appliance.api.auth import TokenError, load_tokens
+from appliance.api.auth import load_tokens
 from appliance.api.context import ApiContext
-from appliance.cluster import Cluster, ClusterSettings, ClusterStartError
+from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.host_archive import HostArchive
 from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
 from appliance.netboot.boot_http import BootState, add_boot_routes
@@ -38,11 +39,12 @@ from appliance.netboot.tftp import TftpServer
 from appliance.power.manager import PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.tree import DirectoryTree, Tree
-from appliance.source.github import WebhookSecretError
 from appliance.source.gittree import GitTree, RevisionNotFound
-from appliance.source.signatures import SigningKeysError
 
 log = structlog.get_logger("vaquero.peer")
+# Host states in which a machine runs one of its stages (powered on for it): its console is
+# worth recording. Not while it is being powered: a BMC attaches SOL to a running machine.
+STAGE_STATES = frozenset({"booting", "waiting", "checking"})
 
 # data-plane events that are evidence of a machine booting, and the host.seen step of each
 SEEN_STEPS = {"stage-booting": "script", "stage-loaded": "loaded"}
@@ -99,6 +101,9 @@ class Peer:
         self.power: PowerManager | None = None  # when the config names BMC secrets
         self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
         self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
+        self.consoles: Any = None  # appliance.power.console.ConsoleRecorder with BMCs
+        self.history = HostArchive(config.data_dir / "hosts", config.history.max_events_per_host,
+                                   config.history.max_age_days)
         self.federation: Any = None  # appliance.federation.service.FederationService
         self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
@@ -245,6 +250,47 @@ class Peer:
             "revision": table.sha,
         }
 
+    async def _watch_consoles(self) -> None:
+        """The leader records the SOL console of every host in a stage (a BMC serves one
+        SOL session: only the peer that drives the machines holds it)."""
+        from appliance.power.console import SolTarget
+        from appliance.power.manager import NoBmc, target_for
+        from appliance.power.secrets import SecretsError
+
+        while True:
+            wanted: dict[str, SolTarget] = {}
+            cluster, table, power = self.cluster, self.table, self.power
+            secrets = power.secrets if power is not None else None
+            if (cluster is not None and table is not None and secrets is not None
+                    and cluster.status.is_leader):
+                for record in cluster.hosts():
+                    entry = table.hosts.get(record.get("name", ""))
+                    if entry is None or record.get("state") not in STAGE_STATES:
+                        continue
+                    try:
+                        target = target_for(entry)
+                        creds = secrets.lookup(target.credentials)
+                    except (NoBmc, SecretsError):
+                        continue
+                    if target.type == "ipmi":
+                        run = (int(record.get("stage") or 0), int(record.get("attempt") or 0))
+                        wanted[entry.host.name] = SolTarget(target.address, target.port or 623,
+                                                            creds.user, creds.password, run)
+            await asyncio.to_thread(self.consoles.want, wanted)
+            await asyncio.sleep(1)
+
+    def _host_names(self) -> list[str]:
+        return list(self.table.hosts) if self.table is not None else []
+
+    def _local_done(self) -> dict[str, int]:
+        """Stages done as this peer serves them, for the hosts it holds local reports of."""
+        out = {}
+        for name in self.local_progress.hosts():
+            record = self.progress.record(name)
+            if record is not None and record.done:
+                out[name] = record.done
+        return out
+
     def _sites(self) -> list[dict[str, Any]]:
         if self.revision is None:
             return []
@@ -271,6 +317,7 @@ class Peer:
                            and table.site.netboot.dhcp_mode == "proxy" else None),
             "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
             "revision": table.sha if table else None,
+            "mode": "source" if cfg.source is not None else "sot",
             "source": self.follower.info() if self.follower else None,
         }
 
@@ -278,7 +325,9 @@ class Peer:
         cfg = self.config
         if cfg.api.url:
             return cfg.api.url.rstrip("/")
-        host = self._boot_info()["address"] or "127.0.0.1"
+        host = (self._boot_info()["address"] or
+                (str(cfg.address) if cfg.address else None) or
+                cfg.raft.address.rpartition(":")[0].strip("[]") or "127.0.0.1")
         return f"http://{host}:{cfg.api.port or self.http_port}"
 
     async def _announce(self) -> None:
@@ -286,8 +335,9 @@ class Peer:
         `vaq-peer doctor` can reach every peer. Re-checked: the leader's first
         reconciliation of the list may race with the first announcement."""
         assert self.cluster is not None and self.outbox is not None
-        me, url = self.config.raft.address, self.api_url()
+        me = self.config.raft.address
         while True:
+            url = self.api_url()  # the boot address is known once a revision is served
             mine = next((p for p in self.cluster.peers() if p["address"] == me), None)
             if mine is None or mine.get("api_url") != url or mine.get("name") != self.config.peer:
                 self.outbox.put_command(raft_commands.build(
@@ -315,18 +365,21 @@ class Peer:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything or nothing: whatever fails, what was started is stopped again
+        (a Raft node left running would hold its port and confuse its group)."""
         try:
             await self._start()
-        except OSError as exc:
+        except BaseException as exc:
             await self.stop()
-            raise PeerError(f"cannot start: {exc.strerror or exc} ({exc.__class__.__name__}); "
-                            "is another server on that port, or is the boot interface "
-                            "missing?") from None
-        except (ClusterStartError, TokenError, SigningKeysError, WebhookSecretError) as exc:
-            await self.stop()
-            raise PeerError(str(exc)) from None
-        except PeerError:
-            await self.stop()
+            if isinstance(exc, PeerError):
+                raise
+            if isinstance(exc, OSError):
+                raise PeerError(f"cannot start: {exc.strerror or exc} "
+                                f"({exc.__class__.__name__}); is another server on that "
+                                "port, or is the boot interface missing?") from None
+            if isinstance(exc, Exception):
+                log.exception("peer.start_failed")
+                raise PeerError(f"cannot start: {exc}") from None
             raise
 
     async def _start(self) -> None:
@@ -340,6 +393,8 @@ class Peer:
         self.outbox = EventOutbox(self.cluster)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         log.info("raft.started", address=cfg.raft.address, peers=list(peers))
+        self._tasks.append(asyncio.create_task(
+            self.history.follow(self.cluster, self._host_names), name="history"))
 
         self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self._on_event)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
@@ -356,6 +411,13 @@ class Peer:
                                         branch=cfg.source.ref if cfg.source else "main")
         if cfg.bmc.secrets_file is not None:
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
+            if cfg.console.enabled:
+                from appliance.power.console import ConsoleRecorder
+
+                self.consoles = ConsoleRecorder(cfg.data_dir / "consoles",
+                                                cfg.console.max_bytes, cfg.console.keep)
+                self._tasks.append(asyncio.create_task(self._watch_consoles(),
+                                                       name="consoles"))
         if cfg.sot is not None:  # a fixed revision, served at once
             await self._install(await self.load())
         else:  # follow a git remote; serve what the group applies (503 until then)
@@ -382,7 +444,9 @@ class Peer:
                              metrics=self._metrics(), host_facts=self._host_facts,
                              sites=self._sites, boot=self._boot_info,
                              power=self._power if self.power else None,
-                             rollout_progress=self._rollout_progress if self.engine else None)
+                             rollout_progress=self._rollout_progress if self.engine else None,
+                             local_done=self._local_done, host_events=self.history.read,
+                             console=self.consoles.read if self.consoles else lambda *_: None)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -409,6 +473,9 @@ class Peer:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
         self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if not tokens:
+            log.warning("api.no_tokens", hint="the API refuses every request without a token; "
+                        "add api.tokens to the config (`vaq-peer init` writes one)")
         if cfg.dhcp.enabled:  # another DHCP server where ours serve: journal it now and then
             self._tasks.append(asyncio.create_task(rogue_dhcp.watch(
                 cfg.interface, lambda: self.table is None
@@ -468,6 +535,8 @@ class Peer:
         self._tasks.clear()
         if self.follower is not None:
             await self.follower.close()
+        if self.consoles is not None:
+            await asyncio.to_thread(self.consoles.close)
         if self.federation is not None:
             await self.federation.close()
         if self.power is not None:

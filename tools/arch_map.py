@@ -9,7 +9,7 @@ layer or a lower one, never a higher one.
     0  appliance/__init__, log, tokens; sot/, cluster/   (pure facts and replicated state)
     1  config; netboot/, power/, source/; importer/      (the parts that talk to the world,
                                                           and the original SoTs' converter)
-    2  workflow/, api/                                    (what drives them)
+    2  workflow/, api/, federation/                       (what drives them)
     3  peer, cli*, client, demo; importer/cli_import       (processes and commands)
 
 A package not placed yet (federation/ and image/ were being written when this map was
@@ -39,9 +39,10 @@ LAYERS: dict[str, int] = {
     "appliance.sot": 0, "appliance.cluster": 0,
     "appliance.config": 1, "appliance.netboot": 1, "appliance.power": 1, "appliance.source": 1,
     "appliance.importer": 1, "appliance.importer.cli_import": 3,
-    "appliance.workflow": 2, "appliance.api": 2,
+    "appliance.workflow": 2, "appliance.api": 2, "appliance.federation": 2,
     "appliance.peer": 3, "appliance.cli": 3, "appliance.cli_peer": 3,
     "appliance.cli_rollout": 3, "appliance.cli_doctor": 3, "appliance.client": 3,
+    "appliance.cli_federation": 3,
     "appliance.demo": 3,
 }
 

@@ -26,6 +26,7 @@ from appliance.cluster.errors import (
 from .auth import ApiToken, auth_middleware, is_public
 from .context import API_CONTEXT, ApiContext, ctx
 from .federation_routes import add_federation_routes, site_forwarding
+from .host_routes import add_host_routes
 from .openapi import build_document, describe
 from .rollout_routes import add_rollout_routes
 from .routes import add_api_routes
@@ -137,6 +138,7 @@ def make_api_app(context: ApiContext, tokens: list[ApiToken],
     app[API_CONTEXT] = context
     add_api_routes(app)
     add_rollout_routes(app)
+    add_host_routes(app)
     add_federation_routes(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)

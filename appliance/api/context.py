@@ -29,6 +29,13 @@ class ApiContext:
     power: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
     # rollout_progress(sha) -> the rollout's progress; None without a workflow engine.
     rollout_progress: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    # Stages this peer saw a host complete (its phone-homes), replicated or not yet: a peer
+    # cut off from the group serves from this, so it shows it too: {host: stages done}.
+    local_done: Callable[[], dict[str, int]] = dict
+    # host_events(name, after, limit) -> the host's archived history, None if it has none.
+    host_events: Callable[[str, int, int], dict[str, Any] | None] = lambda *_: None
+    # console(name, offset, tail) -> the host's SOL console as this peer recorded it, or None.
+    console: Callable[[str, int | None, int], dict[str, Any] | None] = lambda *_: None
     # appliance/federation/service.py FederationService (api/federation_routes.py
     # FederationApi); None when the peer takes no part in a federation.
     federation: Any = None

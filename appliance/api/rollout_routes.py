@@ -85,6 +85,10 @@ async def arm(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     facts = c.host_facts(name)
     applied = c.cluster.applied_revision()
+    if c.rollout_progress is None:
+        raise api_error("this peer serves a fixed `sot:` revision and runs no workflow "
+                        "engine: arming needs peers that follow a git remote (`source:`)", 409,
+                        "no_engine")
     if facts is None or applied is None:
         raise api_error(f"no host {name!r} in this site's applied revision", 404)
     if facts.get("never_provision"):

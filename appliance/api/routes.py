@@ -23,7 +23,7 @@ def api_error(message: str, status: int = 400, error: str | None = None) -> web.
                content_type="application/json")
 
 
-def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -57,6 +57,8 @@ def _status_dict(request: web.Request) -> dict:
                  "last_applied": st.last_applied, "members": list(st.members),
                  "connected": list(st.connected), "ready": st.ready},
         "applied_revision": c.cluster.applied_revision(),
+        # What this peer's data plane serves: the applied revision, or a fixed `sot:` one.
+        "served_revision": c.boot().get("revision"),
         "boot": c.boot(),
     }
 
@@ -157,9 +159,25 @@ async def rearm(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-@describe("Hosts and where each is in its workflow")
+def _with_local(record: dict, here: int | None) -> dict:
+    """A replicated record, plus the stages this peer saw done that the group has not
+    applied yet (a peer cut off from the majority serves from those)."""
+    if here is not None and here > (record.get("done") or 0):
+        return {**record, "done_here": here, "pending_replication": True}
+    return record
+
+
+@describe("Hosts and where each is in its workflow; `done_here` and `pending_replication` "
+          "when this peer saw stages done that the group has not recorded yet")
 async def hosts(request: web.Request) -> web.Response:
-    return web.json_response({"hosts": ctx(request).cluster.hosts()})
+    c = ctx(request)
+    local = c.local_done()
+    records = c.cluster.hosts()
+    known = {r.get("name") for r in records}
+    out = [_with_local(r, local.get(r.get("name", ""))) for r in records]
+    out += [_with_local({"name": name, "state": "unrecorded", "done": 0}, done)
+            for name, done in sorted(local.items()) if name not in known]
+    return web.json_response({"hosts": out})
 
 
 @describe("One host: its record and what the applied revision says of it")
@@ -169,6 +187,8 @@ async def host(request: web.Request) -> web.Response:
     record, facts = c.cluster.host(name), c.host_facts(name)
     if record is None and facts is None:
         raise api_error(f"no host {name!r}", 404)
+    if record is not None:
+        record = _with_local(record, c.local_done().get(name))
     return web.json_response({"name": name, "record": record, "sot": facts})
 
 
@@ -213,8 +233,8 @@ async def host_power_action(request: web.Request) -> web.Response:
           query={"after": "sequence number already seen (default 0)",
                  "limit": "at most this many (default 100, max 1000)"})
 async def events(request: web.Request) -> web.Response:
-    after = _int(request, "after", 0, 0, 2**63)
-    limit = _int(request, "limit", 100, 1, 1000)
+    after = query_int(request, "after", 0, 0, 2**63)
+    limit = query_int(request, "limit", 100, 1, 1000)
     return web.json_response(ctx(request).cluster.events_since(after, limit))
 
 
@@ -222,8 +242,8 @@ async def events(request: web.Request) -> web.Response:
           query={"after": "sequence number already seen", "for": "seconds to follow (max 3600)"})
 async def events_stream(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
-    after = _int(request, "after", c.cluster.events_since(0, 0)["last_seq"], 0, 2**63)
-    duration = _int(request, "for", 3600, 1, 3600)
+    after = query_int(request, "after", c.cluster.events_since(0, 0)["last_seq"], 0, 2**63)
+    duration = query_int(request, "for", 3600, 1, 3600)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     deadline = time.monotonic() + duration

@@ -222,7 +222,7 @@ class RaftNode(SyncObj):
     constructing thread exits); the bridge owns such a thread.
     """
 
-    def __init__(
+    def __init__(  # long: one SyncObjConf of named settings, then the internals checked
         self,
         settings: ClusterSettings,
         password: str,

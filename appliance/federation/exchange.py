@@ -119,6 +119,7 @@ class FederationNode:
             return {"accepted": 0, "refused": [], "duplicates": 0, "verified": False}
         last = self._last()
         accepted, refused, duplicates = 0, [], 0
+        fresh: list[Accepted] = []
         for envelope in envelopes[:MAX_ENVELOPES]:
             try:
                 result = verify(envelope, directory.keyring, last)
@@ -136,10 +137,13 @@ class FederationNode:
             if result is None:
                 duplicates += 1
                 continue
-            await self.store.put(result, via)
+            fresh.append(result)
             last[result.site] = (result.seq, result.digest, result.envelope["sig"])
             accepted += 1
             self.counters.accepted += 1
+        # stored all at once: on a peer each is a Raft commit (~0.1 s), and a heal may bring
+        # a hundred; the sender's request must not time out while they commit one by one
+        await asyncio.gather(*(self.store.put(a, via) for a in fresh))
         return {"accepted": accepted, "refused": refused, "duplicates": duplicates,
                 "verified": accepted + duplicates > 0}
 
@@ -222,8 +226,8 @@ class FederationNode:
         directory = self.directory()
         if directory is None:
             return
-        targets = sorted(((s, e) for s, e in directory.endpoints.items()
-                          if s != self.site and e and (only is None or s in only)),
+        targets = sorted(((s, e) for s, e in self._targets(directory).items()
+                          if only is None or s in only),
                          key=lambda t: self._last_tried.get(t[0], 0.0))
         limit = asyncio.Semaphore(CONCURRENCY)
 
@@ -233,6 +237,12 @@ class FederationNode:
 
         await asyncio.gather(*(one(s, e) for s, e in targets))
 
+    def _targets(self, directory: Directory) -> dict[str, list[str]]:
+        """The other sites that take part: they declare a key (a site without one publishes
+        nothing) and can be reached somewhere."""
+        return {s: e for s, e in directory.endpoints.items()
+                if s != self.site and e and directory.keyring.by_site.get(s)}
+
     def _due(self, directory: Directory) -> set[str]:
         """Whom to exchange with when nothing of ours changed:
         - a site that did not answer, again after RETRY: a healed link carries news at once;
@@ -241,7 +251,7 @@ class FederationNode:
           interval, without N sites pulling from N sites every interval;
         - a site we have heard nothing from for half its summary_ttl (two heartbeats)."""
         now = self.clock()
-        others = [s for s in directory.endpoints if s != self.site]
+        others = list(self._targets(directory))
         due = {s for s in others if s in self._failed
                and now - self._last_tried.get(s, 0.0) >= min(RETRY, directory.interval)}
         if now - self._last_pull >= directory.interval:
@@ -268,7 +278,9 @@ class FederationNode:
         when the site's state changes (checked every `tick`), else every `interval`."""
         while True:
             try:
-                if self.is_leader():
+                # a site without a signing key publishes nothing and is answered nothing:
+                # it only receives what the others push to it
+                if self.is_leader() and self.signing_key is not None:
                     published = await self.publish()
                     directory = self.directory()
                     if published is not None or self._wake.is_set():

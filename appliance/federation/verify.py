@@ -62,7 +62,7 @@ def _duplicate(envelope: object, last: Mapping[str, Held]) -> bool:
     sequence and signature text, before any parsing. It is dropped, never stored."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("summary"), dict):
         return False
-    held = last.get(envelope["summary"].get("site"))  # type: ignore[arg-type]
+    held = last.get(str(envelope["summary"].get("site")))
     return (held is not None and envelope["summary"].get("seq") == held[0]
             and envelope.get("sig") == held[2])
 

@@ -72,6 +72,9 @@ class LocalProgress:
     def record(self, host: str) -> HostRecord | None:
         return self._records.get(host)
 
+    def hosts(self) -> list[str]:
+        return list(self._records)
+
     def write(self, host: str, record: HostRecord) -> None:
         """Journal a record as given (the caller decides what `done` and `revision` mean)."""
         self._records[host] = record

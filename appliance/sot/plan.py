@@ -137,6 +137,14 @@ def _definition_changes(old: Sot, new: Sot) -> list[str]:
                 _diff(_dump(a[ident]), _dump(b[ident]), "", fields, limit=6)
                 if fields:
                     out.append(f"~ {label} {ident}: " + "; ".join(fields))
+    if old.federation != new.federation:  # the cross-site order or how summaries age
+        if old.federation is None or new.federation is None:
+            out.append("+ federation.yml added" if old.federation is None
+                       else "- federation.yml removed")
+        else:
+            changed: list[str] = []
+            _diff(_dump(old.federation), _dump(new.federation), "", changed, limit=6)
+            out.append("~ federation.yml: " + "; ".join(changed))
     for key in sorted(set(old.assets) | set(new.assets)):
         if key not in old.assets:
             out.append(f"+ asset {key} added")

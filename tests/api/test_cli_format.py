@@ -72,9 +72,24 @@ def test_token_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.Monk
     assert "from-the-file" not in repr(PeerClient("http://x", "from-the-file"))
 
 
+def test_token_file_from_the_environment_as_docs_peer_md_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ops.token"
+    path.write_text("the-token-in-the-file\n")
+    monkeypatch.setenv("VAQ_TOKEN_FILE", str(path))
+    monkeypatch.setenv("VAQ_TOKEN", "ignored-when-a-file-is-named")
+    assert read_token(None) == "the-token-in-the-file"
+    monkeypatch.delenv("VAQ_TOKEN_FILE")
+    # The mistake the old docs taught: a path in VAQ_TOKEN would be sent as the token (401).
+    monkeypatch.setenv("VAQ_TOKEN", str(path))
+    with pytest.raises(ApiError) as err:
+        read_token(None)
+    assert err.value.exit_code == EXIT_USAGE and f"VAQ_TOKEN_FILE={path}" in err.value.message
+
+
 def test_peer_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAQ_PEER", raising=False)
-    assert peer_url(None) == "http://127.0.0.1:8080"
+    assert peer_url(None) == "http://127.0.0.1"  # the boot HTTP port's default, 80
     monkeypatch.setenv("VAQ_PEER", "10.0.0.1:9000/")
     assert peer_url(None) == "http://10.0.0.1:9000"
     assert peer_url("https://peer-2.example:8443") == "https://peer-2.example:8443"

@@ -235,9 +235,17 @@ def test_cut_off_peer_refuses_writes_with_5_and_still_answers_status(group3: Pee
         assert out.returncode == 5, out
         assert "reads still work" in out.stderr and "another peer" in out.stderr, out.stderr
         assert vaq(lonely, "approve", "cd" * 20).returncode == 5
-        out = vaq(lonely, "status")
-        assert out.returncode == 0 and "NO QUORUM" in out.stdout, out
+        out = vaq(lonely, "status")  # the status is printed, and the exit says: no quorum
+        assert out.returncode == 5 and "NO QUORUM" in out.stdout, out
+        assert "has no quorum" in out.stderr, out
         assert vaq(lonely, "events").returncode == 0
+        # The machine phones home to the cut-off peer: it serves what comes next, and says so.
+        config = group3.call(lonely, "GET", "/boot/rk-01/1/config", token=None).body["text"]
+        path = re.search(r"/phone-home/rk-01/1/[0-9a-f]+", config).group(0)
+        assert group3.call(lonely, "POST", path, token=None).status == 200
+        out = vaq(lonely, "hosts")
+        row = next(line for line in out.stdout.splitlines() if line.startswith("rk-01 "))
+        assert "(+1 here)" in row and "not yet recorded by the group" in out.stdout, out.stdout
     finally:
         for peer in others:
             group3.kill(peer, signal.SIGCONT)

@@ -30,7 +30,7 @@ from fed_sot import FedSite, write_fed_sot
 from tools.rigs.netns import Netns, NetnsRig
 from tools.rigs.netns import unavailable_reason as netns_unavailable
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 EXE = str(Path(sys.executable).parent / "vaq-peer")
 ADMIN = "fed-e2e-admin-token-0123456789abc"
 GIT_ENV = {"GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.test",
@@ -182,7 +182,7 @@ api:
                                    token=False)
         assert status == 200 and "stage 1/1" in script, (status, script)
         url = re.search(r"vaq\.phone_home=(\S+)", script).group(1)
-        path = url.split("/", 3)[3]
+        path = "phone-home/" + url.split("/phone-home/", 1)[1]  # the URL may name a VIP
         status, text = self.curl(self.lan[site.id], f"{base}/{path}", "POST", {}, token=False)
         assert status == 200, (status, text)
 
@@ -229,9 +229,12 @@ def canary_first(fed: Federation, rev1: str) -> None:
     time.sleep(3)  # several exchanges: the second wave must still hold
     for site in (fra1, sjc1):
         assert fed.revision_state(site.id, rev1) == "approved"
-        mine = fed.view(site.id)[site.id]
-        assert (mine["state"], mine["waits_for"], mine["allowed"]) == (
-            "blocked", ["ams1"], False), mine
+        # its own summary says so once it published the approval (a tick and a commit)
+        until(lambda site=site: ((m := fed.view(site.id)[site.id])["state"], m["waits_for"],
+                                 m["allowed"]) == ("blocked", ["ams1"], False),
+              f"{site.id} shows itself blocked by ams1", 30,
+              lambda site=site: str(fed.view(site.id)))
+        assert fed.revision_state(site.id, rev1) == "approved"
     fed.boot_host(ams1)
     until(lambda: fed.rollout_state("ams1", rev1) == "done", "ams1's rollout done", 60,
           fed.tails)
@@ -278,12 +281,14 @@ def relayed_around_a_cut(fed: Federation) -> None:
                     and s["via"].startswith("ams1") and s, "fra1 learns sjc1 via ams1", 60,
                     fed.tails)
     assert not relayed["stale"], relayed
-    assert fed.view("sjc1")["fra1"]["via"].startswith("ams1")
+    until(lambda: fed.view("sjc1")["fra1"]["via"].startswith("ams1"),
+          "sjc1 learns fra1 via ams1", 60, fed.tails)
 
 
 def cut_off_canary(fed: Federation, rev2: str) -> None:
     """The canary applies rev2 and is cut off from everyone mid-rollout: it keeps serving
-    boots and finishes; the second wave waits, as the SoT says, and says why."""
+    boots and finishes; the second wave waits, as the SoT says, and says why, until an admin
+    overrides the gate for one site."""
     ams1, fra1, sjc1 = SITES
     for site in SITES:
         fed.approve(site.id, rev2)
@@ -299,6 +304,16 @@ def cut_off_canary(fed: Federation, rev2: str) -> None:
                      f"{site.id} waits for the stale ams1", 60, fed.tails)
         assert "on_stale: wait" in mine["reason"], mine
         assert fed.revision_state(site.id, rev2) == "approved"
+    # an admin lets sjc1 go anyway (recorded in the journal); fra1 keeps waiting
+    out = fed.lan["sjc1"].run(EXE, "override", rev2[:12], "--reason", "ams1 unreachable",
+                              "--peer", f"http://{sjc1.peers[0]}:8080",
+                              env={"VAQ_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"}, check=False)
+    assert out.returncode == 0, out.stderr
+    until(lambda: fed.revision_state("sjc1", rev2) == "applied", "sjc1 applies rev2 (override)",
+          60, fed.tails)
+    assert fed.revision_state("fra1", rev2) == "approved"
+    events = (fed.api("sjc1", "/v1/events?limit=1000") or {}).get("events", [])
+    assert any(e["kind"] == "federation.override" and e["revision"] == rev2 for e in events)
 
 
 def heal_and_converge(fed: Federation, rev2: str) -> None:

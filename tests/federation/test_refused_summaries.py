@@ -16,7 +16,7 @@ from fed_sot import FedSite, write_fed_sot
 
 from appliance.federation.keys import generate_signing_key
 from appliance.federation.summary import SiteFacts, build_summary, sign
-from tools.rigs.peer_proc import ADMIN, call, single_peer
+from tools.rigs.peer_proc import ADMIN, call, free_tcp_ports, single_peer
 
 AUTH = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
 SHA = "c" * 40
@@ -50,12 +50,14 @@ def test_forged_replayed_wrong_key_and_undeclared_summaries_are_refused(tmp_path
     artifact = tmp_path / "artifact"
     artifact.write_bytes(b"never fetched")
     sot = tmp_path / "sot"
+    nowhere = f"http://127.0.0.1:{free_tcp_ports(1)[0]}"  # nothing listens there
     write_fed_sot(sot, [FedSite("lab", "127.0.0", ["127.0.0.1"], [keys["lab"].public_text()],
                                 gateway=254),
+                        # their peers are out of reach: this test is on loopback only
                         FedSite("ams1", "198.18.1", ["198.18.1.2"],
-                                [keys["ams1"].public_text()]),
+                                [keys["ams1"].public_text()], endpoints=[nowhere]),
                         FedSite("sjc1", "198.18.3", ["198.18.3.2"],
-                                [keys["sjc1"].public_text()])],
+                                [keys["sjc1"].public_text()], endpoints=[nowhere])],
                   federation="rollout: {waves: [[ams1], [lab, sjc1]], soak: 0}\n",
                   artifact=artifact)
     with single_peer(tmp_path, f"sot: {{path: {sot}}}\n"
@@ -95,14 +97,30 @@ def test_forged_replayed_wrong_key_and_undeclared_summaries_are_refused(tmp_path
         assert sorted(e["data"]["reason"] for e in journal()) == [
             "bad_signature", "replay", "unknown_site", "wrong_site_key"]
 
-        text = call(f"{base}/v1/federation", headers=AUTH)[1]
-        view = {s["site"]: s for s in json.loads(text)["sites"]}
-        assert view["ams1"]["seq"] == 5  # only the good one
-        assert view["ams1"]["summary"]["rollout"]["failed"] == 0
-        assert "lon1" not in view
-        assert view["sjc1"]["seq"] is None  # nothing stored under sjc1 either
-        assert view["lab"]["local"] and view["lab"]["seq"] >= 1  # its own, published
+        def view() -> dict[str, dict]:
+            text = call(f"{base}/v1/federation", headers=AUTH)[1]
+            return {s["site"]: s for s in json.loads(text)["sites"]}
+
+        while not view()["lab"]["seq"]:  # its own, published once it leads its group
+            assert time.monotonic() < deadline + 30, view()
+            time.sleep(0.2)
+        sites = view()
+        assert sites["ams1"]["seq"] == 5  # only the good one
+        assert sites["ams1"]["summary"]["rollout"]["failed"] == 0
+        assert "lon1" not in sites
+        assert sites["sjc1"]["seq"] is None  # nothing stored under sjc1 either
+        assert sites["lab"]["local"]
         # the same good summary again is a duplicate, not a refusal
         assert exchange(base, [good], "ams1")["duplicates"] == 1
         # an exchange needs no token; everything else still does
         assert call(f"{base}/v1/federation")[0] == 401
+        assert call(f"{base}/v1/federation/override/{SHA}", "POST", b"{}")[0] == 401
+
+        # an admin lets this site go without waiting for ams1: replicated and journaled
+        status, text = call(f"{base}/v1/federation/override/{SHA}", "POST",
+                            json.dumps({"reason": "ams1 is in maintenance"}).encode(), AUTH)
+        assert status == 200, text
+        events = json.loads(call(f"{base}/v1/events?limit=1000", headers=AUTH)[1])["events"]
+        override = [e for e in events if e["kind"] == "federation.override"]
+        assert [(e["revision"], e["message"], e["data"]["by"]) for e in override] == [
+            (SHA, "ams1 is in maintenance", "ops")]

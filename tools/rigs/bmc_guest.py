@@ -245,7 +245,11 @@ class BmcGuest:
         memory_mb: int = 256,
         accel: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
+        sol_port: int | None = None,
     ) -> None:
+        """`sol_port`: the guest's serial port is also a TCP server on 127.0.0.1:`sol_port` in
+        the namespace, which the BMC offers as its serial-over-LAN console (console.log still
+        records everything); one port per guest of a namespace."""
         if ipaddress.ip_address(bmc_address) not in RIG_NET:
             raise ValueError(f"BMC address {bmc_address} is not in {RIG_NET}")
         if not _USER_RE.match(user):
@@ -258,6 +262,7 @@ class BmcGuest:
         self.ns = ns
         self.bridge = bridge
         self.bmc = BmcInfo(bmc_address, bmc_port, user, password)
+        self.sol_port = sol_port
         # Unique per process and guest: every QEMU of this guest carries it as -name.
         self.marker = f"vqbmc{os.getpid()}x{next(_counter)}{secrets.token_hex(3)}"
         self._own_workdir = workdir is None
@@ -447,8 +452,11 @@ class BmcGuest:
         if i is None:
             raise GuestError(f"QemuGuest.argv() has no '-serial {serial}' to replace: {argv}")
         # The console survives power cycles: append, never truncate.
-        argv[i : i + 2] = ["-chardev", f"file,id=ser0,path={self.console_log},append=on",
-                           "-serial", "chardev:ser0"]  # fmt: skip
+        chardev = f"file,id=ser0,path={self.console_log},append=on"
+        if self.sol_port is not None:  # the BMC connects here for serial-over-LAN
+            chardev = (f"socket,id=ser0,host=127.0.0.1,port={self.sol_port},server=on,"
+                       f"wait=off,logfile={self.console_log},logappend=on")
+        argv[i : i + 2] = ["-chardev", chardev, "-serial", "chardev:ser0"]  # fmt: skip
         if self.qmp:
             argv += ["-qmp", f"unix:{self.qmp},server=on,wait=off"]
         return argv
@@ -485,6 +493,7 @@ set_working_mc 0x20
     guid {secrets.token_hex(16)}
   endlan
   chassis_control "{prog}"
+{f'  sol "tcp:127.0.0.1:{self.sol_port}" 115200' if self.sol_port else ''}
   user 2 true "{b.user}" "{b.password}" admin 10 none md2 md5 straight
 """)
         (w / "lan.conf").chmod(0o600)

@@ -275,7 +275,7 @@ def _kill_namespace_pids(name: str) -> None:
 
 def sweep_stale(prefix: str = "vq") -> list[str]:
     """Delete namespaces left by rigs whose process died without cleaning up."""
-    removed = []
+    removed: list[str] = []
     if not os.path.isdir(NETNS_DIR):
         return removed
     for name in os.listdir(NETNS_DIR):
