@@ -41,9 +41,11 @@ HELP = (
 )
 
 
-def say(line: str) -> None:
-    """One line on the console and in the journal (the unit sends stdout to both)."""
-    print(f"vaquero: {line}", flush=True)
+def say(line: str, priority: int = 6) -> None:
+    """One line in the journal; on the console too when `priority` is warning (4) or worse:
+    journald forwards the unit's stdout to the console only up to MaxLevelConsole=warning
+    (the `<N>` prefix is the line's syslog priority)."""
+    print(f"<{priority}>vaquero: {line}", flush=True)
 
 
 def cmdline_value(name: str) -> str | None:
@@ -148,24 +150,24 @@ def main() -> int:
     try:
         config_dir = find_config(owner)
     except ValueError as exc:
-        say(f"NO PEER: {exc}")
-        say(HELP)
+        say(f"NO PEER: {exc}", 3)
+        say(HELP, 4)
         return 0
     if config_dir is None:
         say(f"NO PEER: no {PARTITION_DIR}/peer.yaml and no vaq.config= on the kernel "
-            "command line.")
-        say(HELP)
+            "command line.", 3)
+        say(HELP, 4)
         return 0
     install_access(config_dir)
     problems = check_peer_config(config_dir / "peer.yaml")
     if problems:
-        say(f"NO PEER: the config in {config_dir} is not valid:")
+        say(f"NO PEER: the config in {config_dir} is not valid:", 3)
         for line in problems:
-            say(f"  {line}")
-        say(HELP)
+            say(f"  {line}", 3)
+        say(HELP, 4)
         return 0
     env.write_text(f"VAQ_CONFIG={config_dir / 'peer.yaml'}\n")
-    say(f"peer config {config_dir / 'peer.yaml'} is valid; starting vaq-peer")
+    say(f"peer config {config_dir / 'peer.yaml'} is valid; starting vaq-peer", 5)
     return 0
 
 
