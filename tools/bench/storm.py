@@ -187,7 +187,7 @@ def start_peers(lab: Lab, tmp: Path, sot: Path, n_peers: int, kernel: Path, init
         f.chmod(0o600)
     raft = [f"{PEER_IPS[k]}:7950" for k in range(n_peers)]
     procs = []
-    for k, ns in enumerate(lab.peers):
+    for k, ns in enumerate(lab.peers[:n_peers]):
         data = (data_root / f"{tmp.parent.name}-{tmp.name}-peer-{k + 1}" if data_root
                 else tmp / f"peer-{k + 1}")
         cache = data / "artifacts" / "sha256"
@@ -344,22 +344,31 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
 def ours_round(lab: Lab, n: int, args: argparse.Namespace, tmp: Path, sot: Path,
                files: tuple[Path, Path], first: bool) -> dict:
     """Fresh peers (new data dirs: no host has phoned home yet), one storm. The first round
-    then saves what they served, for the reference."""
+    first saves what peers serve, for the reference, from peers of their own: a stage's
+    script is served only while it is the host's current stage (it carries that stage's
+    phone-home token), so it cannot be fetched after the storm, and fetching it from the
+    storm's peers beforehand would warm their caches."""
     tmp.mkdir()
     tmp.chmod(0o755)
+    if first:
+        (tmp / "prefetch").mkdir()
+        procs = start_peers(lab, tmp / "prefetch", sot, 1, *files, args.data_root)
+        try:
+            run_client(lab, ["ready", f"http://{PEER_IPS[0]}:{HTTP_PORT}/boot.ipxe"],
+                       timeout=200)
+            scripts = tmp.parent / "scripts"
+            scripts.mkdir()
+            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts), "--chain",
+                             str(tmp.parent / "boot.ipxe")], timeout=300)
+        finally:
+            stop(procs)
     procs = start_peers(lab, tmp, sot, args.peers, *files, args.data_root)
     try:
         for ip in PEER_IPS[:args.peers]:
             run_client(lab, ["ready", f"http://{ip}:{HTTP_PORT}/boot.ipxe"], timeout=200)
         label = "ours" if args.peers == 1 else f"ours x{args.peers}"
-        result = storm_once(lab, label, procs, n, args,
-                            tmp / "spy.txt" if args.py_spy and first else None)
-        if first:  # after the storm: its first script requests rendered them, as after a swap
-            scripts = tmp.parent / "scripts"
-            scripts.mkdir()
-            run_client(lab, ["scripts", "--hosts", str(n), "--out", str(scripts), "--chain",
-                             str(tmp.parent / "boot.ipxe")], timeout=300)
-        return result
+        return storm_once(lab, label, procs, n, args,
+                          tmp / "spy.txt" if args.py_spy and first else None)
     finally:
         stop(procs)
 
