@@ -264,7 +264,9 @@ def test_a_revision_applied_mid_rollout_carries_its_unfinished_work(tmp_path: Pa
               and api(base, "/v1/rollouts/current")["rollout"], "rev2's rollout started")
         progress = api(base, "/v1/rollouts/current")
         assert progress["base"] == "0" * 40, progress  # R1 never finished: its work carried
-        assert api(base, f"/v1/rollouts/{rev1}")["rollout"]["state"] == "superseded"
+        # the engine opens R2's rollout and marks R1's superseded in two Raft entries
+        until(lambda: api(base, f"/v1/rollouts/{rev1}")["rollout"]["state"] == "superseded",
+              "rev1's rollout superseded", 10)
         assert [c["state"] for c in progress["clusters"]] == ["running", "waiting"], progress
         run_stages(base, "etcd-1")  # finished under R1 by the same runner, not re-armed
         assert record(base, "etcd-1")["revision"] == rev1
