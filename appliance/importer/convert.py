@@ -211,12 +211,13 @@ class Converter:
         if policy:
             for key in policy:
                 line = doc.line_of(("policy", key))
-                if key == "force_provision":
+                if key == "force_provision" and isinstance(policy[key], bool):
+                    out["policy"] = {"force_provision": policy[key]}
+                elif key == "force_provision":
                     self.todo(f"{path}:{line}", "policy", path,
-                              "policy.force_provision (reprovision every host on each update "
-                              "of the SoT, changed or not) has no equivalent: this project "
-                              "reinstalls hosts whose rendered files change, and an operator "
-                              "re-arms others (`vaq-peer rollout`)")
+                              f"policy.force_provision is {policy[key]!r}, not true or false; "
+                              "left out (hosts are reinstalled only when what they install "
+                              "changes)")
                 else:
                     self.todo(f"{path}:{line}", "unknown-key", path,
                               f"policy.{key} is not known; left out")

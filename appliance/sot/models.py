@@ -249,6 +249,9 @@ class Policy(Strict):
     """The site's gates and defaults for applying revisions."""
 
     install_new_hosts: bool = True
+    # The original Vaquero's `force_provision`: every revision applied reinstalls every host
+    # of the site that has a workflow (never_provision hosts excepted), changed or not.
+    force_provision: bool = False
     approval: Literal["manual", "auto_rerender"] = "manual"
     required_status_contexts: list[str] = []
     signed_commits: bool = False

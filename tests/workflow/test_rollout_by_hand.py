@@ -276,3 +276,33 @@ def test_a_revision_applied_mid_rollout_carries_its_unfinished_work(tmp_path: Pa
         arms = [e["host"] for e in api(base, "/v1/events?limit=1000")["events"]
                 if e["kind"] == "host.armed"]
         assert sorted(arms) == ["etcd-1", "work-1", "work-2", "work-3"], arms
+
+
+def test_force_provision_reinstalls_every_host_on_each_revision(tmp_path: Path) -> None:
+    """The original Vaquero's `policy.force_provision`: R2 changes nothing any host sees,
+    yet every host (never_provision excepted) is reinstalled for it, in the plan's order."""
+    hosts = [HOSTS[0], HOSTS[1], LabHost("work-3", "workers", HOSTS[3].mac, HOSTS[3].ipv4,
+                                         never_provision=True)]
+    work, bare, rev1 = lab_repo(tmp_path, hosts, "lab", stage_timeout=60, force_provision=True)
+    with following(tmp_path, bare) as peer:
+        base = peer.base
+        approve_when_planned(base, rev1)
+        for name in ("etcd-1", "work-1"):
+            run_stages(base, name)
+        until(lambda: api(base, "/v1/rollouts/current")["state"] == "done", "rev1 done")
+        (work / "notes").mkdir()
+        (work / "notes" / "README.md").write_text("rack 4 cabling plan\n")
+        rev2 = push(work, "notes only")
+        approve_when_planned(base, rev2)
+        planned = api(base, f"/v1/revisions/{rev2}")["summaries"]["planned"]
+        assert planned["counts"] == {"reinstall": 2, "unchanged": 1}, planned
+        for name in ("etcd-1", "work-1"):
+            until(lambda name=name: record(base, name).get("revision") == rev2,
+                  f"{name} armed again for R2")
+            run_stages(base, name)
+        until(lambda: api(base, "/v1/rollouts/current")["revision"] == rev2
+              and api(base, "/v1/rollouts/current")["state"] == "done", "rev2 done")
+        assert boot_as_machine(base, "work-3")[0] is None  # never_provision: left alone
+        arms = [e["host"] for e in api(base, "/v1/events?limit=1000")["events"]
+                if e["kind"] == "host.armed"]
+        assert sorted(arms) == ["etcd-1", "etcd-1", "work-1", "work-1"], arms

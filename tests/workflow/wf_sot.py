@@ -42,6 +42,7 @@ def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
               depends: bool = True, install_new_hosts: bool = True,
+              force_provision: bool = False,
               health: str | None = None, stay: bool = False) -> None:
     """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
     to make every host of the workers cluster, and only those, need a reinstall)."""
@@ -57,7 +58,8 @@ subnets:
 peers:
 {peer_lines}
 netboot: {{http_port: {http_port}}}
-policy: {{install_new_hosts: {str(install_new_hosts).lower()}}}
+policy: {{install_new_hosts: {str(install_new_hosts).lower()}, \
+force_provision: {str(force_provision).lower()}}}
 """)
     for cluster in sorted({h.cluster for h in hosts}):
         docs = []
