@@ -19,6 +19,7 @@ from .cli_rollout import add_rollout_commands
 from .importer.cli_import import add_import_command
 from .sot.revision import Revision, compile_tree, empty_revision
 from .sot.tree import DirectoryTree, Tree
+from .upgrade import add_upgrade_command
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 EMPTY_NAMES = {"none", "empty"}
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = add_peer_commands(sub)
     add_rollout_commands(add)
     add_federation_commands(add, sub)
+    add_upgrade_command(sub)
     add_import_command(sub)
     return parser
 

@@ -34,6 +34,7 @@ from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
 from appliance.netboot.dhcp_server import DhcpServer
 from appliance.netboot.dhcp_table import compile_table
+from appliance.netboot.evidence import BootEvidence
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
 from appliance.power.manager import PowerManager
@@ -95,6 +96,7 @@ class Peer:
         self.progress = ReplicatedProgress(self._host_record, self.local_progress)
         self.cluster: Cluster | None = None
         self.outbox: EventOutbox | None = None
+        self.evidence: BootEvidence | None = None
         self.artifacts: ArtifactCache | None = None
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
@@ -203,13 +205,11 @@ class Peer:
     def _on_event(self, kind: str, **fields: Any) -> None:
         """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
         if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
-            if self.outbox is not None and isinstance(fields.get("host"), str):
+            if self.evidence is not None and isinstance(fields.get("host"), str):
                 revision = fields.get("revision")
-                step = {"step": "loaded"} if SEEN_STEPS[kind] == "loaded" else {}
-                self.outbox.put_command(raft_commands.build(  # (no step field: "script",
-                    "host.seen", time.time(), name=fields["host"],  # as peers before it)
-                    stage=int(fields["stage"]),
-                    revision=revision if isinstance(revision, str) else None, **step))
+                self.evidence.served(fields["host"], int(fields["stage"]),
+                                     revision if isinstance(revision, str) else None,
+                                     step=SEEN_STEPS[kind])
             return
         log.info("event", kind=kind, **fields)
         if self.outbox is None:
@@ -378,7 +378,11 @@ class Peer:
 
     def _metrics(self) -> dict[str, Any]:
         sources: dict[str, Any] = {
-            "boot": lambda: _counter_values(self.boot_state.counters if self.boot_state else {}),
+            "boot": lambda: {
+                **_counter_values(self.boot_state.counters if self.boot_state else {}),
+                # boot evidence told to the group, and in how many Raft entries
+                "evidence_hosts": float(self.evidence.recorded) if self.evidence else 0.0,
+                "evidence_entries": float(self.evidence.entries) if self.evidence else 0.0},
             "outbox": lambda: {"queued": float(len(self.outbox)) if self.outbox else 0.0,
                                "sent": float(self.outbox.sent) if self.outbox else 0.0,
                                "dropped": float(self.outbox.dropped) if self.outbox else 0.0},
@@ -424,6 +428,7 @@ class Peer:
         await self.cluster.start()
         self.outbox = EventOutbox(self.cluster)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        self.evidence = BootEvidence(self._host_record, self.outbox.put_command)
         log.info("raft.started", address=cfg.raft.address, peers=list(peers))
         self._tasks.append(asyncio.create_task(
             self.history.follow(self.cluster, self._host_names), name="history"))

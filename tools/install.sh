@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything a peer and its test suite need on a fresh Debian machine:
 # the system packages the tests drive (real git, DHCP/TFTP/HTTP clients, QEMU with iPXE ROMs,
-# OVMF, the OpenIPMI simulator, the reference servers of the benchmarks) and a virtualenv
+# OVMF, the OpenIPMI simulator, the reference servers of the benchmarks, the tools that build
+# the appliance image with image/build.sh) and a virtualenv
 # in .venv with the appliance installed in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ipxe ovmf openipmi ipmitool
   isc-dhcp-client tftp-hpa kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light wrk
   busybox-static cpio gnupg openssh-client
+  mmdebstrap squashfs-tools mtools dosfstools fdisk e2fsprogs grub-common grub-pc-bin
+  grub-efi-amd64-bin zstd  # image/build.sh and tests/image
   ignition cloud-init  # ignition-validate and cloud-init's JSON schema: format checks
 )
 missing=()

@@ -68,6 +68,7 @@ MAX_TEXT = 1024  # characters of a free-text field (message, reason, detail)
 MAX_NAME = 253  # a DNS name
 MAX_BLOB = 4096  # bytes of a small structured value (report summary, event data), as JSON
 MAX_PEERS = 9
+MAX_SEEN_BATCH = 200  # hosts in one hosts.seen entry (~100 bytes each)
 
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-_:\[\]]{1,250}:[0-9]{1,5}$")
@@ -157,6 +158,7 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "host.stage_done": (frozenset({"name", "stage", "stages"}),
                         frozenset({"revision", "armed_seq"})),
     "host.seen": (frozenset({"name", "stage"}), frozenset({"revision", "step"})),
+    "hosts.seen": (frozenset({"hosts"}), frozenset()),
     "rollout.start": (frozenset({"revision"}), frozenset({"base", "by"})),
     "rollout.set": (frozenset({"revision", "state"}), frozenset({"by", "reason"})),
     "intent.record": (
@@ -173,6 +175,33 @@ _FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 MAX_ENVELOPE = 6144  # a signed site summary (appliance/federation/summary.py), as JSON
 OPS = frozenset(_FIELDS)
+
+
+def _seen_step(cmd: dict) -> str:
+    step = cmd.get("step", "script")
+    if step not in SEEN_STEPS:
+        raise _fail(f"step must be one of {', '.join(SEEN_STEPS)}")
+    return step
+
+
+def _seen_batch(value: Any) -> list[dict]:
+    """The boot evidence of many hosts in one entry: [{name, stage, at, revision?, step?}]."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SEEN_BATCH:
+        raise _fail(f"hosts must be a list of 1 to {MAX_SEEN_BATCH} objects")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) - {"name", "stage", "at", "revision", "step"}:
+            raise _fail("each of hosts is an object with name, stage, at and optional revision "
+                        "and step")
+        at = item.get("at")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
+                or at < 0:
+            raise _fail("at must be a timestamp in seconds (the submitter's clock)")
+        out.append({"name": _text(item, "name", required=True, max_len=MAX_NAME),
+                     "stage": _int(item, "stage", low=1, high=64), "at": float(at),
+                     "revision": _sha(item, "revision", required=False),
+                     "step": _seen_step(item)})
+    return out
 
 
 # long: one branch per operation, until one table per replicated operation replaces it.
@@ -255,10 +284,9 @@ def validate(cmd: Any) -> dict:
         out["name"] = _text(cmd, "name", required=True, max_len=MAX_NAME)
         out["stage"] = _int(cmd, "stage", low=1, high=64)
         out["revision"] = _sha(cmd, "revision", required=False)
-        step = cmd.get("step", "script")
-        if step not in SEEN_STEPS:
-            raise _fail(f"step must be one of {', '.join(SEEN_STEPS)}")
-        out["step"] = step
+        out["step"] = _seen_step(cmd)
+    elif op == "hosts.seen":
+        out["hosts"] = _seen_batch(cmd.get("hosts"))
     elif op == "rollout.start":
         out["revision"] = _sha(cmd, "revision")
         out["base"] = _sha(cmd, "base", required=False)

@@ -277,6 +277,12 @@ class ClusterState:
             record.update(loaded_stage=cmd["stage"], loaded_seq=seq)
         return {"ok": True, "seq": seq}
 
+    def _hosts_seen(self, cmd: dict) -> dict:
+        """Boot evidence of many hosts in one entry: what a peer served in a boot storm,
+        batched so that it costs the log one write per batch, not one per script served."""
+        results = [self._host_seen(item) for item in cmd["hosts"]]
+        return {"ok": True, "seen": sum(1 for r in results if not r.get("ignored"))}
+
     def _rollout_start(self, cmd: dict) -> dict:
         sha, at = cmd["revision"], cmd["at"]
         if sha in self.rollouts:
@@ -528,6 +534,7 @@ _HANDLERS = {
     "host.step": ClusterState._host_step,
     "host.stage_done": ClusterState._host_stage_done,
     "host.seen": ClusterState._host_seen,
+    "hosts.seen": ClusterState._hosts_seen,
     "rollout.start": ClusterState._rollout_start,
     "rollout.set": ClusterState._rollout_set,
     "intent.record": ClusterState._intent_record,

@@ -187,7 +187,7 @@ async def host_script(request: web.Request) -> web.Response:
              platform=request.query.get("platform"), client=_client(request))
     state.event("stage-booting", host=host, stage=stage, revision=table.sha,
                 matched_by=found.matched_by)
-    return web.Response(text=script, content_type="text/plain")
+    return web.Response(body=script.encode(), content_type="text/plain", charset="utf-8")
 
 
 def _current_stage_only(state: BootState, table: BootTable, host: str, stage: int) -> None:
@@ -208,7 +208,7 @@ async def stage_script(request: web.Request) -> web.Response:
     script, _ = await _stage_content(state, table, host, stage)
     state.count("scripts")
     log.info("boot.script", host=host, stage=stage, client=_client(request))
-    return web.Response(text=script, content_type="text/plain")
+    return web.Response(body=script.encode(), content_type="text/plain", charset="utf-8")
 
 
 async def stage_loaded(request: web.Request) -> web.Response:
@@ -259,6 +259,7 @@ async def phone_home(request: web.Request) -> web.Response:
     except OutOfOrder as exc:
         _refuse_phone_home(state, request, host, stage, str(exc))
         raise web.HTTPConflict(text=f"{exc}\n") from None
+    await state.progress.sync()  # acknowledged once on disk (one fsync for many phone-homes)
     replay = before is not None and before.done >= stage
     answer = {"host": host, "stage": stage, "done": record.done,
               "workflow_done": record.done >= stages}

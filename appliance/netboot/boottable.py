@@ -54,6 +54,7 @@ class BootTable:
     _renderer: Renderer | None = field(default=None, repr=False)
     _rendered: dict[tuple[str, int, str], tuple[str, tuple[str, str] | None]] = field(
         default_factory=dict, repr=False)
+    _stage_counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def sha(self) -> str:
@@ -68,8 +69,12 @@ class BootTable:
         return host_token(self.secret, host, stage, arming)
 
     def stages(self, host: str) -> int:
-        entry = self.hosts[host]
-        return len(self.revision.sot.workflows[entry.host.workflow].stages)
+        count = self._stage_counts.get(host)
+        if count is None:  # asked on every script request: the model walk once per host
+            entry = self.hosts[host]
+            count = self._stage_counts[host] = len(
+                self.revision.sot.workflows[entry.host.workflow].stages)
+        return count
 
     def cached_stage_content(self, host: str, stage: int, arming: str
                              ) -> tuple[str, tuple[str, str] | None] | None:

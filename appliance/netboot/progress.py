@@ -9,6 +9,7 @@ peer cut off from the majority still moves a host on instead of installing it ag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -66,6 +67,10 @@ class HostProgress(Protocol):
 
     def rearm(self, host: str, revision: str) -> None: ...
 
+    async def sync(self) -> None:
+        """Return once every stage_done so far is on disk (acknowledge a phone-home after)."""
+        ...
+
 
 class LocalProgress:
     """Host records in memory, journaled to `<data_dir>/progress.jsonl` (one line a change)."""
@@ -83,8 +88,13 @@ class LocalProgress:
                 except (ValueError, KeyError, TypeError):
                     log.warning("progress.bad_line", file=str(self.path), line=n)
         self._journal = open(self.path, "a", buffering=1)  # noqa: SIM115 - lives with the peer
+        self._written = 0  # lines appended (each reaches the OS at once: line-buffered)
+        self._synced = 0  # of which known to be on disk
+        self._syncing: asyncio.Future[None] | None = None
+        self.fsyncs = 0
 
     def close(self) -> None:
+        os.fsync(self._journal.fileno())
         self._journal.close()
 
     def stage_to_serve(self, host: str, stages: int, fresh: bool = True) -> int | None:
@@ -101,11 +111,40 @@ class LocalProgress:
         return list(self._records)
 
     def write(self, host: str, record: HostRecord) -> None:
-        """Journal a record as given (the caller decides what `done` and `revision` mean)."""
+        """Journal a record as given (the caller decides what `done` and `revision` mean),
+        on disk when this returns."""
+        self.append(host, record)
+        os.fsync(self._journal.fileno())
+        self.fsyncs += 1
+        self._synced = self._written
+
+    def append(self, host: str, record: HostRecord) -> None:
+        """Journal a record; on disk once `sync()` returns."""
         self._records[host] = record
         self._journal.write(json.dumps({"host": host, "done": record.done,
                                         "revision": record.revision, "at": record.updated}) + "\n")
-        os.fsync(self._journal.fileno())  # a phone-home acknowledged is never forgotten
+        self._written += 1
+
+    async def sync(self) -> None:
+        """Wait until every record appended so far is on disk. A phone-home is acknowledged
+        only then (never forgotten), but the fsync runs in a thread while the event loop
+        keeps serving DHCP, TFTP and HTTP, and one fsync covers every record appended before
+        it started (group commit): in a boot storm, an fsync per phone-home on the event
+        loop held everything else up for seconds (tools/bench/storm.py)."""
+        target = self._written
+        while self._synced < target:
+            if self._syncing is None:
+                self._syncing = asyncio.ensure_future(self._fsync())
+            await asyncio.shield(self._syncing)
+
+    async def _fsync(self) -> None:
+        covered = self._written
+        try:
+            await asyncio.to_thread(os.fsync, self._journal.fileno())
+            self.fsyncs += 1
+            self._synced = max(self._synced, covered)
+        finally:
+            self._syncing = None
 
     def arming(self, host: str) -> str:
         return "local"
@@ -116,7 +155,7 @@ class LocalProgress:
             assert current is not None
             return current
         record = HostRecord(stage, revision, time.time())
-        self.write(host, record)
+        self.append(host, record)  # on disk once the caller's `sync()` returns
         return record
 
     def rearm(self, host: str, revision: str) -> None:
@@ -177,8 +216,11 @@ class ReplicatedProgress:
         done = max(base, replicated)
         if not check_order(host, stage, done):
             return HostRecord(done, revision, time.time())
-        self.local.write(host, HostRecord(stage, key, time.time()))
+        self.local.append(host, HostRecord(stage, key, time.time()))  # on disk after sync()
         return HostRecord(stage, revision, time.time())
+
+    async def sync(self) -> None:
+        await self.local.sync()
 
     def rearm(self, host: str, revision: str) -> None:
         self.local.rearm(host, revision)

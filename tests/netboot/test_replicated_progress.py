@@ -4,6 +4,7 @@ the stage it just reported again)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
@@ -41,3 +42,26 @@ def test_replicated_records_decide_and_local_phone_homes_raise_them(tmp_path: Pa
         records["n1"] = armed(seq=9, done=0, state=state)
         assert progress.stage_to_serve("n1", 2) is None, state
     local.close()
+
+
+async def test_a_storm_of_phone_homes_shares_fsyncs_and_none_is_lost(tmp_path: Path) -> None:
+    """Each phone-home waits until its record is on disk, but one fsync (off the event
+    loop) covers every record appended before it: not one fsync per phone-home."""
+    local = LocalProgress(tmp_path)
+    progress = ReplicatedProgress({}.get, local)
+
+    async def phone_home(i: int) -> None:
+        progress.stage_done(f"h{i}", 1, R1)
+        await progress.sync()
+        assert local.fsyncs >= 1  # acknowledged only after an fsync
+
+    await asyncio.gather(*(phone_home(i) for i in range(200)))
+    assert 1 <= local.fsyncs < 20, local.fsyncs
+    await progress.sync()  # nothing pending: returns at once
+    before = local.fsyncs
+    await progress.sync()
+    assert local.fsyncs == before
+    local.close()
+    reread = LocalProgress(tmp_path)
+    assert all(reread.record(f"h{i}").done == 1 for i in range(200))
+    reread.close()

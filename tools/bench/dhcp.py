@@ -9,6 +9,11 @@ drops is run once more (the machine may have been busy), then the series stops, 
 bounded (servers x steps x 2 x period). The server's CPU time per completed DORA at a low rate
 that all manage (--cpu-rate) is printed too: it depends far less on the machine's load.
 
+The references are configured as their users run them for static reservations: dnsmasq with
+`--leasefile-ro` (otherwise it rewrites and fsyncs its whole lease file on every ACK, and the
+figure measures the disk: ~250/s), Kea with its memfile lease database on tmpfs and logging
+at WARN. Every server's exact command line (and Kea's configuration) is printed.
+
     sudo .venv/bin/python tools/bench/dhcp.py [--hosts 1000] [--period 5] [--rates 1000,2000]
 
 perfdhcp itself runs out of CPU somewhere around a few thousand DORA/s on 2 cores: a server
@@ -22,6 +27,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -94,13 +100,16 @@ def serve_ours(n: int) -> None:
     asyncio.run(main())
 
 
+def show_command(name: str, argv: list[str], note: str = "") -> None:
+    """Print a server's exact command line, so that anyone can check how it was configured."""
+    print(f"  {name} command: {shlex.join(argv)}" + (f"\n  {name} {note}" if note else ""))
+
+
 def start_ours(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-ours", str(n)]
+    show_command("ours", argv)
     log = open(tmp / "ours.log", "w")  # noqa: SIM115 -- lives as long as the process
-    return ns.popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve-ours", str(n)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return ns.popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 def start_kea(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
@@ -110,7 +119,7 @@ def start_kea(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
     conf = {
         "Dhcp4": {
             "interfaces-config": {"interfaces": ["br0"], "dhcp-socket-type": "udp"},
-            "lease-database": {
+            "lease-database": {  # on tmpfs: the run measures Kea, not the disk
                 "type": "memfile",
                 "persist": True,
                 "name": str(tmp / "kea-leases4.csv"),
@@ -143,52 +152,63 @@ def start_kea(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
     path = tmp / "kea-dhcp4.json"
     path.write_text(json.dumps(conf))
     env = dict(os.environ, KEA_PIDFILE_DIR=str(tmp), KEA_LOCKFILE_DIR=str(tmp))
+    argv = ["kea-dhcp4", "-c", str(path)]
+    shown = json.loads(json.dumps(conf))
+    shown["Dhcp4"]["subnet4"][0]["reservations"] = f"<the same {n} reservations>"
+    show_command("kea", argv, f"config {path}: {json.dumps(shown)}")
     log = open(tmp / "kea.out", "w")  # noqa: SIM115
-    return ns.popen(["kea-dhcp4", "-c", str(path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return ns.popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def start_dnsmasq(ns: Netns, n: int, tmp: Path) -> subprocess.Popen:
     hostsfile = tmp / "dnsmasq.hosts"
     hostsfile.write_text("".join(f"{mac},{ip},{name}\n" for mac, ip, name in hosts(n)))
+    argv = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--port=0",
+        "--interface=br0",
+        "--quiet-dhcp",
+        "--log-facility=-",
+        "--dhcp-authoritative",
+        f"--dhcp-range={CIDR.split('/')[0]},static,255.255.240.0,1h",
+        f"--dhcp-hostsfile={hostsfile}",
+        "--leasefile-ro",  # static reservations need no lease database
+        f"--pid-file={tmp / 'dnsmasq.pid'}",
+        f"--dhcp-option=3,{SERVER_IP}",
+        "--dhcp-option=6,198.18.0.53",
+        "--dhcp-option=15,lab.example",
+        "--dhcp-option=42,198.18.0.123",
+    ]
+    show_command("dnsmasq", argv)
     log = open(tmp / "dnsmasq.out", "w")  # noqa: SIM115
-    return ns.popen(
-        [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--port=0",
-            "--interface=br0",
-            "--quiet-dhcp",
-            "--log-facility=-",
-            "--dhcp-authoritative",
-            f"--dhcp-range={CIDR.split('/')[0]},static,255.255.240.0,1h",
-            f"--dhcp-hostsfile={hostsfile}",
-            f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}",
-            f"--pid-file={tmp / 'dnsmasq.pid'}",
-            f"--dhcp-option=3,{SERVER_IP}",
-            "--dhcp-option=6,198.18.0.53",
-            "--dhcp-option=15,lab.example",
-            "--dhcp-option=42,198.18.0.123",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return ns.popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 SERVERS = {"ours": start_ours, "kea": start_kea, "dnsmasq": start_dnsmasq}
 
 # -- perfdhcp --------------------------------------------------------------------------------
 
-_STATS = re.compile(
-    r"Statistics for: ([A-Z-]+)\*+\s*\nsent packets: (\d+)\s*\nreceived packets: (\d+)"
-)
+_BLOCK = re.compile(r"Statistics for: ([A-Z-]+)\*+\s*\n(.*?)(?=\*\*\*|\Z)", re.S)
+_FIELD = re.compile(r"^(sent packets|received packets|avg delay|max delay): ([\d.]+)", re.M)
 
 
-def perfdhcp(load: Netns, macs: Path, rate: int, period: float) -> dict[str, tuple[int, int]]:
-    """One bounded run; returns {"DISCOVER-OFFER": (sent, received), "REQUEST-ACK": ...}."""
+def perfdhcp_argv(macs: Path, rate: int, period: float) -> list[str]:
     argv = ["perfdhcp", "-4", "-l", LOAD_IP, "-r", str(rate), "-p", f"{period:g}"]
-    argv += ["-W", "500000", "-M", str(macs), SERVER_IP]  # 0.5 s for late answers
-    out = load.run(*argv, check=False, timeout=period + 30).stdout
-    return {m[1]: (int(m[2]), int(m[3])) for m in _STATS.finditer(out)}
+    return [*argv, "-W", "500000", "-M", str(macs), SERVER_IP]  # 0.5 s for late answers
+
+
+def perfdhcp(load: Netns, macs: Path, rate: int, period: float) -> dict[str, dict[str, float]]:
+    """One bounded run; returns {"DISCOVER-OFFER": {"sent packets": .., "received packets":
+    .., "avg delay": ms, "max delay": ms}, "REQUEST-ACK": ...}. perfdhcp gives no
+    percentiles: its max delay is the bound on the p99 that it can tell."""
+    out = load.run(*perfdhcp_argv(macs, rate, period), check=False, timeout=period + 30).stdout
+    return {m[1]: {k: float(v) for k, v in _FIELD.findall(m[2])} for m in _BLOCK.finditer(out)}
+
+
+def _pair(stats: dict[str, dict[str, float]], exchange: str) -> tuple[int, int]:
+    got = stats.get(exchange, {})
+    return int(got.get("sent packets", 0)), int(got.get("received packets", 0))
 
 
 def wait_ready(load: Netns, macs: Path, proc: subprocess.Popen, deadline_s: float = 20) -> None:
@@ -197,7 +217,7 @@ def wait_ready(load: Netns, macs: Path, proc: subprocess.Popen, deadline_s: floa
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         stats = perfdhcp(load, macs, 10, 2)
-        if stats.get("REQUEST-ACK", (0, 0))[1] > 0:
+        if _pair(stats, "REQUEST-ACK")[1] > 0:
             return
     raise RuntimeError("server did not answer within the deadline")
 
@@ -213,13 +233,17 @@ def step(load: Netns, macs: Path, proc: subprocess.Popen, rate: int, period: flo
     cpu0 = cpu_seconds(proc.pid)
     stats = perfdhcp(load, macs, rate, period)
     cpu = cpu_seconds(proc.pid) - cpu0
-    do, ra = stats.get("DISCOVER-OFFER", (0, 0)), stats.get("REQUEST-ACK", (0, 0))
+    do, ra = _pair(stats, "DISCOVER-OFFER"), _pair(stats, "REQUEST-ACK")
+    delays = [stats.get(x, {}) for x in ("DISCOVER-OFFER", "REQUEST-ACK")]
     return {
         "rate": rate,
         "sent": do[0],
         "drops": (do[0] - do[1]) + (ra[0] - ra[1]),
         "dora_per_s": ra[1] / period,
         "cpu_us_per_dora": cpu / ra[1] * 1e6 if ra[1] else None,
+        # per exchange (DISCOVER-OFFER, REQUEST-ACK), in ms
+        "avg_delay_ms": max(d.get("avg delay", 0.0) for d in delays),
+        "max_delay_ms": max(d.get("max delay", 0.0) for d in delays),
     }
 
 
@@ -227,7 +251,8 @@ def measure(name: str, srv: Netns, load: Netns, args: argparse.Namespace, tmp: P
     """Raise the offered rate until a step drops (retried once: the machine may be busy)."""
     macs = tmp / "macs.txt"
     proc = SERVERS[name](srv, args.hosts, tmp)
-    best: dict = {"server": name, "best_rate": 0, "dora_per_s": 0.0, "cpu_us_per_dora": None}
+    best: dict = {"server": name, "best_rate": 0, "dora_per_s": 0.0, "cpu_us_per_dora": None,
+                  "avg_delay_ms": None, "max_delay_ms": None}
     best["steps"] = []
     try:
         try:
@@ -243,13 +268,16 @@ def measure(name: str, srv: Netns, load: Netns, args: argparse.Namespace, tmp: P
                 cpu = result["cpu_us_per_dora"]
                 print(
                     f"  {name:8} offered {rate:6}/s  DORA done {result['dora_per_s']:8.0f}/s"
-                    f"  drops {result['drops']:5}  CPU {cpu or 0:6.0f} us/DORA"
+                    f"  drops {result['drops']:5}  CPU {cpu or 0:6.0f} us/DORA  delay avg "
+                    f"{result['avg_delay_ms']:.2f} max {result['max_delay_ms']:.2f} ms"
                 )
                 if result["sent"] and not result["drops"]:
                     break
             if not result["sent"] or result["drops"]:
                 break
             best["best_rate"], best["dora_per_s"] = rate, result["dora_per_s"]
+            best["avg_delay_ms"] = result["avg_delay_ms"]
+            best["max_delay_ms"] = result["max_delay_ms"]
             if rate == args.cpu_rate:
                 best["cpu_us_per_dora"] = result["cpu_us_per_dora"]
     finally:
@@ -285,7 +313,10 @@ def main() -> int:
             print(f"missing {tool}", file=sys.stderr)
             return 2
     results = []
-    with tempfile.TemporaryDirectory(prefix="vq-bench-dhcp-") as tmpdir, NetnsRig("vqb") as rig:
+    # tmpfs: Kea's memfile and every server's files stay off the disk
+    tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="vq-bench-dhcp-", dir=tmpfs) as tmpdir, \
+            NetnsRig("vqb") as rig:
         tmp = Path(tmpdir)
         tmp.chmod(0o755)  # dnsmasq reads its hosts file after dropping to "nobody"
         (tmp / "macs.txt").write_text("".join(f"{mac}\n" for mac, _, _ in hosts(args.hosts)))
@@ -302,20 +333,39 @@ def main() -> int:
     by = {r["server"]: r for r in results}
     print()
     print(f"load average now: {os.getloadavg()[0]:.1f} (figures fall when the machine is busy)")
-    print(f"{'server':10} {'best drop-free rate':>20} {'DORA/s done':>12} {'CPU us/DORA':>12}")
+    # delays compare at one offered rate: the highest that every server passed drop-free
+    common = min((r["best_rate"] for r in results), default=0)
+
+    def at_common(r: dict) -> dict:
+        passed = [s for s in r["steps"] if s["rate"] == common and s["sent"] and not s["drops"]]
+        return passed[-1] if passed else {}
+
+    print(f"{'server':10} {'best drop-free rate':>20} {'DORA/s done':>12} {'CPU us/DORA':>12}"
+          f" {f'avg delay ms @{common}/s':>22} {f'max delay ms @{common}/s':>22}")
     for r in results:
         cpu = f"{r['cpu_us_per_dora']:.0f}" if r["cpu_us_per_dora"] else "-"
-        print(f"{r['server']:10} {r['best_rate']:>20} {r['dora_per_s']:>12.0f} {cpu:>12}")
+        step_c = at_common(r)
+        print(f"{r['server']:10} {r['best_rate']:>20} {r['dora_per_s']:>12.0f} {cpu:>12}"
+              f" {step_c.get('avg_delay_ms', float('nan')):>22.2f}"
+              f" {step_c.get('max_delay_ms', float('nan')):>22.2f}")
     ours = by.get("ours")
     for ref in ("kea", "dnsmasq"):
         if not ours or ref not in by:
             continue
         if by[ref]["dora_per_s"]:
             ratio = ours["dora_per_s"] / by[ref]["dora_per_s"]
-            print(f"ratio ours/{ref}, drop-free DORA/s: {ratio:.2f}")
+            print(f"ratio ours/{ref}, drop-free DORA/s: {ratio:.2f} (goal >= 1.5)")
         if ours["cpu_us_per_dora"] and by[ref]["cpu_us_per_dora"]:
             ratio = ours["cpu_us_per_dora"] / by[ref]["cpu_us_per_dora"]
-            print(f"ratio ours/{ref}, server CPU per DORA at {args.cpu_rate}/s: {ratio:.2f}")
+            print(f"ratio ours/{ref}, server CPU per DORA at {args.cpu_rate}/s: {ratio:.2f}"
+                  " (lower is better)")
+        mine, theirs = at_common(ours), at_common(by[ref])
+        if mine.get("max_delay_ms") and theirs.get("max_delay_ms"):
+            print(f"ratio ours/{ref}, max delay (bounds p99) at {common}/s: "
+                  f"{mine['max_delay_ms'] / theirs['max_delay_ms']:.2f}; avg delay "
+                  f"{mine['avg_delay_ms'] / theirs['avg_delay_ms']:.2f} (goal <= 1)")
+    print(f"load command: {shlex.join(perfdhcp_argv(Path('macs.txt'), 1000, args.period))} "
+          "(-r: each step's rate)")
     print(json.dumps(results))
     return 0
 

@@ -25,7 +25,8 @@ event loop), without access log; the other core drives wrk.
 
     .venv/bin/python tools/bench/http_boot.py [--duration 10] [--rounds 3] [--py-spy 10]
 
-Goals: per-host scripts above 5,000 requests/s; 64 MiB file >= 0.8x nginx.
+Goals (issue 15): per-host scripts with production logging >= 0.3x nginx's static file rate
+in the same run; 64 MiB file >= 0.8x nginx. Every server's command line is printed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import re  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -235,6 +237,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 
 @contextlib.contextmanager
 def running(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    print(f"command: {shlex.join(cmd)}", flush=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -382,6 +385,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         root, size = prepare_nginx_root(tmp, servers, site.queries, art_path, upstream)
         port = free_port()
         conf = nginx_conf(tmp, root, port, args.nginx_workers)
+        print(f"nginx config {conf}: {' '.join(conf.read_text().split())}")
         base = f"http://127.0.0.1:{port}"
         proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)],
                                            base + "/", tmp / "nginx.log"))
@@ -456,9 +460,11 @@ def report(results: dict[tuple[str, str], list[Result]], servers: list[str],
     quiet = statistics.median(r.us_per_req for r in results[("scripts", "vaq-peer, log warning")])
     print(f"\none boot.script log line: {1e6 / per_core - quiet:.0f} µs of server CPU "
           "(µs/req with log_level info minus warning)")
-    print(f"goal: per-host scripts > 5000 req/s with production logging: {ours:.0f} "
-          f"{'met' if ours > 5000 else 'MISSED'} (the peer got {cores:.2f} cores; "
-          f"{per_core:.0f} req/s per core of its CPU)")
+    ratio = statistics.median(r.rps / n.rps for r, n in zip(
+        runs, results[("scripts", "nginx")], strict=True))
+    print(f"goal: per-host scripts with production logging >= 0.3x nginx: {ratio:.2f}x "
+          f"{'met' if ratio >= 0.3 else 'MISSED'} ({ours:.0f} req/s; the peer got {cores:.2f} "
+          f"cores; {per_core:.0f} req/s per core of its CPU)")
     if ("64 MiB file", "nginx") in results:
         ratio = statistics.median(r.rps / n.rps for r, n in zip(
             results[("64 MiB file", "vaq-peer, log info")], results[("64 MiB file", "nginx")],

@@ -200,14 +200,17 @@ class RigNode:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, timeout: float = 20.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        """The node's exact command line (benchmarks print it)."""
         args = [*self.prefix, sys.executable, str(RIG), "--self", self.address,
                 "--peers", ",".join(self.peers), "--data-dir", str(self.data_dir),
                 "--password-file", str(self.password_file), "--timing", self.timing,
                 "--compaction", str(self.compaction)]
-        if not self.durable:
-            args.append("--no-durable")
+        return [*args, "--no-durable"] if not self.durable else args
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = self.command()
         stderr = open(self.data_dir / "node.log", "ab")  # noqa: SIM115, ASYNC230 (lives with the process)
         try:
             self.proc = await asyncio.create_subprocess_exec(
