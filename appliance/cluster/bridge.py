@@ -68,6 +68,7 @@ class Cluster:
         self._changed: asyncio.Future | None = None
         self._notify_pending = threading.Event()
         self._reconciling: asyncio.Task | None = None
+        self._reporting: asyncio.Task | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -103,11 +104,15 @@ class Cluster:
             raise ClusterStartError(f"raft node {self.settings.self_address}: {exc}") from exc
         log.info("cluster_started", address=self.settings.self_address,
                  peers=list(self.settings.peers), durable=self.settings.durable)
+        damage = self._node.vq_journal_damage
+        if damage is not None:
+            self._reporting = asyncio.ensure_future(self._journal_damage(damage.as_fields()))
 
     async def stop(self) -> None:
         node, self._node = self._node, None
-        if self._reconciling is not None:
-            self._reconciling.cancel()
+        for task in (self._reconciling, self._reporting):
+            if task is not None:
+                task.cancel()
         if node is not None:
             await asyncio.to_thread(node.destroy_synchronous)
         self._stop_owner.set()
@@ -161,6 +166,20 @@ class Cluster:
                                "at": time.time(), "peers": peers})
         except ClusterError as exc:
             log.info("cluster_peer_list_reconcile_failed", error=str(exc))
+
+    async def _journal_damage(self, fields: dict) -> None:
+        """Put the start's journal repair in the replicated journal, once a leader is
+        there to take it (bounded: the local warning stays if there never is one)."""
+        for _ in range(60):
+            try:
+                await self.wait_for_leader(10.0)
+                await self.append_event("cluster.journal_tail_dropped",
+                                        message=self.settings.self_address, data=fields)
+                return
+            except ClusterError as exc:
+                log.info("cluster_journal_damage_not_journaled_yet", error=str(exc))
+                await asyncio.sleep(1.0)
+        log.warning("cluster_journal_damage_not_journaled", **fields)
 
     async def _wait_change(self, timeout: float) -> None:
         if self._changed is None:

@@ -50,6 +50,7 @@ from pysyncobj.transport import TCPTransport
 
 import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster.errors import ClusterStartError
+from appliance.cluster.journal_check import JournalDamage, repair_journal_tail
 from appliance.cluster.state import ClusterState
 
 log = structlog.get_logger("vaquero.cluster")
@@ -268,6 +269,13 @@ class RaftNode(SyncObj):
         missing = [m for m in _PRE_VOTE_METHODS if not callable(getattr(SyncObj, m, None))]
         if missing:
             raise ClusterStartError(f"pysyncobj internals changed: no {', '.join(missing)}")
+        # pysyncobj reads the journal without checking it: cut a torn tail off first.
+        self.vq_journal_damage: JournalDamage | None = repair_journal_tail(
+            data_dir / "raft.journal", durable=settings.durable)
+        if self.vq_journal_damage is not None:
+            log.warning("cluster_journal_tail_dropped", **self.vq_journal_damage.as_fields(),
+                        note="a durable journal acknowledges nothing before it is on disk; "
+                             "the leader re-sends what this peer lacks")
         others = [p for p in settings.peers if p != settings.self_address]
         transport = _SyncingTransport if settings.durable else TCPTransport
         super().__init__(settings.self_address, others, conf, transportClass=transport)

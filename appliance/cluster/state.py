@@ -391,8 +391,17 @@ class ClusterState:
         return {"ok": True, "seq": seq}
 
     def _peer_add(self, cmd: dict) -> dict:
+        """A peer joins, or announces itself again (every start does, and an operator's
+        `peers add` comes first): only the first is a `peer.added` event, marked in the
+        record by `joined_at`; later ones update name and API URL quietly. A member that
+        `peers.set` listed but that never joined this way has no `joined_at` yet."""
+        held = self.peers.get(cmd["address"]) or {}
         self.peers[cmd["address"]] = {"address": cmd["address"], "name": cmd["name"],
-                                      "api_url": cmd["api_url"], "added_at": cmd["at"]}
+                                      "api_url": cmd["api_url"],
+                                      "added_at": held.get("added_at", cmd["at"]),
+                                      "joined_at": held.get("joined_at") or cmd["at"]}
+        if held.get("joined_at") is not None:
+            return {"ok": True, "seq": None}
         seq = self._emit(cmd["at"], "peer.added", message=cmd["address"])
         return {"ok": True, "seq": seq}
 
@@ -403,7 +412,11 @@ class ClusterState:
         return {"ok": True, "seq": seq}
 
     def _peers_set(self, cmd: dict) -> dict:
+        held = self.peers
         self.peers = {p["address"]: dict(p, added_at=cmd["at"]) for p in cmd["peers"]}
+        for address, record in self.peers.items():  # who joined stays joined
+            if held.get(address, {}).get("joined_at") is not None:
+                record["joined_at"] = held[address]["joined_at"]
         seq = self._emit(cmd["at"], "peers.set", data={"addresses": sorted(self.peers)})
         return {"ok": True, "seq": seq}
 

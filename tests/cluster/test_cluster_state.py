@@ -161,6 +161,34 @@ def test_peers():
     assert sorted(p["address"] for p in st.peer_list()) == ["10.0.0.2:4321", "10.0.0.3:4321"]
 
 
+def test_peer_added_once_per_peer_however_often_it_announces():
+    st = ClusterState()
+
+    def added() -> list[str]:
+        return [e["message"] for e in st.events if e["kind"] == "peer.added"]
+
+    # first start: the leader lists the members before they announce themselves
+    st.apply(cmd("peers.set", peers=[{"address": "10.0.0.1:4321"}, {"address": "10.0.0.2:4321"}]))
+    for start in range(3):  # every start of every peer announces it again
+        for n in (1, 2):
+            r = st.apply(cmd("peer.add", at=2000.0 + start, address=f"10.0.0.{n}:4321",
+                             name=f"p{n}", api_url=f"http://10.0.0.{n}:{8080 + start}"))
+            assert r["ok"], r
+        # a leader change reconciles the list again: who joined stays joined
+        st.apply(cmd("peers.set", peers=st.peer_list()))
+    # an operator adds a peer without a name; the peer then announces itself
+    st.apply(cmd("peer.add", address="10.0.0.3:4321"))
+    st.apply(cmd("peer.add", address="10.0.0.3:4321", name="p3", api_url="http://p3"))
+    assert added() == ["10.0.0.1:4321", "10.0.0.2:4321", "10.0.0.3:4321"]
+    listed = {p["address"]: p for p in st.peer_list()}
+    assert listed["10.0.0.2:4321"]["api_url"] == "http://10.0.0.2:8082"  # kept up to date
+    assert listed["10.0.0.3:4321"]["name"] == "p3"
+    # removed and added again is a new join
+    st.apply(cmd("peer.remove", address="10.0.0.3:4321"))
+    st.apply(cmd("peer.add", address="10.0.0.3:4321", name="p3"))
+    assert added().count("10.0.0.3:4321") == 2
+
+
 def _random_commands(rng: random.Random, n: int) -> list[dict]:
     out = []
     shas = [f"{i:040x}" for i in range(8)]
