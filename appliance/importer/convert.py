@@ -39,6 +39,8 @@ _BOOT_KEYS = {"id", "name", "operating_system", "unattended", "metadata", "valid
 _WORKFLOW_KEYS = {"id", "workflow", "deps", "name"}
 _CURL_SELF = re.compile(r"curl\b[^|;&]*?http://\{\{\s*\.interface\.ipv4\s*\}\}:(\d+)"
                         r"(/[^\s\"'|;&]*)?")
+_NC_SELF = re.compile(r"\bnc(?=[^|;&]*\s-\w*z)\s[^|;&]*?\{\{\s*\.interface\.ipv4\s*\}\}"
+                      r"\s+(\d+)\b")  # `nc -z` of the host: a tcp connect
 _DEPS_KEYS = {"max_concurrent", "min_standing", "block_deps", "validate_on", "max_fail"}
 
 
@@ -211,12 +213,13 @@ class Converter:
         if policy:
             for key in policy:
                 line = doc.line_of(("policy", key))
-                if key == "force_provision":
+                if key == "force_provision" and isinstance(policy[key], bool):
+                    out["policy"] = {"force_provision": policy[key]}
+                elif key == "force_provision":
                     self.todo(f"{path}:{line}", "policy", path,
-                              "policy.force_provision (reprovision every host on each update "
-                              "of the SoT, changed or not) has no equivalent: this project "
-                              "reinstalls hosts whose rendered files change, and an operator "
-                              "re-arms others (`vaq-peer rollout`)")
+                              f"policy.force_provision is {policy[key]!r}, not true or false; "
+                              "left out (hosts are reinstalled only when what they install "
+                              "changes)")
                 else:
                     self.todo(f"{path}:{line}", "unknown-key", path,
                               f"policy.{key} is not known; left out")
@@ -419,16 +422,20 @@ class Converter:
             health = self._health_probe(data.get("validate"))
             if health is not None:
                 self.boot_health[str(data.get("id"))] = health
-                self.todo(f"{path}:{doc.line_of(('validate',))}", "containers", path,
-                          f"boot {data.get('id')!r}: `validate` curls the host on port "
-                          f"{health['port']}; imported as the workflow's rollout.health (an "
-                          f"http probe of {health['path']} expecting 200). What the container "
-                          "checked in the body (grep) is not checked: review it")
+                if health["type"] == "http":
+                    self.todo(f"{path}:{doc.line_of(('validate',))}", "containers", path,
+                              f"boot {data.get('id')!r}: `validate` curls the host on port "
+                              f"{health['port']}; imported as the health check of the stages "
+                              f"that boot it (an http probe of {health['path']} expecting "
+                              "200). What the container checked in the body (grep) is not "
+                              "checked: review it")
             for key in ("validate", "before_shutdown"):
                 if data.get(key) and not (key == "validate" and health is not None):
-                    what = ("a health check after the install (workflow rollout.health: an "
-                            "http or tcp probe)" if key == "validate" else
-                            "a pre-reboot hook (not supported: reboots go through the BMC)")
+                    what = ("a stage health check (`health` of the stage: an http GET or a "
+                            "tcp connect to the host's address); only a single curl or "
+                            "`nc -z` of the host maps to one" if key == "validate" else
+                            "a pre-reboot hook, which this project does not have (reboots "
+                            "go through the BMC, nothing runs on the host before them)")
                     self.todo(f"{path}:{doc.line_of((key,))}", "containers", path,
                               f"boot {data.get('id')!r}: `{key}` runs containers; the closest "
                               f"equivalent is {what}. Containers are not run: left out")
@@ -451,11 +458,15 @@ class Converter:
         if not isinstance(steps, list) or len(steps) != 1 or not isinstance(steps[0], dict):
             return None
         command = steps[0].get("command") or " ".join(map(str, steps[0].get("commands") or []))
+        timeout = int(steps[0].get("timeout") or 300)
         m = _CURL_SELF.search(str(command))
-        if m is None:
-            return None
-        return {"type": "http", "port": int(m.group(1)), "path": m.group(2) or "/",
-                "timeout": int(steps[0].get("timeout") or 300)}
+        if m is not None:
+            return {"type": "http", "port": int(m.group(1)), "path": m.group(2) or "/",
+                    "timeout": timeout}
+        m = _NC_SELF.search(str(command))
+        if m is not None:
+            return {"type": "tcp", "port": int(m.group(1)), "timeout": timeout}
+        return None
 
     def _workflow(self, path: str) -> None:
         out_docs = []
@@ -489,10 +500,9 @@ class Converter:
             if deps.get("validate_on"):
                 self.todo(f"{path}:{doc.line_of(('deps', 'validate_on'))}", "unknown-key",
                           path, "validate_on (rerun validate containers) has no equivalent")
-            health = next((self.boot_health[s["boot"]] for s in stages
-                           if s["boot"] in self.boot_health), None)
-            if health is not None:
-                rollout["health"] = health
+            for stage in stages:
+                if stage["boot"] in self.boot_health:
+                    stage["health"] = dict(self.boot_health[stage["boot"]])
             if rollout:
                 wf["rollout"] = rollout
             if deps.get("block_deps"):

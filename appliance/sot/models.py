@@ -249,6 +249,9 @@ class Policy(Strict):
     """The site's gates and defaults for applying revisions."""
 
     install_new_hosts: bool = True
+    # The original Vaquero's `force_provision`: every revision applied reinstalls every host
+    # of the site that has a workflow (never_provision hosts excepted), changed or not.
+    force_provision: bool = False
     approval: Literal["manual", "auto_rerender"] = "manual"
     required_status_contexts: list[str] = []
     signed_commits: bool = False
@@ -448,6 +451,17 @@ class Boot(Strict):
     metadata: Metadata = {}
 
 
+class HealthCheck(Strict):
+    """A TCP connect or HTTP GET against the host's boot address, retried until it passes or
+    `timeout` ends: a workflow's (after the last stage) or a stage's (after its phone-home)."""
+
+    type: Literal["http", "tcp"]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    path: str = "/"
+    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
+    timeout: Annotated[int, Field(ge=1)] = 300
+
+
 class Stage(Strict):
     """One network boot of a workflow, or (`local: true`) a boot from the installed disk whose
     phone-home proves the install came up."""
@@ -457,6 +471,9 @@ class Stage(Strict):
     name: Id | None = None
     timeout: Annotated[int, Field(ge=10)] = 3600  # seconds to wait for the phone-home
     retries: Annotated[int, Field(ge=0, le=10)] = 1
+    # checked after this stage's phone-home; the next stage is not powered until it passes
+    # (the original Vaquero's per-boot `validate`); failing it fails the host
+    health: HealthCheck | None = None
 
     @model_validator(mode="after")
     def _boot_or_local(self) -> Stage:
@@ -468,16 +485,6 @@ class Stage(Strict):
     @property
     def label(self) -> str:
         return self.name or self.boot or "local-disk"
-
-
-class HealthCheck(Strict):
-    """Checked on each host after its batch, before the rollout moves on."""
-
-    type: Literal["http", "tcp"]
-    port: Annotated[int, Field(ge=1, le=65535)]
-    path: str = "/"
-    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
-    timeout: Annotated[int, Field(ge=1)] = 300
 
 
 class Rollout(Strict):

@@ -198,6 +198,10 @@ def classify(old_rev: Revision, new_rev: Revision) -> tuple[list[HostChange], in
         fp_old = old_rev.result.fingerprints.get(name)
         fp_new = new_rev.result.fingerprints.get(name)
         moved = (before.site, before.cluster) != (entry.site, entry.cluster)
+        if site.policy.force_provision and wf is not None and not host.never_provision:
+            changes.append(HostChange(**base, action=REINSTALL, reason=(
+                "site policy force_provision: every revision reinstalls every host")))
+            continue
         if fp_old is not None and fp_old == fp_new and not moved and before.host == host:
             unchanged += 1  # the common case: compared without dumping either model
             continue

@@ -88,10 +88,13 @@ class WorkflowEngine:
         earlier = {r["revision"] for n, r in records.items()
                    if n in planned and r.get("revision") not in (None, sha)}
         installs = {rev: await self._installs(rev) for rev in earlier | {sha}}
+        site = (await self.revision(sha)).sot.sites.get(self.site)
+        # force_provision: an install under an earlier revision never counts for this one
+        forced = site is not None and site.policy.force_provision
 
         def same_install(host: str, rev: str) -> bool:
             mine = installs[sha].get(host)
-            return mine is not None and installs[rev].get(host) == mine
+            return not forced and mine is not None and installs[rev].get(host) == mine
 
         return progress(plan, self.site, records, rollout, same_install)
 

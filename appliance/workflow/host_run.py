@@ -37,7 +37,7 @@ from appliance.cluster.errors import CommandRejected
 from appliance.power.base import PowerControl
 from appliance.power.manager import NoBmc, target_for
 from appliance.sot.loader import HostEntry
-from appliance.sot.models import Stage, Workflow
+from appliance.sot.models import HealthCheck, Stage, Workflow
 from appliance.workflow.clock import SYSTEM_CLOCK, Clock
 from appliance.workflow.health import wait_healthy
 
@@ -112,9 +112,14 @@ class HostRunner:
             rec = self._record()
             if rec is None or rec["state"] in HOST_TERMINAL:
                 return
-            if rec["state"] in ("installed", "checking"):
+            last = rec["done"] >= (rec["stages"] or len(self.workflow.stages))
+            if rec["state"] == "installed" or (rec["state"] == "checking" and last):
                 await self._health(rec)
                 return
+            if 0 < rec["done"] == rec["stage"] < len(self.workflow.stages) and \
+                    self.workflow.stages[rec["done"] - 1].health is not None:
+                await self._stage_health(rec)  # reported, not yet checked: before the next
+                continue
             stage = rec["done"] + 1
             attempt = rec["attempt"] if rec["stage"] == stage else 0
             if rec["state"] in ("booting", "waiting") and rec["stage"] == stage:
@@ -315,15 +320,41 @@ class HostRunner:
         else:
             await self._step("failed", stage, attempt, f"{why}; no retries left")
 
-    async def _health(self, rec: dict) -> None:
-        check = self.workflow.rollout.health
-        stage = rec["stages"] or len(self.workflow.stages)
-        if check is None:
-            await self._step("done", stage, rec["attempt"], "workflow done")
-            return
+    async def _check(self, check: HealthCheck, stage: int, attempt: int, what: str
+                     ) -> tuple[bool, str]:
         iface = self.entry.host.boot_interface()
         address = str(iface.ipv4) if iface else ""
-        await self._step("checking", stage, rec["attempt"],
-                         f"health: {check.type} {address}:{check.port}")
+        await self._step("checking", stage, attempt,
+                         f"{what}: {check.type} {address}:{check.port}")
         ok, detail = await wait_healthy(check, address)
+        return ok, f"{what}: {detail}" if what != "health" else detail
+
+    async def _stage_health(self, rec: dict) -> None:
+        """The health check of the stage that just reported: the next stage is powered only
+        once it passes. A machine that boots its next stage by itself (a local stage) is not
+        held back; the check still fails the host if it does not pass."""
+        stage = rec["done"]
+        check = self.workflow.stages[stage - 1].health
+        assert check is not None
+        ok, detail = await self._check(check, stage, rec["attempt"], f"stage {stage} health")
+        if not ok:
+            await self._step("failed", stage, rec["attempt"], detail)
+            return
+        now = self._record() or {}
+        if now.get("done") == stage and now.get("state") not in HOST_TERMINAL:
+            await self._step("queued", stage + 1, 0, detail)
+
+    async def _health(self, rec: dict) -> None:
+        stage = rec["stages"] or len(self.workflow.stages)
+        checks = [(c, f"stage {stage} health") for c in
+                  [self.workflow.stages[stage - 1].health] if c is not None]
+        if self.workflow.rollout.health is not None:
+            checks.append((self.workflow.rollout.health, "health"))
+        detail = "workflow done"
+        for check, what in checks:
+            ok, detail = await self._check(check, stage, rec["attempt"], what)
+            if not ok:
+                break
+        else:
+            ok = True
         await self._step("done" if ok else "failed", stage, rec["attempt"], detail)

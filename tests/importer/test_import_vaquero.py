@@ -8,10 +8,12 @@ each) and exits 1; with the answers a person would give (tests/importer/answers/
 from __future__ import annotations
 
 import hashlib
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from appliance.cli import main
 
@@ -154,3 +156,29 @@ def test_deciding_an_item_does_not_make_an_invalid_import_pass(
     out = capsys.readouterr().out
     assert code == 1
     assert "invalid: the import does not validate" in out and "sha256 is missing" in out
+
+
+def test_validate_steps_become_the_health_checks_of_the_stages_booting_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """etcd-master's curl of the host becomes an http check of its stage; etcd-proxy's, turned
+    into `nc -z` of the host here, a tcp check; neither lands on the workflow's rollout."""
+    src = tmp_path / "src"
+    shutil.copytree(ORIGINALS / "examples-master", src)
+    proxy = src / "boot" / "etcd-proxy.yml"
+    text = proxy.read_text()
+    start = text.index("validate:")
+    proxy.write_text(text[:start] + "validate:\n  - image: busybox\n    command: "
+                     "'nc -z -w 5 {{.interface.ipv4}} 2379'\n    timeout: 30\n")
+    dst = tmp_path / "dst"
+    assert main(["import-vaquero", str(src), str(dst)]) == 1
+    capsys.readouterr()
+    master = yaml.safe_load((dst / "workflows" / "etcd-master.yml").read_text())
+    assert master["stages"] == [{"boot": "etcd-master", "health": {
+        "type": "http", "port": 2379, "path": "/health", "timeout": 61}}]
+    assert "health" not in master.get("rollout", {})
+    wf = yaml.safe_load((dst / "workflows" / "etcd-proxy.yml").read_text())
+    assert wf["stages"] == [{"boot": "etcd-proxy", "health": {
+        "type": "tcp", "port": 2379, "timeout": 30}}]
+    todo = (dst / "IMPORT-TODO.md").read_text()
+    assert "boot/etcd-proxy.yml:21" not in todo  # the tcp check was mapped: nothing to decide
+    assert "boot/etcd-proxy.yml:14" in todo  # before_shutdown still listed

@@ -56,7 +56,7 @@ def hook(base: str, sha: str) -> int:
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     sig = "sha256=" + hmac.new(HOOK_SECRET, body, hashlib.sha256).hexdigest()
     status, _ = call(f"{base}/v1/hooks/github", "POST", body, {
-        "X-GitHub-Event": "push", "X-Hub-Signature-256": sig, "X-GitHub-Delivery": "t1",
+        "X-GitHub-Event": "push", "X-Hub-Signature-256": sig, "X-GitHub-Delivery": f"t-{sha[:12]}",
         "Content-Type": "application/json"})
     return status
 

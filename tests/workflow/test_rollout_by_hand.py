@@ -264,7 +264,9 @@ def test_a_revision_applied_mid_rollout_carries_its_unfinished_work(tmp_path: Pa
               and api(base, "/v1/rollouts/current")["rollout"], "rev2's rollout started")
         progress = api(base, "/v1/rollouts/current")
         assert progress["base"] == "0" * 40, progress  # R1 never finished: its work carried
-        assert api(base, f"/v1/rollouts/{rev1}")["rollout"]["state"] == "superseded"
+        # the engine opens R2's rollout and marks R1's superseded in two Raft entries
+        until(lambda: api(base, f"/v1/rollouts/{rev1}")["rollout"]["state"] == "superseded",
+              "rev1's rollout superseded", 10)
         assert [c["state"] for c in progress["clusters"]] == ["running", "waiting"], progress
         run_stages(base, "etcd-1")  # finished under R1 by the same runner, not re-armed
         assert record(base, "etcd-1")["revision"] == rev1
@@ -276,3 +278,73 @@ def test_a_revision_applied_mid_rollout_carries_its_unfinished_work(tmp_path: Pa
         arms = [e["host"] for e in api(base, "/v1/events?limit=1000")["events"]
                 if e["kind"] == "host.armed"]
         assert sorted(arms) == ["etcd-1", "work-1", "work-2", "work-3"], arms
+
+
+def test_force_provision_reinstalls_every_host_on_each_revision(tmp_path: Path) -> None:
+    """The original Vaquero's `policy.force_provision`: R2 changes nothing any host sees,
+    yet every host (never_provision excepted) is reinstalled for it, in the plan's order."""
+    hosts = [HOSTS[0], HOSTS[1], LabHost("work-3", "workers", HOSTS[3].mac, HOSTS[3].ipv4,
+                                         never_provision=True)]
+    work, bare, rev1 = lab_repo(tmp_path, hosts, "lab", stage_timeout=60, force_provision=True)
+    with following(tmp_path, bare) as peer:
+        base = peer.base
+        approve_when_planned(base, rev1)
+        for name in ("etcd-1", "work-1"):
+            run_stages(base, name)
+        until(lambda: api(base, "/v1/rollouts/current")["state"] == "done", "rev1 done")
+        (work / "notes").mkdir()
+        (work / "notes" / "README.md").write_text("rack 4 cabling plan\n")
+        rev2 = push(work, "notes only")
+        approve_when_planned(base, rev2)
+        planned = api(base, f"/v1/revisions/{rev2}")["summaries"]["planned"]
+        assert planned["counts"] == {"reinstall": 2, "unchanged": 1}, planned
+        for name in ("etcd-1", "work-1"):
+            until(lambda name=name: record(base, name).get("revision") == rev2,
+                  f"{name} armed again for R2")
+            run_stages(base, name)
+        until(lambda: api(base, "/v1/rollouts/current")["revision"] == rev2
+              and api(base, "/v1/rollouts/current")["state"] == "done", "rev2 done")
+        assert boot_as_machine(base, "work-3")[0] is None  # never_provision: left alone
+        arms = [e["host"] for e in api(base, "/v1/events?limit=1000")["events"]
+                if e["kind"] == "host.armed"]
+        assert sorted(arms) == ["etcd-1", "etcd-1", "work-1", "work-1"], arms
+
+
+def test_a_stage_health_check_holds_the_next_stage_until_it_passes(tmp_path: Path) -> None:
+    """The original's per-boot `validate`: the firmware stage carries a TCP check of the
+    host's address. svc-1's port opens after its phone-home, and only then is its install
+    stage started; svc-2's never does: failed at the check, its install never started."""
+    (port,) = free_tcp_ports(1)
+    hosts = [LabHost("svc-1", "workers", MAC["svc-1"], "127.0.0.1", subnet="loop"),
+             LabHost("svc-2", "workers", MAC["svc-2"], "127.0.0.2", subnet="loop")]
+    _, bare, sha = lab_repo(tmp_path, hosts, "a stage behind a health check", stage_timeout=60,
+                            depends=False,
+                            firmware_health=f"{{type: tcp, port: {port}, timeout: 8}}")
+    with following(tmp_path, bare) as peer:
+        base = peer.base
+        approve_when_planned(base, sha)
+        for name in ("svc-1", "svc-2"):
+            until(lambda name=name: record(base, name).get("state") == "waiting",
+                  f"{name} waiting for stage 1")
+            served, script = boot_as_machine(base, name)
+            assert served == 1, script
+            phone_home(base, script)
+            until(lambda name=name: record(base, name).get("state") == "checking",
+                  f"{name} checking after stage 1")
+        ip = {"svc-1": "127.0.0.1", "svc-2": "127.0.0.2"}
+        for name in ("svc-1", "svc-2"):
+            assert record(base, name)["message"] == f"stage 1 health: tcp {ip[name]}:{port}"
+            assert record(base, name)["stage"] == 1  # stage 2 not started while checking
+        with socket.create_server(("127.0.0.1", port)) as service:
+            service.settimeout(0.2)
+            until(lambda: record(base, "svc-1").get("state") == "waiting"
+                  and record(base, "svc-1").get("stage") == 2, "svc-1 on to stage 2")
+        served, script = boot_as_machine(base, "svc-1")
+        assert served == 2, script
+        phone_home(base, script)
+        until(lambda: record(base, "svc-1").get("state") == "done", "svc-1 done")
+        until(lambda: record(base, "svc-2").get("state") == "failed", "svc-2 unhealthy", 30)
+        rec = record(base, "svc-2")
+        assert rec["stage"] == 1 and rec["message"].startswith(
+            f"stage 1 health: health check failed for 8 s: tcp 127.0.0.2:{port}"), rec
+        assert boot_as_machine(base, "svc-2")[0] is None  # failed: the disk, no stage 2

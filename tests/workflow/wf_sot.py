@@ -42,7 +42,9 @@ def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
               depends: bool = True, install_new_hosts: bool = True,
-              health: str | None = None, stay: bool = False) -> None:
+              force_provision: bool = False,
+              health: str | None = None, stay: bool = False,
+              firmware_health: str | None = None) -> None:
     """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
     to make every host of the workers cluster, and only those, need a reinstall)."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
@@ -57,7 +59,8 @@ subnets:
 peers:
 {peer_lines}
 netboot: {{http_port: {http_port}}}
-policy: {{install_new_hosts: {str(install_new_hosts).lower()}}}
+policy: {{install_new_hosts: {str(install_new_hosts).lower()}, \
+force_provision: {str(force_provision).lower()}}}
 """)
     for cluster in sorted({h.cluster for h in hosts}):
         docs = []
@@ -97,8 +100,10 @@ cmdline:
             f"id: testos-{ident}\noperating_system: testos-{ident}\n")
 
     def stages(workflow: str) -> str:
+        checked = f", health: {firmware_health}" if firmware_health and workflow == "workers" \
+            else ""
         return (f"  - {{name: firmware, boot: testos-firmware, timeout: {stage_timeout}, "
-                f"retries: {retries}}}\n"
+                f"retries: {retries}{checked}}}\n"
                 f"  - {{name: install, boot: testos-install-{workflow}, "
                 f"timeout: {stage_timeout}, retries: {retries}}}\n")
 
