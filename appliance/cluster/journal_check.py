@@ -81,6 +81,7 @@ def repair_journal_tail(path: Path, *, durable: bool = True) -> JournalDamage | 
     if len(data) < FIRST_RECORD_OFFSET or not data.startswith(APP_NAME):
         return None
     (end,) = struct.unpack_from("<I", data, LAST_RECORD_OFFSET_OFFSET)
+    reason: str | None
     if end < FIRST_RECORD_OFFSET:
         reached, count, last_index, reason = (FIRST_RECORD_OFFSET, 0, None,
                                               f"end offset {end} inside the header")

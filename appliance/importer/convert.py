@@ -165,6 +165,7 @@ class Converter:
 
     # --- env ----------------------------------------------------------------------------
 
+    # long: env.yml's keys in the original's order, each converted or noted where it is met.
     def _env(self, path: str) -> None:
         docs = self._docs(path)
         if not docs:

@@ -174,6 +174,7 @@ def _stage_changes(old_rev: Revision, new_rev: Revision, name: str, wf: Workflow
     return out
 
 
+# long: one pass over every host, a branch per kind of change, read top to bottom.
 def classify(old_rev: Revision, new_rev: Revision) -> tuple[list[HostChange], int]:
     old, new = old_rev.sot, new_rev.sot
     changes: list[HostChange] = []
