@@ -139,7 +139,9 @@ def test_rollout_order_pause_resume_and_a_failed_stage(tmp_path: Path) -> None:
         assert progress["state"] == "running" and progress["revision"] == sha
         assert [c["cluster"] for c in progress["clusters"]] == ["etcd", "workers"]
         assert progress["clusters"][1]["state"] == "waiting"
-        assert record(base, "etcd-1")["message"].endswith("power it on into PXE by hand")
+        # armed first, then its runner's step message: two Raft entries
+        until(lambda: record(base, "etcd-1")["message"].endswith("power it on into PXE by hand"),
+              "etcd-1 waiting to be powered by hand", 10)
         run_stages(base, "etcd-1")
 
         # wave 2: batches of two, work-3 only after both of the first batch finished
