@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -156,12 +158,13 @@ def test_three_peers_serve_the_revision_the_group_applied(tmp_path: Path) -> Non
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={tmp_path}",
                                "--export-all", "--enable=receive-pack", "--listen=127.0.0.1",
                                f"--port={ports[6]}", str(tmp_path)], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # `git` runs git-daemon as its child
     url = f"git://127.0.0.1:{ports[6]}/sot.git"
     try:
         _three_peers(tmp_path, work, url, ports, raft)
     finally:
-        daemon.kill()
+        os.killpg(daemon.pid, signal.SIGKILL)  # the wrapper and the daemon it started
         daemon.wait(timeout=10)
 
 
