@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from fed_sot import FedSite, write_fed_sot
 
+from tests.support.waiting import until
 from tools.rigs.netns import Netns, NetnsRig
 from tools.rigs.netns import unavailable_reason as netns_unavailable
 
@@ -57,15 +58,6 @@ def git(cwd: Path, *args: str) -> str:
                           text=True, env=GIT_ENV, timeout=30).stdout.strip()
 
 
-def until(predicate, what: str, timeout: float, debug=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{debug()}")
-        time.sleep(0.3)
 
 
 class Federation:

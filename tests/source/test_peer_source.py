@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.waiting import until
 from tools.rigs.peer_proc import (
     ADMIN,
     EXE,
@@ -68,11 +69,6 @@ def revision_state(base: str, sha: str) -> str | None:
     return json.loads(text)["state"] if status == 200 else None
 
 
-def until(predicate, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_peer_follows_pushes_through_the_pipeline(tmp_path: Path) -> None:

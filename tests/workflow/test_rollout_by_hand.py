@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from wf_sot import LabHost, init_repo, push, write_sot
 
+from tests.support.waiting import until
 from tools.rigs.peer_proc import ADMIN, EXE, call, free_tcp_ports, single_peer
 
 pytestmark = pytest.mark.slow
@@ -33,14 +34,6 @@ MAC = {h.name: h.mac for h in HOSTS} | {"work-9": "52:54:00:77:00:09",
                                          "svc-2": "52:54:00:77:00:22"}
 
 
-def until(predicate, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def api(base: str, path: str, method: str = "GET", body: dict | None = None) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from wf_sot import LabHost, init_repo, push, write_sot
 
+from tests.support.waiting import until
 from tools.rigs.bmc_guest import BmcGuest
 from tools.rigs.bmc_guest import unavailable_reason as bmc_unavailable
 from tools.rigs.netns import NetnsRig
@@ -159,15 +160,6 @@ api:
                          for i, p in self.logs.items())
 
 
-def until(predicate, what: str, timeout: float, debug=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{debug()}")
-        time.sleep(0.25)
 
 
 def rollout_state(site: Site, sha: str) -> str | None:
