@@ -6,8 +6,12 @@
 #   image/build.sh [OUT_DIR]        (default: build/image)
 #
 # Writes OUT_DIR/vaquero.img (raw disk: flash it), vaquero.img.zst, and vaquero-root.sqfs (the
-# system alone: what `vaq-peer upgrade` takes). No loop mounts: runs unprivileged with
-# VAQ_MMDEBSTRAP_MODE=unshare (needs user namespaces), as root with the default mode.
+# system alone: what `vaq-peer upgrade` takes). No loop mounts, no mount at all: as root it
+# runs mmdebstrap in root mode, as any other user in unshare mode (user namespaces, and
+# newuidmap from the uidmap package with a range in /etc/subuid); VAQ_MMDEBSTRAP_MODE overrides.
+# VAQ_BUILD_NOTE=TEXT is appended to the build-id (tell two builds of one commit apart).
+# VAQ_BUILD_BROKEN=1 builds a system whose peer cannot start (pydantic_core removed from its
+# venv after the checks; the build-id says so): only for the A/B fallback test.
 # Downloaded .debs and wheels are cached in $VAQ_IMAGE_CACHE (default ~/.cache/vaquero-image).
 # SOURCE_DATE_EPOCH (default: the last commit's time) fixes the timestamps in the image.
 set -euo pipefail
@@ -27,6 +31,24 @@ done
 "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "build: needs Python 3.11 (Debian 12's) to build the wheels: set PYTHON"; exit 2; }
 
+if [ -n "${VAQ_MMDEBSTRAP_MODE:-}" ]; then
+  mode=$VAQ_MMDEBSTRAP_MODE
+elif [ "$(id -u)" = 0 ]; then
+  mode=root
+else
+  mode=unshare
+  unshare --user --map-root-user true 2>/dev/null || {
+    echo "build: not root and user namespaces are not allowed here" \
+         "('unshare --user --map-root-user true' fails): build as root"; exit 2; }
+  command -v newuidmap >/dev/null || { echo "build: unshare mode needs newuidmap (apt-get install uidmap)"; exit 2; }
+  grep -q "^$(id -un):" /etc/subuid || {
+    echo "build: unshare mode needs a subordinate uid range for $(id -un) in /etc/subuid" \
+         "(usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $(id -un))"; exit 2; }
+fi
+export VAQ_BUILD_BROKEN=${VAQ_BUILD_BROKEN:-}
+note=${VAQ_BUILD_NOTE:-}
+[ -z "$VAQ_BUILD_BROKEN" ] || note="${note:+$note }BROKEN-ON-PURPOSE(no pydantic_core)"
+
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
 mkdir -p "$out" "$cache/debs" "$cache/wheels"
 work=$(mktemp -d "$out/.work.XXXXXX")
@@ -44,7 +66,7 @@ cp "$here/requirements.txt" "$work/requirements.txt"
 cp "$cache"/wheels/*.whl "$work/wheels/"
 version=$(cd "$work/wheels" && ls vaquero_appliance-*.whl | sed 's/vaquero_appliance-\([^-]*\)-.*/\1/')
 commit=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
-echo "vaquero $version $commit built $(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)${VAQ_BUILD_NOTE:+ $VAQ_BUILD_NOTE}" > "$work/build-id"
+echo "vaquero $version $commit built $(date -u -d "@$SOURCE_DATE_EPOCH" +%FT%TZ)${note:+ $note}" > "$work/build-id"
 
 # What a peer needs at run time, nothing of the test suite (no QEMU, Kea, nginx, compilers).
 packages=(
@@ -52,8 +74,8 @@ packages=(
   python3 python3-venv iproute2 iputils-ping ipxe ca-certificates openssh-server
   e2fsprogs dosfstools fdisk kmod procps
 )
-step "system: mmdebstrap bookworm (${#packages[@]} packages and their dependencies)"
-mmdebstrap --variant=minbase --mode="${VAQ_MMDEBSTRAP_MODE:-auto}" --format=null \
+step "system: mmdebstrap --mode=$mode bookworm (${#packages[@]} packages and their dependencies)"
+mmdebstrap --variant=minbase --mode="$mode" --format=null \
   --aptopt='APT::Install-Recommends "false"' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \

@@ -27,6 +27,11 @@ in_root sh -c '/opt/vaquero/venv/bin/pip install --quiet --no-index --no-cache-d
 in_root /opt/vaquero/venv/bin/pip check
 in_root /opt/vaquero/venv/bin/vaq-peer --help >/dev/null
 rm -rf "$root/tmp/wheels"
+if [ -n "${VAQ_BUILD_BROKEN:-}" ]; then
+  # The A/B fallback test's second build: a system that boots but whose peer cannot start.
+  echo "customize: VAQ_BUILD_BROKEN: removing pydantic_core, the peer will not start" >&2
+  rm -r "$root"/opt/vaquero/venv/lib/python3*/site-packages/pydantic_core
+fi
 ln -sf /opt/vaquero/venv/bin/vaq-peer "$root/usr/local/bin/vaq-peer"
 
 in_root systemctl enable --quiet vaq-config.service vaq-peer.service \

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
+
+import pytest
 
 from tools.rigs.netns import Netns
 from tools.rigs.qemu_guest import OVMF_CODE, OVMF_VARS, QEMU, Firmware, QemuGuest
@@ -89,26 +90,18 @@ def disk_with_config(base: Path, config_dir: Path, path: Path) -> Path:
     return path
 
 
-def config_tarball(config_dir: Path, out: Path) -> Path:
-    with tarfile.open(out, "w:gz") as tar:
-        for path in sorted(config_dir.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(config_dir)), recursive=False)
-    return out
+def second_build(kind: str) -> Path:
+    """The system (vaquero-root.sqfs) of a second build made by image/build.sh itself, next to
+    the first: `second` (another build-id) or `broken` (a peer that cannot start); skips the
+    test when it has not been built (the commands are in the message)."""
+    out = IMAGE_DIR.with_name(f"{IMAGE_DIR.name}-{kind}")
+    system = out / "vaquero-root.sqfs"
+    if not system.is_file():
+        env = {"second": "VAQ_BUILD_NOTE=second-build", "broken": "VAQ_BUILD_BROKEN=1"}[kind]
+        pytest.skip(f"no {kind} build in {out}: {env} image/build.sh {out}")
+    return system
 
 
-def derive_build(system: Path, out: Path, note: str, *, drop: str | None = None) -> Path:
-    """A second build of the system made from the first one's squashfs: its build-id says
-    `note`; `drop` removes a path from it (a build broken on purpose, e.g. a dependency
-    missing from the venv). Rebuilding from scratch costs minutes for nothing new to test."""
-    tree = out.with_suffix(".tree")
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(system)], check=True,
-                   timeout=600, capture_output=True)
-    build_id = tree / "usr/lib/vaquero/build-id"
-    build_id.write_text(build_id.read_text().strip() + f" {note}\n")
-    if drop:
-        shutil.rmtree(tree / drop)
-    subprocess.run(["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress",
-                    "-comp", "gzip", "-Xcompression-level", "1"],  # fast; GRUB and Linux read it
-                   check=True, timeout=900, capture_output=True)
-    shutil.rmtree(tree)
-    return out
+def build_id(system: Path) -> str:
+    """The build-id a build wrote next to its system, as `vaq-peer upgrade --status` shows it."""
+    return (system.parent / "build-id").read_text().strip()

@@ -6,7 +6,12 @@ again on the same disk, as the machine's own reset would. Checked from outside: 
 build run (`vaq-peer upgrade --status` over SSH), /healthz, and that the peer's state (the
 state partition: Raft journal, SSH host key) is the same before and after.
 
-Needs the image: `image/build.sh` first (tests skip without it).
+Needs the image and, for each test, a second build made by image/build.sh itself (another
+build-id, or a peer broken on purpose) next to it; each test skips without its builds:
+
+    image/build.sh build/image
+    VAQ_BUILD_NOTE=second-build image/build.sh build/image-second
+    VAQ_BUILD_BROKEN=1 image/build.sh build/image-broken
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.image.conftest import PEER_MAC, healthz, ssh, wait_healthy, wait_until
-from tests.image.image_vm import IMAGE_DIR, ImageGuest, derive_build, disk_with_config
+from tests.image.image_vm import IMAGE_DIR, ImageGuest, build_id, disk_with_config, second_build
 from tools.rigs.netns import Netns, NetnsRig
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("image_ready")]
+FIRST = IMAGE_DIR / "vaquero-root.sqfs"
 STATE = ("ssh-keygen -lf /var/lib/vaquero/ssh/ssh_host_ed25519_key.pub; "
          "ls /var/lib/vaquero/peer")
 
@@ -41,8 +47,8 @@ def slot_status(ns: Netns, key: Path) -> str:
 
 def test_upgrade_to_a_second_build_keeps_the_peer_s_state(site_config: Path,
                                                          tmp_path: Path) -> None:
-    second = derive_build(IMAGE_DIR / "vaquero-root.sqfs", tmp_path / "second.sqfs",
-                          "second-build")
+    second = second_build("second")
+    assert build_id(second) != build_id(FIRST)
     disk = disk_with_config(IMAGE_DIR / "vaquero.img", site_config, tmp_path / "disk.img")
     key = tmp_path / "id_ed25519"
     with NetnsRig() as rig:
@@ -57,7 +63,7 @@ def test_upgrade_to_a_second_build_keeps_the_peer_s_state(site_config: Path,
             wait_healthy(ns, vm)
             status = wait_until(vm, "slot b confirmed", lambda: (
                 s := slot_status(ns, key)) and "default slot b; trial: none" in s and s, 240)
-            assert status.startswith("running slot b (vaquero ") and "second-build" in status
+            assert status.startswith(f"running slot b ({build_id(second)}); "), status
             after = ssh(ns, key, STATE).stdout.splitlines()
             assert after[0] == before[0]  # the same SSH host key
             assert set(before[1:]) <= set(after[1:])  # the peer's files are still there
@@ -66,9 +72,8 @@ def test_upgrade_to_a_second_build_keeps_the_peer_s_state(site_config: Path,
 
 def test_a_broken_build_falls_back_to_the_previous_slot(site_config: Path,
                                                         tmp_path: Path) -> None:
-    broken = derive_build(IMAGE_DIR / "vaquero-root.sqfs", tmp_path / "broken.sqfs",
-                          "broken-build",
-                          drop="opt/vaquero/venv/lib/python3.11/site-packages/pydantic_core")
+    broken = second_build("broken")
+    assert "BROKEN-ON-PURPOSE" in build_id(broken)
     disk = disk_with_config(IMAGE_DIR / "vaquero.img", site_config, tmp_path / "disk.img")
     key = tmp_path / "id_ed25519"
     with NetnsRig() as rig:
@@ -78,6 +83,7 @@ def test_a_broken_build_falls_back_to_the_previous_slot(site_config: Path,
                         workdir=tmp_path / "vm") as vm:
             wait_healthy(ns, vm)
             first = slot_status(ns, key)
+            assert first.startswith(f"running slot a ({build_id(FIRST)}); "), first
             upgrade_and_reboot(ns, vm, key, broken)
             # The trial boot of slot b: the peer cannot start, the confirm fails, the machine
             # reboots by itself (vaq-boot-confirm.service FailureAction=reboot).
