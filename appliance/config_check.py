@@ -24,6 +24,18 @@ from .sot.yamlsrc import Document
 MIN_SHARED_SECRET = 16
 
 
+def _missing(path: Path) -> bool:
+    """Not there at all (an unreachable file, behind a directory this user may not enter,
+    is not missing: creating it is not the fix)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @dataclass(frozen=True)
 class Finding:
     file: str
@@ -76,8 +88,14 @@ class _Checker:
         if not isinstance(value, str) or not value:
             return None
         target = self.path.parent / value
-        if not target.exists():
+        try:
+            target.stat()
+        except FileNotFoundError:
             self.add(loc, f"{what}: {target} does not exist")
+            return None
+        except OSError as exc:  # a directory on the way this user may not enter
+            self.add(loc, f"{what}: {target} cannot be reached by this user ({exc.strerror}); "
+                     "each directory on its path must be searchable by it")
             return None
         if not os.access(target, os.R_OK):
             self.add(loc, f"{what}: {target} is not readable by this user")
@@ -89,7 +107,7 @@ class _Checker:
         """A secret file: readable, long enough, and not readable by others."""
         target = self.file(loc, what)
         if target is None:
-            if isinstance(self.raw(loc), str) and not (self.path.parent / self.raw(loc)).exists():
+            if isinstance(self.raw(loc), str) and _missing(self.path.parent / self.raw(loc)):
                 hint = (f" (create it: `head -c 32 /dev/urandom | base64 > {self.raw(loc)}; "
                         f"chmod 600 {self.raw(loc)}`"
                         + (", then copy it to every peer of the site)" if shared else ")"))

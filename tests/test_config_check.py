@@ -5,9 +5,12 @@ start fails anyway (here: called without the check) stops what it had started.""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,28 @@ def test_a_failed_start_leaves_no_raft_node_behind(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", raft_port))  # free: the node was stopped
     peer.local_progress.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root to run the check as another user")
+def test_a_secret_behind_a_closed_directory_is_a_finding(tmp_path: Path) -> None:
+    """What docs/install.md's Debian host path met: secrets/ made 0700 by root, the check run
+    as the peer's user. A finding with the file's line, not a PermissionError traceback."""
+    root = Path(tempfile.mkdtemp(prefix="vaq-check-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        config = _config(root, _free_port(), bmc="secrets/bmc.yml")
+        (root / "secrets").mkdir(mode=0o700)
+        (root / "secrets/bmc.yml").write_text("lab-ipmi: {user: admin, password: pw}\n")
+        for name in ("phone-home.key", "ops.token", "raft.key"):
+            (root / name).write_text("c2VjcmV0LXZhbHVlLWZvci10ZXN0cw==\n")
+            (root / name).chmod(0o644)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              VAQ, "serve", "--check", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out.returncode == 2, out
+        assert f"{config}:8: the BMC secrets file: {root}/secrets/bmc.yml cannot be reached " \
+               "by this user (Permission denied)" in out.stderr, out.stderr
+    finally:
+        shutil.rmtree(root)
