@@ -111,7 +111,7 @@ def wait_until(vm: ImageGuest, what: str, probe: Callable[[], T | None],
         time.sleep(2)
 
 
-def wait_healthy(ns: Netns, vm: ImageGuest, timeout: float = 600) -> float:
+def wait_healthy(ns: Netns, vm: ImageGuest, timeout: float = 900) -> float:
     """Seconds from power on until the peer answers /healthz from outside the VM."""
     wait_until(vm, "/healthz", lambda: healthz(ns), timeout)
     return vm.elapsed

@@ -66,7 +66,7 @@ def test_image_boots_a_peer_that_netboots_a_machine(firmware: str, site_config: 
                             return entry
                     return None
 
-                entry = wait_until(vm, f"{name} phones home", phoned_home, timeout=300)
+                entry = wait_until(vm, f"{name} phones home", phoned_home, timeout=600)
                 print(f"{firmware}: {name} netbooted from the image's peer and phoned home "
                       f"{guest.elapsed:.0f} s after power on ({entry})")
             assert healthz(ns)
@@ -90,7 +90,7 @@ def test_a_missing_config_says_what_is_wrong_and_keeps_ssh(site_config: Path,
         rig.bridge(ns, "br0", "198.18.0.1/24")
         with ImageGuest(ns, "br0", PEER_MAC, disk, "bios", name="peer-noconfig",
                         workdir=tmp_path / "vm") as vm:
-            vm.wait_console(r"vaquero: NO PEER: no /etc/vaquero/peer\.yaml", timeout=600)
+            vm.wait_console(r"vaquero: NO PEER: no /etc/vaquero/peer\.yaml", timeout=900)
             assert "labelled VAQCONFIG" in vm.console_text()
             key = tmp_path / "id_ed25519"
             done = wait_until(vm, "SSH", lambda: (r := ssh(ns, key, "systemctl is-active "
