@@ -194,3 +194,24 @@ def test_a_peer_config_that_keeps_its_data_off_the_state_partition_is_refused(
     peer.write_text("site: s1\npeer: p1\n")
     problems = config.check_peer_config(peer)
     assert problems and all(p.startswith(f"{peer}:") for p in problems)
+
+
+def test_a_missing_peer_config_still_installs_the_partition_s_ssh_keys_and_network(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The first QEMU boot with no peer.yaml said so on the console but answered no SSH: the
+    partition's authorized_keys and network files were installed only with a config."""
+    config = _appliance_config()
+    partition = tmp_path / "etc-vaquero"
+    (partition / "network").mkdir(parents=True)
+    (partition / "authorized_keys").write_text("ssh-ed25519 AAAA test\n")
+    (partition / "network/10-boot.network").write_text("[Match]\nName=ens5\n")
+    monkeypatch.setattr(config, "PARTITION_DIR", partition)
+    monkeypatch.setattr(config, "RUN", tmp_path / "run")
+    monkeypatch.setattr(config, "NETWORK_RUN", tmp_path / "run-network")
+    monkeypatch.setattr(config, "cmdline_value", lambda name: None)
+    monkeypatch.setattr(config.pwd, "getpwnam", lambda name: pwd.getpwuid(os.getuid()))
+    assert config.main() == 0
+    assert (tmp_path / "run/ssh/root.authorized_keys").read_text() == "ssh-ed25519 AAAA test\n"
+    assert (tmp_path / "run-network/10-boot.network").is_file()
+    assert not (tmp_path / "run/peer.env").exists()  # no peer without a config
+    assert "<3>vaquero: NO PEER: no " in capsys.readouterr().out

@@ -150,10 +150,14 @@ def main() -> int:
     try:
         config_dir = find_config(owner)
     except ValueError as exc:
+        install_access(PARTITION_DIR)  # whatever the partition holds keeps the machine reachable
         say(f"NO PEER: {exc}", 3)
         say(HELP, 4)
         return 0
     if config_dir is None:
+        # No peer.yaml, but the partition's SSH keys and network files still apply: the first
+        # QEMU boot with a missing config answered no SSH, its keys never installed.
+        install_access(PARTITION_DIR)
         say(f"NO PEER: no {PARTITION_DIR}/peer.yaml and no vaq.config= on the kernel "
             "command line.", 3)
         say(HELP, 4)
