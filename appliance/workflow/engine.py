@@ -27,6 +27,7 @@ from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL
 from appliance.cluster.errors import ClusterError, CommandRejected
 from appliance.power.base import PowerControl
+from appliance.sot.models import Workflow
 from appliance.sot.plan import Plan, make_plan
 from appliance.sot.revision import Revision, RevisionCache, empty_revision
 from appliance.sot.tree import Tree
@@ -113,6 +114,18 @@ class WorkflowEngine:
             self._install_maps[sha] = {h: fp.install
                                        for h, fp in compiled.result.fingerprints.items()}
         return self._install_maps[sha]
+
+    async def _workflow_at(self, sha: str, host: str) -> Workflow | None:
+        """`host`'s workflow in revision `sha` (what a machine being reinstalled still runs,
+        for its stage's `before_shutdown`); None when it had none or `sha` is unreadable."""
+        try:
+            sot = (await self.revision(sha)).sot
+        except Exception as exc:  # gone from the mirror: its hooks cannot be known
+            log.warning("workflow.hooks_unknown", host=host, revision=sha,
+                        error=f"{exc.__class__.__name__}: {exc}")
+            return None
+        entry = sot.hosts.get(host)
+        return sot.workflows.get(entry.host.workflow) if entry and entry.host.workflow else None
 
     def _rollout_base(self, sha: str) -> str:
         """What the rollout of `sha` is planned against: the revision it was approved
@@ -247,5 +260,6 @@ class WorkflowEngine:
                                if s.boot is not None and not sot.boots[s.boot].ipxe)
             runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
                                 clock=self.clock, watch=self._watch, marked_stages=marked,
+                                workflow_at=lambda sha, name=name: self._workflow_at(sha, name),
                                 **self.runner_options)
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")
