@@ -526,19 +526,6 @@ class Workflow(Strict):
     rollout: Rollout = Rollout()
     depends_on: list[Id] = []
 
-    @model_validator(mode="after")
-    def _hooks_before_a_power_cycle(self) -> Workflow:
-        # a local stage is booted by the installer's own reboot: the leader power-cycles
-        # nothing, so there is no moment to run the hooks of the stage before it
-        for i, (stage, after) in enumerate(zip(self.stages, self.stages[1:], strict=False), 1):
-            if stage.before_shutdown and after.local:
-                raise ValueError(f"stage {i} ({stage.label}) has `before_shutdown`, but stage "
-                                 f"{i + 1} is `local: true`: the machine reboots into it by "
-                                 "itself, so nothing can run before that reboot; move the "
-                                 "hooks to that local stage: they run when the leader next "
-                                 "power-cycles the machine out of it")
-        return self
-
 
 # --- federation.yml (top level) --------------------------------------------------------------
 
