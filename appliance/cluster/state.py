@@ -197,8 +197,9 @@ class ClusterState:
             "message": cmd["reason"], "deadline": None, "last_event": "host.armed",
             "updated_at": at,
         }
-        if (current or {}).get("running"):  # still running it: its hooks precede the reinstall
-            self.hosts[name]["running"] = current["running"]
+        running = (current or {}).get("running")
+        if running:  # the machine still runs it: its hooks come before the reinstall's power
+            self.hosts[name]["running"] = running
         return {"ok": True, "seq": seq}
 
     def _host_step(self, cmd: dict) -> dict:

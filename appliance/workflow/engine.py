@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 
 import structlog
@@ -260,6 +261,6 @@ class WorkflowEngine:
                                if s.boot is not None and not sot.boots[s.boot].ipxe)
             runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
                                 clock=self.clock, watch=self._watch, marked_stages=marked,
-                                workflow_at=lambda sha, name=name: self._workflow_at(sha, name),
+                                workflow_at=functools.partial(self._workflow_at, host=name),
                                 **self.runner_options)
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")
