@@ -493,9 +493,9 @@ class Converter:
         for i, step in enumerate(steps):
             where = f"{path}:{doc.line_of(('before_shutdown', i))}"
             step = step if isinstance(step, dict) else {}
-            words = [str(step.get("command") or ""), *map(str, step.get("commands") or [])]
+            words = [str(step.get("command") or ""), *map(str, _listed(step.get("commands")))]
             command = " ".join(w for w in words if w)
-            args = " ".join(map(str, step.get("args") or []))
+            args = " ".join(map(str, _listed(step.get("args"))))
             hook = self._probe(f"{command} {args}", min(int(step.get("timeout") or 60), 3600))
             if hook is not None:
                 if hook["type"] == "http":
@@ -618,6 +618,13 @@ class Converter:
 
     def files_binary_todo(self, path: str) -> None:
         self.todo(f"{path}:1", "data", path, "not UTF-8 text; not imported")
+
+
+def _listed(value: Any) -> list:
+    """A YAML list as a list; one scalar as a list of it (never split into characters)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _mac(value: Any) -> str:
