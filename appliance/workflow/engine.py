@@ -116,9 +116,10 @@ class WorkflowEngine:
                                        for h, fp in compiled.result.fingerprints.items()}
         return self._install_maps[sha]
 
-    async def _workflow_at(self, sha: str, host: str) -> Workflow | None:
-        """`host`'s workflow in revision `sha` (what a machine being reinstalled still runs,
-        for its stage's `before_shutdown`); None when it had none or `sha` is unreadable."""
+    async def _running_at(self, sha: str, host: str) -> tuple[Workflow, str] | None:
+        """`host`'s workflow and boot address in revision `sha`: what a machine being
+        reinstalled still runs, and where, for its stage's `before_shutdown`. None when it
+        had no workflow there or `sha` is unreadable."""
         try:
             sot = (await self.revision(sha)).sot
         except Exception as exc:  # gone from the mirror: its hooks cannot be known
@@ -126,7 +127,11 @@ class WorkflowEngine:
                         error=f"{exc.__class__.__name__}: {exc}")
             return None
         entry = sot.hosts.get(host)
-        return sot.workflows.get(entry.host.workflow) if entry and entry.host.workflow else None
+        workflow = sot.workflows.get(entry.host.workflow or "") if entry else None
+        if entry is None or workflow is None:
+            return None
+        iface = entry.host.boot_interface()
+        return workflow, str(iface.ipv4) if iface else ""
 
     def _rollout_base(self, sha: str) -> str:
         """What the rollout of `sha` is planned against: the revision it was approved
@@ -261,6 +266,6 @@ class WorkflowEngine:
                                if s.boot is not None and not sot.boots[s.boot].ipxe)
             runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
                                 clock=self.clock, watch=self._watch, marked_stages=marked,
-                                workflow_at=functools.partial(self._workflow_at, host=name),
+                                running_at=functools.partial(self._running_at, host=name),
                                 **self.runner_options)
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")

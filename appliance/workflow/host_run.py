@@ -70,20 +70,20 @@ class HostRunner:
                  silence_window: float = SILENCE_WINDOW, clock: Clock = SYSTEM_CLOCK,
                  watch: dict[tuple, float] | None = None,
                  marked_stages: frozenset[int] = frozenset(),
-                 workflow_at: Callable[[str], Awaitable[Workflow | None]] | None = None
+                 running_at: Callable[[str], Awaitable[tuple[Workflow, str] | None]] | None = None
                  ) -> None:
         """`watch`: when this leader started waiting for each (host, stage, attempt), shared
         by the engine's runners so a restarted runner does not restart the stage timeout;
         the engine drops it when it stops leading. `marked_stages`: stages whose generated
         script reports having loaded its kernel and initrds (custom scripts do not).
-        `workflow_at`: this host's workflow in another revision (the one a machine being
-        reinstalled still runs, for its `before_shutdown`)."""
+        `running_at`: this host's workflow and boot address in another revision (the one a
+        machine being reinstalled still runs, for its `before_shutdown`)."""
         self.cluster, self.power, self.entry = cluster, power, entry
         self.evidence_window, self.silence_window = evidence_window, silence_window
         self.clock = clock
         self.watch = watch if watch is not None else {}
         self.marked_stages = marked_stages
-        self.workflow_at = workflow_at
+        self.running_at = running_at
         self.workflow, self.revision = workflow, revision
         self.name = entry.host.name
         self.log = log.bind(host=self.name, revision=revision[:12])
@@ -355,13 +355,15 @@ class HostRunner:
 
     # --- before the leader powers it: the running stage's before_shutdown ----------------
 
-    async def _hooks_of(self, revision: str, stage: int) -> list[ShutdownHook]:
-        workflow: Workflow | None = self.workflow
+    async def _hooks_of(self, revision: str, stage: int) -> tuple[list[ShutdownHook], str]:
+        """The hooks of `stage` of `revision`, and the address the machine has there."""
+        iface = self.entry.host.boot_interface()
+        found: tuple[Workflow, str] | None = (self.workflow, str(iface.ipv4) if iface else "")
         if revision != self.revision:
-            workflow = await self.workflow_at(revision) if self.workflow_at else None
-        if workflow is None or not 0 < stage <= len(workflow.stages):
-            return []
-        return list(workflow.stages[stage - 1].before_shutdown)
+            found = await self.running_at(revision) if self.running_at else None
+        if found is None or not 0 < stage <= len(found[0].stages):
+            return [], ""
+        return list(found[0].stages[stage - 1].before_shutdown), found[1]
 
     async def _before_shutdown(self, rec: dict, stage: int) -> bool:
         """Run the `before_shutdown` hooks of the stage the machine runs (`running` in its
@@ -372,7 +374,7 @@ class HostRunner:
         shut down: its hooks are recorded as skipped. False when a hook failed: the host is
         failed, unpowered; arming it again runs the hooks again."""
         running = rec["running"]
-        hooks = await self._hooks_of(running["revision"], running["stage"])
+        hooks, address = await self._hooks_of(running["revision"], running["stage"])
         where = f"stage {running['stage']}" + (
             "" if running["revision"] == self.revision else
             f" of revision {running['revision'][:12]}")
@@ -384,8 +386,6 @@ class HostRunner:
         if not todo:
             return True
         off = self.power is not None and self._has_bmc() and await self._quietly_off()
-        iface = self.entry.host.boot_interface()
-        address = str(iface.ipv4) if iface else ""
         for hook, iid in todo:
             what = f"{where} before_shutdown {hook.label}"
             existing = self.cluster.intent(iid)

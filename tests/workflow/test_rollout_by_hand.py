@@ -349,12 +349,12 @@ def test_a_stage_health_check_holds_the_next_stage_until_it_passes(tmp_path: Pat
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    """The hosts' drain endpoint: answers 200 and remembers (method, path)."""
+    """The hosts' drain endpoint: answers 200 and remembers (address, method, path)."""
 
-    calls: ClassVar[list[tuple[str, str]]] = []
+    calls: ClassVar[list[tuple[str, str, str]]] = []
 
     def _answer(self) -> None:
-        self.calls.append((self.command, self.path))
+        self.calls.append((self.server.server_address[0], self.command, self.path))
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -371,7 +371,9 @@ def test_before_shutdown_hooks_run_before_the_leader_powers_a_machine_out(
     (POST) before the leader powers it into the install stage, the install stage asks for a
     handoff (PUT) before a reinstall powers it out of its installed system. svc-1 answers;
     svc-2 (its address has no listener) is held, failed and unpowered, with the reason, and
-    arming it again (the next revision) runs the hook of what it still runs again."""
+    arming it again (the next revision) runs the hook of what it still runs again. The next
+    revision moves svc-1 to another address: the handoff goes to the address of the system
+    it still runs, the new install's drain to its new one."""
     (port,) = free_tcp_ports(1)
     hosts = [LabHost("svc-1", "workers", MAC["svc-1"], "127.0.0.1", subnet="loop"),
              LabHost("svc-2", "workers", MAC["svc-2"], "127.0.0.2", subnet="loop")]
@@ -383,9 +385,12 @@ def test_before_shutdown_hooks_run_before_the_leader_powers_a_machine_out(
                                 stage_timeout=60, depends=False, before_shutdown=hooks)
     calls = _Recorder.calls
     calls.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Recorder)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                     daemon=True).start()
+    servers = [ThreadingHTTPServer((address, port), _Recorder)
+               for address in ("127.0.0.1", "127.0.0.3")]  # 127.0.0.2: nothing listens
+    for server in servers:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         daemon=True).start()
+    old, new = "127.0.0.1", "127.0.0.3"
     try:
         with following(tmp_path, bare) as peer:
             base = peer.base
@@ -401,12 +406,12 @@ def test_before_shutdown_hooks_run_before_the_leader_powers_a_machine_out(
                 phone_home(base, script)
             until(lambda: record(base, "svc-1").get("state") == "waiting"
                   and record(base, "svc-1").get("stage") == 2, "svc-1 on to stage 2")
-            assert calls == [("POST", "/drain")], calls  # before stage 2 was powered
+            assert calls == [(old, "POST", "/drain")], calls  # before stage 2 was powered
             served, script = boot_as_machine(base, "svc-1")
             assert served == 2, script
             phone_home(base, script)
             until(lambda: record(base, "svc-1").get("state") == "done", "svc-1 done")
-            assert calls == [("POST", "/drain")], calls  # the last stage's hook: not yet
+            assert calls == [(old, "POST", "/drain")], calls  # the last stage's: not yet
 
             until(lambda: record(base, "svc-2").get("state") == "failed", "svc-2 held", 40)
             held = record(base, "svc-2")
@@ -427,20 +432,22 @@ def test_before_shutdown_hooks_run_before_the_leader_powers_a_machine_out(
 
             # a reinstall of both: svc-1's installed system hands off first; svc-2 still
             # runs stage 1 of rev1, so its drain runs again (and fails again: still held)
-            write_lab(tmp_path, work, hosts, stage_timeout=60, depends=False,
+            moved = [LabHost("svc-1", "workers", MAC["svc-1"], new, subnet="loop"), hosts[1]]
+            write_lab(tmp_path, work, moved, stage_timeout=60, depends=False,
                       before_shutdown=hooks, install_note="v2")
             rev2 = push(work, "install v2")
             approve_when_planned(base, rev2)
             until(lambda: record(base, "svc-1").get("revision") == rev2
                   and record(base, "svc-1").get("state") == "waiting", "svc-1 reinstalling")
-            assert calls == [("POST", "/drain"), ("PUT", "/handoff")], calls
+            assert calls == [(old, "POST", "/drain"), (old, "PUT", "/handoff")], calls
             until(lambda: record(base, "svc-2").get("revision") == rev2
                   and record(base, "svc-2").get("state") == "failed", "svc-2 held again", 40)
             assert record(base, "svc-2")["message"].startswith(
                 f"stage 1 of revision {rev1[:12]} before_shutdown drain (POST :{port}/drain)"
                 ": hook failed for 8 s"), record(base, "svc-2")
             run_stages(base, "svc-1")  # the drain of its new stage 1 answers again
-            assert calls[2:] == [("POST", "/drain")], calls
+            assert calls[2:] == [(new, "POST", "/drain")], calls
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
