@@ -74,6 +74,9 @@ packages=(
   python3 python3-venv iproute2 iputils-ping ipxe ca-certificates openssh-server
   e2fsprogs dosfstools fdisk kmod procps
 )
+# The hooks run as root inside mmdebstrap's namespace: in unshare mode that root is a
+# subordinate uid, which may not read this user's files, so what they need is copied in (and
+# the squashfs out) by mmdebstrap's copy-in/copy-out, never read from the build directory.
 step "system: mmdebstrap --mode=$mode bookworm (${#packages[@]} packages and their dependencies)"
 mmdebstrap --variant=minbase --mode="$mode" --format=null \
   --aptopt='APT::Install-Recommends "false"' \
@@ -85,7 +88,10 @@ mmdebstrap --variant=minbase --mode="$mode" --format=null \
   --setup-hook="sync-in $cache/debs /var/cache/apt/archives" \
   --essential-hook='mkdir -p "$1/usr/share/initramfs-tools/modules.d" && echo squashfs > "$1/usr/share/initramfs-tools/modules.d/vaquero"' \
   --customize-hook="sync-out /var/cache/apt/archives $cache/debs" \
-  --customize-hook="\"$here/customize.sh\" \"\$1\" \"$work\"" \
+  --customize-hook='mkdir -p "$1/tmp/vaq-in"' \
+  --customize-hook="copy-in $here $work/wheels $work/requirements.txt $work/build-id /tmp/vaq-in" \
+  --customize-hook='sh "$1/tmp/vaq-in/image/customize.sh" "$1"' \
+  --customize-hook="copy-out /tmp/vaquero-root.sqfs $work" \
   bookworm /dev/null \
   "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
   "deb $security bookworm-security main"

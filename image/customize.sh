@@ -1,15 +1,17 @@
 #!/bin/sh
-# mmdebstrap customize hook: $1 is the new root, $2 the build's work directory (wheels, out).
-# Runs as (possibly namespaced) root, so ownership in the squashfs is right even when the
-# build itself is unprivileged (mmdebstrap --mode=unshare).
+# mmdebstrap customize hook: $1 is the new root. build.sh has copied this image/ directory,
+# the wheels, requirements.txt and build-id into $1/tmp/vaq-in, and takes the squashfs from
+# $1/tmp/vaquero-root.sqfs. Runs as (possibly namespaced) root, so ownership in the squashfs is
+# right even when the build itself is unprivileged (mmdebstrap --mode=unshare).
 set -eu
 root=$1
-work=$2
-here=$(dirname "$0")
+work=$root/tmp/vaq-in
+here=$work/image
 # Commands in the new root get a clean environment (no pip or locale settings of the builder).
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
 
-cp -a "$here/rootfs/." "$root/"
+# Owned by root in the image, whoever owns the checkout (or the copy-in) outside.
+cp -R --preserve=mode,timestamps "$here/rootfs/." "$root/"
 chmod 0755 "$root/usr/lib/vaquero/appliance_config.py"
 # A fixed uid: files on the state partition must keep their owner across image updates.
 in_root groupadd --system --gid 990 vaquero
@@ -91,6 +93,7 @@ in_root dpkg-query -W -f '${Package} ${Version}\n' > "$root/usr/share/vaquero/pa
 in_root /opt/vaquero/venv/bin/pip freeze > "$root/usr/share/vaquero/python-packages.txt"
 cp "$work/build-id" "$root/usr/lib/vaquero/build-id"
 
-mksquashfs "$root" "$work/vaquero-root.sqfs" -noappend -quiet -no-progress \
+rm -rf "$work"
+mksquashfs "$root" "$root/tmp/vaquero-root.sqfs" -noappend -quiet -no-progress \
   -comp "${VAQ_SQUASHFS_COMP:-gzip}" -wildcards \
   -e 'proc/*' 'sys/*' 'dev/*' 'run/*' 'tmp/*' 'var/*' 'boot/efi/*'
