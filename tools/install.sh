@@ -16,7 +16,7 @@ PACKAGES=(
   isc-dhcp-client tftp-hpa kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light wrk
   busybox-static cpio gnupg openssh-client
   mmdebstrap squashfs-tools mtools dosfstools fdisk e2fsprogs grub-common grub-pc-bin
-  grub-efi-amd64-bin zstd  # image/build.sh and tests/image
+  grub-efi-amd64-bin zstd nbdkit  # image/build.sh and tests/image (nbdkit: the power cut)
   ignition cloud-init  # ignition-validate and cloud-init's JSON schema: format checks
 )
 missing=()
