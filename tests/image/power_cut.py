@@ -191,13 +191,13 @@ def wait_status(vm: PeerVM, wanted: tuple[str, ...], timeout: float) -> str:
 class Nbd:
     """nbdkit serving `disk` through a writeback cache: the disk's volatile write cache."""
 
-    def __init__(self, ns: Netns, disk: Path, sock: Path, log: Path) -> None:
+    def __init__(self, disk: Path, sock: Path, log: Path) -> None:
         self.sock = sock
         sock.unlink(missing_ok=True)
-        with log.open("wb") as out:
-            self.proc = ns.popen(["nbdkit", "-f", "-U", str(sock), "--filter=cache", "file",
+        with log.open("wb") as out:  # a Unix socket: no network, no namespace needed
+            self.proc = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "--filter=cache", "file",
                                   str(disk), "cache=writeback"],
-                                 stdout=out, stderr=subprocess.STDOUT,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                  env={**os.environ, "TMPDIR": str(sock.parent)})
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -390,7 +390,7 @@ def restore(ns: Netns, base: Path, rdir: Path) -> tuple[list[PeerVM], list[Nbd]]
         disk = rdir / f"{name}.raw"
         subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(base / f"{name}.raw"),
                         str(disk)], check=True, timeout=300)
-        nbds.append(Nbd(ns, disk, rdir / f"{name}.nbd", rdir / f"{name}.nbdkit.log"))
+        nbds.append(Nbd(disk, rdir / f"{name}.nbd", rdir / f"{name}.nbdkit.log"))
         vms.append(PeerVM(ns, "br0", mac, disk, name=name, workdir=rdir, nbd=nbds[-1].sock,
                           incoming=base / f"{name}.state").start())
     for vm in vms:
