@@ -312,10 +312,18 @@ def in_ns(ns: Netns, coro_fn, *args, timeout: float = 120):
         return loop.run(coro_fn(*args), timeout=timeout)
 
 
-def make_network(rig: NetnsRig) -> Netns:
+def make_network(rig: NetnsRig, mac: str | None = None) -> Netns:
+    """The guests' link. A restore gives the bridge the baseline's MAC: the guests' ARP
+    caches, restored with them, still point at it."""
     ns = rig.netns("pcut")
     rig.bridge(ns, "br0", f"{HOST_ADDRESS}/24")
+    if mac:
+        ns.run("ip", "link", "set", "br0", "address", mac)
     return ns
+
+
+def bridge_mac(ns: Netns) -> str:
+    return ns.run("cat", "/sys/class/net/br0/address").stdout.strip()
 
 
 def build_baseline(work: Path, log=print) -> Path:
@@ -353,11 +361,12 @@ def build_baseline(work: Path, log=print) -> Path:
                     time.sleep(1)
                 vm.hmp("quit")
                 vm.wait_exit(60)
+            mac = bridge_mac(ns)
         finally:
             for vm in vms:
                 vm.close()
     (base / "done.json").write_text(json.dumps({
-        "boot_s": round(time.monotonic() - t0), "leader": leader,
+        "boot_s": round(time.monotonic() - t0), "leader": leader, "bridge_mac": mac,
         "writes": len(writes.acked), "top_seq": max(writes.acked.values())}))
     log(f"baseline saved in {base} ({time.monotonic() - t0:.0f} s)")
     return base
@@ -503,6 +512,33 @@ def check_after_cut(work: Path, rdir: Path, cut: Cut, acked: dict[str, int]) -> 
             cut.missing[name] = sorted(m for m, seq in acked.items() if found.get(m) != seq)
 
 
+def cold_boot_check(work: Path, n: int) -> dict[str, list[str]]:
+    """The slow, whole check of repeat `n` (run with `--keep`): the three guests power on
+    from their post-cut disks (the guest kernel replays ext4's journal itself, the image's own
+    `vaq-peer` reads its Raft journal) and every acknowledged write must be on every peer."""
+    rdir = work / f"repeat-{n:02d}"
+    acked = json.loads((rdir / "result.json").read_text())["acked_writes"]
+    top = max(acked.values())
+    bdir = rdir / "cold-boot"
+    bdir.mkdir(exist_ok=True)
+    missing = {}
+    with NetnsRig("pcw") as rig:
+        ns = make_network(rig)
+        vms = []
+        try:
+            for name, _, mac in PEERS:
+                vms.append(PeerVM(ns, "br0", mac, rdir / f"{name}.raw", name=name,
+                                  workdir=bdir).start())
+            in_ns(ns, wait_leader, BOOT_TIMEOUT, timeout=BOOT_TIMEOUT + 30)
+            for name, ip, _ in PEERS:
+                found = in_ns(ns, read_events, ip, 300, top, timeout=330)
+                missing[name] = sorted(m for m, seq in acked.items() if found.get(m) != seq)
+        finally:
+            for vm in vms:
+                vm.close()
+    return missing
+
+
 def run_repeat(work: Path, base: Path, n: int, rng: random.Random,
                cut_window: tuple[float, float] = (3.0, 30.0)) -> Cut:
     """One power cut from the baseline; the check of every acknowledged write."""
@@ -512,8 +548,9 @@ def run_repeat(work: Path, base: Path, n: int, rng: random.Random,
     rdir.mkdir(parents=True)
     cut = Cut(n)
     writes = Writes(f"r{n}")
+    meta = json.loads((base / "done.json").read_text())
     with NetnsRig("pcr") as rig:
-        ns = make_network(rig)
+        ns = make_network(rig, meta["bridge_mac"])
         vms: list[PeerVM] = []
         nbds: list[Nbd] = []
         try:
@@ -542,8 +579,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path(__file__).parents[2] / "build/power-cut",
                     help="the baseline (kept and reused) and each repeat's disks and logs")
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--keep", action="store_true", help="keep each repeat's disks")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep every repeat's disks (the last one's are always kept)")
+    ap.add_argument("--cold-boot", type=int, metavar="N",
+                    help="only boot the guests from repeat N's kept disks and check them")
     args = ap.parse_args(argv)
+    if args.cold_boot is not None:
+        t0 = time.monotonic()
+        missing = cold_boot_check(args.work, args.cold_boot)
+        lost = sum(len(m) for m in missing.values())
+        print(f"cold boot of repeat {args.cold_boot}: "
+              f"{'every acknowledged write on every peer' if not lost else f'LOST {missing}'}"
+              f" ({time.monotonic() - t0:.0f} s)", flush=True)
+        return 1 if lost else 0
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     base = build_baseline(args.work)
@@ -557,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
               f"cut {cut.cut_after_s:5.1f} s after the first, {cut.refused} refused; "
               f"{'all present on every peer' if cut.ok else f'LOST {lost}'}; e2fsck "
               f"{sorted(cut.fsck.values())}; {cut.seconds:.0f} s", flush=True)
-        if not args.keep:
+        if not args.keep and n < args.repeats:
             for disk in (args.work / f"repeat-{n:02d}").glob("*.raw"):
                 disk.unlink()
     good = sum(c.ok for c in cuts)
