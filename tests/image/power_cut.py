@@ -482,10 +482,11 @@ def start_host_peers(rig: NetnsRig, work: Path, rdir: Path) -> Netns:
     """`vaq-peer serve` for each peer from its data directory, with its own config (data_dir
     changed), in a namespace whose `ens5` has the three guests' addresses."""
     ns = rig.netns("pchk")
-    ns.run("ip", "link", "add", "ens5", "type", "dummy")
+    ns.run("ip", "link", "add", "ens5", "type", "veth", "peer", "name", "ens5x")  # no dummy
     for _, ip, _ in PEERS:
         ns.run("ip", "addr", "add", f"{ip}/24", "dev", "ens5")
-    ns.run("ip", "link", "set", "ens5", "up")
+    for link in ("ens5", "ens5x"):
+        ns.run("ip", "link", "set", link, "up")
     vaq_peer = str(Path(sys.executable).parent / "vaq-peer")
     for name, _, _ in PEERS:
         cfg = rdir / f"host-{name}"
