@@ -64,6 +64,7 @@ from tools.rigs.netns import Netns, NetnsRig
 SITE = "pc"
 PEERS = [(f"peer-{i}", f"198.18.0.1{i}", f"52:54:00:e2:01:1{i}") for i in (1, 2, 3)]
 HOST_ADDRESS = "198.18.0.1"
+BRIDGE_MAC = "52:54:00:e2:01:01"
 HTTP_PORT = 8080
 RAFT_PORT = 7650
 TOKEN = "cG93ZXItY3V0LXRlc3QtYWRtaW4tdG9rZW4="  # a test-only secret, on the test's disks only
@@ -312,18 +313,14 @@ def in_ns(ns: Netns, coro_fn, *args, timeout: float = 120):
         return loop.run(coro_fn(*args), timeout=timeout)
 
 
-def make_network(rig: NetnsRig, mac: str | None = None) -> Netns:
-    """The guests' link. A restore gives the bridge the baseline's MAC: the guests' ARP
-    caches, restored with them, still point at it."""
+def make_network(rig: NetnsRig) -> Netns:
+    """The guests' link. The bridge's MAC is fixed (a bridge otherwise takes its ports', which
+    change with every tap); restored guests whose ARP caches still name another one are
+    corrected by the host's first ARP request, as on a real network."""
     ns = rig.netns("pcut")
     rig.bridge(ns, "br0", f"{HOST_ADDRESS}/24")
-    if mac:
-        ns.run("ip", "link", "set", "br0", "address", mac)
+    ns.run("ip", "link", "set", "br0", "address", BRIDGE_MAC)
     return ns
-
-
-def bridge_mac(ns: Netns) -> str:
-    return ns.run("cat", "/sys/class/net/br0/address").stdout.strip()
 
 
 def build_baseline(work: Path, log=print) -> Path:
@@ -359,14 +356,15 @@ def build_baseline(work: Path, log=print) -> Path:
                     if "failed" in info or time.monotonic() > deadline:
                         raise RuntimeError(f"{vm.name}: saving failed: {info}")
                     time.sleep(1)
-                vm.hmp("quit")
+            for vm in vms:
+                with contextlib.suppress(RuntimeError, OSError):  # QEMU exits: no prompt
+                    vm.hmp("quit")
                 vm.wait_exit(60)
-            mac = bridge_mac(ns)
         finally:
             for vm in vms:
                 vm.close()
     (base / "done.json").write_text(json.dumps({
-        "boot_s": round(time.monotonic() - t0), "leader": leader, "bridge_mac": mac,
+        "boot_s": round(time.monotonic() - t0), "leader": leader,
         "writes": len(writes.acked), "top_seq": max(writes.acked.values())}))
     log(f"baseline saved in {base} ({time.monotonic() - t0:.0f} s)")
     return base
@@ -410,6 +408,10 @@ def restore(ns: Netns, base: Path, rdir: Path) -> tuple[list[PeerVM], list[Nbd]]
             time.sleep(0.5)
     for vm in vms:
         vm.hmp("cont")
+    for vm in vms:  # the guest's driver negotiated a write cache: writes wait for a flush
+        block = vm.hmp("info block d0")
+        if "Cache mode:       writeback" not in block:
+            raise RuntimeError(f"{vm.name}: the disk is not in writeback mode: {block}")
     return vms, nbds
 
 
@@ -549,9 +551,8 @@ def run_repeat(work: Path, base: Path, n: int, rng: random.Random,
     rdir.mkdir(parents=True)
     cut = Cut(n)
     writes = Writes(f"r{n}")
-    meta = json.loads((base / "done.json").read_text())
     with NetnsRig("pcr") as rig:
-        ns = make_network(rig, meta["bridge_mac"])
+        ns = make_network(rig)
         vms: list[PeerVM] = []
         nbds: list[Nbd] = []
         try:
