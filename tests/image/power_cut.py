@@ -258,6 +258,7 @@ class Writes:
     tag: str
     acked: dict[str, int] = field(default_factory=dict)  # message -> seq
     refused: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few refusals, for the report
     first_ack: float | None = None
     stop: bool = False
 
@@ -273,13 +274,16 @@ class Writes:
                                             json={"message": msg}, headers=HEADERS,
                                             timeout=aiohttp.ClientTimeout(total=15)) as r:
                         body = await r.json() if r.status == 201 else None
-                except (TimeoutError, aiohttp.ClientError, ValueError):
-                    body = None
+                        why = f"{ip}: {r.status} {(await r.text())[:200]}"
+                except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                    body, why = None, f"{ip}: {exc!r}"
                 if body is not None:  # even after the cut: the guest sent it before
                     self.acked[msg] = int(body["seq"])
                     self.first_ack = self.first_ack or time.monotonic()
                 elif body is None:
                     self.refused += 1
+                    if len(self.errors) < 10:
+                        self.errors.append(why)
                     await asyncio.sleep(0.2)
 
 
@@ -480,6 +484,25 @@ def data_dir_from_disk(disk: Path, out: Path) -> int:
     return fsck.returncode
 
 
+def image_vaq_peer(work: Path) -> list[str]:
+    """The image's own `vaq-peer` (its venv's packages, from the system squashfs of the disk)
+    run by this host's Python 3.11: the check must replay the journal with the code that
+    wrote it (the worktree's may number events differently, e.g. after a fix)."""
+    site = work / "image-venv/opt/vaquero/venv/lib/python3.11/site-packages"
+    if not site.is_dir():
+        table = json.loads(subprocess.run(["sfdisk", "--json", str(IMAGE_DIR / "vaquero.img")],
+                                          capture_output=True, text=True, check=True,
+                                          timeout=30).stdout)
+        part = next(p for p in table["partitiontable"]["partitions"]
+                    if p.get("name") == "vaq-root-a")
+        shutil.rmtree(work / "image-venv", ignore_errors=True)
+        subprocess.run(["unsquashfs", "-q", "-n", "-o", str(part["start"] * 512), "-d",
+                        str(work / "image-venv"), str(IMAGE_DIR / "vaquero.img"),
+                        "opt/vaquero/venv/lib"], check=True, timeout=600, capture_output=True)
+    return ["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); "
+            "from appliance.cli import main; sys.exit(main())"]
+
+
 def start_host_peers(rig: NetnsRig, work: Path, rdir: Path) -> Netns:
     """`vaq-peer serve` for each peer from its data directory, with its own config (data_dir
     changed), in a namespace whose `ens5` has the three guests' addresses."""
@@ -489,7 +512,7 @@ def start_host_peers(rig: NetnsRig, work: Path, rdir: Path) -> Netns:
         ns.run("ip", "addr", "add", f"{ip}/24", "dev", "ens5")
     for link in ("ens5", "ens5x"):
         ns.run("ip", "link", "set", link, "up")
-    vaq_peer = str(Path(sys.executable).parent / "vaq-peer")
+    vaq_peer = image_vaq_peer(work)
     for name, _, _ in PEERS:
         cfg = rdir / f"host-{name}"
         shutil.copytree(work / "config" / name, cfg)
@@ -499,7 +522,7 @@ def start_host_peers(rig: NetnsRig, work: Path, rdir: Path) -> Netns:
         for secret in (cfg / "secrets").iterdir():
             secret.chmod(0o600)
         with (rdir / f"host-{name}.log").open("wb") as out:
-            ns.popen([vaq_peer, "serve", "--config", str(cfg / "peer.yaml")], stdout=out,
+            ns.popen([*vaq_peer, "serve", "--config", str(cfg / "peer.yaml")], stdout=out,
                      stderr=subprocess.STDOUT)
     return ns
 
@@ -570,7 +593,8 @@ def run_repeat(work: Path, base: Path, n: int, rng: random.Random,
         check_after_cut(work, rdir, cut, writes.acked)
     cut.seconds = time.monotonic() - t0
     (rdir / "result.json").write_text(json.dumps(
-        {**cut.__dict__, "ok": cut.ok, "acked_writes": writes.acked}, indent=1))
+        {**cut.__dict__, "ok": cut.ok, "acked_writes": writes.acked,
+         "refusals": writes.errors}, indent=1))
     return cut
 
 
