@@ -397,10 +397,13 @@ class Cut:
 def restore(ns: Netns, base: Path, rdir: Path) -> tuple[list[PeerVM], list[Nbd]]:
     """The three guests resumed from the baseline, each disk behind its own write cache."""
     vms, nbds = [], []
+    copies = [subprocess.Popen(["cp", "--sparse=always", "--reflink=auto",  # side by side
+                                str(base / f"{name}.raw"), str(rdir / f"{name}.raw")])
+              for name, _, _ in PEERS]
+    if any(cp.wait(timeout=300) for cp in copies):
+        raise RuntimeError("copying the baseline's disks failed")
     for name, _, mac in PEERS:
         disk = rdir / f"{name}.raw"
-        subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(base / f"{name}.raw"),
-                        str(disk)], check=True, timeout=300)
         nbds.append(Nbd(disk, rdir / f"{name}.nbd", rdir / f"{name}.nbdkit.log"))
         vms.append(PeerVM(ns, "br0", mac, disk, name=name, workdir=rdir, nbd=nbds[-1].sock,
                           incoming=base / f"{name}.state").start())
@@ -566,7 +569,7 @@ def cold_boot_check(work: Path, n: int) -> dict[str, list[str]]:
 
 
 def run_repeat(work: Path, base: Path, n: int, rng: random.Random,
-               cut_window: tuple[float, float] = (3.0, 30.0)) -> Cut:
+               cut_window: tuple[float, float] = (2.0, 15.0)) -> Cut:
     """One power cut from the baseline; the check of every acknowledged write."""
     t0 = time.monotonic()
     rdir = work / f"repeat-{n:02d}"
