@@ -15,10 +15,13 @@ which survives it. Here the kernel dies too, and so does the disk's write cache:
   the guest had flushed, like a disk that loses its write cache when the power goes.
   (QEMU's own `cache=` modes cannot show that: whatever QEMU has handed to the host before a
   SIGKILL stays in the host's page cache, flushed or not.)
+- **The cut:** all three QEMUs are SIGSTOPped (the guests freeze within a millisecond of
+  each other), then the three nbdkits and the three QEMUs are SIGKILLed. A flush that
+  nbdkit was writing back when it died is left half done, which the guest allows: it had
+  not been told that flush completed.
 - **Not covered:** a disk that acknowledges a flush it did not do, torn sectors inside one
-  write, and reordering of writes inside one flush epoch beyond what dropping the whole
-  unflushed epoch shows (nbdkit writes an epoch back in block order, and a cut during that
-  write-back leaves part of it: the guest was not yet told that flush had completed).
+  write, and writes inside one unflushed epoch reaching the medium in part or out of order
+  (here an unflushed epoch is always dropped whole).
 
 Booting three guests under TCG takes 10-20 minutes on a loaded 2-core machine, so the group
 is booted once (the *baseline*: the guests up, a leader elected, a few writes committed),
@@ -32,7 +35,9 @@ see the disks: each disk's state partition is copied out, `e2fsck -fy` replays i
 journal (what mounting it at boot does), and `debugfs rdump` takes the peer's data directory
 out without mounting; three real `vaq-peer` processes then start from those data
 directories, in a namespace with the guests' addresses, and every acknowledged write must be
-on every peer at the sequence number it was acknowledged with. `cold_boot_check` instead
+on every peer at the sequence number it was acknowledged with. They run the image's own
+code (its venv, taken from the disk's system squashfs, on this host's Python 3.11): the
+journals are replayed by the code that wrote them. `cold_boot_check` instead
 boots the three guests from the post-cut disks (slow: the full boot).
 
 Runner: `python -m tests.image.power_cut --repeats 20` (as root; reuses the baseline in
