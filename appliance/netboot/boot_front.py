@@ -87,9 +87,10 @@ def _query(text: str) -> dict[str, str]:
     return out
 
 
-def _headers(lines: list[str], keep_alive: bool) -> tuple[int, bool]:
+def _headers(lines: list[str], http11: bool) -> tuple[int, bool]:
     """(Content-Length, keep the connection open) from the header lines."""
     length = 0
+    keep_alive = host = http11
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon or not name or not _TOKEN_CHARS.issuperset(name.encode()):
@@ -106,21 +107,23 @@ def _headers(lines: list[str], keep_alive: bool) -> tuple[int, bool]:
                 keep_alive = False
             elif "keep-alive" in tokens:
                 keep_alive = True
+        elif name == "host":
+            host = False
         elif name in ("transfer-encoding", "expect", "upgrade"):
             raise _Handover
+    if host:
+        raise _Handover  # HTTP/1.1 without Host: aiohttp refuses it
     return length, keep_alive
 
 
 class BootFront(asyncio.Protocol):
-    """One client connection. `fallback()` makes the aiohttp protocol a connection is
-    handed to (aiohttp's `web.Server` instance, as `AppRunner.server`)."""
+    """One client connection of a `BootFrontServer`."""
 
-    def __init__(self, state: BootState, fallback: Callable[[], asyncio.Protocol],
-                 clock: _Clock, connections: set[BootFront]) -> None:
-        self.state = state
-        self.fallback = fallback
-        self.clock = clock
-        self.connections = connections
+    def __init__(self, server: BootFrontServer) -> None:
+        self.server = server
+        self.state = server.state
+        self.clock = server.clock
+        self.connections = server.connections
         self.transport: asyncio.Transport | None = None
         self.client = "?"
         self.buffer = bytearray()
@@ -179,6 +182,7 @@ class BootFront(asyncio.Protocol):
                 return  # incomplete: more bytes to come
             route, req, keep_alive = parsed
             self.active = time.monotonic()
+            self.server.answered += 1
             try:
                 result = route(self.state, req)
             except Refused as exc:
@@ -266,7 +270,8 @@ class BootFront(asyncio.Protocol):
         assert transport is not None and not self.busy
         self.connections.discard(self)
         self.transport = None
-        protocol = self.fallback()
+        self.server.handed_over += 1
+        protocol = self.server.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self.buffer = bytes(self.buffer), bytearray()
@@ -279,20 +284,26 @@ class BootFront(asyncio.Protocol):
 
 
 class BootFrontServer:
-    """The boot port: `BootFront` connections, the aiohttp `web.Server` behind them."""
+    """The boot port: `BootFront` connections, and behind them the aiohttp server that
+    `fallback()` makes protocols of (aiohttp's `web.Server` instance, `AppRunner.server`)."""
 
-    def __init__(self, state: BootState, fallback: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, state: BootState, fallback: Callable[[], asyncio.Protocol],
+                 idle: float = IDLE_S, sweep: float = SWEEP_S) -> None:
         self.state = state
         self.fallback = fallback
+        self.idle = idle
+        self.sweep = sweep
         self.connections: set[BootFront] = set()
-        self._clock = _Clock()
+        self.clock = _Clock()
+        self.answered = 0  # requests the front answered itself
+        self.handed_over = 0  # connections handed to aiohttp
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: BootFront(self.state, self.fallback, self._clock, self.connections),
+            lambda: BootFront(self),
             host, port, reuse_address=True, backlog=1024)
         self._sweeper = asyncio.create_task(self._sweep(), name="boot-front-sweep")
 
@@ -303,8 +314,8 @@ class BootFrontServer:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_S)
-            cutoff = time.monotonic() - IDLE_S
+            await asyncio.sleep(self.sweep)
+            cutoff = time.monotonic() - self.idle
             for conn in [c for c in self.connections if c.idle_since() < cutoff]:
                 if conn.transport is not None:
                     conn.transport.close()
