@@ -10,19 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from aiohttp import web
-from sotcase_path import LAB
 
 from appliance.netboot.boot_front import MAX_HEAD, BootFrontServer
 from appliance.netboot.boot_http import BootState, add_boot_routes
-from appliance.netboot.boottable import compile_boot_table
-from appliance.netboot.progress import LocalProgress, ReplicatedProgress
-from appliance.sot.revision import compile_directory
 
-SECRET = b"boot-front-secret"
 LAB01_MAC = "52:54:00:18:00:11"
 WAIT = 10.0  # seconds any one answer may take on a loaded machine
 
@@ -74,19 +68,9 @@ class Rig:
         return await self.ask(request), await self.ask(request, self.app_port)
 
 
-@pytest.fixture(scope="module")
-def lab_revision():
-    revision = compile_directory(str(LAB))
-    assert revision.valid
-    return revision
-
-
 @pytest.fixture
-async def rig(lab_revision, tmp_path: Path) -> AsyncIterator[Rig]:
-    records: dict[str, dict] = {}
-    progress = ReplicatedProgress(records.get, LocalProgress(tmp_path))
-    table = compile_boot_table(lab_revision, "lab", "br0", "198.18.0.2", SECRET)
-    state = BootState(table, progress)
+async def rig(lab_boot: tuple[BootState, dict]) -> AsyncIterator[Rig]:
+    state, records = lab_boot
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -106,7 +90,6 @@ async def rig(lab_revision, tmp_path: Path) -> AsyncIterator[Rig]:
     finally:
         await front.close()
         await runner.cleanup()
-        progress.local.close()
 
 
 def same(ours: Answer, theirs: Answer) -> None:
