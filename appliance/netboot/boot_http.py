@@ -28,6 +28,7 @@ import asyncio
 import hmac
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,14 +316,16 @@ def phone_home(state: BootState, req: BootRequest) -> Answer:
               "workflow_done": record.done >= stages}
 
     async def synced() -> BootAnswer:
+        started = time.monotonic()
         await state.progress.sync()  # acknowledged once on disk (one fsync for many)
+        waited_ms = round((time.monotonic() - started) * 1000, 1)
         if replay:
             state.count("phone_home_replays")
             log.info("boot.phone_home_replayed", host=host, stage=stage, client=req.client)
             return _json({**answer, "replay": True})
         state.count("phone_homes")
         log.info("boot.phone_home", host=host, stage=stage, stages=stages, client=req.client,
-                 done=record.done >= stages,
+                 done=record.done >= stages, sync_ms=waited_ms,
                  report=req.body[:1024].decode(errors="replace") or None)
         state.event("stage-done", host=host, stage=stage, stages=stages, revision=table.sha,
                     arming=arming)
