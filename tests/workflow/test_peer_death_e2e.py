@@ -20,6 +20,7 @@ power-cycle); the BMC started the machine three times; no retry, no failure.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -110,9 +111,9 @@ def test_a_machine_whose_peer_dies_after_its_dhcp_ack_is_power_cycled_once(
 
     assert (record["state"], record["done"], record["revision"]) == ("done", 2, rev), record
     # the kill came before the script: the dead peer never served the machine anything more
-    dead = [json.loads(line) for line in logs[killed["peer"]].splitlines()
-            if line.startswith("{") and HOST.name in line]
-    assert not [e for e in dead if e.get("event") == "boot.script"], dead
+    after = [json.loads(line) for line in logs[killed["peer"]].splitlines()
+             if line.startswith("{") and HOST.name in line]
+    assert not [e for e in after if e.get("event") == "boot.script"], after
     served = [i for i, text in logs.items() if '"boot.script"' in text and HOST.name in text]
     assert served and killed["peer"] not in served, served
 
@@ -132,4 +133,9 @@ def test_a_machine_whose_peer_dies_after_its_dhcp_ack_is_power_cycled_once(
     assert machine.power_ons() == 3, (machine.power_ons(), machine.chassis_requests())
     console = machine.console_text()
     assert console.count("VAQ-TEST: PHONED-HOME") == 2, console[-3000:]
+    # what the machine saw: its first script asked of the dead peer, refused or reset
+    dead = re.escape(PEERS[killed["peer"]])
+    first = re.search(rf"http://{dead}:8080/\S*\.\.\. ([^(\n]+)", console)
+    assert first and "ok" not in first.group(1), console[:4000]
+    print(f"the machine's first script fetch: {first.group(0).strip()}")
     print(f"power outcomes, in order: {outcomes}")
