@@ -3,11 +3,15 @@ power-cycle, and finishes its workflow through another peer, with nothing done b
 
 The site of the workflow end-to-end tests (tests/workflow/wf_site.py: three `vaq-peer serve`
 in namespaces, Raft, a git SoT), one BIOS QEMU machine behind its own `ipmi_sim` BMC, a
-two-stage workflow of network boots. A packet socket on the boot bridge (tools/rigs/
+two-stage workflow of network boots. The peer to kill is the leader (which powered the
+machine: its successor must notice) or a follower; which peer's DHCP answer the machine
+takes is a race, so until the kill the boot bridge forwards DHCP answers from that peer only
+(an nftables bridge filter: `DhcpOnlyFrom`). A packet socket on the bridge (tools/rigs/
 wire_watch.py) sees the DHCP ACK the machine gets on its first power-on and, at once,
-SIGKILLs the peer that sent it (the ACK's server id): iPXE then asks a dead address for its
-script, and nothing is left to fall back from (the fallback between peers starts with the
-script: tests/netboot/test_boot_fallback.py); the machine ends at "No bootable device".
+SIGKILLs the peer that sent it (the ACK's server id); the filter is lifted. iPXE then asks
+a dead address for its script, and nothing is left to fall back from (the fallback between
+peers starts with the script: tests/netboot/test_boot_fallback.py); the machine ends at "No
+bootable device".
 The leader sees a machine that was powered but fetched no script within
 `workflow.evidence_window` (short here, through the peers' config) and power-cycles it into
 PXE once; the machine boots through a live peer and the rollout ends done.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import time
 from collections import Counter
@@ -33,7 +38,7 @@ from wf_sot import LabHost, init_repo, push, write_sot
 from tests.support.waiting import until
 from tools.rigs.bmc_guest import BmcGuest
 from tools.rigs.bmc_guest import unavailable_reason as bmc_unavailable
-from tools.rigs.netns import NetnsRig
+from tools.rigs.netns import Netns, NetnsRig
 from tools.rigs.netns import unavailable_reason as netns_unavailable
 from tools.rigs.qemu_guest import RouterAdvertiser
 from tools.rigs.test_kernel import build_test_os
@@ -48,9 +53,30 @@ STAGE_TIMEOUT = 300  # a stage under TCG takes 20-90 s here
 WINDOWS = "workflow: {evidence_window: 40, silence_window: 120}\n"
 
 
+class DhcpOnlyFrom:
+    """The bridge forwards DHCP answers (UDP from port 67) from `server` only, until lifted:
+    a table of the bridge family in the bridge's namespace, removed by `lift()` (and with
+    the namespace)."""
+
+    TABLE = "vqdhcp"
+
+    def __init__(self, ns: Netns, server: str) -> None:
+        self.ns = ns
+        others = ", ".join(a for a in PEERS if a != server)
+        ns.run("nft", "-f", "-", input=(
+            f"table bridge {self.TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f"    udp sport 67 ip saddr {{ {others} }} drop\n  }}\n}}\n"))
+
+    def lift(self) -> None:
+        self.ns.run("nft", "delete", "table", "bridge", self.TABLE, check=False)
+
+
+@pytest.mark.parametrize("whose", ["leader", "follower"])
 def test_a_machine_whose_peer_dies_after_its_dhcp_ack_is_power_cycled_once(
-        tmp_path: Path) -> None:
-    reason = netns_unavailable() or bmc_unavailable("bios")
+        tmp_path: Path, whose: str) -> None:
+    reason = netns_unavailable() or bmc_unavailable("bios") or (
+        None if shutil.which("nft") else "nft is not installed (apt: nftables)")
     if reason:
         pytest.skip(reason)
     guest_os = build_test_os()
@@ -89,11 +115,18 @@ def test_a_machine_whose_peer_dies_after_its_dhcp_ack_is_power_cycled_once(
             machine.start()
             until(lambda: site.leader() is not None, "a leader", 60, debug)
             leader = site.leader()
+            target = leader if whose == "leader" else (leader + 1) % len(PEERS)
+            steer = DhcpOnlyFrom(site.lan, PEERS[target])
             approve(site, rev)
             assert watch.wait(timeout=180), f"no DHCP ACK for {HOST.mac}\n{debug()}"
+            steer.lift()
             site.procs[killed["peer"]].wait(timeout=10)
-            print(f"\nkilled peer-{killed['peer'] + 1} (leader: peer-{leader + 1}) as it "
-                  f"ACKed {HOST.name}'s DHCP, {killed['at'] - started:.1f} s into the test")
+            assert killed["peer"] == target, (killed, target)
+            print(f"\nkilled peer-{killed['peer'] + 1} (the {whose}) as it ACKed "
+                  f"{HOST.name}'s DHCP, {killed['at'] - started:.1f} s into the test")
+            until(lambda: site.leader() not in (None, killed["peer"]), "a live leader", 60,
+                  debug)
+            print(f"leader now: peer-{site.leader() + 1}")
             until(lambda: rollout_state(site, rev) == "done", "the rollout done",
                   2 * STAGE_TIMEOUT, debug)
             done_at = time.monotonic()
