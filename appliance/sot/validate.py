@@ -421,50 +421,95 @@ def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = N
                budget: RenderBudget = DEFAULT_BUDGET) -> ValidationResult:
     """Render every stage of every host once, in a worker bounded in time and memory (a
     commit is input: its templates are programs); report failures grouped by template.
-    Hosts whose render key (render_keys) is in `parent` take its results unrendered."""
-    try:
-        return run_bounded(_render_all, sot, problems, parent, budget,
-                           seconds=budget.revision_seconds,
-                           memory_bytes=budget.worker_memory_bytes)
-    except WorkerFailed as exc:
-        problems.add("assets", 0, "render-budget",
-                     f"the revision's templates could not all be rendered: {exc}")
-        return ValidationResult(problems)
+    Hosts whose render key (render_keys) is in `parent` take its results unrendered: the
+    keys are worked out here, and only the hosts without one go to the worker (no worker at
+    all when none), so what crosses the pipe is what this compile rendered, not the fleet."""
+    todo = _RenderTodo(sot, parent)
+    fresh: dict[str, HostRenders] = {}
+    verdicts: dict[Verdict, list[tuple[int, str]]] = {}
+    parsed = 0
+    if todo.entries:
+        try:
+            fresh, verdicts, parsed = run_bounded(
+                _render_hosts, sot, todo.entries, todo.known_verdicts, budget,
+                seconds=budget.revision_seconds, memory_bytes=budget.worker_memory_bytes)
+        except WorkerFailed as exc:
+            problems.add("assets", 0, "render-budget",
+                         f"the revision's templates could not all be rendered: {exc}")
+            return ValidationResult(problems)
+    return todo.assemble(problems, fresh, verdicts, parsed)
 
 
 def _render_all(sot: Sot, problems: Problems, parent: ValidationResult | None,
                 budget: RenderBudget) -> ValidationResult:
-    result = ValidationResult(problems)
+    """`render_all` in this process, without a worker (benchmarks compare the two)."""
+    todo = _RenderTodo(sot, parent)
+    fresh, verdicts, parsed = _render_hosts(sot, todo.entries, todo.known_verdicts, budget)
+    return todo.assemble(problems, fresh, verdicts, parsed)
+
+
+class _RenderTodo:
+    """The hosts a revision renders, each with its render key, and those of them whose key
+    the parent revision has not rendered."""
+
+    def __init__(self, sot: Sot, parent: ValidationResult | None) -> None:
+        self.sot = sot
+        self.known = parent.by_key if parent is not None else {}
+        self.known_verdicts = parent.format_verdicts if parent is not None else {}
+        keys = RenderKeys(sot)
+        self.keyed: list[tuple[HostEntry, str]] = []
+        self.entries: list[tuple[HostEntry, str]] = []
+        queued: set[str] = set()
+        for entry in sot.hosts.values():
+            workflow = sot.workflows.get(entry.host.workflow)
+            if workflow is None or not _stages_resolve(sot, workflow):
+                continue
+            if sot.sites[entry.site].subnet((entry.host.boot_interface() or
+                                             entry.host.interfaces[0]).subnet) is None:
+                continue
+            key = keys.host(entry)
+            self.keyed.append((entry, key))
+            if key not in self.known and key not in queued:
+                queued.add(key)
+                self.entries.append((entry, key))
+
+    def assemble(self, problems: Problems, fresh: dict[str, HostRenders],
+                 verdicts: dict[Verdict, list[tuple[int, str]]], parsed: int
+                 ) -> ValidationResult:
+        result = ValidationResult(problems)
+        failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+        known = self.known
+        for entry, key in self.keyed:
+            done = known.get(key) or fresh[key]
+            result.by_key[key] = done
+            result.renders += done.renders
+            for failure in done.failures:
+                failures[failure].append(entry.host.name)
+            result.fingerprints[entry.host.name] = done.fingerprint
+        result.rendered_here = len(fresh)
+        result.format_checks = parsed
+        result.format_verdicts = verdicts
+        for (file, line, message), hosts in failures.items():
+            shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more"
+                                            if len(hosts) > 3 else "")
+            what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
+            problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
+        return result
+
+
+def _render_hosts(sot: Sot, entries: list[tuple[HostEntry, str]],
+                  known_verdicts: dict[Verdict, list[tuple[int, str]]], budget: RenderBudget
+                  ) -> tuple[dict[str, HostRenders], dict[Verdict, list[tuple[int, str]]], int]:
+    """Render `entries` (host, key): their results by key, the format verdicts used, and
+    how many times a format parser ran."""
     renderer = Renderer(sot, NEUTRAL_REVISION, budget=budget)
-    failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
-    checker = FormatChecker(parent.format_verdicts if parent is not None else None)
-    keys = RenderKeys(sot)
-    known = parent.by_key if parent is not None else {}
-    for entry in sot.hosts.values():
-        workflow = sot.workflows.get(entry.host.workflow)
-        if workflow is None or not _stages_resolve(sot, workflow):
-            continue
-        if sot.sites[entry.site].subnet((entry.host.boot_interface() or
-                                         entry.host.interfaces[0]).subnet) is None:
-            continue
-        key = keys.host(entry)
-        done = known.get(key)
-        if done is None:
-            done = _render_host(sot, entry, workflow, renderer, checker, subnet_digests)
-            result.rendered_here += 1
-        result.by_key[key] = done
-        result.renders += done.renders
-        for failure in done.failures:
-            failures[failure].append(entry.host.name)
-        result.fingerprints[entry.host.name] = done.fingerprint
-    result.format_checks = checker.parsed
-    result.format_verdicts = checker.verdicts
-    for (file, line, message), hosts in failures.items():
-        shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
-        what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
-        problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
-    return result
+    checker = FormatChecker(known_verdicts)
+    fresh: dict[str, HostRenders] = {}
+    for entry, key in entries:
+        workflow = sot.workflows[entry.host.workflow]
+        fresh[key] = _render_host(sot, entry, workflow, renderer, checker, subnet_digests)
+    return fresh, checker.verdicts, checker.parsed
 
 
 def _render_host(sot: Sot, entry: HostEntry, workflow: Workflow, renderer: Renderer,
