@@ -25,7 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 YAML_SUFFIXES = (".yml", ".yaml")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Located:
     """Where a document came from, to turn a field path into a line number."""
 
@@ -36,7 +36,7 @@ class Located:
         return self.doc.line_of(tuple(path))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostEntry:
     host: Host
     site: str
@@ -164,6 +164,33 @@ def explain(err: ErrorDetails, model: type[BaseModel]) -> tuple[str, str]:
     return "invalid-value", f"{where}: {text} (got {err.get('input')!r})"
 
 
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+_MAX_FIELDS_SETS = 4096
+
+
+def _share_fields_sets(model: M) -> M:
+    """Every pydantic model keeps the set of its fields that were given: a set object per
+    model, a quarter of a compiled revision's memory (~19 MiB of 72 at 10,000 hosts). The
+    models are frozen, so nothing changes that set after validation (a copy gets its own
+    copy): models given the same fields share one set, and a stored revision keeps them
+    shared (pickle writes a shared object once)."""
+    stack: list[BaseModel] = [model]
+    while stack:
+        m = stack.pop()
+        names = m.__pydantic_fields_set__
+        shared = _FIELDS_SETS.get(frozenset(names))
+        if shared is None and len(_FIELDS_SETS) < _MAX_FIELDS_SETS:
+            shared = _FIELDS_SETS[frozenset(names)] = names
+        if shared is not None and shared is not names:
+            object.__setattr__(m, "__pydantic_fields_set__", shared)
+        for value in m.__dict__.values():
+            if isinstance(value, BaseModel):
+                stack.append(value)
+            elif isinstance(value, list | tuple):
+                stack.extend(v for v in value if isinstance(v, BaseModel))
+    return model
+
+
 def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind: str,
               broken: set[tuple[str, str]] | None = None) -> M | None:
     if not isinstance(doc.data, dict):
@@ -171,7 +198,7 @@ def _validate(model: type[M], file: str, doc: Document, problems: Problems, kind
                      f"a {kind} document must be a YAML mapping, not {type(doc.data).__name__}")
         return None
     try:
-        return model.model_validate(doc.data)
+        return _share_fields_sets(model.model_validate(doc.data))
     except ValidationError as exc:
         ident = doc.data.get("name" if kind == "host" else "id")
         if broken is not None and isinstance(ident, str):

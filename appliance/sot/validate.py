@@ -39,13 +39,13 @@ FAMILY_KINDS = {
 NEUTRAL_REVISION = "0" * 40  # rendering for validation and fingerprints must not vary by SHA
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StageFingerprint:
     ipxe: str
     config: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostFingerprint:
     """What a host would be served, hashed: the plan compares these between revisions."""
 
@@ -60,7 +60,7 @@ class HostFingerprint:
         return h.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostRenders:
     """What rendering every stage of one host gave: reused by any revision whose key for
     the host is the same (see render_keys). `failures`: (file, line, message), in order."""
@@ -80,7 +80,7 @@ class ValidationResult:
     format_checks: int = 0  # parser runs; fewer than renders thanks to FormatChecker
     rendered_here: int = 0  # hosts rendered by this compile
     # Verdict keys of the hosts check_hosts found nothing wrong with alone (for the next).
-    clean_hosts: frozenset[str] = field(default_factory=frozenset, repr=False)
+    clean_hosts: frozenset[bytes] = field(default_factory=frozenset, repr=False)
     by_key: dict[str, HostRenders] = field(default_factory=dict, repr=False)
     format_verdicts: dict[Verdict, list[tuple[int, str]]] = field(default_factory=dict,
                                                                    repr=False)
@@ -285,8 +285,8 @@ _DUPLICATE_CODES = {"MAC": "mac", "IPv4 address": "ipv4", "hostname": "hostname"
                     "UUID": "uuid", "serial": "serial", "asset tag": "asset-tag"}
 
 
-def check_hosts(sot: Sot, problems: Problems, clean: frozenset[str] = frozenset()
-                ) -> frozenset[str]:
+def check_hosts(sot: Sot, problems: Problems, clean: frozenset[bytes] = frozenset()
+                ) -> frozenset[bytes]:
     """Each host alone (its workflow, boot interface, addresses in their subnets), then every
     identity across hosts. `clean`: the verdict keys of hosts a parent revision found
     nothing wrong with alone; a host whose inputs (its document, its site's file, whether
@@ -296,11 +296,12 @@ def check_hosts(sot: Sot, problems: Problems, clean: frozenset[str] = frozenset(
         sid: {p.address: p.name for p in site.peers} for sid, site in sot.sites.items()
     }
     site_keys = {sid: _defined_by(sot, "site", sid) for sid in sot.sites}
-    found: set[str] = set()
+    found: set[bytes] = set()
     for entry in sot.hosts.values():
         wid = entry.host.workflow
-        key = (f"{entry.key}|{entry.site}|{site_keys[entry.site]}|{wid in sot.workflows}|"
-               f"{('workflow', wid) in sot.broken}")
+        key = hashlib.sha1(f"{entry.key}|{entry.site}|{site_keys[entry.site]}|"
+                           f"{wid in sot.workflows}|{('workflow', wid) in sot.broken}".encode()
+                           ).digest()
         if key not in clean:
             alone: list[tuple[str, int, str, str]] = []
             _check_host_alone(sot, entry, peers_by_site[entry.site], alone)

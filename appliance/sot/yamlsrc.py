@@ -90,7 +90,7 @@ class Source:
         self._nodes = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Document:
     """One YAML document: its data, the line it starts on (1-based), and where to find the
     line of any path inside it when a problem needs one (nothing is paid until then)."""
