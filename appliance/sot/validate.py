@@ -19,7 +19,7 @@ from .formats import check_rendered_all
 from .loader import HostEntry, Sot
 from .models import Workflow
 from .problems import Problems
-from .render import Renderer, RenderError, make_environment
+from .render import COMPILED, Renderer, RenderError, make_environment
 from .render_budget import DEFAULT_BUDGET, RenderBudget
 from .render_keys import RenderKeys
 from .render_worker import WorkerFailed, run_bounded
@@ -486,14 +486,24 @@ def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = N
     parsed = 0
     if todo.entries:
         try:
-            fresh, verdicts, parsed = run_bounded(
-                _render_hosts, sot, todo.entries, todo.known_verdicts, budget,
+            fresh, verdicts, parsed, compiled = run_bounded(
+                _render_in_worker, sot, todo.entries, todo.known_verdicts, budget,
                 seconds=budget.revision_seconds, memory_bytes=budget.worker_memory_bytes)
         except WorkerFailed as exc:
             problems.add("assets", 0, "render-budget",
                          f"the revision's templates could not all be rendered: {exc}")
             return ValidationResult(problems)
+        COMPILED.adopt(compiled)
     return todo.assemble(problems, fresh, verdicts, parsed)
+
+
+def _render_in_worker(sot: Sot, entries: list[tuple[HostEntry, str]],
+                      known_verdicts: dict[Verdict, list[tuple[int, str]]], budget: RenderBudget
+                      ) -> tuple[dict[str, HostRenders], dict[Verdict, list[tuple[int, str]]],
+                                 int, dict[tuple[str, str], bytes]]:
+    """`_render_hosts`, and the templates it compiled (for the parent to keep)."""
+    COMPILED.collect()
+    return (*_render_hosts(sot, entries, known_verdicts, budget), COMPILED.fresh())
 
 
 def _render_all(sot: Sot, problems: Problems, parent: ValidationResult | None,
