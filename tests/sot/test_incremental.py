@@ -166,3 +166,39 @@ def test_a_changed_file_parsed_document_by_document_equals_a_whole_parse(
     if edit in ("comment", "shift-and-duplicate"):
         assert incremental.result.rendered_here <= 2
         assert make_plan(parent, incremental).to_json() == make_plan(parent, full).to_json()
+
+
+def test_a_template_edited_under_its_name_is_compiled_again(base: tuple[Path, Revision],
+                                                             tmp_path: Path) -> None:
+    """Compiled templates are kept across revisions (and handed back by the render worker)
+    by name and source digest: the same name with new text is new code, for validation and
+    for the boot table's renders alike."""
+    root, parent = base
+    _edit(root, tmp_path / "sot", "assets/ignition/flatcar-node-install.ign",
+          '"mode": 384', '"mode": 420')
+    edited = compile_tree(DirectoryTree(tmp_path / "sot"))  # no parent: only the cache
+    assert edited.result.fingerprints != parent.result.fingerprints
+    configs = [r[1][1] for r in _renders(edited).values() if r[1] is not None]
+    assert any('"mode": 420' in c for c in configs)
+    assert not any('"mode": 420' in c for c in
+                   (r[1][1] for r in _renders(parent).values() if r[1] is not None))
+
+
+@pytest.mark.parametrize("text", [
+    b"a: 1\r\n---\r\nb: 2\r\n",  # CR: libyaml breaks lines there too
+    b"a: &x 1\n---\nb: *x\n",  # an anchor: aliases count across documents
+    b"%YAML 1.1\n---\na: 1\n",  # a directive binds to the next document
+    b"name: h\xc3\xa9\n---\nb: 2\n",  # not ASCII (NEL, LS and PS are line breaks)
+])
+def test_a_file_a_cut_could_change_is_not_cut(text: bytes) -> None:
+    from appliance.sot.yamlsrc import split_documents
+
+    assert split_documents(text) is None
+
+
+def test_pieces_start_at_each_document_marker_after_a_comment_head() -> None:
+    from appliance.sot.yamlsrc import split_documents
+
+    assert split_documents(b"# head\n\n---\na: 1\n--- \nb: 2\n---\n") == [
+        (2, b"---\na: 1\n"), (4, b"--- \nb: 2\n"), (6, b"---\n")]
+    assert split_documents(b"a: 1\n---\nb: 2") == [(0, b"a: 1\n"), (1, b"---\nb: 2")]

@@ -25,7 +25,8 @@ directory, each size in its own process (so peak RSS is per size):
              new address). Goals: <= 10% and <= 2% of the full run.
 If the goal is not met, a cProfile of validate + plan at 10,000 hosts shows where the time
 goes. The whole run is pinned to CPU 0 (as `taskset -c 0` would) and takes 3 to 8 minutes
-(depending on what else the machine runs; the figures are CPU time, so they vary less).
+(depending on what else the machine runs; the figures are CPU time of the process and of
+the render workers it forks, so they vary less).
 
     .venv/bin/python tools/bench/sot_scale.py [--sizes 1000 10000] [--no-profile]
 """
