@@ -484,7 +484,7 @@ class Peer:
                              power=self._power if self.power else None,
                              rollout_progress=self._rollout_progress if self.engine else None,
                              local_done=self._local_done, host_events=self.history.read,
-                             console=self.consoles.read if self.consoles else lambda *_: None)
+                             console_runs=self.consoles.runs if self.consoles else lambda _: None)
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
