@@ -504,7 +504,9 @@ class Peer:
                                            else 80)
         # The boot port: the boot chain's plain requests answered by the lean front, every
         # other request (the API, artifacts) by the application (netboot/boot_front.py).
-        self._front = BootFrontServer(self.boot_state, self._runner.server)
+        server = self._runner.server
+        assert server is not None, "AppRunner.setup() creates the server"
+        self._front = BootFrontServer(self.boot_state, server)
         await self._front.start(cfg.http.listen, self.http_port)
         log.info("http.listening", address=cfg.http.listen, port=self.http_port,
                  serves="boot" + ("" if cfg.api.port else " and API"))
