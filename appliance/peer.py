@@ -30,6 +30,7 @@ from appliance.config import PeerConfig
 from appliance.host_archive import HostArchive
 from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
+from appliance.netboot.boot_front import BootFrontServer
 from appliance.netboot.boot_http import BootState, add_boot_routes
 from appliance.netboot.boottable import BootTable, compile_boot_table
 from appliance.netboot.dhcp_server import DhcpServer
@@ -111,6 +112,7 @@ class Peer:
         self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
+        self._front: BootFrontServer | None = None
         self._tftp: TftpServer | None = None
         self._dhcp: DhcpServer | None = None
         self.http_port = 0
@@ -500,7 +502,12 @@ class Peer:
         await self._runner.setup()
         self.http_port = cfg.http.port or (self.table.site.netboot.http_port if self.table
                                            else 80)
-        await web.TCPSite(self._runner, cfg.http.listen, self.http_port).start()
+        # The boot port: the boot chain's plain requests answered by the lean front, every
+        # other request (the API, artifacts) by the application (netboot/boot_front.py).
+        server = self._runner.server
+        assert server is not None, "AppRunner.setup() creates the server"
+        self._front = BootFrontServer(self.boot_state, server)
+        await self._front.start(cfg.http.listen, self.http_port)
         log.info("http.listening", address=cfg.http.listen, port=self.http_port,
                  serves="boot" + ("" if cfg.api.port else " and API"))
         if cfg.api.port and cfg.api.port != self.http_port:
@@ -565,6 +572,9 @@ class Peer:
         if self._tftp is not None:
             await self._tftp.close()
             self._tftp = None
+        if self._front is not None:
+            await self._front.close()
+            self._front = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -42,6 +42,8 @@ class Identity:
     def from_report(cls, mac: str = "", uuid: str = "", serial: str = "",
                     asset: str = "") -> Identity:
         def clean(value: str) -> str:
+            if not value:
+                return value  # most machines report no serial or asset tag
             value = value.strip()
             return "" if len(value) > MAX_VALUE or is_placeholder_identity(value) else value
 

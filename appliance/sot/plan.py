@@ -203,11 +203,15 @@ def classify(old_rev: Revision, new_rev: Revision) -> tuple[list[HostChange], in
             changes.append(HostChange(**base, action=REINSTALL, reason=(
                 "site policy force_provision: every revision reinstalls every host")))
             continue
-        if fp_old is not None and fp_old == fp_new and not moved and before.host == host:
-            unchanged += 1  # the common case: compared without dumping either model
+        # The common case, compared without dumping either model; an unchanged file's
+        # models and an unrendered host's fingerprint are the parent's own objects.
+        same_host = before.host is host or before.host == host
+        if (fp_old is not None and (fp_old is fp_new or fp_old == fp_new) and not moved
+                and same_host):
+            unchanged += 1
             continue
         fields: list[str] = [f"moved from {before.site}/{before.cluster}"] if moved else []
-        if before.host != host:
+        if not same_host:
             _diff(_dump(before.host), _dump(host), "", fields)
         served = _stage_changes(old_rev, new_rev, name, wf) if wf else []
         install_changed = fp_old is None or fp_new is None or fp_old.install != fp_new.install

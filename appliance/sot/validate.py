@@ -19,7 +19,7 @@ from .formats import check_rendered_all
 from .loader import HostEntry, Sot
 from .models import Workflow
 from .problems import Problems
-from .render import Renderer, RenderError, make_environment
+from .render import COMPILED, Renderer, RenderError, make_environment
 from .render_budget import DEFAULT_BUDGET, RenderBudget
 from .render_keys import RenderKeys
 from .render_worker import WorkerFailed, run_bounded
@@ -39,13 +39,13 @@ FAMILY_KINDS = {
 NEUTRAL_REVISION = "0" * 40  # rendering for validation and fingerprints must not vary by SHA
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StageFingerprint:
     ipxe: str
     config: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostFingerprint:
     """What a host would be served, hashed: the plan compares these between revisions."""
 
@@ -60,7 +60,7 @@ class HostFingerprint:
         return h.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostRenders:
     """What rendering every stage of one host gave: reused by any revision whose key for
     the host is the same (see render_keys). `failures`: (file, line, message), in order."""
@@ -79,6 +79,8 @@ class ValidationResult:
     # neither is part of the result, a compile without a parent gives the same revision.
     format_checks: int = 0  # parser runs; fewer than renders thanks to FormatChecker
     rendered_here: int = 0  # hosts rendered by this compile
+    # Verdict keys of the hosts check_hosts found nothing wrong with alone (for the next).
+    clean_hosts: frozenset[bytes] = field(default_factory=frozenset, repr=False)
     by_key: dict[str, HostRenders] = field(default_factory=dict, repr=False)
     format_verdicts: dict[Verdict, list[tuple[int, str]]] = field(default_factory=dict,
                                                                    repr=False)
@@ -89,6 +91,12 @@ Verdict = tuple[str, str, str, str]  # (kind, OS family, OS major, masked text)
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted(placeholder: str) -> str:
+    """A placeholder URL-encoded: the same few for every host."""
+    return quote(placeholder, safe="")
 
 
 class FormatChecker:
@@ -125,9 +133,8 @@ class FormatChecker:
         pairs.append((host.name, "vaqmaskhost"))
         # Files embedded in Ignition configs are data: URLs: their values are URL-encoded,
         # twice for a config embedded in a config (an installer's own Ignition).
-        encoded = [(quote(v, safe=""), quote(p, safe="")) for v, p in pairs
-                   if quote(v, safe="") != v]
-        pairs += encoded + [(quote(v, safe=""), quote(p, safe="")) for v, p in encoded]
+        encoded = [(q, _quoted(p)) for v, p in pairs if (q := quote(v, safe="")) != v]
+        pairs += encoded + [(quote(v, safe=""), _quoted(p)) for v, p in encoded]
         # Longest first, so a value that contains another is replaced whole.
         return sorted(pairs, key=lambda p: -len(p[0]))
 
@@ -288,16 +295,115 @@ _DUPLICATE_CODES = {"MAC": "mac", "IPv4 address": "ipv4", "hostname": "hostname"
                     "UUID": "uuid", "serial": "serial", "asset tag": "asset-tag"}
 
 
-def check_hosts(sot: Sot, problems: Problems) -> None:
-    macs: dict[str, tuple[str, HostEntry]] = {}
-    ips: dict[IPv4Address, tuple[str, HostEntry]] = {}
-    hostnames: dict[str, tuple[str, HostEntry]] = {}
-    uuids: dict[str, HostEntry] = {}
-    serials: dict[str, HostEntry] = {}
-    asset_tags: dict[str, HostEntry] = {}
+def check_hosts(sot: Sot, problems: Problems, clean: frozenset[bytes] = frozenset()
+                ) -> frozenset[bytes]:
+    """Each host alone (its workflow, boot interface, addresses in their subnets), then every
+    identity across hosts. `clean`: the verdict keys of hosts a parent revision found
+    nothing wrong with alone; a host whose inputs (its document, its site's file, whether
+    its workflow exists) give a key in it is not checked alone again. Returns the keys of
+    this revision's clean hosts, for the next."""
     peers_by_site = {
         sid: {p.address: p.name for p in site.peers} for sid, site in sot.sites.items()
     }
+    site_keys = {sid: _defined_by(sot, "site", sid) for sid in sot.sites}
+    found: set[bytes] = set()
+    for entry in sot.hosts.values():
+        wid = entry.host.workflow
+        key = hashlib.sha1(f"{entry.key}|{entry.site}|{site_keys[entry.site]}|"
+                           f"{wid in sot.workflows}|{('workflow', wid) in sot.broken}".encode()
+                           ).digest()
+        if key not in clean:
+            alone: list[tuple[str, int, str, str]] = []
+            _check_host_alone(sot, entry, peers_by_site[entry.site], alone)
+            if alone:
+                for problem in alone:
+                    problems.add(*problem)
+                continue
+        found.add(key)
+    _check_identities(sot, problems)
+    return frozenset(found)
+
+
+def _defined_by(sot: Sot, kind: str, ident: str) -> str:
+    """The digest of the file that defines (kind, ident): what it says changes with it."""
+    located = sot.at.get((kind, ident))
+    unit = sot.units.get(located.file) if located is not None else None
+    return unit.digest if unit is not None else "-"
+
+
+def _check_host_alone(sot: Sot, entry: HostEntry, peers: dict[IPv4Address, str],
+                      out: list[tuple[str, int, str, str]]) -> None:
+    host, site = entry.host, sot.sites[entry.site]
+    if host.workflow not in sot.workflows and ("workflow", host.workflow) not in sot.broken:
+        out.append((entry.at.file, entry.at.line("workflow"), "dangling-reference",
+                    f"host {host.name!r}: workflow {host.workflow!r} does not exist in "
+                    f"workflows/{_known(sot.workflows)}"))
+    if host.boot_interface() is None and not host.never_provision:
+        out.append((entry.at.file, entry.at.line("interfaces"), "no-boot-interface",
+                    f"host {host.name!r} has no physical interface that takes DHCP, so it "
+                    "cannot netboot; add one or set never_provision: true"))
+    for i, iface in enumerate(host.interfaces):
+        subnet = site.subnet(iface.subnet)
+        if subnet is None:
+            out.append((entry.at.file, entry.at.line("interfaces", i, "subnet"),
+                        "dangling-reference",
+                        f"host {host.name!r}: subnet {iface.subnet!r} is not a subnet of "
+                        f"site {site.id!r}{_known({s.id: s for s in site.subnets})}"))
+            continue
+        net = subnet.cidr
+        if iface.ipv4 not in net:
+            code, what = "address-outside-subnet", f"is outside subnet {subnet.id!r} ({net})"
+        elif iface.ipv4 in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
+            code = "address-collision"
+            what = ("is the network" if iface.ipv4 == net.network_address
+                    else "is the broadcast") + f" address of {net}"
+        elif iface.ipv4 == subnet.gateway:
+            code, what = "address-collision", f"is the gateway of subnet {subnet.id!r}"
+        elif iface.ipv4 in peers:
+            code, what = "address-collision", f"is the address of peer {peers[iface.ipv4]!r}"
+        else:
+            continue
+        # A line costs a parse of the file again (revision.py): only for a problem.
+        line = entry.at.line("interfaces", i, "ipv4") or entry.at.line("interfaces", i)
+        out.append((entry.at.file, line, code, f"host {host.name!r}: {iface.ipv4} {what}"))
+    names: dict[str, int] = {}
+    for i, iface in enumerate(host.interfaces):
+        if iface.identifier is None:
+            continue
+        if iface.identifier in names:
+            out.append((entry.at.file, entry.at.line("interfaces", i, "identifier"),
+                        "duplicate-identifier",
+                        f"host {host.name!r}: interfaces {names[iface.identifier]} and {i} "
+                        f"are both {iface.identifier!r}; an identifier names one interface"))
+        else:
+            names[iface.identifier] = i
+
+
+def _some_identity_twice(sot: Sot) -> bool:
+    """Whether any identity is used twice, by counting: in C, and all a valid revision of
+    10,000 hosts needs (the exact pass below costs ten times as much)."""
+    hosts = [e.host for e in sot.hosts.values()]
+    ifaces = [i for h in hosts for i in h.interfaces]
+    hostnames = [n for h in hosts for n in {i.hostname or (h.name if i is h.boot_interface()
+                                                           else None) for i in h.interfaces}
+                 if n]
+    return any(len(set(values)) != len(values) for values in (
+        [i.mac for i in ifaces], [int(i.ipv4) for i in ifaces], hostnames,
+        [h.uuid for h in hosts if h.uuid is not None], [h.serial for h in hosts if h.serial],
+        [h.asset_tag for h in hosts if h.asset_tag]))
+
+
+def _check_identities(sot: Sot, problems: Problems) -> None:
+    """MACs, addresses, hostnames, UUIDs, serials and asset tags: each used by one host;
+    a second use is reported at the second host, naming the first."""
+    if not _some_identity_twice(sot):
+        return
+    macs: dict[str, HostEntry] = {}
+    ips: dict[int, HostEntry] = {}  # by the address's integer: hashing one is ten times cheaper
+    hostnames: dict[str, HostEntry] = {}
+    uuids: dict[str, HostEntry] = {}
+    serials: dict[str, HostEntry] = {}
+    asset_tags: dict[str, HostEntry] = {}
 
     def dup(kind: str, value: object, first: HostEntry, entry: HostEntry, line: int) -> None:
         problems.add(entry.at.file, line, f"duplicate-{_DUPLICATE_CODES[kind]}",
@@ -305,89 +411,36 @@ def check_hosts(sot: Sot, problems: Problems) -> None:
                      f"{first.host.name!r} ({first.at.file}:{first.at.line('name')})")
 
     for entry in sot.hosts.values():
-        host, site = entry.host, sot.sites[entry.site]
-        if host.workflow not in sot.workflows and ("workflow", host.workflow) not in sot.broken:
-            problems.add(entry.at.file, entry.at.line("workflow"), "dangling-reference",
-                         f"host {host.name!r}: workflow {host.workflow!r} does not exist in "
-                         f"workflows/{_known(sot.workflows)}")
-        if host.boot_interface() is None and not host.never_provision:
-            problems.add(entry.at.file, entry.at.line("interfaces"), "no-boot-interface",
-                         f"host {host.name!r} has no physical interface that takes DHCP, so it "
-                         "cannot netboot; add one or set never_provision: true")
+        host = entry.host
+        boot = host.boot_interface()
+        seen_macs: set[str] = set()
+        seen_ips: set[int] = set()
         for i, iface in enumerate(host.interfaces):
-            if iface.mac in macs:
-                dup("MAC", iface.mac, macs[iface.mac][1], entry,
-                    entry.at.line("interfaces", i, "mac"))
-            else:
-                macs[iface.mac] = (host.name, entry)
-            if iface.ipv4 in ips:
-                dup("IPv4 address", iface.ipv4, ips[iface.ipv4][1], entry,
+            # (a host's own two interfaces sharing one is reported too)
+            first = macs.setdefault(iface.mac, entry)
+            if first is not entry or iface.mac in seen_macs:
+                dup("MAC", iface.mac, first, entry, entry.at.line("interfaces", i, "mac"))
+            seen_macs.add(iface.mac)
+            address = int(iface.ipv4)
+            first = ips.setdefault(address, entry)
+            if first is not entry or address in seen_ips:
+                dup("IPv4 address", iface.ipv4, first, entry,
                     entry.at.line("interfaces", i, "ipv4"))
-            else:
-                ips[iface.ipv4] = (host.name, entry)
-            hostname = iface.hostname or (host.name if iface is host.boot_interface() else None)
+            seen_ips.add(address)
+            hostname = iface.hostname or (host.name if iface is boot else None)
             if hostname:
-                if hostname in hostnames and hostnames[hostname][1] is not entry:
-                    dup("hostname", hostname, hostnames[hostname][1], entry,
+                first = hostnames.setdefault(hostname, entry)
+                if first is not entry:
+                    dup("hostname", hostname, first, entry,
                         entry.at.line("interfaces", i, "hostname"))
-                else:
-                    hostnames[hostname] = (host.name, entry)
-            subnet = site.subnet(iface.subnet)
-            if subnet is None:
-                problems.add(entry.at.file, entry.at.line("interfaces", i, "subnet"),
-                             "dangling-reference",
-                             f"host {host.name!r}: subnet {iface.subnet!r} is not a subnet of "
-                             f"site {site.id!r}{_known({s.id: s for s in site.subnets})}")
-                continue
-            # A line costs a parse of the file again (revision.py): only for a problem.
-            def ip_line(e: HostEntry = entry, i: int = i) -> int:
-                return e.at.line("interfaces", i, "ipv4") or e.at.line("interfaces", i)
-
-            net = subnet.cidr
-            if iface.ipv4 not in net:
-                problems.add(entry.at.file, ip_line(), "address-outside-subnet",
-                             f"host {host.name!r}: {iface.ipv4} is outside subnet "
-                             f"{subnet.id!r} ({net})")
-            elif iface.ipv4 in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
-                what = "network" if iface.ipv4 == net.network_address else "broadcast"
-                problems.add(entry.at.file, ip_line(), "address-collision",
-                             f"host {host.name!r}: {iface.ipv4} is the {what} address of {net}")
-            elif iface.ipv4 == subnet.gateway:
-                problems.add(entry.at.file, ip_line(), "address-collision",
-                             f"host {host.name!r}: {iface.ipv4} is the gateway of subnet "
-                             f"{subnet.id!r}")
-            elif iface.ipv4 in peers_by_site[entry.site]:
-                problems.add(entry.at.file, ip_line(), "address-collision",
-                             f"host {host.name!r}: {iface.ipv4} is the address of peer "
-                             f"{peers_by_site[entry.site][iface.ipv4]!r}")
-        if host.uuid is not None:
-            key = str(host.uuid)
-            if key in uuids:
-                dup("UUID", key, uuids[key], entry, entry.at.line("uuid"))
-            else:
-                uuids[key] = entry
-        if host.serial:
-            if host.serial in serials:
-                dup("serial", host.serial, serials[host.serial], entry, entry.at.line("serial"))
-            else:
-                serials[host.serial] = entry
-        names: dict[str, int] = {}
-        for i, iface in enumerate(host.interfaces):
-            if iface.identifier is None:
-                continue
-            if iface.identifier in names:
-                problems.add(entry.at.file, entry.at.line("interfaces", i, "identifier"),
-                             "duplicate-identifier",
-                             f"host {host.name!r}: interfaces {names[iface.identifier]} and {i} "
-                             f"are both {iface.identifier!r}; an identifier names one interface")
-            else:
-                names[iface.identifier] = i
-        if host.asset_tag:
-            if host.asset_tag in asset_tags:
-                dup("asset tag", host.asset_tag, asset_tags[host.asset_tag], entry,
-                    entry.at.line("asset_tag"))
-            else:
-                asset_tags[host.asset_tag] = entry
+        for kind, value, table, field_name in (
+                ("UUID", host.uuid and str(host.uuid), uuids, "uuid"),
+                ("serial", host.serial, serials, "serial"),
+                ("asset tag", host.asset_tag, asset_tags, "asset_tag")):
+            if value:
+                first = table.setdefault(value, entry)
+                if first is not entry:
+                    dup(kind, value, first, entry, entry.at.line(field_name))
 
 
 def check_rollouts(sot: Sot, problems: Problems) -> None:
@@ -422,8 +475,11 @@ def _dhcp_fingerprint(sot: Sot, entry: HostEntry, subnet_digests: dict[tuple[str
             subnet_digests[key] = _digest(subnet.model_dump_json() if subnet else "")
         parts.append(f"{iface.mac}|{iface.ipv4}|{iface.hostname or entry.host.name}|"
                      f"{subnet_digests[key]}")
-    netboot = sot.sites[entry.site].netboot
-    parts.append(f"{entry.host.uuid}|{netboot.model_dump_json()}")
+    netboot = subnet_digests.get((entry.site, "\0netboot"))
+    if netboot is None:  # per site, not per host: a site's settings are one dump
+        netboot = sot.sites[entry.site].netboot.model_dump_json()
+        subnet_digests[(entry.site, "\0netboot")] = netboot
+    parts.append(f"{entry.host.uuid}|{netboot}")
     return _digest("\n".join(parts))
 
 
@@ -431,50 +487,105 @@ def render_all(sot: Sot, problems: Problems, parent: ValidationResult | None = N
                budget: RenderBudget = DEFAULT_BUDGET) -> ValidationResult:
     """Render every stage of every host once, in a worker bounded in time and memory (a
     commit is input: its templates are programs); report failures grouped by template.
-    Hosts whose render key (render_keys) is in `parent` take its results unrendered."""
-    try:
-        return run_bounded(_render_all, sot, problems, parent, budget,
-                           seconds=budget.revision_seconds,
-                           memory_bytes=budget.worker_memory_bytes)
-    except WorkerFailed as exc:
-        problems.add("assets", 0, "render-budget",
-                     f"the revision's templates could not all be rendered: {exc}")
-        return ValidationResult(problems)
+    Hosts whose render key (render_keys) is in `parent` take its results unrendered: the
+    keys are worked out here, and only the hosts without one go to the worker (no worker at
+    all when none), so what crosses the pipe is what this compile rendered, not the fleet."""
+    todo = _RenderTodo(sot, parent)
+    fresh: dict[str, HostRenders] = {}
+    verdicts: dict[Verdict, list[tuple[int, str]]] = {}
+    parsed = 0
+    if todo.entries:
+        try:
+            fresh, verdicts, parsed, compiled = run_bounded(
+                _render_in_worker, sot, todo.entries, todo.known_verdicts, budget,
+                seconds=budget.revision_seconds, memory_bytes=budget.worker_memory_bytes)
+        except WorkerFailed as exc:
+            problems.add("assets", 0, "render-budget",
+                         f"the revision's templates could not all be rendered: {exc}")
+            return ValidationResult(problems)
+        COMPILED.adopt(compiled)
+    return todo.assemble(problems, fresh, verdicts, parsed)
+
+
+def _render_in_worker(sot: Sot, entries: list[tuple[HostEntry, str]],
+                      known_verdicts: dict[Verdict, list[tuple[int, str]]], budget: RenderBudget
+                      ) -> tuple[dict[str, HostRenders], dict[Verdict, list[tuple[int, str]]],
+                                 int, dict[tuple[str, str], bytes]]:
+    """`_render_hosts`, and the templates it compiled (for the parent to keep)."""
+    COMPILED.collect()
+    return (*_render_hosts(sot, entries, known_verdicts, budget), COMPILED.fresh())
 
 
 def _render_all(sot: Sot, problems: Problems, parent: ValidationResult | None,
                 budget: RenderBudget) -> ValidationResult:
-    result = ValidationResult(problems)
+    """`render_all` in this process, without a worker (benchmarks compare the two)."""
+    todo = _RenderTodo(sot, parent)
+    fresh, verdicts, parsed = _render_hosts(sot, todo.entries, todo.known_verdicts, budget)
+    return todo.assemble(problems, fresh, verdicts, parsed)
+
+
+class _RenderTodo:
+    """The hosts a revision renders, each with its render key, and those of them whose key
+    the parent revision has not rendered."""
+
+    def __init__(self, sot: Sot, parent: ValidationResult | None) -> None:
+        self.sot = sot
+        self.known = parent.by_key if parent is not None else {}
+        self.known_verdicts = parent.format_verdicts if parent is not None else {}
+        keys = RenderKeys(sot)
+        self.keyed: list[tuple[HostEntry, str]] = []
+        self.entries: list[tuple[HostEntry, str]] = []
+        queued: set[str] = set()
+        resolves = {wid: _stages_resolve(sot, wf) for wid, wf in sot.workflows.items()}
+        for entry in sot.hosts.values():
+            if not resolves.get(entry.host.workflow):
+                continue
+            if sot.sites[entry.site].subnet((entry.host.boot_interface() or
+                                             entry.host.interfaces[0]).subnet) is None:
+                continue
+            key = keys.host(entry)
+            self.keyed.append((entry, key))
+            if key not in self.known and key not in queued:
+                queued.add(key)
+                self.entries.append((entry, key))
+
+    def assemble(self, problems: Problems, fresh: dict[str, HostRenders],
+                 verdicts: dict[Verdict, list[tuple[int, str]]], parsed: int
+                 ) -> ValidationResult:
+        result = ValidationResult(problems)
+        failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+        known = self.known
+        for entry, key in self.keyed:
+            done = known.get(key) or fresh[key]
+            result.by_key[key] = done
+            result.renders += done.renders
+            for failure in done.failures:
+                failures[failure].append(entry.host.name)
+            result.fingerprints[entry.host.name] = done.fingerprint
+        result.rendered_here = len(fresh)
+        result.format_checks = parsed
+        result.format_verdicts = verdicts
+        for (file, line, message), hosts in failures.items():
+            shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more"
+                                            if len(hosts) > 3 else "")
+            what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
+            problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
+        return result
+
+
+def _render_hosts(sot: Sot, entries: list[tuple[HostEntry, str]],
+                  known_verdicts: dict[Verdict, list[tuple[int, str]]], budget: RenderBudget
+                  ) -> tuple[dict[str, HostRenders], dict[Verdict, list[tuple[int, str]]], int]:
+    """Render `entries` (host, key): their results by key, the format verdicts used, and
+    how many times a format parser ran."""
     renderer = Renderer(sot, NEUTRAL_REVISION, budget=budget)
-    failures: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     subnet_digests: dict[tuple[str, str], str] = {}
-    checker = FormatChecker(parent.format_verdicts if parent is not None else None)
-    keys = RenderKeys(sot)
-    known = parent.by_key if parent is not None else {}
-    for entry in sot.hosts.values():
-        workflow = sot.workflows.get(entry.host.workflow)
-        if workflow is None or not _stages_resolve(sot, workflow):
-            continue
-        if sot.sites[entry.site].subnet((entry.host.boot_interface() or
-                                         entry.host.interfaces[0]).subnet) is None:
-            continue
-        key = keys.host(entry)
-        done = known.get(key)
-        if done is None:
-            done = _render_host(sot, entry, workflow, renderer, checker, subnet_digests)
-            result.rendered_here += 1
-        result.by_key[key] = done
-        result.renders += done.renders
-        for failure in done.failures:
-            failures[failure].append(entry.host.name)
-        result.fingerprints[entry.host.name] = done.fingerprint
-    result.format_checks = checker.parsed
-    result.format_verdicts = checker.verdicts
-    for (file, line, message), hosts in failures.items():
-        shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
-        what = "host" if len(hosts) == 1 else f"{len(hosts)} hosts"
-        problems.add(file, line, "render-failed", f"for {what} ({shown}): {message}")
-    return result
+    checker = FormatChecker(known_verdicts)
+    fresh: dict[str, HostRenders] = {}
+    for entry, key in entries:
+        workflow = sot.workflows[entry.host.workflow]
+        fresh[key] = _render_host(sot, entry, workflow, renderer, checker, subnet_digests)
+    return fresh, checker.verdicts, checker.parsed
 
 
 def _render_host(sot: Sot, entry: HostEntry, workflow: Workflow, renderer: Renderer,
@@ -593,6 +704,8 @@ def validate_sot(sot: Sot, problems: Problems, parent: ValidationResult | None =
     check_sites(sot, problems)
     check_federation(sot, problems)
     check_references(sot, problems)
-    check_hosts(sot, problems)
+    clean = check_hosts(sot, problems, parent.clean_hosts if parent is not None else frozenset())
     check_rollouts(sot, problems)
-    return render_all(sot, problems, parent)
+    result = render_all(sot, problems, parent)
+    result.clean_hosts = clean
+    return result

@@ -8,6 +8,7 @@ without the per-object overhead of a custom node class. That keeps a 10,000-host
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,7 @@ class Source:
         self._nodes = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Document:
     """One YAML document: its data, the line it starts on (1-based), and where to find the
     line of any path inside it when a problem needs one (nothing is paid until then)."""
@@ -246,3 +247,34 @@ def load_documents(text: str | bytes) -> list[Document]:
     finally:
         loader.dispose()
     return docs
+
+
+_DOCUMENT_START = re.compile(rb"^---(?=[ \t\n]|\Z)", re.M)
+_COMMENT_OR_BLANK = re.compile(rb"[ \t]*(#[^\n]*)?")
+
+
+def split_documents(data: bytes) -> list[tuple[int, bytes]] | None:
+    """The stream cut before each `---` line: (0-based line of the cut, bytes up to the next
+    one) per piece, for parsing only the documents of a file that changed. What precedes the
+    first `---` is a piece of its own unless it holds only comments. None when a cut could
+    part what the whole parse joins, or count what it counts otherwise: directives (they
+    bind to the next document), anchors and merge keys (aliases cross documents in the
+    alias budget), line breaks other than LF (libyaml also breaks lines on CR, NEL, LS, PS).
+    Whoever uses the pieces must still parse each changed one to exactly one mapping and
+    fall back on anything else: a `---` inside a quoted scalar or a flow collection leaves
+    its piece unterminated."""
+    if (not data.isascii() or b"\r" in data or b"&" in data or b"<<" in data
+            or re.search(rb"^%", data, re.M)):
+        return None
+    cuts = [m.start() for m in _DOCUMENT_START.finditer(data)]
+    if not cuts or cuts[0] != 0:
+        cuts.insert(0, 0)
+    pieces = []
+    line = 0
+    for i, start in enumerate(cuts):
+        piece = data[start:cuts[i + 1] if i + 1 < len(cuts) else len(data)]
+        if i or piece.startswith(b"---") or not all(
+                _COMMENT_OR_BLANK.fullmatch(text) for text in piece.split(b"\n")):
+            pieces.append((line, piece))
+        line += piece.count(b"\n")
+    return pieces

@@ -51,7 +51,8 @@ EVIDENCE_WINDOW = 600.0
 # How long a machine may take from fetching its script to having loaded the stage's kernel
 # and initrds (hundreds of MB over a busy boot network), before it counts as silent.
 SILENCE_WINDOW = 600.0
-RESCUE = "rescue-pxe"  # the step id of the one power-cycle into PXE a silent machine gets
+RESCUE = "rescue-pxe"  # the step ids of the one power-cycle into PXE a silent machine gets:
+RESCUE_BOOT = "rescue-boot"  # its boot device, then the cycle
 
 
 class StepFailed(Exception):
@@ -261,9 +262,8 @@ class HostRunner:
         after = (boot or {}).get("seq") or 0  # evidence must follow the power step
         unknown = boot is not None and "outcome unknown" in (
             (boot["result"] or {}).get("detail") or "")
-        rescued = self.cluster.intent(
-            intent_id(self.revision, self.name, stage, attempt, RESCUE)) is not None
-        may_rescue = boot is not None and spec.boot is not None and not rescued
+        may_rescue = (boot is not None and spec.boot is not None
+                      and not self._rescue_spent(stage, attempt))
         script_seq, silent_since = None, started
         while True:
             rec = self._record()
@@ -291,6 +291,21 @@ class HostRunner:
             wake = started + spec.timeout - now
             await self.cluster.wait_change(min(wake, 2.0))
 
+    def _rescue_spent(self, stage: int, attempt: int) -> bool:
+        """Whether this attempt's one rescue is used up: its power-cycle was recorded
+        (whatever came of it: an unknown outcome is never repeated), or its BMC refused the
+        boot device. A rescue whose leader stopped before the power-cycle (its boot device
+        step unfinished, of unknown outcome, or done) is not: the next leader finishes it;
+        counting it as spent left the machine at "No bootable device" until the stage
+        timeout, under leaders that changed while it was rescued."""
+        if self.cluster.intent(intent_id(self.revision, self.name, stage, attempt,
+                                         RESCUE_BOOT)) is not None:
+            return True
+        pxe = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, RESCUE))
+        result = (pxe or {}).get("result")
+        return result is not None and not result["ok"] and "outcome unknown" not in (
+            result.get("detail") or "")
+
     async def _rescue(self, stage: int, attempt: int) -> None:
         """Power-cycle a silent machine into PXE, once per attempt of a stage; the stage's
         timeout keeps running."""
@@ -305,7 +320,7 @@ class HostRunner:
         self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
         try:
             await self._once(stage, attempt, RESCUE, lambda: self._power("pxe"))
-            await self._once(stage, attempt, "rescue-boot", self._power_on_or_cycle)
+            await self._once(stage, attempt, RESCUE_BOOT, self._power_on_or_cycle)
             note = "power-cycled into PXE once"
         except StepFailed as exc:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from sotcase_path import LAB
 
 from appliance.netboot.boot_http import BootState, add_boot_routes
-from appliance.netboot.boottable import compile_boot_table
-from appliance.netboot.progress import LocalProgress, ReplicatedProgress
-from appliance.sot.revision import compile_directory
 
-SECRET = b"boot-attack-secret"
 LAB01_MAC = "52:54:00:18:00:11"
 
 
@@ -50,19 +44,9 @@ class Rig:
         return [k for k, _ in self.events if k != "stage-booting"]
 
 
-@pytest.fixture(scope="module")
-def lab_revision():
-    revision = compile_directory(str(LAB))
-    assert revision.valid
-    return revision
-
-
 @pytest.fixture
-async def rig(lab_revision, tmp_path: Path) -> AsyncIterator[Rig]:
-    records: dict[str, dict] = {}
-    progress = ReplicatedProgress(records.get, LocalProgress(tmp_path))
-    table = compile_boot_table(lab_revision, "lab", "br0", "198.18.0.2", SECRET)
-    state = BootState(table, progress)
+async def rig(lab_boot: tuple[BootState, dict]) -> AsyncIterator[Rig]:
+    state, records = lab_boot
     app = web.Application()
     add_boot_routes(app, state)
     client = TestClient(TestServer(app, host="127.0.0.1"))
@@ -73,7 +57,6 @@ async def rig(lab_revision, tmp_path: Path) -> AsyncIterator[Rig]:
         yield r
     finally:
         await client.close()
-        progress.local.close()
 
 
 def armed(seq: int, done: int = 0) -> dict:

@@ -117,3 +117,88 @@ def test_a_change_that_breaks_reports_the_same_problems_at_the_same_lines(
     # and back: the broken revision as a parent of the fixed one
     fixed = compile_tree(DirectoryTree(root), incremental)
     _assert_same(parent, fixed)
+
+
+def _hosts_at(revision: Revision) -> list[tuple[str, str, int, int, str]]:
+    return [(name, e.at.file, e.at.doc.line, e.at.doc.index, e.key)
+            for name, e in revision.sot.hosts.items()]
+
+
+def _cluster_file(root: Path) -> Path:
+    site = sorted(p.name for p in (root / "sites").iterdir())[0]
+    return max((root / "sites" / site).glob("cluster-*.yml"), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("edit", ["shift-and-duplicate", "quoted-marker", "anchor", "comment"])
+def test_a_changed_file_parsed_document_by_document_equals_a_whole_parse(
+        base: tuple[Path, Revision], tmp_path: Path, edit: str) -> None:
+    """A changed cluster file is parsed only where its documents changed (split at `---`):
+    lines, document indexes, keys, problems and renders are those of a whole parse, also
+    where a split would be wrong (a `---` inside a quoted value, an anchor) and the loader
+    must fall back to the whole file."""
+    root, parent = base
+    shutil.copytree(root, tmp_path / "sot")
+    file = _cluster_file(tmp_path / "sot")
+    docs = file.read_text().split("\n---\n")
+    assert len(docs) >= 8, "the fixture's largest cluster file holds too few hosts"
+    if edit == "shift-and-duplicate":
+        # a line more in the second host moves every later one; the fourth host takes the
+        # sixth's boot MAC (reported at the sixth's line, a document not parsed again)
+        docs[1] = docs[1].replace("metadata:\n", "metadata:\n  note: moved\n", 1)
+        mac = docs[5].split('mac: "', 1)[1].split('"', 1)[0]
+        old = docs[3].split('mac: "', 1)[1].split('"', 1)[0]
+        docs[3] = docs[3].replace(old, mac, 1)
+    elif edit == "quoted-marker":
+        docs[2] = docs[2].replace("metadata:\n", 'metadata:\n  note: "one\n---\ntwo"\n', 1)
+    elif edit == "anchor":
+        docs[2] = docs[2].replace("metadata:\n", "metadata: &m\n", 1)
+        docs[4] = docs[4].replace("metadata:\n", "metadata2: *m\nmetadata:\n", 1)
+    else:
+        docs[3] = docs[3].replace("metadata:\n", "# a comment\nmetadata:\n", 1)
+    file.write_text("\n---\n".join(docs))
+
+    incremental = compile_tree(DirectoryTree(tmp_path / "sot"), parent)
+    full = compile_tree(DirectoryTree(tmp_path / "sot"))
+    _assert_same(full, incremental)
+    assert _hosts_at(incremental) == _hosts_at(full)
+    if edit == "shift-and-duplicate":
+        assert "duplicate-mac" in {p.code for p in full.problems}
+    if edit in ("comment", "shift-and-duplicate"):
+        assert incremental.result.rendered_here <= 2
+        assert make_plan(parent, incremental).to_json() == make_plan(parent, full).to_json()
+
+
+def test_a_template_edited_under_its_name_is_compiled_again(base: tuple[Path, Revision],
+                                                             tmp_path: Path) -> None:
+    """Compiled templates are kept across revisions (and handed back by the render worker)
+    by name and source digest: the same name with new text is new code, for validation and
+    for the boot table's renders alike."""
+    root, parent = base
+    _edit(root, tmp_path / "sot", "assets/ignition/flatcar-node-install.ign",
+          '"mode": 384', '"mode": 420')
+    edited = compile_tree(DirectoryTree(tmp_path / "sot"))  # no parent: only the cache
+    assert edited.result.fingerprints != parent.result.fingerprints
+    configs = [r[1][1] for r in _renders(edited).values() if r[1] is not None]
+    assert any('"mode": 420' in c for c in configs)
+    assert not any('"mode": 420' in c for c in
+                   (r[1][1] for r in _renders(parent).values() if r[1] is not None))
+
+
+@pytest.mark.parametrize("text", [
+    b"a: 1\r\n---\r\nb: 2\r\n",  # CR: libyaml breaks lines there too
+    b"a: &x 1\n---\nb: *x\n",  # an anchor: aliases count across documents
+    b"%YAML 1.1\n---\na: 1\n",  # a directive binds to the next document
+    b"name: h\xc3\xa9\n---\nb: 2\n",  # not ASCII (NEL, LS and PS are line breaks)
+])
+def test_a_file_a_cut_could_change_is_not_cut(text: bytes) -> None:
+    from appliance.sot.yamlsrc import split_documents
+
+    assert split_documents(text) is None
+
+
+def test_pieces_start_at_each_document_marker_after_a_comment_head() -> None:
+    from appliance.sot.yamlsrc import split_documents
+
+    assert split_documents(b"# head\n\n---\na: 1\n--- \nb: 2\n---\n") == [
+        (2, b"---\na: 1\n"), (4, b"--- \nb: 2\n"), (6, b"---\n")]
+    assert split_documents(b"a: 1\n---\nb: 2") == [(0, b"a: 1\n"), (1, b"---\nb: 2")]

@@ -125,6 +125,15 @@ async def test_a_refused_bmc_step_is_retried_then_fails_the_host(
     assert sim.machine_pids() == []
 
 
+async def powered(node: Cluster, sha: str) -> None:
+    """What a leader leaves once stage 1's power steps worked: it waits for the machine."""
+    for step in ("pxe", "boot"):
+        iid = intent_id(sha, "n1", 1, 0, step)
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
+        await node.record_result(iid, True, "power done")
+    await node.step_host("n1", sha, "booting", 1, message="powered")
+
+
 async def leave_unknown(node: Cluster, sha: str) -> None:
     """What a leader that died during stage 1's power steps leaves behind."""
     for step in ("pxe", "boot"):
@@ -259,16 +268,33 @@ async def test_a_machine_powered_that_never_asks_for_its_script_is_rescued_once(
     script within the evidence window (the peer whose DHCP answer it took died): one
     power-cycle into PXE, then the stage timeout as usual."""
     _, sha, runner = armed
-    for step in ("pxe", "boot"):
-        iid = intent_id(sha, "n1", 1, 0, step)
-        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
-        await node.record_result(iid, True, "power done")
-    await node.step_host("n1", sha, "booting", 1, message="powered")
+    await powered(node, sha)
     await asyncio.wait_for(runner.run(), 60)
     kinds = host_events(node)
     rescues = [m for k, m in kinds if "no script fetched 3 s after it was powered" in m]
     assert len(rescues) == 1, kinds
     assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe"))["result"]["ok"] is False
+
+
+async def test_a_rescue_its_leader_stopped_before_the_power_cycle_is_finished_by_the_next(
+        node: Cluster, armed) -> None:
+    """The leader that began the rescue (its PXE step recorded, no result, no power-cycle)
+    lost its leadership: the next one does not count the rescue as spent. It records the
+    PXE step's outcome as unknown (never repeated) and power-cycles the machine, once."""
+    _, sha, runner = armed
+    await powered(node, sha)
+    rescue = intent_id(sha, "n1", 1, 0, "rescue-pxe")
+    await node.record_intent("n1", "power.rescue-pxe", stage="1", revision=sha,
+                             intent_id=rescue)
+    await asyncio.wait_for(runner.run(), 60)
+    result = node.intent(rescue)["result"]
+    assert result["ok"] is False and "outcome unknown" in result["detail"], result
+    cycle = node.intent(intent_id(sha, "n1", 1, 0, "rescue-boot"))
+    assert cycle is not None and cycle["result"] is not None, cycle
+    recorded = [e["message"] for e in node.events_since(0, 1000)["events"]
+                if e.get("host") == "n1" and e["kind"] == "intent.recorded"
+                and "rescue" in (e.get("message") or "")]
+    assert recorded == ["power.rescue-pxe", "power.rescue-boot"], recorded
 
 
 async def test_before_shutdown_is_skipped_for_a_machine_its_bmc_says_is_off(

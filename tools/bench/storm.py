@@ -36,6 +36,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
@@ -46,6 +47,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +126,39 @@ class Lab:
         self.client = rig.netns("cli")
         rig.veth(lan, self.client, bridge="br0", cidr_b=f"{CLIENT_IP}/{PREFIX}")
 
+    def add_machine_addresses(self, n: int) -> None:
+        """Every machine's leased address on the client's interface, so that each machine
+        talks TFTP and HTTP from its own address (servers cap what one address may take)."""
+        batch = "".join(f"address add {host(i)[2]}/32 dev eth0\n" for i in range(n))
+        subprocess.run(self.client.cmd("ip", "-batch", "-"), input=batch, text=True,
+                       check=True, timeout=120)
+
+
+NEIGH = Path("/proc/sys/net/ipv4/neigh/default")
+
+
+@contextlib.contextmanager
+def neighbour_room(n: int) -> Iterator[None]:
+    """The kernel's ARP table is one for all namespaces (its limits exist only in the
+    initial one): a peer talking to N machines needs room for N entries, past the default
+    1,024 at which the kernel drops packets ("neighbour table overflow"). Raised for the
+    run where lower, and put back."""
+    want = {"gc_thresh1": n + 128, "gc_thresh2": 2 * n + 512, "gc_thresh3": 4 * n + 1024}
+    before = {k: int((NEIGH / k).read_text()) for k in want}
+    changed = {k: v for k, v in want.items() if v > before[k]}
+    for k in ("gc_thresh3", "gc_thresh2", "gc_thresh1"):  # thresh1 <= thresh2 <= thresh3
+        if k in changed:
+            (NEIGH / k).write_text(str(changed[k]))
+    if changed:
+        print(f"neighbour table limits raised for the run: {changed} (were {before})",
+              flush=True)
+    try:
+        yield
+    finally:
+        for k in ("gc_thresh1", "gc_thresh2", "gc_thresh3"):
+            if k in changed:
+                (NEIGH / k).write_text(str(before[k]))
+
 
 def client_argv(mode: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--client", mode, *args]
@@ -153,12 +188,15 @@ def run_storm_clients(lab: Lab, n: int, args: argparse.Namespace) -> dict:
     return summarise(parts)
 
 
-def process_tree_cpu(procs: list[subprocess.Popen]) -> float:
-    total = 0.0
+def process_tree_cpu(procs: list[subprocess.Popen]) -> tuple[float, float]:
+    """(CPU seconds, seconds ready to run but without a core) of the servers: on a loaded
+    machine the second says how much of a storm the servers spent waiting for the CPU."""
+    total = waited = 0.0
     for p in procs:
-        user, system, _ = cpu_seconds(p.pid)
+        user, system, wait = cpu_seconds(p.pid)
         total += user + system
-    return total
+        waited += wait
+    return total, waited
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -310,7 +348,7 @@ def check_running(procs: list[subprocess.Popen], logs: list[Path]) -> None:
 def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args,
                profile: Path | None = None) -> dict:
     """One storm of n machines; with `profile`, py-spy samples procs[0] meanwhile."""
-    cpu0 = process_tree_cpu(procs)
+    cpu0, wait0 = process_tree_cpu(procs)
     t0 = time.monotonic()
     box: list[dict] = []
 
@@ -325,14 +363,16 @@ def storm_once(lab: Lab, label: str, procs: list[subprocess.Popen], n: int, args
     else:
         load()
     result = box[0]
-    result["server_cpu_s"] = process_tree_cpu(procs) - cpu0
+    cpu1, wait1 = process_tree_cpu(procs)
+    result["server_cpu_s"], result["server_waited_s"] = cpu1 - cpu0, wait1 - wait0
     result["wall_s"] = time.monotonic() - t0
     failures = ", ".join(f"{k} {v}" for k, v in result["failures"].items()) or "none"
     done = result["all_done_s"]
     print(f"  {label:10} N={n}: {result['phoned_home']}/{n} phoned home, all in "
           f"{done if done is None else round(done, 2)} s, per machine p50 "
           f"{result['p50_s']:.2f} s p99 {result['p99_s']:.2f} s, failures: {failures}; "
-          f"server CPU {result['server_cpu_s']:.1f} s, client CPU {result['client_cpu_s']:.1f} s "
+          f"server CPU {result['server_cpu_s']:.1f} s (waited for a core "
+          f"{result['server_waited_s']:.1f} s), client CPU {result['client_cpu_s']:.1f} s "
           f"in {result['client_processes']} processes;"
           f" phases p50 {result['phase_p50_s']}",
           flush=True)
@@ -401,8 +441,9 @@ def run_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, list[dict
         raise RuntimeError(f"the generated SoT is not valid:\n{check.stdout}{check.stderr}")
     out: dict[str, list[dict]] = {"ours": [], "reference": []}
     www: Path | None = None
-    with NetnsRig("vqs") as rig:
+    with NetnsRig("vqs") as rig, neighbour_room(n):
         lab = Lab(rig, args.peers)
+        lab.add_machine_addresses(n)
         for r in range(args.rounds):
             for chain in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
                 where = tmp / f"{chain}-{r + 1}"

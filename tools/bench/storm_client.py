@@ -186,8 +186,11 @@ class DhcpClients:
 
 
 class Http:
-    def __init__(self, timeout: float) -> None:
+    """`source`: the machine's own address (its lease), as a real machine's connections."""
+
+    def __init__(self, timeout: float, source: str | None = None) -> None:
         self.timeout = timeout
+        self.source = source
         self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.netloc = ""
 
@@ -216,7 +219,9 @@ class Http:
         parts = urllib.parse.urlsplit(url)
         if self.conn is None or parts.netloc != self.netloc:
             await self.close()
-            self.conn = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            self.conn = await asyncio.open_connection(
+                parts.hostname, parts.port or 80,
+                local_addr=(self.source, 0) if self.source else None)
             self.netloc = parts.netloc
         reader, writer = self.conn
         target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -374,7 +379,11 @@ async def boot(machine: Machine, dhcp: DhcpClients, *, deadline: float) -> None:
         server = socket.inet_ntoa(ack.siaddr)
         if not name or server == "0.0.0.0":
             raise BootFailed("dhcp", "the offer names no boot file or next server")
-        await tftp_get((server, 69), name, blksize=1456, timeout=1.0, retries=8)
+        # from the leased address (storm.py puts every machine's on the client's interface):
+        # servers see one client per machine, as in a real storm, and cap each by address
+        http.source = socket.inet_ntoa(ack.yiaddr)
+        await tftp_get((server, 69), name, blksize=1456, timeout=1.0, retries=8,
+                       source=http.source)
         lap("tftp")
         phase = "dhcp-ipxe"
         ack = await dhcp.dora(machine.mac, uuid_raw, ipxe=True,
