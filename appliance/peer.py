@@ -27,6 +27,7 @@ from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.errors import ApiError
 from appliance.host_archive import HostArchive
 from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
@@ -37,7 +38,8 @@ from appliance.netboot.dhcp_table import compile_table
 from appliance.netboot.evidence import BootEvidence
 from appliance.netboot.progress import LocalProgress, ReplicatedProgress
 from appliance.netboot.tftp import TftpServer
-from appliance.power.manager import PowerManager
+from appliance.power.base import PowerError
+from appliance.power.manager import NoBmc, PowerManager
 from appliance.sot.revision import Revision, RevisionCache, compile_tree
 from appliance.sot.revision_store import RevisionStore
 from appliance.sot.tree import DirectoryTree, Tree
@@ -249,16 +251,22 @@ class Peer:
         assert self.power is not None and self.cluster is not None
         table = self.table
         if table is None or name not in table.hosts:
-            raise KeyError(name)
+            raise ApiError(404, "not_found", f"no host {name!r} in the applied revision")
         entry = table.hosts[name]
-        if action == "status":
-            return await self.power.run(entry, action)
-        intent = await self.cluster.record_intent(name, f"power.{action}", revision=table.sha)
         try:
-            result = await self.power.run(entry, action)
-        except Exception as exc:
-            await self.cluster.record_result(intent, False, str(exc)[:1000])
-            raise
+            if action == "status":
+                return await self.power.run(entry, action)
+            intent = await self.cluster.record_intent(name, f"power.{action}",
+                                                      revision=table.sha)
+            try:
+                result = await self.power.run(entry, action)
+            except Exception as exc:
+                await self.cluster.record_result(intent, False, str(exc)[:1000])
+                raise
+        except NoBmc as exc:
+            raise ApiError(409, "no_bmc", str(exc)) from None
+        except PowerError as exc:
+            raise ApiError(502, "bmc_error", str(exc)) from None
         await self.cluster.record_result(intent, True, f"power {action}")
         return {**result, "intent": intent}
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.errors import ApiError
+
 from .context import ctx
 from .openapi import describe
-from .routes import api_error, query_int
+from .routes import query_int
 
 
 @describe("Every event that concerns one host (armed, served, phone-home, power intents and "
@@ -22,7 +24,7 @@ async def host_events(request: web.Request) -> web.Response:
     history = c.host_events(name, after, limit)
     if history is None:
         if c.host_facts(name) is None and c.cluster.host(name) is None:
-            raise api_error(f"no host {name!r}", 404)
+            raise ApiError(404, "not_found", f"no host {name!r}")
         history = {"host": name, "events": [], "total": 0}
     return web.json_response(history)
 
@@ -45,8 +47,8 @@ async def host_console(request: web.Request) -> web.Response:
         answer = await _from_other_peers(request, c.cluster.peers(), c.peer)
         if answer is not None:
             return web.json_response(answer)
-    raise api_error(f"no console recorded for {name!r} on any peer (only hosts with an IPMI "
-                    "BMC are recorded, by the leader, while in a stage)", 404)
+    raise ApiError(404, "not_found", f"no console recorded for {name!r} on any peer (only "
+                   "hosts with an IPMI BMC are recorded, by the leader, while in a stage)")
 
 
 async def _from_other_peers(request: web.Request, peers: list[dict], me: str) -> dict | None:
