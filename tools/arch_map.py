@@ -6,8 +6,8 @@
 Layers, lowest first (DESIGN.md and the repository rules): a module may import its own
 layer or a lower one, never a higher one.
 
-    0  appliance/__init__, log, tokens, errors; sot/, cluster/  (pure facts, replicated
-                                                          state, the shared error types)
+    0  appliance/__init__, log, tokens, errors, metrics; sot/, cluster/  (pure facts,
+                                                   replicated state, shared error types)
     1  config; netboot/, power/, source/; importer/      (the parts that talk to the world,
                                                           and the original SoTs' converter)
     2  workflow/, api/, federation/                       (what drives them)
@@ -37,6 +37,7 @@ PACKAGE = "appliance"
 LONG_FUNCTION = 60
 LAYERS: dict[str, int] = {
     "appliance": 0, "appliance.log": 0, "appliance.tokens": 0, "appliance.errors": 0,
+    "appliance.metrics": 0,
     "appliance.sot": 0, "appliance.cluster": 0,
     "appliance.config": 1, "appliance.netboot": 1, "appliance.power": 1, "appliance.source": 1,
     "appliance.importer": 1, "appliance.config_check": 2,

@@ -191,8 +191,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..config_check import check_config
+    from ..errors import StartupError
     from ..log import configure_logging
-    from ..peer import PeerError, serve
+    from ..peer import serve
 
     result = check_config(args.config)
     for finding in result.findings:
@@ -209,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
-    except PeerError as exc:
+    except StartupError as exc:  # the peer's, its config's, its secrets'...
         print(f"vaq-peer serve: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK

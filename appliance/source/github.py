@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from appliance.errors import ApiError
+from appliance.errors import ApiError, StartupError
 
 log = structlog.get_logger("vaquero.source.github")
 
@@ -44,7 +44,7 @@ STATES = frozenset({"error", "failure", "pending", "success"})
 
 # --- webhook -----------------------------------------------------------------------------
 
-class WebhookSecretError(Exception):
+class WebhookSecretError(StartupError):
     """A webhook secret file that cannot be used, with what to do about it."""
 
 
