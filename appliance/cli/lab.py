@@ -172,8 +172,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
     # a supervisor that failed or was killed: sweep what it left
-    if str(Path(__file__).resolve().parent.parent) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if str(Path(__file__).resolve().parents[2]) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tools.rigs.netns import sweep_stale
 
     swept = sweep_stale("vqlab")

@@ -160,7 +160,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def demo_sot() -> Path:
-    return Path(__file__).resolve().parent.parent / "sot_examples" / "lab"
+    return Path(__file__).resolve().parents[2] / "sot_examples" / "lab"  # the checkout
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
