@@ -392,7 +392,7 @@ class Peer:
                              sites=view.sites, boot=view.boot_info, power=power,
                              rollout_progress=self._rollout_progress if self.engine else None,
                              local_done=view.local_done, host_events=self.history.read,
-                             console=self.consoles.read if self.consoles else lambda *_: None)
+                             console_runs=self.consoles.runs if self.consoles else lambda _: None)
         extra = self.follower.routes if self.follower else []
 
         def boot_routes(app: web.Application) -> None:

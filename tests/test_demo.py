@@ -15,7 +15,7 @@ def test_demo_runs_the_lab_site_end_to_end() -> None:
     text = out.stdout
     assert "3 host(s), 6 stage render(s): valid" in text
     assert "3 to install; 0 unchanged" in text
-    assert "### lab-01 stage 1 (install): ignition config" in text
+    assert "### lab-01 stage 1 (install): preseed config" in text
     assert "plan: 3 install; touches hardware" in text  # the peer's pipeline planned it
     assert "batch 1: lab-01 waiting stage 1/2" in text  # armed first: max_concurrent 1
     assert "POST /phone-home/lab-01/1/<token> -> 200" in text

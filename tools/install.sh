@@ -18,6 +18,7 @@ PACKAGES=(
   mmdebstrap squashfs-tools mtools dosfstools fdisk e2fsprogs grub-common grub-pc-bin
   grub-efi-amd64-bin zstd  # image/build.sh and tests/image
   ignition cloud-init  # ignition-validate and cloud-init's JSON schema: format checks
+  debian-installer-12-netboot-amd64  # the lab example's installer: its true sha256
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -34,8 +34,9 @@ class ApiContext:
     local_done: Callable[[], dict[str, int]] = dict
     # host_events(name, after, limit) -> the host's archived history, None if it has none.
     host_events: Callable[[str, int, int], dict[str, Any] | None] = lambda *_: None
-    # console(name, offset, tail) -> the host's SOL console as this peer recorded it, or None.
-    console: Callable[[str, int | None, int], dict[str, Any] | None] = lambda *_: None
+    # console_runs(name) -> the sessions of the host's SOL console this peer recorded
+    # (power/console.py ConsoleRecorder.runs), or None.
+    console_runs: Callable[[str], list[dict[str, Any]] | None] = lambda _: None
     # appliance/federation/service.py FederationService (api/federation_routes.py
     # FederationApi); None when the peer takes no part in a federation.
     federation: Any = None

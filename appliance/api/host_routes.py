@@ -1,12 +1,16 @@
 """A host's own history under /v1/hosts/<name>: its events across revisions, kept by each
-peer beyond the journal's ring (appliance.host_archive)."""
+peer beyond the journal's ring (appliance.host_archive), and its console, gathered from the
+peers that recorded it (power/console.py)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
 
-from appliance.errors import ApiError
-
+from ..errors import ApiError
+from ..power.console import MAX_READ, merge_runs
 from .context import ctx
 from .openapi import describe
 from .routes import query_int
@@ -29,47 +33,71 @@ async def host_events(request: web.Request) -> web.Response:
     return web.json_response(history)
 
 
-@describe("A host's serial-over-LAN console as recorded while it was in a stage: the last "
-          "`tail` bytes, or from `offset` on (follow with the answer's next_offset). Asked of "
-          "a peer that did not record it, the answer comes from the peer that did",
-          query={"offset": "bytes into the current file", "tail": "last bytes (default 65536)",
-                 "local": "1: only this peer's recording"})
+@describe("A host's serial-over-LAN console as recorded while it was in a stage, gathered "
+          "from every peer that recorded part of it (the leader records; a leader change "
+          "splits it) and ordered by time, each part under a line naming its peer: the last "
+          "`tail` bytes, or from `offset` on (follow with the answer's next_offset)",
+          query={"offset": "bytes into the whole console", "tail": "last bytes (default 65536)",
+                 "local": "1: only this peer's recorded sessions, as a list (`runs`)"})
 async def host_console(request: web.Request) -> web.Response:
     c = ctx(request)
     name = request.match_info["name"]
-    offset = request.query.get("offset")
     tail = query_int(request, "tail", 65536, 1, 1 << 20)
+    offset = request.query.get("offset")
     start = query_int(request, "offset", 0, 0, 2**63) if offset is not None else None
-    found = c.console(name, start, tail)
-    if found is not None:
-        return web.json_response({**found, "peer": c.peer})
-    if request.query.get("local") != "1":
-        answer = await _from_other_peers(request, c.cluster.peers(), c.peer)
-        if answer is not None:
-            return web.json_response(answer)
-    raise ApiError(404, "not_found", f"no console recorded for {name!r} on any peer (only "
-                   "hosts with an IPMI BMC are recorded, by the leader, while in a stage)")
+    own = c.console_runs(name)
+    if request.query.get("local") == "1":
+        if own is None:
+            raise ApiError(404, "not_found", f"no console of {name!r} recorded on this peer")
+        return web.json_response({"host": name, "peer": c.peer, "runs": own})
+    by_peer = await _from_other_peers(request, c.cluster.peers(), c.peer)
+    if own is not None:
+        by_peer[c.peer] = own
+    if not by_peer:
+        raise ApiError(404, "not_found", f"no console recorded for {name!r} on any peer (only "
+                       "hosts with an IPMI BMC are recorded, by the leader, while in a stage)")
+    data = merge_runs(by_peer).encode()
+    if start is None:
+        start = max(0, len(data) - tail)
+    elif start > len(data):  # a peer's log rotated since: start over
+        start = 0
+    text = data[start:start + MAX_READ]
+    return web.json_response({"host": name, "offset": start, "next_offset": start + len(text),
+                              "text": text.decode(errors="replace"),
+                              "peers": sorted(by_peer)})
 
 
-async def _from_other_peers(request: web.Request, peers: list[dict], me: str) -> dict | None:
+async def _from_other_peers(request: web.Request, peers: list[dict], me: str
+                            ) -> dict[str, list[dict[str, Any]]]:
+    """Each other peer's recorded sessions of the host, asked all at once (5 s each); a
+    peer that cannot answer is left out."""
     import aiohttp
 
-    query = {**request.query, "local": "1"}
     headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        for peer in peers:
-            url = peer.get("api_url")
-            if not url or peer.get("name") == me:
-                continue
-            try:
-                async with http.get(f"{url}{request.path}", params=query,
-                                    headers=headers) as resp:
-                    if resp.status == 200:
-                        return await resp.json()
-            except (aiohttp.ClientError, TimeoutError):
-                continue
-    return None
+    others = [p for p in peers if p.get("api_url") and p.get("name") != me]
+
+    async def ask(http: aiohttp.ClientSession, peer: dict) -> list[dict[str, Any]] | None:
+        try:
+            async with http.get(f"{peer['api_url']}{request.path}", params={"local": "1"},
+                                headers=headers) as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    return body.get("runs") if isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            pass
+        return None
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        answers = await asyncio.gather(*(ask(http, p) for p in others))
+    return {str(p["name"]): runs for p, runs in zip(others, answers, strict=True)
+            if isinstance(runs, list) and all(_is_run(r) for r in runs)}
+
+
+def _is_run(run: object) -> bool:
+    """A session as another peer described it: checked before it is merged."""
+    return (isinstance(run, dict) and isinstance(run.get("at"), int | float)
+            and isinstance(run.get("text"), str)
+            and all(isinstance(run.get(k), int | None) for k in ("stage", "attempt")))
 
 
 def add_host_routes(app: web.Application) -> None:

@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def _commit_lab(sot: Path, repo: Path) -> str:
     shutil.copytree(sot, repo)
-    workflow = repo / "workflows" / "flatcar-install.yml"
+    workflow = repo / "workflows" / "debian-install.yml"
     workflow.write_text(workflow.read_text().replace(HEALTH, ""))
     porcelain.init(str(repo))
     files = [str(p) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]

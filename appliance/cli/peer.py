@@ -441,7 +441,8 @@ def _follow(client: PeerClient, args: argparse.Namespace) -> int:
 
 
 def cmd_console(client: PeerClient, args: argparse.Namespace) -> int:
-    """The host's serial console as the leader recorded it over SOL; --follow: as it comes."""
+    """The host's serial console as the leaders recorded it over SOL, gathered from every
+    peer by the one asked; --follow: as it comes."""
     path = f"/v1/hosts/{args.host}/console"
     data = client.get(path, tail=args.tail)
     if args.json and not args.follow:

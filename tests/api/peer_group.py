@@ -65,6 +65,7 @@ class PeerGroup:
     root: Path
     size: int
     peers: list[PeerProc] = field(default_factory=list)
+    extra: str = ""  # more config, the same for every peer
 
     def __post_init__(self) -> None:
         ports = free_ports(2 * self.size)
@@ -95,6 +96,7 @@ api:
   tokens:
     - {{name: ops, role: admin, file: {self.root / 'admin.token'}}}
     - {{name: dashboard, role: read, file: {self.root / 'read.token'}}}
+{self.extra}
 """)
             self.peers.append(PeerProc(i, ports[i], raft[i], config, self.root / f"peer{i}.log"))
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+# "lab": the bundled lab site as it was on Flatcar (Ignition configs with snippets, invented
+# sha256 values, never fetched): the corpus's cases edit its Ignition files.
 BASES = {
-    "lab": REPO / "sot_examples" / "lab",
+    "lab": REPO / "tests" / "sot" / "fixtures" / "flatcar-lab",
     "kinds": REPO / "tests" / "sot" / "fixtures" / "kinds",
 }
 

@@ -110,10 +110,10 @@ def test_peer_follows_pushes_through_the_pipeline(tmp_path: Path) -> None:
         assert f"revision {first[:12]}" in call(f"{base}/ipxe?mac={LAB01}")[1]
 
         git(work, "revert", "--no-edit", "HEAD")
-        os_file = work / "os/flatcar-stable.yml"
+        os_file = work / "os/debian-12.yml"
         os_file.write_text(os_file.read_text().replace(
-            "6b7d1c2b8a8e1b5fd0a2b3f2c0e6a1d4f7e9b3c5a8d2f4e6b1c3d5f7a9b2c4e6", "ab" * 32))
-        upgrade = push(work, "flatcar kernel bump")
+            "d8808aa4ca188560da1e6d749dcb930c87a5fd8b11ebff1f3fa6d728af35203d", "ab" * 32))
+        upgrade = push(work, "installer kernel bump")
         assert hook(base, upgrade) == 202
         until(lambda: revision_state(base, upgrade) == "awaiting_approval", "upgrade planned")
         _, text = call(f"{base}/v1/revisions/{upgrade}",

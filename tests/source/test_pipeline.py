@@ -150,8 +150,8 @@ async def test_rollback_is_rearming_and_approving_an_older_revision(cluster: Clu
         await cluster.approve_revision(old, by="ops")
         pipeline.wake()
         await until(lambda: cluster.applied_revision() == old)
-        edit(repo, "os/flatcar-stable.yml",
-             "6b7d1c2b8a8e1b5fd0a2b3f2c0e6a1d4f7e9b3c5a8d2f4e6b1c3d5f7a9b2c4e6", "cd" * 32)
+        edit(repo, "os/debian-12.yml",
+             "d8808aa4ca188560da1e6d749dcb930c87a5fd8b11ebff1f3fa6d728af35203d", "cd" * 32)
         new = commit(repo, "kernel bump")
         await pipeline.observe(new)
         await until(lambda: state(cluster, new) == "awaiting_approval")

@@ -98,14 +98,45 @@ async def test_pipeline_rejects_unsigned_commits_when_the_site_demands_them(
         task.cancel()
 
 
+def gpg(home: Path, *args: str, **run: object) -> subprocess.CompletedProcess:
+    """gpg on the test's own keyring: GNUPGHOME and --homedir both name it, so no gpg
+    here (nor the agent it starts) ever touches the user's ~/.gnupg."""
+    return subprocess.run(["gpg", "--homedir", str(home), "--batch", *args], check=True,
+                          capture_output=True, env={**ENV, "GNUPGHOME": str(home)}, **run)
+
+
+def gpg_agents(under: Path) -> list[str]:
+    """The gpg-agent processes serving a keyring under `under`, as their command lines."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if argv and argv[0].endswith(b"gpg-agent") and str(under).encode() in b" ".join(argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
+@pytest.fixture
+def gnupg_homes(tmp_path: Path):
+    """Keyrings of the test's own, each with the agent gpg starts for it killed at the end
+    (`gpgconf --kill all`): an agent outlives the test and its keyring otherwise."""
+    homes: list[Path] = []
+    yield homes
+    for home in homes:
+        if home.is_dir():
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"],
+                           capture_output=True, env={**ENV, "GNUPGHOME": str(home)},
+                           timeout=30)
+    assert not gpg_agents(tmp_path), gpg_agents(tmp_path)
+
+
 def gpg_key(home: Path, uid: str) -> str:
     home.mkdir(mode=0o700)
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
-                    "--quick-gen-key", uid, "ed25519", "sign", "never"],
-                   check=True, capture_output=True, timeout=120)
-    out = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--with-colons",
-                          "--list-keys", uid], check=True, capture_output=True, text=True,
-                         timeout=30).stdout
+    gpg(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never",
+        timeout=120)
+    out = gpg(home, "--with-colons", "--list-keys", uid, text=True, timeout=30).stdout
     return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
 
 
@@ -119,16 +150,16 @@ def gpg_signed_commit(repo: Path, message: str, home: Path, fpr: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("gpg") is None, reason="no gpg")
-def test_gpg_signatures_against_a_private_keyring(repo: Path, tmp_path: Path) -> None:
+def test_gpg_signatures_against_a_private_keyring(repo: Path, tmp_path: Path,
+                                                  gnupg_homes: list[Path]) -> None:
     from appliance.source.signatures import import_gpg_keys
 
     ops_home, intruder_home = tmp_path / "ops-gnupg", tmp_path / "intruder-gnupg"
+    gnupg_homes += [ops_home, intruder_home, tmp_path / "trusted", tmp_path / "other"]
     ops = gpg_key(ops_home, "Ops <ops@example.test>")
     intruder = gpg_key(intruder_home, "Intruder <x@example.test>")
     armored = tmp_path / "trusted.asc"
-    armored.write_bytes(subprocess.run(["gpg", "--homedir", str(ops_home), "--armor",
-                                        "--export", ops], check=True, capture_output=True,
-                                       timeout=30).stdout)
+    armored.write_bytes(gpg(ops_home, "--armor", "--export", ops, timeout=30).stdout)
     assert import_gpg_keys(armored, tmp_path / "trusted") == [ops]
     verifier = CommitVerifier([], tmp_path / "trusted")
     good = gpg_signed_commit(repo, "ops", ops_home, ops)

@@ -34,7 +34,7 @@ from appliance.sot.revision import compile_tree
 from appliance.sot.tree import DirectoryTree
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = REPO / "sot_examples" / "lab"
+LAB = REPO / "tests" / "sot" / "fixtures" / "flatcar-lab"
 SECRET = "FUZZ-SECRET-d3adb33f"
 PER_TREE_BOUND_S = 120.0  # one template budget per template, plus the normal work
 
