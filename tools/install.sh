@@ -15,6 +15,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ipxe ovmf openipmi ipmitool
   isc-dhcp-client tftp-hpa kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light wrk
   busybox-static cpio gnupg openssh-client
+  nftables  # tests/workflow/test_peer_death_e2e.py steers DHCP on its boot bridge
   mmdebstrap squashfs-tools mtools dosfstools fdisk e2fsprogs grub-common grub-pc-bin
   grub-efi-amd64-bin zstd  # image/build.sh and tests/image
   ignition cloud-init  # ignition-validate and cloud-init's JSON schema: format checks

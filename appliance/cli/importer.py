@@ -62,8 +62,9 @@ def import_vaquero(src: Path, dst: Path, sha256_dir: Path | None = None,
     if not open_ and not revision.valid:  # what explained them was marked decided
         open_ = [Todo("", "invalid", f"{p.file}:{p.line}",
                       f"the import does not validate: {p.message}") for p in revision.problems]
-    (dst / "IMPORT-TODO.md").write_text(todo_markdown(src.name, open_, decided))
-    if not open_ and not decided:
+    (dst / "IMPORT-TODO.md").write_text(todo_markdown(src.name, open_, decided,
+                                                      result.notes))
+    if not open_ and not decided and not result.notes:
         (dst / "IMPORT-TODO.md").unlink()
     if secrets_path is not None:
         print(f"BMC credentials of the original: {secrets_path} (mode 600, outside the SoT)")

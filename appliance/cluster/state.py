@@ -197,6 +197,9 @@ class ClusterState:
             "message": cmd["reason"], "deadline": None, "last_event": "host.armed",
             "updated_at": at,
         }
+        running = (current or {}).get("running")
+        if running:  # the machine still runs it: its hooks come before the reinstall's power
+            self.hosts[name]["running"] = running
         return {"ok": True, "seq": seq}
 
     def _host_step(self, cmd: dict) -> dict:
@@ -249,6 +252,9 @@ class ClusterState:
             self.hosts[name] = record
         stages = record.get("stages") or cmd["stages"]
         record["done"] = max(record.get("done", 0), stage)
+        # what the machine runs until the leader next powers it (its `before_shutdown`)
+        record["running"] = {"revision": record.get("revision") or cmd["revision"],
+                             "stage": stage}
         if record["done"] >= stages and record.get("state") not in commands.HOST_TERMINAL:
             # armed by the engine: it runs the health gate and says done; not armed (a fixed
             # SoT peer, or a machine that booted by itself): nothing else will, so done now
@@ -360,6 +366,9 @@ class ClusterState:
         if cmd["intent_id"] in self.intents:
             raise _Reject("duplicate_intent", f"intent {cmd['intent_id']} exists")
         self.fence_term = cmd["term"]
+        if cmd["action"].startswith("power.") and cmd["action"] != "power.status" \
+                and cmd["host"] in self.hosts:
+            self.hosts[cmd["host"]].pop("running", None)  # powered: no longer what it reported
         seq = self._emit(cmd["at"], "intent.recorded", host=cmd["host"], revision=cmd["revision"],
                          message=cmd["action"],
                          data={"intent_id": cmd["intent_id"], "stage": cmd["stage"]})

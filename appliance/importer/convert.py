@@ -42,6 +42,11 @@ _CURL_SELF = re.compile(r"curl\b[^|;&]*?http://\{\{\s*\.interface\.ipv4\s*\}\}:(
 _NC_SELF = re.compile(r"\bnc(?=[^|;&]*\s-\w*z)\s[^|;&]*?\{\{\s*\.interface\.ipv4\s*\}\}"
                       r"\s+(\d+)\b")  # `nc -z` of the host: a tcp connect
 _DEPS_KEYS = {"max_concurrent", "min_standing", "block_deps", "validate_on", "max_fail"}
+_CURL_METHOD = re.compile(r"(?:\s-X\s*|\s--request[\s=])([A-Za-z]+)")
+_CURL_DATA = re.compile(r"\s(?:-d|--data(?:-\w+)?)[\s=]")
+_SHELL = re.compile(r"[|;&<>`$]")
+# commands whose only effect is inside their own container (a log line, a listing)
+_INERT = {"echo", "/bin/echo", "ls", "/bin/ls", "true", "/bin/true", ":"}
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Result:
     files: dict[str, str]  # path in DST -> text
     secrets: dict[str, dict[str, str]]  # credentials name -> {user, password}
     todos: list[Todo]
+    notes: list[Todo] = field(default_factory=list)  # left out with nothing to decide
 
 
 class Converter:
@@ -79,9 +85,11 @@ class Converter:
         self.files: dict[str, str] = {}
         self.secrets: dict[str, dict[str, str]] = {}
         self.todos: list[Todo] = []
+        self.notes: list[Todo] = []
         self.agent_url = "http://agent.invalid"
         self.os_docs: dict[str, dict[str, Any]] = {}
         self.boot_health: dict[str, dict[str, Any]] = {}
+        self.boot_hooks: dict[str, list[dict[str, Any]]] = {}
         self.subnets_by_env: dict[str, tuple[str, dict[str, tuple[int, dict]], set[str]]] = {}
         self.used_subnets: dict[str, set[str]] = {}
 
@@ -144,7 +152,7 @@ class Converter:
                           f"{edit['old']!r} is not in the import")
                 continue
             self.files[edit["file"]] = text.replace(edit["old"], edit["new"], 1)
-        return Result(self.files, self.secrets, self.todos)
+        return Result(self.files, self.secrets, self.todos, self.notes)
 
     def _check_printed_subnet_fields(self) -> None:
         """Go printed a subnet's unset vlan as its default and an unset gateway as empty;
@@ -430,16 +438,15 @@ class Converter:
                               f"that boot it (an http probe of {health['path']} expecting "
                               "200). What the container checked in the body (grep) is not "
                               "checked: review it")
-            for key in ("validate", "before_shutdown"):
-                if data.get(key) and not (key == "validate" and health is not None):
-                    what = ("a stage health check (`health` of the stage: an http GET or a "
-                            "tcp connect to the host's address); only a single curl or "
-                            "`nc -z` of the host maps to one" if key == "validate" else
-                            "a pre-reboot hook, which this project does not have (reboots "
-                            "go through the BMC, nothing runs on the host before them)")
-                    self.todo(f"{path}:{doc.line_of((key,))}", "containers", path,
-                              f"boot {data.get('id')!r}: `{key}` runs containers; the closest "
-                              f"equivalent is {what}. Containers are not run: left out")
+            if data.get("validate") and health is None:
+                self.todo(f"{path}:{doc.line_of(('validate',))}", "containers", path,
+                          f"boot {data.get('id')!r}: `validate` runs containers; the closest "
+                          "equivalent is a stage health check (`health` of the stage: an http "
+                          "GET or a tcp connect to the host's address); only a single curl "
+                          "or `nc -z` of the host maps to one. Containers are not run: left "
+                          "out")
+            if data.get("before_shutdown"):
+                self._before_shutdown(path, doc, str(data.get("id")))
             if boot.get("unattended", {}).get("type") == "ignition":
                 use = boot["unattended"].get("use")
                 if not str(use).endswith((".ign", ".json")) and \
@@ -452,14 +459,18 @@ class Converter:
             out_docs.append(boot)
         self.files[path] = "---\n".join(_dump(d) for d in out_docs)
 
-    @staticmethod
-    def _health_probe(steps: Any) -> dict[str, Any] | None:
+    @classmethod
+    def _health_probe(cls, steps: Any) -> dict[str, Any] | None:
         """A `validate` container that only curls the host's own address maps to an http
         probe of the rollout; anything else has no equivalent."""
         if not isinstance(steps, list) or len(steps) != 1 or not isinstance(steps[0], dict):
             return None
         command = steps[0].get("command") or " ".join(map(str, steps[0].get("commands") or []))
-        timeout = int(steps[0].get("timeout") or 300)
+        return cls._probe(str(command), int(steps[0].get("timeout") or 300))
+
+    @staticmethod
+    def _probe(command: str, timeout: int) -> dict[str, Any] | None:
+        """A curl (http) or `nc -z` (tcp) of the host's own address, as a check."""
         m = _CURL_SELF.search(str(command))
         if m is not None:
             return {"type": "http", "port": int(m.group(1)), "path": m.group(2) or "/",
@@ -468,6 +479,56 @@ class Converter:
         if m is not None:
             return {"type": "tcp", "port": int(m.group(1)), "timeout": timeout}
         return None
+
+    def _before_shutdown(self, path: str, doc: Document, boot: str) -> None:
+        """The original ran these containers before rebooting a host out of the boot; here
+        a stage's `before_shutdown` hooks are requests the leader makes to the host then.
+        A curl or `nc -z` of the host's own address maps to one; a step with no effect
+        outside its container, or an IPMI chassis status (the leader asks the BMC for it
+        before every power action), is left out with a note; anything else needs a person."""
+        steps = doc.data.get("before_shutdown")
+        if not isinstance(steps, list):
+            steps = [steps]
+        hooks = []
+        for i, step in enumerate(steps):
+            where = f"{path}:{doc.line_of(('before_shutdown', i))}"
+            step = step if isinstance(step, dict) else {}
+            words = [str(step.get("command") or ""), *map(str, _listed(step.get("commands")))]
+            command = " ".join(w for w in words if w)
+            args = " ".join(map(str, _listed(step.get("args"))))
+            hook = self._probe(f"{command} {args}", min(int(step.get("timeout") or 60), 3600))
+            if hook is not None:
+                if hook["type"] == "http":
+                    m = _CURL_METHOD.search(f" {command}")
+                    hook["method"] = (m.group(1).upper() if m else
+                                      "POST" if _CURL_DATA.search(f" {command}") else "GET")
+                hooks.append({"name": f"{boot}-{i + 1}"[:63], **hook})
+                continue
+            runs = [w.split()[0] for w in words if w.strip()]
+            if runs and all(r in _INERT for r in runs) and not _SHELL.search(command):
+                self.notes.append(Todo(where, "inert", path, f"boot {boot!r}: before_shutdown "
+                                       f"step {i + 1} runs `{(command + ' ' + args).strip()}` "
+                                       "in a container: no effect outside it; left out"))
+            elif re.search(r"\bchassis\s+status\b", f"{command} {args}") and not re.search(
+                    r"\bpower\b", f"{command} {args}"):
+                self.notes.append(Todo(where, "covered", path, f"boot {boot!r}: "
+                                       f"before_shutdown step {i + 1} asks the BMC for the "
+                                       "chassis status; the leader asks every BMC for it "
+                                       "before each power action; left out"))
+                if re.search(r"(^|\s)-P\s", args):
+                    self.todo(where, "secrets", path, f"boot {boot!r}: before_shutdown step "
+                              f"{i + 1} has an IPMI password on its command line, in git in "
+                              "clear text; it is not imported (the leader uses the host's own "
+                              "BMC credentials by name): change that password")
+            else:
+                self.todo(where, "containers", path, f"boot {boot!r}: before_shutdown step "
+                          f"{i + 1} runs a container; only a curl or `nc -z` of the host's "
+                          "address maps to a `before_shutdown` hook of the stages booting it "
+                          "(an http request or tcp connect the leader makes to the host "
+                          "before powering it out of the stage). Containers are not run: "
+                          "left out")
+        if hooks:
+            self.boot_hooks[boot] = hooks
 
     def _workflow(self, path: str) -> None:
         out_docs = []
@@ -499,11 +560,22 @@ class Converter:
                           "rollout\", and dependents wait for the whole workflow. Not "
                           "imported: set rollout.min_standing if you want the new meaning")
             if deps.get("validate_on"):
-                self.todo(f"{path}:{doc.line_of(('deps', 'validate_on'))}", "unknown-key",
-                          path, "validate_on (rerun validate containers) has no equivalent")
+                names = ", ".join(map(str, deps["validate_on"])) if isinstance(
+                    deps["validate_on"], list) else str(deps["validate_on"])
+                self.todo(f"{path}:{doc.line_of(('deps', 'validate_on'))}", "validate-on",
+                          path, f"validate_on: [{names}] reran this workflow's `validate` "
+                          "containers on its hosts whenever those workflows were "
+                          "reprovisioned. Here a health check runs only while its own host is "
+                          "provisioned (after that host's stage), never again on a host that "
+                          "is done, so nothing re-checks these hosts when another workflow "
+                          "rolls out; `depends_on` would order this workflow after those, "
+                          "which is not the same. Not imported: check these hosts after those "
+                          "rollouts (`vaq-peer rollout --follow`, then your own probe)")
             for stage in stages:
                 if stage["boot"] in self.boot_health:
                     stage["health"] = dict(self.boot_health[stage["boot"]])
+                if stage["boot"] in self.boot_hooks:
+                    stage["before_shutdown"] = [dict(h) for h in self.boot_hooks[stage["boot"]]]
             if rollout:
                 wf["rollout"] = rollout
             if deps.get("block_deps"):
@@ -546,6 +618,13 @@ class Converter:
 
     def files_binary_todo(self, path: str) -> None:
         self.todo(f"{path}:1", "data", path, "not UTF-8 text; not imported")
+
+
+def _listed(value: Any) -> list:
+    """A YAML list as a list; one scalar as a list of it (never split into characters)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _mac(value: Any) -> str:

@@ -6,6 +6,7 @@ import, with a stable id an answers file can mark as decided.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -34,7 +35,8 @@ class Todo:
                f"  id: `{self.id}`"
 
 
-def todo_markdown(src_name: str, todos: list[Todo], decided: list[Todo]) -> str:
+def todo_markdown(src_name: str, todos: list[Todo], decided: list[Todo],
+                  notes: Sequence[Todo] = ()) -> str:
     lines = [f"# Importing {src_name}: what needs a person", ""]
     if todos:
         lines += [f"{len(todos)} item(s) to decide. Each names the original file:line, where "
@@ -48,4 +50,8 @@ def todo_markdown(src_name: str, todos: list[Todo], decided: list[Todo]) -> str:
         lines += ["", "## Decided (from the answers file)", ""]
         lines += [f"- [x] {t.kind} `{t.source or t.target}`: {t.message}"
                   for t in sorted(decided, key=Todo.sort_key)]
+    if notes:
+        lines += ["", "## Left out, nothing to decide", ""]
+        lines += [f"- {t.kind} `{t.source or t.target}` -> `{t.target}`: {t.message}"
+                  for t in sorted(notes, key=Todo.sort_key)]
     return "\n".join(lines) + "\n"

@@ -462,6 +462,23 @@ class HealthCheck(Strict):
     timeout: Annotated[int, Field(ge=1)] = 300
 
 
+class ShutdownHook(HealthCheck):
+    """A request the leader makes to the host before it power-cycles the machine out of the
+    stage that names it (the original Vaquero's per-boot `before_shutdown`): drain a node,
+    hand off a lease. Retried until it answers `expect_status` (or, tcp, accepts) or its
+    `timeout` ends, so the endpoint must be idempotent; failing it holds the host, unpowered."""
+
+    name: Id | None = None
+    method: Literal["GET", "POST", "PUT", "DELETE"] = "POST"
+    timeout: Annotated[int, Field(ge=1, le=3600)] = 60
+
+    @property
+    def label(self) -> str:
+        what = f"{self.method} :{self.port}{self.path}" if self.type == "http" else \
+            f"tcp :{self.port}"
+        return f"{self.name} ({what})" if self.name else what
+
+
 class Stage(Strict):
     """One network boot of a workflow, or (`local: true`) a boot from the installed disk whose
     phone-home proves the install came up."""
@@ -474,6 +491,9 @@ class Stage(Strict):
     # checked after this stage's phone-home; the next stage is not powered until it passes
     # (the original Vaquero's per-boot `validate`); failing it fails the host
     health: HealthCheck | None = None
+    # run by the leader, in order, before it power-cycles the machine out of this stage: into
+    # the next stage, or (the last stage) into stage 1 of a reinstall
+    before_shutdown: Annotated[list[ShutdownHook], Field(max_length=8)] = []
 
     @model_validator(mode="after")
     def _boot_or_local(self) -> Stage:

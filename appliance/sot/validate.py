@@ -193,6 +193,16 @@ def check_references(sot: Sot, problems: Problems) -> None:
                              f"workflow {wf.id!r}: stage name {stage.label!r} is used twice; "
                              "give each stage a distinct `name`")
             seen[stage.label] = i
+            if stage.before_shutdown and i + 1 < len(wf.stages) and wf.stages[i + 1].local:
+                # the installer reboots into a local stage by itself: the leader powers
+                # nothing, so there is no moment to run the hooks of the stage before it
+                problems.add(at.file, at.line("stages", i, "before_shutdown"),
+                             "hook-without-power-cycle",
+                             f"workflow {wf.id!r}: stage {i + 1} ({stage.label}) has "
+                             f"`before_shutdown`, but stage {i + 2} is `local: true`: the "
+                             "machine reboots into it by itself, so nothing can run before "
+                             "that reboot; move the hooks to that local stage (they run when "
+                             "the leader next powers the machine out of it)")
         for i, dep in enumerate(wf.depends_on):
             if dep not in sot.workflows:
                 problems.add(at.file, at.line("depends_on", i), "dangling-reference",

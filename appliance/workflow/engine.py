@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 
 import structlog
@@ -27,6 +28,7 @@ from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL, ROLLOUT_OPEN, RolloutState
 from appliance.cluster.errors import ClusterError, CommandRejected
 from appliance.power.base import PowerControl
+from appliance.sot.models import Workflow
 from appliance.sot.plan import Plan, make_plan
 from appliance.sot.revision import Revision, RevisionCache, empty_revision
 from appliance.sot.tree import Tree
@@ -112,6 +114,23 @@ class WorkflowEngine:
             self._install_maps[sha] = {h: fp.install
                                        for h, fp in compiled.result.fingerprints.items()}
         return self._install_maps[sha]
+
+    async def _running_at(self, sha: str, host: str) -> tuple[Workflow, str] | None:
+        """`host`'s workflow and boot address in revision `sha`: what a machine being
+        reinstalled still runs, and where, for its stage's `before_shutdown`. None when it
+        had no workflow there or `sha` is unreadable."""
+        try:
+            sot = (await self.revision(sha)).sot
+        except Exception as exc:  # gone from the mirror: its hooks cannot be known
+            log.warning("workflow.hooks_unknown", host=host, revision=sha,
+                        error=f"{exc.__class__.__name__}: {exc}")
+            return None
+        entry = sot.hosts.get(host)
+        workflow = sot.workflows.get(entry.host.workflow or "") if entry else None
+        if entry is None or workflow is None:
+            return None
+        iface = entry.host.boot_interface()
+        return workflow, str(iface.ipv4) if iface else ""
 
     def _rollout_base(self, sha: str) -> str:
         """What the rollout of `sha` is planned against: the revision it was approved
@@ -249,5 +268,6 @@ class WorkflowEngine:
                                if s.boot is not None and not sot.boots[s.boot].ipxe)
             runner = HostRunner(self.cluster, self.power, entry, workflow, rev,
                                 clock=self.clock, watch=self._watch, marked_stages=marked,
+                                running_at=functools.partial(self._running_at, host=name),
                                 **self.runner_options)
             self._runners[name] = asyncio.create_task(runner.run(), name=f"host-{name}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -35,10 +36,10 @@ from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL, HostState
 from appliance.cluster.errors import CommandRejected
 from appliance.cluster.intents import IntentOutcome, outcome, unknown_detail
-from appliance.power.base import PowerControl
+from appliance.power.base import PowerControl, PowerError
 from appliance.power.manager import NoBmc, target_for
 from appliance.sot.loader import HostEntry
-from appliance.sot.models import HealthCheck, Stage, Workflow
+from appliance.sot.models import HealthCheck, ShutdownHook, Stage, Workflow
 from appliance.workflow.clock import SYSTEM_CLOCK, Clock
 from appliance.workflow.health import wait_healthy
 
@@ -51,7 +52,8 @@ EVIDENCE_WINDOW = 600.0
 # How long a machine may take from fetching its script to having loaded the stage's kernel
 # and initrds (hundreds of MB over a busy boot network), before it counts as silent.
 SILENCE_WINDOW = 600.0
-RESCUE = "rescue-pxe"  # the step id of the one power-cycle into PXE a silent machine gets
+RESCUE = "rescue-pxe"  # the step ids of the one power-cycle into PXE a silent machine gets:
+RESCUE_BOOT = "rescue-boot"  # its boot device, then the cycle
 
 
 class StepFailed(Exception):
@@ -69,16 +71,21 @@ class HostRunner:
                  workflow: Workflow, revision: str, *, evidence_window: float = EVIDENCE_WINDOW,
                  silence_window: float = SILENCE_WINDOW, clock: Clock = SYSTEM_CLOCK,
                  watch: dict[tuple, float] | None = None,
-                 marked_stages: frozenset[int] = frozenset()) -> None:
+                 marked_stages: frozenset[int] = frozenset(),
+                 running_at: Callable[[str], Awaitable[tuple[Workflow, str] | None]] | None = None
+                 ) -> None:
         """`watch`: when this leader started waiting for each (host, stage, attempt), shared
         by the engine's runners so a restarted runner does not restart the stage timeout;
         the engine drops it when it stops leading. `marked_stages`: stages whose generated
-        script reports having loaded its kernel and initrds (custom scripts do not)."""
+        script reports having loaded its kernel and initrds (custom scripts do not).
+        `running_at`: this host's workflow and boot address in another revision (the one a
+        machine being reinstalled still runs, for its `before_shutdown`)."""
         self.cluster, self.power, self.entry = cluster, power, entry
         self.evidence_window, self.silence_window = evidence_window, silence_window
         self.clock = clock
         self.watch = watch if watch is not None else {}
         self.marked_stages = marked_stages
+        self.running_at = running_at
         self.workflow, self.revision = workflow, revision
         self.name = entry.host.name
         self.log = log.bind(host=self.name, revision=revision[:12])
@@ -135,6 +142,9 @@ class HostRunner:
                         f"{self.evidence_window:.0f} s after a power step whose outcome is "
                         "unknown (the leader running it stopped)")
                 continue
+            if attempt == 0 and rec.get("running") and not self.workflow.stages[stage - 1].local \
+                    and not await self._before_shutdown(rec, stage):
+                return  # held: failed, unpowered, still running what it reported
             try:
                 await self._boot(stage, attempt)
             except CommandRejected as exc:
@@ -253,9 +263,8 @@ class HostRunner:
         boot = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
         after = (boot or {}).get("seq") or 0  # evidence must follow the power step
         unknown = outcome(boot) is IntentOutcome.UNKNOWN
-        rescued = self.cluster.intent(
-            intent_id(self.revision, self.name, stage, attempt, RESCUE)) is not None
-        may_rescue = boot is not None and spec.boot is not None and not rescued
+        may_rescue = (boot is not None and spec.boot is not None
+                      and not self._rescue_spent(stage, attempt))
         script_seq, silent_since = None, started
         while True:
             rec = self._record()
@@ -283,6 +292,19 @@ class HostRunner:
             wake = started + spec.timeout - now
             await self.cluster.wait_change(min(wake, 2.0))
 
+    def _rescue_spent(self, stage: int, attempt: int) -> bool:
+        """Whether this attempt's one rescue is used up: its power-cycle was recorded
+        (whatever came of it: an unknown outcome is never repeated), or its BMC refused the
+        boot device. A rescue whose leader stopped before the power-cycle (its boot device
+        step unfinished, of unknown outcome, or done) is not: the next leader finishes it;
+        counting it as spent left the machine at "No bootable device" until the stage
+        timeout, under leaders that changed while it was rescued."""
+        if self.cluster.intent(intent_id(self.revision, self.name, stage, attempt,
+                                         RESCUE_BOOT)) is not None:
+            return True
+        pxe = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, RESCUE))
+        return outcome(pxe) is IntentOutcome.FAILED
+
     async def _rescue(self, stage: int, attempt: int) -> None:
         """Power-cycle a silent machine into PXE, once per attempt of a stage; the stage's
         timeout keeps running."""
@@ -297,7 +319,7 @@ class HostRunner:
         self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
         try:
             await self._once(stage, attempt, RESCUE, lambda: self._power("pxe"))
-            await self._once(stage, attempt, "rescue-boot", self._power_on_or_cycle)
+            await self._once(stage, attempt, RESCUE_BOOT, self._power_on_or_cycle)
             note = "power-cycled into PXE once"
         except StepFailed as exc:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"
@@ -344,6 +366,76 @@ class HostRunner:
         now = self._record() or {}
         if now.get("done") == stage and now.get("state") not in HOST_TERMINAL:
             await self._step(HostState.QUEUED, stage + 1, 0, detail)
+
+    # --- before the leader powers it: the running stage's before_shutdown ----------------
+
+    async def _hooks_of(self, revision: str, stage: int) -> tuple[list[ShutdownHook], str]:
+        """The hooks of `stage` of `revision`, and the address the machine has there."""
+        iface = self.entry.host.boot_interface()
+        found: tuple[Workflow, str] | None = (self.workflow, str(iface.ipv4) if iface else "")
+        if revision != self.revision:
+            found = await self.running_at(revision) if self.running_at else None
+        if found is None or not 0 < stage <= len(found[0].stages):
+            return [], ""
+        return list(found[0].stages[stage - 1].before_shutdown), found[1]
+
+    async def _before_shutdown(self, rec: dict, stage: int) -> bool:
+        """Run the `before_shutdown` hooks of the stage the machine runs (`running` in its
+        record: the stage it last reported, with no power step since, kept across armings)
+        before this leader powers it into `stage`. Each hook is an intent, so it is journaled
+        and one that passed is not run again by a later leader (one whose leader died during
+        it is: a request, not a power action). A machine its BMC says is off has nothing to
+        shut down: its hooks are recorded as skipped. False when a hook failed: the host is
+        failed, unpowered; arming it again runs the hooks again."""
+        running = rec["running"]
+        hooks, address = await self._hooks_of(running["revision"], running["stage"])
+        where = f"stage {running['stage']}" + (
+            "" if running["revision"] == self.revision else
+            f" of revision {running['revision'][:12]}")
+        ids = [intent_id(self.revision, self.name, stage, 0,
+                         f"before_shutdown-{running['revision']}-{running['stage']}-{i}-"
+                         f"{rec['armed_seq']}") for i in range(len(hooks))]
+        todo = [(h, i) for h, i in zip(hooks, ids, strict=True)
+                if not ((self.cluster.intent(i) or {}).get("result") or {}).get("ok")]
+        if not todo:
+            return True
+        off = self.power is not None and self._has_bmc() and await self._quietly_off()
+        for hook, iid in todo:
+            what = f"{where} before_shutdown {hook.label}"
+            existing = self.cluster.intent(iid)
+            if existing is not None and existing["result"] is not None:  # failed: held
+                ok, detail = False, f"{what}: {existing['result'].get('detail')}"
+            else:
+                if existing is None:
+                    try:
+                        await self.cluster.record_intent(
+                            self.name, f"hook.before_shutdown {hook.label}"[:200],
+                            stage=str(running["stage"]), revision=self.revision,
+                            intent_id=iid)
+                    except CommandRejected as exc:
+                        if exc.code != "duplicate_intent":  # not a retried write of ours
+                            raise
+                if off:
+                    ok, detail = True, "skipped: its BMC says the machine is off"
+                else:
+                    await self._step(HostState.CHECKING, stage, 0, f"{what}: {address}")
+                    ok, detail = await wait_healthy(hook, address)
+                await self.cluster.record_result(iid, ok, detail[:1000])
+                detail = f"{what}: {detail}"
+            self.log.info("workflow.before_shutdown", hook=hook.label, ok=ok, detail=detail)
+            if not ok:
+                await self._step(HostState.FAILED, stage, 0, f"{detail}; not powered: it still "
+                                 f"runs {where}; arming it again runs the hooks again")
+                return False
+        return True
+
+    async def _quietly_off(self) -> bool:
+        """Off per its BMC; a BMC that does not answer says nothing (the hooks run)."""
+        try:
+            return await self._is_off()
+        except (PowerError, OSError, TimeoutError) as exc:
+            self.log.info("workflow.status_unknown", error=f"{exc.__class__.__name__}: {exc}")
+            return False
 
     async def _health(self, rec: dict) -> None:
         stage = rec["stages"] or len(self.workflow.stages)

@@ -39,5 +39,5 @@ def test_doc_commands_run_with_the_exit_codes_the_doc_gives(
         codes.append(main(argv))
     out = capsys.readouterr().out
     assert codes == [1, 1, 0, 0, 0], out
-    assert "24 item(s) to decide" in out
+    assert "22 item(s) to decide" in out
     assert "9 to install" in out

@@ -181,4 +181,59 @@ def test_validate_steps_become_the_health_checks_of_the_stages_booting_them(
         "type": "tcp", "port": 2379, "timeout": 30}}]
     todo = (dst / "IMPORT-TODO.md").read_text()
     assert "boot/etcd-proxy.yml:21" not in todo  # the tcp check was mapped: nothing to decide
-    assert "boot/etcd-proxy.yml:14" in todo  # before_shutdown still listed
+    assert "secrets@boot/etcd-proxy.yml:15" in todo  # its before_shutdown's IPMI password
+
+
+def test_before_shutdown_steps_become_hooks_of_the_stages_booting_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A before_shutdown container that curls the host (with its method) or runs `nc -z` of
+    it becomes a hook of each stage booting that boot; an `echo` (no effect outside its
+    container) and an IPMI chassis status (the leader's own query before each power action)
+    are left out with a note, not a decision; any other container still needs a person."""
+    src = tmp_path / "src"
+    shutil.copytree(ORIGINALS / "examples-master", src)
+    master = src / "boot" / "etcd-master.yml"
+    text = master.read_text()
+    start, end = text.index("before_shutdown:"), text.index("# Validate")
+    master.write_text(text[:start] + "before_shutdown:\n"
+                      "  - image: byrnedo/alpine-curl\n    command: 'echo'\n"
+                      "    args: ['shutting down etcd master']\n"
+                      "  - image: byrnedo/alpine-curl\n    command: 'curl -fs -X POST "
+                      "http://{{.interface.ipv4}}:2379/v2/members/leave'\n    timeout: 90\n"
+                      "  - image: busybox\n    commands: ['nc -z {{.interface.ipv4}} 4001']\n"
+                      "  - image: busybox\n    commands: ['etcdctl member remove x']\n"
+                      + text[end:])
+    dst = tmp_path / "dst"
+    assert main(["import-vaquero", str(src), str(dst)]) == 1
+    capsys.readouterr()
+    stages = yaml.safe_load((dst / "workflows" / "etcd-master.yml").read_text())["stages"]
+    assert stages[0]["before_shutdown"] == [
+        {"name": "etcd-master-2", "type": "http", "port": 2379, "path": "/v2/members/leave",
+         "timeout": 90, "method": "POST"},
+        {"name": "etcd-master-3", "type": "tcp", "port": 4001, "timeout": 60}]
+    todo = (dst / "IMPORT-TODO.md").read_text()
+    decide, notes = todo.split("## Left out, nothing to decide")
+    assert "containers@boot/etcd-master.yml:25" in decide  # etcdctl: needs a person
+    for line in (17, 20, 23):  # the echo (a note), the curl and the nc (mapped)
+        assert f"boot/etcd-master.yml:{line}`" not in decide, line
+    assert "inert `boot/etcd-master.yml:17`" in notes
+    assert "covered `boot/etcd-proxy.yml:15`" in notes
+    assert main(["validate", str(dst)]) == 1  # what is left (checksums, ...), not the hooks
+    assert "workflows/etcd-master.yml" not in capsys.readouterr().out
+
+
+def test_validate_on_is_listed_with_why_it_has_no_equivalent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(ORIGINALS / "examples-master", src)
+    proxy = src / "workflows" / "etcd-proxy.yml"
+    proxy.write_text(proxy.read_text().replace(
+        "  block_deps: ['etcd-master']", "  block_deps: ['etcd-master']\n"
+        "  validate_on: ['etcd-master']", 1))
+    dst = tmp_path / "dst"
+    assert main(["import-vaquero", str(src), str(dst)]) == 1
+    capsys.readouterr()
+    todo = (dst / "IMPORT-TODO.md").read_text()
+    assert "**validate-on** `workflows/etcd-proxy.yml:7`" in todo, todo
+    assert "validate_on: [etcd-master] reran this workflow's `validate` containers" in todo
+    assert "validate_on" not in (dst / "workflows" / "etcd-proxy.yml").read_text()

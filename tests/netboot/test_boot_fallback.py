@@ -9,10 +9,16 @@ touches the guest: one QEMU start, no reboot (QEMU runs with -no-reboot, so a re
 end it), and the phone-home lands on a live peer.
 
 Kill points: as the peer serves the stage script (the kernel fetch follows at once), as it
-finishes sending the kernel (the initrd is next), and as the guest reports its kernel and
-initrds loaded (the phone-home is next). A kill right after DHCP, before any script, leaves
-nothing to fall back from: that machine is the engine's to rescue through its BMC
-(tests/workflow/test_host_runner.py).
+finishes sending the kernel (the initrd is next), as the guest's GET of the initrd reaches
+it (seen on the boot bridge by tools/rigs/wire_watch.py: no peer logs a request in flight),
+and as the guest reports its kernel and initrds loaded (the phone-home is next). Why the
+initrd kill lands on the GET and not later, in the answer's bytes: a process killed after
+its answer is queued in its kernel's socket buffer does not cut the transfer (the kernel
+sends what was queued, then FIN), and with iPXE's keep-alive connection grown by the 8 MB
+kernel the whole 1.2 MB initrd fits in that buffer (seen: killed 64 KiB into it, the guest
+still got all of it from the dead peer). A kill right after DHCP, before any
+script, leaves nothing to fall back from: that machine is the engine's to rescue through its
+BMC (tests/workflow/test_host_runner.py; with a QEMU machine: test_peer_death_e2e.py).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +38,7 @@ from tools.rigs.netns import unavailable_reason as netns_unavailable
 from tools.rigs.qemu_guest import QemuGuest, RouterAdvertiser
 from tools.rigs.qemu_guest import unavailable_reason as qemu_unavailable
 from tools.rigs.test_kernel import GuestOS, build_test_os
+from tools.rigs.wire_watch import Packet, WireWatch
 
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).parent / "vaq-peer")
@@ -75,7 +83,30 @@ def guest_os():
     return build_test_os()
 
 
-@pytest.mark.parametrize("kill_at", ["script", "kernel", "loaded"])
+class InitrdAsked:
+    """On the bridge: the guest's GET of the initrd; `kill(index of the peer it went to)` at
+    once. Then counts what that connection brings the guest from the dead peer (its kernel
+    flushing what the process had queued before it died)."""
+
+    def __init__(self, initrd_sha: str, kill: Callable[[int], None]) -> None:
+        self.sha, self.kill = initrd_sha.encode(), kill
+        self.flow: tuple[str, int] | None = None  # (peer address, guest port)
+        self.after_kill = 0
+        self.killed: int | None = None
+
+    def __call__(self, pkt: Packet) -> bool:
+        if pkt.proto != "tcp":
+            return False
+        if self.killed is None and pkt.src == IP and pkt.dport == 8080 \
+                and pkt.payload.startswith(b"GET ") and self.sha in pkt.payload:
+            self.killed, self.flow = PEERS.index(pkt.dst), (pkt.dst, pkt.sport)
+            self.kill(self.killed)
+        elif self.flow == (pkt.src, pkt.dport) and pkt.sport == 8080 and pkt.dst == IP:
+            self.after_kill += len(pkt.payload)
+        return False
+
+
+@pytest.mark.parametrize("kill_at", ["script", "kernel", "initrd", "loaded"])
 def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
         guest_os, tmp_path: Path, kill_at: str) -> None:
     reason = netns_unavailable() or qemu_unavailable("bios")
@@ -93,6 +124,7 @@ def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
         "kernel": lambda e: (e["event"] == "artifact.request"
                              and e.get("sha256") == guest_os.kernel_sha256
                              and e.get("client") == IP and e.get("status") == 200),
+        "initrd": lambda e: False,  # on the wire: InitrdAsked
         "loaded": lambda e: e["event"] == "boot.loaded" and e.get("host") == HOST,
     }[kill_at]
     with NetnsRig() as rig:
@@ -116,6 +148,10 @@ def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
         advertiser.start()
         guest = QemuGuest(lan, "br0", mac=MAC, firmware="bios", name=HOST)
         killed = None
+        cut = InitrdAsked(guest_os.initrd_sha256, lambda i: procs[i].send_signal(signal.SIGKILL))
+        watch = WireWatch(lan, "br0", cut)
+        if kill_at == "initrd":
+            watch.start()
         try:
             deadline = time.monotonic() + 60
             while not all('"revision.serving"' in p.read_text() for p in logs):
@@ -127,6 +163,11 @@ def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
             while home is None:
                 assert time.monotonic() < deadline, (
                     f"no phone-home (killed peer {killed})\n{guest.console_tail(60)}")
+                if killed is None and cut.killed is not None:
+                    killed = cut.killed
+                    procs[killed].wait(timeout=10)
+                    print(f"\nkilled peer {killed + 1} as the guest asked it for the initrd, "
+                          f"{guest.elapsed:.1f} s after the guest started")
                 for i, path in enumerate(logs):
                     events = log_lines(path)
                     if killed is None and any(trigger(e) for e in events):
@@ -143,6 +184,7 @@ def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
             print(f"phoned home through peer {home + 1} {guest.elapsed:.1f} s after start")
             console = guest.console_text()
         finally:
+            watch.close()
             advertiser.close()
             guest.close()
             for proc in procs:
@@ -161,3 +203,10 @@ def test_the_guest_finishes_through_another_peer_when_its_peer_dies(
     served = {i: [e["event"] for e in log_lines(p) if e.get("host") == HOST]
               for i, p in enumerate(logs)}
     print({f"peer{i + 1}": sorted(set(v)) for i, v in served.items()})
+    if kill_at == "initrd":
+        # the fetch failed: the guest fetched its initrd again, whole, from a live peer
+        print(f"after the kill, {cut.after_kill} bytes of an answer crossed the bridge")
+        again = [i for i, p in enumerate(logs) if i != killed and any(
+            e["event"] == "artifact.request" and e.get("sha256") == guest_os.initrd_sha256
+            and e.get("client") == IP and e.get("status") == 200 for e in log_lines(p))]
+        assert again, served

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.rigs.peer_proc import free_tcp_ports
+
 PASSWORD = "s3cret-Pw-9431"
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")  # one LAN channel each
 
@@ -68,7 +70,7 @@ def run_sim(tmp_path: Path) -> Iterator[Sim]:
     (tmp_path / "lan.conf").write_text(f"""\
 name "vaqsim"
 set_working_mc 0x20
-{lans}  serial 15 127.0.0.1 {free_udp_port()} codec VM
+{lans}  serial 15 127.0.0.1 {free_tcp_ports(1)[0]} codec VM
   startcmd "sleep {marker}"
   startnow false
   poweroff_wait 1

@@ -8,6 +8,9 @@ whose "machine" is a process it starts on power on).
   lost and the stage's next attempt runs.
 - A BMC that refuses a step fails the attempt; the stage is retried, then the host is failed,
   with the BMC's answer in the record; nothing after the refused step runs.
+- A machine its BMC says is off has nothing to shut down: the `before_shutdown` hooks of the
+  stage it last reported are recorded as skipped, and the power step that follows ends
+  "what it runs" in its record.
 """
 
 from __future__ import annotations
@@ -46,14 +49,14 @@ async def node(tmp_path: Path):
         await cluster.stop()
 
 
-def setup(tmp_path: Path, port: int):
+def setup(tmp_path: Path, port: int, **sot):
     (tmp_path / "bmc").mkdir(exist_ok=True)
     blob = tmp_path / "blob"
     blob.write_bytes(b"x")
-    sot = tmp_path / "sot"
+    extra, sot = sot, tmp_path / "sot"
     host = LabHost("n1", "workers", "52:54:00:77:20:01", "198.18.0.51", ("127.0.0.1", port))
     write_sot(sot, [host], blob, blob, peers=["198.18.0.2"], http_port=8080, stage_timeout=10,
-              retries=1, depends=False)
+              retries=1, depends=False, **extra)
     revision = compile_directory(str(sot))
     assert revision.valid, revision.problems
     secrets = tmp_path / "bmc.yaml"
@@ -120,6 +123,15 @@ async def test_a_refused_bmc_step_is_retried_then_fails_the_host(
     assert [r["ok"] for r in results] == [False, False], results
     assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # never reached
     assert sim.machine_pids() == []
+
+
+async def powered(node: Cluster, sha: str) -> None:
+    """What a leader leaves once stage 1's power steps worked: it waits for the machine."""
+    for step in ("pxe", "boot"):
+        iid = intent_id(sha, "n1", 1, 0, step)
+        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
+        await node.record_result(iid, True, "power done")
+    await node.step_host("n1", sha, "booting", 1, message="powered")
 
 
 async def leave_unknown(node: Cluster, sha: str) -> None:
@@ -256,13 +268,59 @@ async def test_a_machine_powered_that_never_asks_for_its_script_is_rescued_once(
     script within the evidence window (the peer whose DHCP answer it took died): one
     power-cycle into PXE, then the stage timeout as usual."""
     _, sha, runner = armed
-    for step in ("pxe", "boot"):
-        iid = intent_id(sha, "n1", 1, 0, step)
-        await node.record_intent("n1", f"power.{step}", stage="1", revision=sha, intent_id=iid)
-        await node.record_result(iid, True, "power done")
-    await node.step_host("n1", sha, "booting", 1, message="powered")
+    await powered(node, sha)
     await asyncio.wait_for(runner.run(), 60)
     kinds = host_events(node)
     rescues = [m for k, m in kinds if "no script fetched 3 s after it was powered" in m]
     assert len(rescues) == 1, kinds
     assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe"))["result"]["ok"] is False
+
+
+async def test_a_rescue_its_leader_stopped_before_the_power_cycle_is_finished_by_the_next(
+        node: Cluster, armed) -> None:
+    """The leader that began the rescue (its PXE step recorded, no result, no power-cycle)
+    lost its leadership: the next one does not count the rescue as spent. It records the
+    PXE step's outcome as unknown (never repeated) and power-cycles the machine, once."""
+    _, sha, runner = armed
+    await powered(node, sha)
+    rescue = intent_id(sha, "n1", 1, 0, "rescue-pxe")
+    await node.record_intent("n1", "power.rescue-pxe", stage="1", revision=sha,
+                             intent_id=rescue)
+    await asyncio.wait_for(runner.run(), 60)
+    result = node.intent(rescue)["result"]
+    assert result["ok"] is False and "outcome unknown" in result["detail"], result
+    cycle = node.intent(intent_id(sha, "n1", 1, 0, "rescue-boot"))
+    assert cycle is not None and cycle["result"] is not None, cycle
+    recorded = [e["message"] for e in node.events_since(0, 1000)["events"]
+                if e.get("host") == "n1" and e["kind"] == "intent.recorded"
+                and "rescue" in (e.get("message") or "")]
+    assert recorded == ["power.rescue-pxe", "power.rescue-boot"], recorded
+
+
+async def test_before_shutdown_is_skipped_for_a_machine_its_bmc_says_is_off(
+        node: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "bmc").mkdir()
+    sims = run_sim(tmp_path / "bmc")
+    sim = next(sims)
+    # a hook no machine could answer (198.18.0.51 is nowhere): it must not even be tried
+    revision, entry, workflow, power = setup(
+        tmp_path, sim.port, before_shutdown={"firmware": "[{name: drain, type: tcp, port: 9}]"})
+    sha = revision.sha
+    try:
+        await node.arm_host("n1", sha, 2, by="test")
+        await node.submit({"op": "host.stage_done", "op_id": "ph-off-1", "at": time.time(),
+                           "name": "n1", "stage": 1, "stages": 2, "revision": sha})
+        assert node.host("n1")["running"] == {"revision": sha, "stage": 1}
+        runner = HostRunner(node, power, entry, workflow, sha, evidence_window=3)
+        await asyncio.wait_for(runner.run(), 60)  # then stage 2's PXE, refused by ipmi_sim
+        hook = node.intent(intent_id(sha, "n1", 2, 0, f"before_shutdown-{sha}-1-0-"
+                                     f"{node.host('n1')['armed_seq']}"))
+        assert hook["action"] == "hook.before_shutdown drain (tcp :9)", hook
+        assert hook["result"]["ok"] is True, hook
+        assert hook["result"]["detail"] == "skipped: its BMC says the machine is off", hook
+        assert node.intent(intent_id(sha, "n1", 2, 0, "pxe")) is not None  # then powered
+        assert "running" not in node.host("n1")  # powered: no longer what it reported
+        assert sim.machine_pids() == []
+    finally:
+        power.close()
+        sims.close()

@@ -14,8 +14,11 @@ import json
 import re
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from wf_sot import LabHost, init_repo, push, write_sot
@@ -343,3 +346,108 @@ def test_a_stage_health_check_holds_the_next_stage_until_it_passes(tmp_path: Pat
         assert rec["stage"] == 1 and rec["message"].startswith(
             f"stage 1 health: health check failed for 8 s: tcp 127.0.0.2:{port}"), rec
         assert boot_as_machine(base, "svc-2")[0] is None  # failed: the disk, no stage 2
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """The hosts' drain endpoint: answers 200 and remembers (address, method, path)."""
+
+    calls: ClassVar[list[tuple[str, str, str]]] = []
+
+    def _answer(self) -> None:
+        self.calls.append((self.server.server_address[0], self.command, self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_before_shutdown_hooks_run_before_the_leader_powers_a_machine_out(
+        tmp_path: Path) -> None:
+    """The original's per-boot `before_shutdown`: the firmware stage asks the host to drain
+    (POST) before the leader powers it into the install stage, the install stage asks for a
+    handoff (PUT) before a reinstall powers it out of its installed system. svc-1 answers;
+    svc-2 (its address has no listener) is held, failed and unpowered, with the reason, and
+    arming it again (the next revision) runs the hook of what it still runs again. The next
+    revision moves svc-1 to another address: the handoff goes to the address of the system
+    it still runs, the new install's drain to its new one."""
+    (port,) = free_tcp_ports(1)
+    hosts = [LabHost("svc-1", "workers", MAC["svc-1"], "127.0.0.1", subnet="loop"),
+             LabHost("svc-2", "workers", MAC["svc-2"], "127.0.0.2", subnet="loop")]
+    hooks = {"firmware": f"[{{name: drain, type: http, port: {port}, path: /drain, "
+                         "timeout: 8}]",
+             "install": f"[{{name: handoff, type: http, method: PUT, port: {port}, "
+                        "path: /handoff, timeout: 8}]"}
+    work, bare, rev1 = lab_repo(tmp_path, hosts, "hosts that drain before a reboot",
+                                stage_timeout=60, depends=False, before_shutdown=hooks)
+    calls = _Recorder.calls
+    calls.clear()
+    servers = [ThreadingHTTPServer((address, port), _Recorder)
+               for address in ("127.0.0.1", "127.0.0.3")]  # 127.0.0.2: nothing listens
+    for server in servers:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         daemon=True).start()
+    old, new = "127.0.0.1", "127.0.0.3"
+    try:
+        with following(tmp_path, bare) as peer:
+            base = peer.base
+            approve_when_planned(base, rev1)
+            for name in ("svc-1", "svc-2"):
+                until(lambda name=name: record(base, name).get("state") == "waiting",
+                      f"{name} waiting for stage 1")
+                assert not [e for e in api(base, "/v1/events?limit=1000")["events"]
+                            if e.get("host") == name and  # a first install runs no hook
+                            (e.get("message") or "").startswith("hook.")]
+                served, script = boot_as_machine(base, name)
+                assert served == 1, script
+                phone_home(base, script)
+            until(lambda: record(base, "svc-1").get("state") == "waiting"
+                  and record(base, "svc-1").get("stage") == 2, "svc-1 on to stage 2")
+            assert calls == [(old, "POST", "/drain")], calls  # before stage 2 was powered
+            served, script = boot_as_machine(base, "svc-1")
+            assert served == 2, script
+            phone_home(base, script)
+            until(lambda: record(base, "svc-1").get("state") == "done", "svc-1 done")
+            assert calls == [(old, "POST", "/drain")], calls  # the last stage's: not yet
+
+            until(lambda: record(base, "svc-2").get("state") == "failed", "svc-2 held", 40)
+            held = record(base, "svc-2")
+            assert held["message"].startswith(
+                f"stage 1 before_shutdown drain (POST :{port}/drain): hook failed for 8 s: "
+                f"POST http://127.0.0.2:{port}/drain: "), held
+            assert held["message"].endswith("not powered: it still runs stage 1; arming it "
+                                            "again runs the hooks again"), held
+            assert boot_as_machine(base, "svc-2")[0] is None  # held: no stage 2 served
+            journal = [(e["kind"], e.get("host"), e.get("message") or "")
+                       for e in api(base, "/v1/events?limit=1000")["events"]]
+            action = f"hook.before_shutdown drain (POST :{port}/drain)"
+            assert ("intent.recorded", "svc-1", action) in journal, journal
+            assert ("intent.recorded", "svc-2", action) in journal, journal
+            assert any(k == "intent.ok" and h == "svc-1" for k, h, _ in journal), journal
+            assert any(k == "intent.failed" and h == "svc-2" and "hook failed for 8 s" in m
+                       for k, h, m in journal), journal
+
+            # a reinstall of both: svc-1's installed system hands off first; svc-2 still
+            # runs stage 1 of rev1, so its drain runs again (and fails again: still held)
+            moved = [LabHost("svc-1", "workers", MAC["svc-1"], new, subnet="loop"), hosts[1]]
+            write_lab(tmp_path, work, moved, stage_timeout=60, depends=False,
+                      before_shutdown=hooks, install_note="v2")
+            rev2 = push(work, "install v2")
+            approve_when_planned(base, rev2)
+            until(lambda: record(base, "svc-1").get("revision") == rev2
+                  and record(base, "svc-1").get("state") == "waiting", "svc-1 reinstalling")
+            assert calls == [(old, "POST", "/drain"), (old, "PUT", "/handoff")], calls
+            until(lambda: record(base, "svc-2").get("revision") == rev2
+                  and record(base, "svc-2").get("state") == "failed", "svc-2 held again", 40)
+            assert record(base, "svc-2")["message"].startswith(
+                f"stage 1 of revision {rev1[:12]} before_shutdown drain (POST :{port}/drain)"
+                ": hook failed for 8 s"), record(base, "svc-2")
+            run_stages(base, "svc-1")  # the drain of its new stage 1 answers again
+            assert calls[2:] == [(new, "POST", "/drain")], calls
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

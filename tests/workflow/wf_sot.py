@@ -44,9 +44,12 @@ def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               depends: bool = True, install_new_hosts: bool = True,
               force_provision: bool = False,
               health: str | None = None, stay: bool = False,
-              firmware_health: str | None = None) -> None:
+              firmware_health: str | None = None,
+              before_shutdown: dict[str, str] | None = None) -> None:
     """The whole tree; `install_note` lands on the workers' install stage cmdline (change it
-    to make every host of the workers cluster, and only those, need a reinstall)."""
+    to make every host of the workers cluster, and only those, need a reinstall).
+    `firmware_health` and `before_shutdown` ({stage name: YAML list}) go on the workers'
+    stages."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     peer_lines = "\n".join(f"  - {{name: peer-{i}, address: {a}}}"
@@ -100,12 +103,14 @@ cmdline:
             f"id: testos-{ident}\noperating_system: testos-{ident}\n")
 
     def stages(workflow: str) -> str:
-        checked = f", health: {firmware_health}" if firmware_health and workflow == "workers" \
-            else ""
+        mine = workflow == "workers"
+        checked = f", health: {firmware_health}" if firmware_health and mine else ""
+        hooks = {name: f", before_shutdown: {text}" if mine else ""
+                 for name, text in (before_shutdown or {}).items()}
         return (f"  - {{name: firmware, boot: testos-firmware, timeout: {stage_timeout}, "
-                f"retries: {retries}{checked}}}\n"
+                f"retries: {retries}{checked}{hooks.get('firmware', '')}}}\n"
                 f"  - {{name: install, boot: testos-install-{workflow}, "
-                f"timeout: {stage_timeout}, retries: {retries}}}\n")
+                f"timeout: {stage_timeout}, retries: {retries}{hooks.get('install', '')}}}\n")
 
     (root / "workflows/etcd.yml").write_text(
         f"id: etcd\nstages:\n{stages('etcd')}rollout: {{max_concurrent: 1}}\n")
