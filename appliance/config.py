@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance.errors import StartupError
+
 from .sot.loader import explain
 from .sot.models import Id
 from .sot.yamlsrc import Document, YamlError, load_documents
@@ -200,7 +202,7 @@ class PeerConfig(_Strict):
         return self
 
 
-class ConfigError(Exception):
+class ConfigError(StartupError):
     """Every problem of a config file, one per line, each with file:line."""
 
 

@@ -129,7 +129,7 @@ def _push_sot(state: Path, machines: list[dict[str, str]], os_files: Any) -> tup
 
 
 def _init_peers(state: Path, bare: Path) -> list[Path]:
-    from .cli_init import SHARED
+    from .cli.init import SHARED
 
     """Each peer's config and secrets, written by `vaq-peer init` as an operator would: the
     first writes the site's shared secrets, which are copied to the others."""

@@ -10,23 +10,26 @@ replicated when the group is reachable again.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
 from appliance import __version__, revalidate
 from appliance.api.app import make_api_app
-from appliance.api.auth import load_tokens
+from appliance.api.auth import ApiToken, load_tokens
 from appliance.api.context import ApiContext
+from appliance.api.read_model import PeerReadModel, PowerActions
 from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
+from appliance.cluster.data_plane_events import DataPlaneEvents
 from appliance.cluster.outbox import EventOutbox
 from appliance.config import PeerConfig
+from appliance.errors import StartupError
 from appliance.host_archive import HostArchive
 from appliance.netboot import rogue_dhcp
 from appliance.netboot.artifacts import ArtifactCache
@@ -44,17 +47,22 @@ from appliance.sot.revision_store import RevisionStore
 from appliance.sot.tree import DirectoryTree, Tree
 from appliance.source.gittree import GitTree, RevisionNotFound
 
+if TYPE_CHECKING:
+    from appliance.federation.service import FederationService
+    from appliance.power.console import ConsoleRecorder
+    from appliance.source.follow import SourceFollower
+    from appliance.source.remote import GitRemote
+    from appliance.workflow import WorkflowEngine
+
 log = structlog.get_logger("vaquero.peer")
 # Host states in which a machine runs one of its stages (powered on for it): its console is
 # worth recording. Not while it is being powered: a BMC attaches SOL to a running machine.
 STAGE_STATES = frozenset({"booting", "waiting", "checking"})
 
-# data-plane events that are evidence of a machine booting, and the host.seen step of each
-SEEN_STEPS = {"stage-booting": "script", "stage-loaded": "loaded"}
 
-
-class PeerError(Exception):
-    """A condition that stops the peer from starting, with what to do about it."""
+class PeerError(StartupError):
+    """A condition that stops the peer from starting, with what to do about it. `start`
+    raises only this: any other StartupError (config, secrets, keys) becomes one."""
 
 
 def _tree(config: PeerConfig) -> Tree:
@@ -81,14 +89,11 @@ def read_secret(path: Path) -> bytes:
     return secret
 
 
-def _counter_values(obj: Any) -> dict[str, float]:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: float(v) for k, v in dataclasses.asdict(obj).items()
-                if isinstance(v, int | float)}
-    return {k: float(v) for k, v in dict(obj).items()}
-
-
 class Peer:
+    """The wiring of one peer: what to start, in which order, and what each part is handed.
+    What the API shows is in `api.read_model`, what the data plane tells the group in
+    `cluster.data_plane_events`; each part counts its own metrics."""
+
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
         self.revision: Revision | None = None
@@ -101,14 +106,18 @@ class Peer:
         self.artifacts: ArtifactCache | None = None
         self.boot_state: BootState | None = None
         self.revisions = RevisionCache()
-        self.follower: Any = None  # appliance.source.follow.SourceFollower in source mode
+        self.follower: SourceFollower | None = None  # following a git remote (`source:`)
         self.power: PowerManager | None = None  # when the config names BMC secrets
-        self.git_remote: Any = None  # appliance.source.remote.GitRemote when enabled
-        self.engine: Any = None  # appliance.workflow.WorkflowEngine in source mode
-        self.consoles: Any = None  # appliance.power.console.ConsoleRecorder with BMCs
+        self.git_remote: GitRemote | None = None  # when `remote.enabled`
+        self.engine: WorkflowEngine | None = None  # following a git remote
+        self.consoles: ConsoleRecorder | None = None  # with BMCs and `console.enabled`
         self.history = HostArchive(config.data_dir / "hosts", config.history.max_events_per_host,
                                    config.history.max_age_days)
-        self.federation: Any = None  # appliance.federation.service.FederationService
+        self.federation: FederationService | None = None
+        self.events = DataPlaneEvents()  # replicated once the cluster runs (outbox)
+        self.view = PeerReadModel(config, lambda: self.table, self.progress,
+                                  self.local_progress, lambda: self.http_port,
+                                  lambda: self.follower.info() if self.follower else None)
         self._candidate: Revision | None = None  # judged by before any revision is applied
         self._tasks: list[asyncio.Task[object]] = []
         self._runner: web.AppRunner | None = None
@@ -189,7 +198,7 @@ class Peer:
                 self._dhcp = None
             if self._dhcp is None:
                 self._dhcp = DhcpServer(lambda: dhcp_table, cfg.interface, mode=mode,
-                                        on_event=self._on_event, port=cfg.dhcp.port,
+                                        on_event=self.events, port=cfg.dhcp.port,
                                         pxe_port=cfg.dhcp.proxy_port)
                 await self._dhcp.start()
                 log.info("dhcp.listening", interface=cfg.interface, mode=mode,
@@ -202,87 +211,10 @@ class Peer:
         log.info("revision.serving", revision=table.sha, hosts=len(table.hosts),
                  previous=old.sha if old else None)
 
-    # --- what the data plane tells the group --------------------------------------------
-
-    def _on_event(self, kind: str, **fields: Any) -> None:
-        """Data-plane events: logged now, replicated when the group is reachable (outbox)."""
-        if kind in SEEN_STEPS:  # already logged as boot.script/boot.loaded; the evidence
-            if self.evidence is not None and isinstance(fields.get("host"), str):
-                revision = fields.get("revision")
-                self.evidence.served(fields["host"], int(fields["stage"]),
-                                     revision if isinstance(revision, str) else None,
-                                     step=SEEN_STEPS[kind])
-            return
-        log.info("event", kind=kind, **fields)
-        if self.outbox is None:
-            return
-        host = fields.pop("host", None)
-        revision = fields.pop("revision", None)
-        data = {k: v for k, v in fields.items() if isinstance(v, str | int | float | bool)}
-        self.outbox.put(kind, host=host if isinstance(host, str) else None,
-                        revision=revision if isinstance(revision, str) else None,
-                        data=data or None)
-        if kind == "stage-done" and isinstance(host, str):
-            arming = str(fields.get("arming", ""))  # "armed:<seq>" or "armed:None"
-            seq = arming.removeprefix("armed:")
-            cmd = raft_commands.build(
-                "host.stage_done", time.time(), name=host, stage=int(fields["stage"]),
-                stages=int(fields["stages"]),
-                revision=revision if isinstance(revision, str) else None)
-            # explicit even when None: "made while the host was not armed" is an identity too
-            cmd["armed_seq"] = int(seq) if seq.isdigit() else None
-            self.outbox.put_command(raft_commands.validate(cmd))
-
-    def _ref_changes(self, changes: list[dict[str, Any]], token: str, client: str) -> None:
-        """Every ref a push to this peer's remote changed, in the replicated journal: a
-        force-push or a deletion leaves the old SHA and the token that did it on record."""
-        for change in changes:
-            kind = ("git-ref-deleted" if change["deleted"] else
-                    "git-ref-forced" if change["forced"] else "git-ref-updated")
-            self._on_event(kind, revision=None if change["deleted"] else change["new"],
-                           ref=change["ref"], old=change["old"], new=change["new"],
-                           forced=change["forced"], token=token, client=client)
-
-    # --- the API's view of the applied revision ------------------------------------------
-
-    async def _power(self, name: str, action: str) -> dict[str, Any]:
-        """A power action through the BMC. Reads on any peer; actions only on the leader, each
-        logged as an intent before it runs and as a result after (DESIGN.md)."""
-        assert self.power is not None and self.cluster is not None
-        table = self.table
-        if table is None or name not in table.hosts:
-            raise KeyError(name)
-        entry = table.hosts[name]
-        if action == "status":
-            return await self.power.run(entry, action)
-        intent = await self.cluster.record_intent(name, f"power.{action}", revision=table.sha)
-        try:
-            result = await self.power.run(entry, action)
-        except Exception as exc:
-            await self.cluster.record_result(intent, False, str(exc)[:1000])
-            raise
-        await self.cluster.record_result(intent, True, f"power {action}")
-        return {**result, "intent": intent}
-
     async def _rollout_progress(self, sha: str) -> dict[str, Any]:
         assert self.engine is not None and self.cluster is not None
         progress = await self.engine.progress(sha)
         return {"rollout": self.cluster.rollout(sha), **progress.to_json()}
-
-    def _host_facts(self, name: str) -> dict[str, Any] | None:
-        table = self.table
-        if table is None or name not in table.hosts:
-            return None
-        entry = table.hosts[name]
-        record = self.progress.record(name)
-        return {
-            "site": entry.site, "cluster": entry.cluster, "workflow": entry.host.workflow,
-            "never_provision": entry.host.never_provision, "stages": table.stages(name),
-            "stages_done_here": record.done if record else 0,
-            "interfaces": [{"type": i.type, "mac": i.mac, "ipv4": str(i.ipv4),
-                            "subnet": i.subnet} for i in entry.host.interfaces],
-            "revision": table.sha,
-        }
 
     async def _watch_consoles(self) -> None:
         """The leader records the SOL console of every host in a stage (a BMC serves one
@@ -291,6 +223,8 @@ class Peer:
         from appliance.power.manager import NoBmc, target_for
         from appliance.power.secrets import SecretsError
 
+        assert self.consoles is not None
+        consoles = self.consoles
         while True:
             wanted: dict[str, SolTarget] = {}
             cluster, table, power = self.cluster, self.table, self.power
@@ -310,59 +244,8 @@ class Peer:
                         run = (int(record.get("stage") or 0), int(record.get("attempt") or 0))
                         wanted[entry.host.name] = SolTarget(target.address, target.port or 623,
                                                             creds.user, creds.password, run)
-            await asyncio.to_thread(self.consoles.want, wanted)
+            await asyncio.to_thread(consoles.want, wanted)
             await asyncio.sleep(1)
-
-    def _host_names(self) -> list[str]:
-        return list(self.table.hosts) if self.table is not None else []
-
-    def _local_done(self) -> dict[str, int]:
-        """Stages done as this peer serves them, for the hosts it holds local reports of."""
-        out = {}
-        for name in self.local_progress.hosts():
-            record = self.progress.record(name)
-            if record is not None and record.done:
-                out[name] = record.done
-        return out
-
-    def _sites(self) -> list[dict[str, Any]]:
-        if self.revision is None:
-            return []
-        out = []
-        for site in self.revision.sot.sites.values():
-            hosts = sum(1 for e in self.revision.sot.hosts.values() if e.site == site.id)
-            out.append({"id": site.id, "name": site.name, "local": site.id == self.config.site,
-                        "hosts": hosts, "peers": [{"name": p.name, "address": str(p.address)}
-                                                  for p in site.peers],
-                        "subnets": [str(s.cidr) for s in site.subnets],
-                        "dhcp_mode": site.netboot.dhcp_mode})
-        return out
-
-    def _boot_info(self) -> dict[str, Any]:
-        cfg, table = self.config, self.table
-        return {
-            "interface": cfg.interface,
-            "address": table.dhcp.server.next_server if table else None,
-            "http_port": self.http_port or None,
-            "api_port": cfg.api.port or self.http_port or None,
-            "tftp_port": cfg.tftp.port if cfg.tftp.enabled else None,
-            "dhcp_port": cfg.dhcp.port if cfg.dhcp.enabled else None,
-            "proxy_port": (cfg.dhcp.proxy_port if cfg.dhcp.enabled and table
-                           and table.site.netboot.dhcp_mode == "proxy" else None),
-            "dhcp_mode": table.site.netboot.dhcp_mode if table else None,
-            "revision": table.sha if table else None,
-            "mode": "source" if cfg.source is not None else "sot",
-            "source": self.follower.info() if self.follower else None,
-        }
-
-    def api_url(self) -> str:
-        cfg = self.config
-        if cfg.api.url:
-            return cfg.api.url.rstrip("/")
-        host = (self._boot_info()["address"] or
-                (str(cfg.address) if cfg.address else None) or
-                cfg.raft.address.rpartition(":")[0].strip("[]") or "127.0.0.1")
-        return f"http://{host}:{cfg.api.port or self.http_port}"
 
     async def _announce(self) -> None:
         """Keep this peer's name and API URL in the replicated peer list, so operators and
@@ -371,34 +254,29 @@ class Peer:
         assert self.cluster is not None and self.outbox is not None
         me = self.config.raft.address
         while True:
-            url = self.api_url()  # the boot address is known once a revision is served
+            url = self.view.api_url()  # the boot address is known once a revision is served
             mine = next((p for p in self.cluster.peers() if p["address"] == me), None)
             if mine is None or mine.get("api_url") != url or mine.get("name") != self.config.peer:
                 self.outbox.put_command(raft_commands.build(
                     "peer.add", time.time(), address=me, name=self.config.peer, api_url=url))
             await asyncio.sleep(5)
 
-    def _metrics(self) -> dict[str, Any]:
-        sources: dict[str, Any] = {
-            "boot": lambda: {
-                **_counter_values(self.boot_state.counters if self.boot_state else {}),
-                # boot evidence told to the group, and in how many Raft entries
-                "evidence_hosts": float(self.evidence.recorded) if self.evidence else 0.0,
-                "evidence_entries": float(self.evidence.entries) if self.evidence else 0.0},
-            "outbox": lambda: {"queued": float(len(self.outbox)) if self.outbox else 0.0,
-                               "sent": float(self.outbox.sent) if self.outbox else 0.0,
-                               "dropped": float(self.outbox.dropped) if self.outbox else 0.0},
-        }
-        sources["dhcp"] = lambda: _counter_values(self._dhcp.counters if self._dhcp else {})
-        sources["source"] = lambda: self.follower.metrics() if self.follower else {}
-        sources["federation"] = lambda: self.federation.metrics() if self.federation else {}
-        sources["workflow"] = lambda: self.engine.metrics() if self.engine else {}
-        sources["tftp"] = lambda: ({**_counter_values(self._tftp.counters),
-                                    "active": float(self._tftp.counters.active)}
-                                   if self._tftp else {})
-        sources["artifacts"] = lambda: (_counter_values(self.artifacts.counters)
-                                        if self.artifacts else {})
-        return sources
+    def _metrics(self) -> dict[str, Callable[[], dict[str, float]]]:
+        """Each part's own metrics, by prefix, read at scrape time (absent parts: none)."""
+        def of(*parts: Callable[[], Any]) -> Callable[[], dict[str, float]]:
+            def read() -> dict[str, float]:
+                out: dict[str, float] = {}
+                for part in parts:
+                    if (component := part()) is not None:
+                        out.update(component.metrics())
+                return out
+            return read
+
+        return {"boot": of(lambda: self.boot_state, lambda: self.evidence),
+                "outbox": of(lambda: self.outbox), "dhcp": of(lambda: self._dhcp),
+                "source": of(lambda: self.follower), "federation": of(lambda: self.federation),
+                "workflow": of(lambda: self.engine), "tftp": of(lambda: self._tftp),
+                "artifacts": of(lambda: self.artifacts)}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -411,6 +289,8 @@ class Peer:
             await self.stop()
             if isinstance(exc, PeerError):
                 raise
+            if isinstance(exc, StartupError):  # written for the operator: no traceback
+                raise PeerError(str(exc)) from None
             if isinstance(exc, OSError):
                 raise PeerError(f"cannot start: {exc.strerror or exc} "
                                 f"({exc.__class__.__name__}); is another server on that "
@@ -421,8 +301,23 @@ class Peer:
             raise
 
     async def _start(self) -> None:
+        """Raft first (its port proves this is the only peer of that address), then the
+        parts the data plane needs, the revision, and last the servers."""
+        tokens = load_tokens((t.name, t.role, t.file) for t in self.config.api.tokens)
+        await self._start_cluster()
+        self._start_parts(tokens)
+        await self._start_revisions()
+        self._start_federation()
+        await self._serve_http(tokens)
+        await self._serve_boot_network()
+        self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
+        if not tokens:
+            log.warning("api.no_tokens", hint="the API refuses every request without a token; "
+                        "add api.tokens to the config (`vaq-peer init` writes one)")
+
+    async def _start_cluster(self) -> None:
+        """The Raft node, the outbox the data plane writes through, the hosts' archive."""
         cfg = self.config
-        tokens = load_tokens((t.name, t.role, t.file) for t in cfg.api.tokens)
         peers = tuple(cfg.raft.peers) or (cfg.raft.address,)
         self.cluster = Cluster(ClusterSettings(
             self_address=cfg.raft.address, peers=peers, data_dir=cfg.data_dir / "raft",
@@ -431,13 +326,17 @@ class Peer:
         self.outbox = EventOutbox(self.cluster)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         self.evidence = BootEvidence(self._host_record, self.outbox.put_command)
+        self.events.outbox, self.events.served = self.outbox, self.evidence.served
         log.info("raft.started", address=cfg.raft.address, peers=list(peers))
         self._tasks.append(asyncio.create_task(
-            self.history.follow(self.cluster, self._host_names), name="history"))
+            self.history.follow(self.cluster, self.view.host_names), name="history"))
 
-        self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self._on_event)
+    def _start_parts(self, tokens: list[ApiToken]) -> None:
+        """What serves before any revision: boot state, artifact cache, the git remote, the
+        power manager and the console recorder (each only when configured)."""
+        cfg = self.config
+        self.boot_state = BootState(None, self.progress, list(cfg.tftp.roots), self.events)
         self.artifacts = ArtifactCache(cfg.data_dir / "artifacts")
-        extra: list[tuple[str, Any]] = []
         if cfg.remote.enabled:
             from appliance.source.remote import GitRemote
 
@@ -448,7 +347,7 @@ class Peer:
             self.git_remote = GitRemote(cfg.data_dir / "remote.git", tokens, pushed,
                                         max_body=cfg.remote.max_push_mb << 20,
                                         branch=cfg.source.ref if cfg.source else "main",
-                                        on_refs=self._ref_changes)
+                                        on_refs=self.events.ref_changes)
         if cfg.bmc.secrets_file is not None:
             self.power = PowerManager(cfg.bmc.secrets_file, cfg.bmc.max_sessions)
             if cfg.console.enabled:
@@ -458,35 +357,45 @@ class Peer:
                                                 cfg.console.max_bytes, cfg.console.keep)
                 self._tasks.append(asyncio.create_task(self._watch_consoles(),
                                                        name="consoles"))
-        if cfg.sot is not None:  # a fixed revision, served at once
+
+    async def _start_revisions(self) -> None:
+        """A fixed revision, served at once; or follow a git remote and serve what the
+        group applies (503 until then), with the workflow engine."""
+        cfg = self.config
+        assert self.cluster is not None and self.outbox is not None
+        if cfg.sot is not None:
             await self._install(await self.load())
-        else:  # follow a git remote; serve what the group applies (503 until then)
-            from appliance.source.follow import SourceFollower
+            return
+        from appliance.source.follow import SourceFollower
+        from appliance.workflow import WorkflowEngine
 
-            async def install(revision: Revision) -> None:
-                await self._install(self._table_for(revision))
+        async def install(revision: Revision) -> None:
+            await self._install(self._table_for(revision))
 
-            self.follower = SourceFollower(cfg, self.cluster, self.outbox, self.revisions,
-                                           install, lambda: self.table.sha if self.table
-                                           else None)
-            extra = self.follower.routes
-            self._tasks += self.follower.start()
-            from appliance.workflow import WorkflowEngine
+        self.follower = SourceFollower(cfg, self.cluster, self.outbox, self.revisions,
+                                       install, lambda: self.table.sha if self.table
+                                       else None)
+        self._tasks += self.follower.start()
+        self.engine = WorkflowEngine(
+            self.cluster, cfg.site, self.follower.tree_for, self.revisions, self.power,
+            runner_options={"evidence_window": cfg.workflow.evidence_window,
+                            "silence_window": cfg.workflow.silence_window})
+        self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
 
-            self.engine = WorkflowEngine(
-                self.cluster, cfg.site, self.follower.tree_for, self.revisions, self.power,
-                runner_options={"evidence_window": cfg.workflow.evidence_window,
-                                "silence_window": cfg.workflow.silence_window})
-            self._tasks.append(asyncio.create_task(self.engine.run(), name="workflow"))
-        self._start_federation()
+    async def _serve_http(self, tokens: list[ApiToken]) -> None:
+        """One aiohttp application: the API and the boot endpoints, on the boot HTTP port
+        and (when `api.port` differs) on the API's own."""
+        cfg, view = self.config, self.view
+        assert self.cluster is not None
+        power = PowerActions(self.cluster, self.power, lambda: self.table) if self.power else None
         context = ApiContext(cfg.peer, cfg.site, __version__, self.cluster,
                              federation=self.federation,
-                             metrics=self._metrics(), host_facts=self._host_facts,
-                             sites=self._sites, boot=self._boot_info,
-                             power=self._power if self.power else None,
+                             metrics=self._metrics(), host_facts=view.host_facts,
+                             sites=view.sites, boot=view.boot_info, power=power,
                              rollout_progress=self._rollout_progress if self.engine else None,
-                             local_done=self._local_done, host_events=self.history.read,
+                             local_done=view.local_done, host_events=self.history.read,
                              console_runs=self.consoles.runs if self.consoles else lambda _: None)
+        extra = self.follower.routes if self.follower else []
 
         def boot_routes(app: web.Application) -> None:
             assert self.boot_state is not None
@@ -506,6 +415,7 @@ class Peer:
         # other request (the API, artifacts) by the application (netboot/boot_front.py).
         server = self._runner.server
         assert server is not None, "AppRunner.setup() creates the server"
+        assert self.boot_state is not None, "_start_parts runs before _serve_http"
         self._front = BootFrontServer(self.boot_state, server)
         await self._front.start(cfg.http.listen, self.http_port)
         log.info("http.listening", address=cfg.http.listen, port=self.http_port,
@@ -514,31 +424,29 @@ class Peer:
             await web.TCPSite(self._runner, cfg.api.listen, cfg.api.port).start()
             log.info("api.listening", address=cfg.api.listen, port=cfg.api.port,
                      tokens=[t.name for t in tokens])
+
+    async def _serve_boot_network(self) -> None:
+        """TFTP, and the watch for another DHCP server where ours serve (journalled now and
+        then). DHCP itself starts with the first revision installed (`_install`)."""
+        cfg = self.config
         if cfg.tftp.enabled:
             self._tftp = TftpServer(cfg.tftp.roots, port=cfg.tftp.port, interface=cfg.interface)
             await self._tftp.start()
-        self._tasks.append(asyncio.create_task(self._announce(), name="announce"))
-        if not tokens:
-            log.warning("api.no_tokens", hint="the API refuses every request without a token; "
-                        "add api.tokens to the config (`vaq-peer init` writes one)")
-        if cfg.dhcp.enabled:  # another DHCP server where ours serve: journal it now and then
+        if cfg.dhcp.enabled:
             self._tasks.append(asyncio.create_task(rogue_dhcp.watch(
                 cfg.interface, lambda: self.table is None
-                or self.table.site.netboot.dhcp_mode == "proxy", self._on_event), name="rogue"))
+                or self.table.site.netboot.dhcp_mode == "proxy", self.events), name="rogue"))
 
     def _start_federation(self) -> None:
         """Signed site summaries with the other sites, and (following a git remote) the
         cross-site order as a gate of the revision pipeline. Never in the data plane's way."""
-        from appliance.federation.keys import SiteKeyError, load_signing_key
+        from appliance.federation.keys import load_signing_key
         from appliance.federation.service import FederationService
 
         assert self.cluster is not None
         key = None
-        if self.config.federation.key_file is not None:
-            try:
-                key = load_signing_key(self.config.federation.key_file)
-            except SiteKeyError as exc:
-                raise PeerError(str(exc)) from None
+        if self.config.federation.key_file is not None:  # SiteKeyError: a StartupError
+            key = load_signing_key(self.config.federation.key_file)
         self.federation = FederationService(self.config.site, self.cluster,
                                             lambda: self.revision or self._candidate, key)
         self._tasks.append(self.federation.start())

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from appliance.errors import StartupError
+
 Role = Literal["read", "admin"]
 
 
@@ -23,7 +25,7 @@ class ApiToken:
     secret: bytes
 
 
-class TokenError(Exception):
+class TokenError(StartupError):
     """A token file that cannot be used, with what to do about it."""
 
 

@@ -1,4 +1,4 @@
-"""The API application: middlewares (request ids and logs, errors as JSON, auth), routes,
+"""The API application: middlewares (request ids and logs, every error as JSON, auth), routes,
 /metrics and the OpenAPI document."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from appliance.cluster.errors import (
     NoQuorum,
     NotLeader,
 )
+from appliance.errors import ApiError
 
 from .auth import ApiToken, auth_middleware, is_public
 from .context import API_CONTEXT, ApiContext, ctx
@@ -37,10 +38,6 @@ log = structlog.get_logger("vaquero.api")
 _ID_PREFIX = os.urandom(4).hex()
 _ids = itertools.count(1)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
 
 
 @web.middleware
@@ -68,28 +65,35 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                      ms=round((time.perf_counter() - start) * 1000, 1), client=request.remote)
 
 
+def cluster_error(exc: ClusterError) -> ApiError:
+    """A replication failure as a clear HTTP answer; a cut-off peer says so with 503."""
+    if isinstance(exc, NoQuorum):
+        return ApiError(503, "no_quorum", str(exc), retry="any peer that reaches a majority")
+    if isinstance(exc, NoLeader):
+        return ApiError(503, "no_leader", str(exc))
+    if isinstance(exc, NotLeader):
+        return ApiError(409, "not_leader", str(exc), leader=exc.leader)
+    if isinstance(exc, CommitTimeout):
+        return ApiError(504, "commit_timeout", str(exc))
+    if isinstance(exc, MembershipChangeDenied):
+        return ApiError(409, "membership_change_in_progress", str(exc))
+    if isinstance(exc, CommandRejected):
+        return ApiError(404 if exc.code.startswith("unknown") else 409, exc.code, exc.message)
+    if isinstance(exc, InvalidCommand):
+        return ApiError(400, "bad_request", str(exc))
+    return ApiError(503, "cluster_error", str(exc))
+
+
 @web.middleware
-async def cluster_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Replication failures become clear HTTP answers; a cut-off peer says so with 503."""
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place an error becomes JSON: every ApiError a handler, the auth or the site
+    forwarding raises, and every replication failure, as {"error", "message", ...}."""
     try:
         return await handler(request)
-    except NoQuorum as exc:
-        return _error(503, "no_quorum", str(exc), retry="any peer that reaches a majority")
-    except NoLeader as exc:
-        return _error(503, "no_leader", str(exc))
-    except NotLeader as exc:
-        return _error(409, "not_leader", str(exc), leader=exc.leader)
-    except CommitTimeout as exc:
-        return _error(504, "commit_timeout", str(exc))
-    except MembershipChangeDenied as exc:
-        return _error(409, "membership_change_in_progress", str(exc))
-    except CommandRejected as exc:
-        status = 404 if exc.code.startswith("unknown") else 409
-        return _error(status, exc.code, exc.message)
-    except InvalidCommand as exc:
-        return _error(400, "bad_request", str(exc))
+    except ApiError as exc:
+        return exc.response()
     except ClusterError as exc:
-        return _error(503, "cluster_error", str(exc))
+        return cluster_error(exc).response()
 
 
 def _prometheus(values: dict[str, float]) -> str:
@@ -133,7 +137,7 @@ def make_api_app(context: ApiContext, tokens: list[ApiToken],
                  extra_routes: Callable[[web.Application], None] | None = None
                  ) -> web.Application:
     """The peer's one HTTP application: the API, plus (extra_routes) the boot endpoints."""
-    app = web.Application(middlewares=[request_context, cluster_errors, auth_middleware(tokens),
+    app = web.Application(middlewares=[request_context, errors, auth_middleware(tokens),
                                        site_forwarding])
     app[API_CONTEXT] = context
     add_api_routes(app)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 # The tokens themselves live below the API (the git remote checks them too); these names
 # stay importable from here.
+from appliance.errors import ApiError
 from appliance.tokens import ApiToken, Role, TokenError, load_tokens, match_token
 
 __all__ = ["ApiToken", "Role", "TokenError", "auth_middleware", "is_public", "load_tokens",
@@ -38,10 +39,6 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
 def auth_middleware(tokens: list[ApiToken]) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request,
@@ -52,19 +49,19 @@ def auth_middleware(tokens: list[ApiToken]) -> Callable[..., Awaitable[web.Strea
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            return _error(401, "unauthorized", "this route needs `Authorization: Bearer <token>`",
-                          **{"WWW-Authenticate": 'Bearer realm="vaquero"'})
+            raise ApiError(401, "unauthorized", "this route needs `Authorization: Bearer <token>`",
+                           headers={"WWW-Authenticate": 'Bearer realm="vaquero"'})
         token = match_token(tokens, value.strip().encode())
         if token is None:
             log.warning("api.auth.refused", path=request.path, method=request.method,
                         client=request.remote, reason="unknown token")
-            return _error(401, "unauthorized", "the bearer token is not valid",
-                          **{"WWW-Authenticate": 'Bearer realm="vaquero", error="invalid_token"'})
+            raise ApiError(401, "unauthorized", "the bearer token is not valid", headers={
+                "WWW-Authenticate": 'Bearer realm="vaquero", error="invalid_token"'})
         if request.method not in READ_METHODS and token.role != "admin":
             log.warning("api.auth.forbidden", path=request.path, method=request.method,
                         token=token.name)
-            return _error(403, "forbidden", f"token {token.name!r} may only read; this needs an "
-                          "admin token")
+            raise ApiError(403, "forbidden", f"token {token.name!r} may only read; this needs "
+                           "an admin token")
         structlog.contextvars.bind_contextvars(token=token.name)
         request[TOKEN_NAME] = token.name
         return await handler(request)

@@ -13,10 +13,12 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from appliance.errors import ApiError
+
 from .auth import TOKEN_NAME
 from .context import ctx
 from .openapi import describe
-from .routes import api_error, read_body
+from .routes import read_body
 
 log = structlog.get_logger("vaquero.api.federation")
 EXCHANGE_PATH = "/v1/federation/exchange"
@@ -37,7 +39,8 @@ class FederationApi(Protocol):
 def _federation(request: web.Request) -> FederationApi:
     service = ctx(request).federation
     if service is None:
-        raise api_error("this peer takes no part in a federation (no site summaries)", 404)
+        raise ApiError(404, "not_found",
+                       "this peer takes no part in a federation (no site summaries)")
     return service
 
 
@@ -47,7 +50,7 @@ def _federation(request: web.Request) -> FederationApi:
 async def exchange(request: web.Request) -> web.Response:
     service = _federation(request)
     if (request.content_length or 0) > MAX_EXCHANGE_BODY:
-        raise api_error(f"the body is over {MAX_EXCHANGE_BODY} bytes")
+        raise ApiError(400, "bad_request", f"the body is over {MAX_EXCHANGE_BODY} bytes")
     body = await read_body(request)
     sender = body.get("from") if isinstance(body.get("from"), str) else "?"
     answer = await service.answer(body, via=f"{str(sender)[:63]}@{request.remote}")
@@ -66,7 +69,7 @@ async def override(request: web.Request) -> web.Response:
     body = await read_body(request)
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
-        raise api_error("reason must be a string")
+        raise ApiError(400, "bad_request", "reason must be a string")
     result = await _federation(request).override(request.match_info["sha"],
                                                  request.get(TOKEN_NAME, "api"), reason)
     return web.json_response(result)
@@ -84,10 +87,11 @@ async def site_forwarding(request: web.Request, handler: Handler) -> web.StreamR
     if not site or site == c.site or c.federation is None:
         return await handler(request)
     if request.headers.get(_HOP):
-        raise api_error(f"already forwarded once; site {site} is not this one ({c.site})")
+        raise ApiError(400, "bad_request",
+                       f"already forwarded once; site {site} is not this one ({c.site})")
     endpoints = c.federation.endpoints(site)
     if not endpoints:
-        raise api_error(f"the SoT declares no site {site!r} (or no peer of it)", 404)
+        raise ApiError(404, "not_found", f"the SoT declares no site {site!r} (or no peer of it)")
     query = [(k, v) for k, v in request.query.items() if k != "site"]
     headers = {k: v for k, v in request.headers.items()
                if k.lower() in ("authorization", "content-type", "accept")}
@@ -108,9 +112,8 @@ async def site_forwarding(request: web.Request, handler: Handler) -> web.StreamR
                                         headers={"X-Vaquero-Site": site})
             except (aiohttp.ClientError, TimeoutError) as exc:
                 errors.append(f"{url}: {exc.__class__.__name__}")
-    return web.json_response({"error": "site_unreachable",
-                              "message": f"no peer of site {site} answered: "
-                                         + json.dumps(errors)}, status=502)
+    raise ApiError(502, "site_unreachable",
+                   f"no peer of site {site} answered: " + json.dumps(errors))
 
 
 def add_federation_routes(app: web.Application) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..errors import ApiError
 from ..power.console import MAX_READ, merge_runs
 from .context import ctx
 from .openapi import describe
-from .routes import api_error, query_int
+from .routes import query_int
 
 
 @describe("Every event that concerns one host (armed, served, phone-home, power intents and "
@@ -27,7 +28,7 @@ async def host_events(request: web.Request) -> web.Response:
     history = c.host_events(name, after, limit)
     if history is None:
         if c.host_facts(name) is None and c.cluster.host(name) is None:
-            raise api_error(f"no host {name!r}", 404)
+            raise ApiError(404, "not_found", f"no host {name!r}")
         history = {"host": name, "events": [], "total": 0}
     return web.json_response(history)
 
@@ -47,14 +48,14 @@ async def host_console(request: web.Request) -> web.Response:
     own = c.console_runs(name)
     if request.query.get("local") == "1":
         if own is None:
-            raise api_error(f"no console of {name!r} recorded on this peer", 404)
+            raise ApiError(404, "not_found", f"no console of {name!r} recorded on this peer")
         return web.json_response({"host": name, "peer": c.peer, "runs": own})
     by_peer = await _from_other_peers(request, c.cluster.peers(), c.peer)
     if own is not None:
         by_peer[c.peer] = own
     if not by_peer:
-        raise api_error(f"no console recorded for {name!r} on any peer (only hosts with an "
-                        "IPMI BMC are recorded, by the leader, while in a stage)", 404)
+        raise ApiError(404, "not_found", f"no console recorded for {name!r} on any peer (only "
+                       "hosts with an IPMI BMC are recorded, by the leader, while in a stage)")
     data = merge_runs(by_peer).encode()
     if start is None:
         start = max(0, len(data) - tail)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.errors import ApiError
+
 from .auth import TOKEN_NAME
 from .context import ctx
 from .openapi import describe
-from .routes import api_error, read_body
+from .routes import read_body
 
 CONTROLS = {"pause": "paused", "resume": "running", "abort": "aborted"}
 
@@ -19,7 +21,7 @@ def _sha(request: web.Request) -> str:
     if sha in ("current", "applied"):
         applied = ctx(request).cluster.applied_revision()
         if applied is None:
-            raise api_error("no revision has been applied yet", 404)
+            raise ApiError(404, "not_found", "no revision has been applied yet")
         return applied
     return sha
 
@@ -43,10 +45,9 @@ async def rollout(request: web.Request) -> web.Response:
     c = ctx(request)
     sha = _sha(request)
     if c.rollout_progress is None:
-        raise api_error("this peer runs no workflow engine (a fixed `sot:` peer)", 409,
-                        "no_engine")
+        raise ApiError(409, "no_engine", "this peer runs no workflow engine (a fixed `sot:` peer)")
     if c.cluster.revision(sha) is None:
-        raise api_error(f"no revision {sha}", 404)
+        raise ApiError(404, "not_found", f"no revision {sha}")
     return web.json_response(await c.rollout_progress(sha))
 
 
@@ -86,14 +87,13 @@ async def arm(request: web.Request) -> web.Response:
     facts = c.host_facts(name)
     applied = c.cluster.applied_revision()
     if c.rollout_progress is None:
-        raise api_error("this peer serves a fixed `sot:` revision and runs no workflow "
-                        "engine: arming needs peers that follow a git remote (`source:`)", 409,
-                        "no_engine")
+        raise ApiError(409, "no_engine", "this peer serves a fixed `sot:` revision and runs no "
+                       "workflow engine: arming needs peers that follow a git remote (`source:`)")
     if facts is None or applied is None:
-        raise api_error(f"no host {name!r} in this site's applied revision", 404)
+        raise ApiError(404, "not_found", f"no host {name!r} in this site's applied revision")
     if facts.get("never_provision"):
-        raise api_error(f"host {name!r} is never_provision; change the SoT to provision it", 409,
-                   "never_provision")
+        raise ApiError(409, "never_provision",
+                       f"host {name!r} is never_provision; change the SoT to provision it")
     by = request.get(TOKEN_NAME, "api")
     result = await c.cluster.arm_host(name, applied, facts["stages"], by=by,
                                       reason=await _reason(request) or f"armed by {by}")

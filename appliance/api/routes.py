@@ -10,17 +10,12 @@ import time
 
 from aiohttp import web
 
+from appliance.errors import ApiError
+from appliance.power.manager import ACTIONS
+
 from .auth import TOKEN_NAME
 from .context import ctx
 from .openapi import describe
-
-
-def api_error(message: str, status: int = 400, error: str | None = None) -> web.HTTPException:
-    """The API's error shape, {"error", "message"}, as an exception a handler raises."""
-    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
-    code = error or {400: "bad_request", 404: "not_found", 409: "conflict"}[status]
-    return cls(text=json.dumps({"error": code, "message": message}),
-               content_type="application/json")
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -30,7 +25,7 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     try:
         value = int(raw)
     except ValueError:
-        raise api_error(f"{name} must be an integer") from None
+        raise ApiError(400, "bad_request", f"{name} must be an integer") from None
     return max(lo, min(hi, value))
 
 
@@ -40,9 +35,9 @@ async def read_body(request: web.Request) -> dict:
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise api_error("the body must be a JSON object") from None
+        raise ApiError(400, "bad_request", "the body must be a JSON object") from None
     if not isinstance(data, dict):
-        raise api_error("the body must be a JSON object")
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
     return data
 
 
@@ -110,7 +105,7 @@ async def add_peer(request: web.Request) -> web.Response:
     body = await read_body(request)
     address = body.get("address")
     if not isinstance(address, str):
-        raise api_error("address (host:port) is required")
+        raise ApiError(400, "bad_request", "address (host:port) is required")
     await ctx(request).cluster.add_peer(address, name=body.get("name"),
                                         api_url=body.get("api_url"))
     return web.json_response({"added": address}, status=201)
@@ -134,7 +129,7 @@ async def revisions(request: web.Request) -> web.Response:
 async def revision(request: web.Request) -> web.Response:
     record = ctx(request).cluster.revision(request.match_info["sha"])
     if record is None:
-        raise api_error(f"no revision {request.match_info['sha']}", 404)
+        raise ApiError(404, "not_found", f"no revision {request.match_info['sha']}")
     return web.json_response(record)
 
 
@@ -186,31 +181,20 @@ async def host(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     record, facts = c.cluster.host(name), c.host_facts(name)
     if record is None and facts is None:
-        raise api_error(f"no host {name!r}", 404)
+        raise ApiError(404, "not_found", f"no host {name!r}")
     if record is not None:
         record = _with_local(record, c.local_done().get(name))
     return web.json_response({"name": name, "record": record, "sot": facts})
 
 
 async def _power(request: web.Request, action: str) -> web.Response:
-    from appliance.power.base import PowerError
-    from appliance.power.manager import NoBmc
-
+    """The peer's power control answers or raises ApiError (no such host: 404, no BMC: 409,
+    the BMC failed: 502)."""
     power = ctx(request).power
-    name = request.match_info["name"]
     if power is None:
-        return web.json_response({"error": "no_power", "message": "this peer has no BMC "
-                                  "secrets configured (bmc.secrets_file)"}, status=409)
-    try:
-        return web.json_response(await power(name, action))
-    except NoBmc as exc:
-        return web.json_response({"error": "no_bmc", "message": str(exc)}, status=409)
-    except PowerError as exc:
-        return web.json_response({"error": "bmc_error", "message": str(exc)}, status=502)
-    except KeyError:
-        raise api_error(f"no host {name!r} in the applied revision", 404) from None
-    except ValueError as exc:
-        raise api_error(str(exc)) from None
+        raise ApiError(409, "no_power", "this peer has no BMC secrets configured "
+                       "(bmc.secrets_file)")
+    return web.json_response(await power(request.match_info["name"], action))
 
 
 @describe("A host's power state, asked of its BMC (any peer)")
@@ -225,7 +209,10 @@ async def host_power_action(request: web.Request) -> web.Response:
     body = await read_body(request)
     action = body.get("action")
     if not isinstance(action, str) or action == "status":
-        raise api_error("action: on|off|soft_off|cycle|pxe|pxe_persistent")
+        raise ApiError(400, "bad_request", "action: on|off|soft_off|cycle|pxe|pxe_persistent")
+    if action not in ACTIONS:
+        raise ApiError(400, "bad_request",
+                       f"unknown power action {action!r} (one of {', '.join(ACTIONS)})")
     return await _power(request, action)
 
 
@@ -268,7 +255,7 @@ async def add_event(request: web.Request) -> web.Response:
     body = await read_body(request)
     message = body.get("message")
     if not isinstance(message, str) or not message:
-        raise api_error("message is required")
+        raise ApiError(400, "bad_request", "message is required")
     seq = await ctx(request).cluster.append_event(
         "note", host=body.get("host"), message=message,
         data={"by": request.get(TOKEN_NAME, "api")})

@@ -42,6 +42,11 @@ class EventOutbox:
         self.dropped = 0
         self.sent = 0
 
+    def metrics(self) -> dict[str, float]:
+        """Queued now, sent and dropped since start: a cut-off peer's backlog."""
+        return {"queued": float(len(self._queue)), "sent": float(self.sent),
+                "dropped": float(self.dropped)}
+
     def __len__(self) -> int:
         return len(self._queue)
 

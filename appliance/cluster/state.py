@@ -209,7 +209,7 @@ class ClusterState:
             raise _Reject("stale", f"host {name} is not armed for revision {cmd['revision']}")
         if record.get("state") in commands.HOST_TERMINAL:
             raise _Reject("host_finished", f"host {name} is {record['state']} for this revision")
-        waiting = cmd["state"] in ("powering", "booting", "waiting", "retrying")
+        waiting = cmd["state"] in commands.HOST_WAITING
         if waiting and record.get("done", 0) >= cmd["stage"]:
             raise _Reject("stage_already_done", f"host {name} already reported stage "
                                                  f"{cmd['stage']}")
@@ -547,24 +547,6 @@ class ClusterState:
         return state
 
 
-_HANDLERS = {
-    "revision.observe": ClusterState._observe,
-    "revision.transition": ClusterState._transition,
-    "revision.approve": ClusterState._approve,
-    "host.set": ClusterState._host_set,
-    "host.arm": ClusterState._host_arm,
-    "host.step": ClusterState._host_step,
-    "host.stage_done": ClusterState._host_stage_done,
-    "host.seen": ClusterState._host_seen,
-    "hosts.seen": ClusterState._hosts_seen,
-    "rollout.start": ClusterState._rollout_start,
-    "rollout.set": ClusterState._rollout_set,
-    "intent.record": ClusterState._intent_record,
-    "intent.result": ClusterState._intent_result,
-    "event.append": ClusterState._event,
-    "peer.add": ClusterState._peer_add,
-    "peer.remove": ClusterState._peer_remove,
-    "peers.set": ClusterState._peers_set,
-    "federation.summary": ClusterState._federation_summary,
-    "federation.override": ClusterState._federation_override,
-}
+# Each operation's handler, as commands.OPERATIONS names it (a wrong name fails on import).
+_HANDLERS = {op: getattr(ClusterState, operation.handler)
+             for op, operation in commands.OPERATIONS.items()}

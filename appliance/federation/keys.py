@@ -17,8 +17,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from appliance.errors import StartupError
 
-class SiteKeyError(Exception):
+
+class SiteKeyError(StartupError):
     """A key file or key text that cannot be used, with what to do about it."""
 
 

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.cluster import commands
+
 from .keys import SigningKey
 
 FORMAT = 1
@@ -28,10 +30,8 @@ _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-REVISION_STATES = frozenset({"observed", "validated", "rejected", "planned",
-                             "awaiting_approval", "approved", "applying", "applied",
-                             "superseded"})
-ROLLOUT_STATES = frozenset({"running", "paused", "aborted", "failed", "done", "superseded"})
+REVISION_STATES = frozenset(commands.REVISION_STATES)
+ROLLOUT_STATES = frozenset(commands.ROLLOUT_STATES)
 
 
 class SummaryError(Exception):

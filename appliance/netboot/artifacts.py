@@ -32,6 +32,7 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
+from appliance.errors import ApiError
 from appliance.sot.models import Artifact
 
 log = structlog.get_logger("vaquero.netboot.artifacts")
@@ -364,7 +365,9 @@ class ArtifactCache:
         started = time.monotonic()
         if sha not in self._known:
             self.counters.not_found += 1
-            return self._done(request, sha, _error(404, "unknown artifact", sha), started)
+            unknown = ApiError(404, "unknown_artifact", "no artifact with this sha256 in the "
+                               "applied revision", sha256=sha)
+            return self._done(request, sha, unknown.response(), started)
         quoted = f'"{sha}"'
         base_headers = {hdrs.CACHE_CONTROL: CACHE_CONTROL, hdrs.ETAG: quoted}
         if (match := request.if_match) is not None and not _etag_in(sha, match):
@@ -378,7 +381,9 @@ class ArtifactCache:
             path, fetched = await self._ensure(sha)
         except FetchError as exc:
             artifact = self._known[sha]
-            body = _error(502, "upstream fetch failed", sha, url=artifact.url, reason=exc.reason)
+            body = ApiError(502, "upstream_fetch_failed", "the artifact could not be fetched from "
+                            "its upstream", sha256=sha, url=artifact.url,
+                            reason=exc.reason).response()
             return self._done(request, sha, body, started)
         if fetched:
             self.counters.misses += 1
@@ -447,10 +452,6 @@ class _ArtifactResponse(web.FileResponse):
 
 def _etag_in(sha: str, etags: tuple[Any, ...]) -> bool:
     return any(e.value in (sha, "*") for e in etags)
-
-
-def _error(status: int, message: str, sha: str, **extra: str) -> web.Response:
-    return web.json_response({"error": message, "sha256": sha, **extra}, status=status)
 
 
 def _http_time(value: str | None) -> float | None:

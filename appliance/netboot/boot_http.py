@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from appliance.metrics import counter_values
 from appliance.netboot.boottable import BootTable
 from appliance.netboot.identify import Identity, resolve
 from appliance.netboot.progress import HostProgress, OutOfOrder
@@ -117,6 +118,9 @@ class BootState:
 
     def __post_init__(self) -> None:
         self.digest = RefusalDigest(self.event, log, "boot")
+
+    def metrics(self) -> dict[str, float]:
+        return counter_values(self.counters)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

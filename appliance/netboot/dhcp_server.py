@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from appliance.metrics import counter_values
 from appliance.netboot.dhcp_responder import PXE_PORT, Counters, EventSink, Responder
 from appliance.netboot.dhcp_table import DhcpTable
 
@@ -95,6 +96,9 @@ class DhcpServer:
         self._responder: Responder | None = None
         self._ifindex = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def metrics(self) -> dict[str, float]:
+        return counter_values(self.counters)
 
     @property
     def counters(self) -> Counters:

@@ -45,6 +45,10 @@ class BootEvidence:
         self.recorded = 0  # evidence items handed to the outbox
         self.entries = 0  # hosts.seen entries they made
 
+    def metrics(self) -> dict[str, float]:
+        """Boot evidence told to the group, and in how many Raft entries."""
+        return {"evidence_hosts": float(self.recorded), "evidence_entries": float(self.entries)}
+
     def served(self, host: str, stage: int, revision: str | None,
                step: str = "script") -> None:
         """The host was just served stage `stage`'s script of `revision` (step "script"),

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from appliance.metrics import counter_values
 from appliance.netboot.refusals import RefusalDigest
 from appliance.netboot.tftp_files import (
     FileMissing,
@@ -110,6 +111,9 @@ class TftpServer:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transfers: dict[tuple[str, int], Transfer] = {}
+
+    def metrics(self) -> dict[str, float]:
+        return {**counter_values(self.counters), "active": float(self.counters.active)}
 
     async def start(self) -> None:
         """Bind the listening socket; raises OSError (e.g. port in use, unknown interface)."""

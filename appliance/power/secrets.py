@@ -20,6 +20,8 @@ from typing import Annotated
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance.errors import StartupError
+
 from ..sot.loader import explain
 from ..sot.yamlsrc import YamlError, load_documents
 from .base import BmcCredentials
@@ -27,7 +29,7 @@ from .base import BmcCredentials
 log = structlog.get_logger("vaquero.power")
 
 
-class SecretsError(Exception):
+class SecretsError(StartupError):
     """A secrets file that cannot be used, or a credentials name it lacks."""
 
 

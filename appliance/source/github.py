@@ -24,6 +24,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from appliance.errors import ApiError, StartupError
+
 log = structlog.get_logger("vaquero.source.github")
 
 WEBHOOK_PATH = "/v1/hooks/github"
@@ -42,7 +44,7 @@ STATES = frozenset({"error", "failure", "pending", "success"})
 
 # --- webhook -----------------------------------------------------------------------------
 
-class WebhookSecretError(Exception):
+class WebhookSecretError(StartupError):
     """A webhook secret file that cannot be used, with what to do about it."""
 
 
@@ -66,10 +68,6 @@ def load_webhook_secret(path: str | Path) -> bytes:
 def signature(secret: bytes, body: bytes) -> str:
     """The `X-Hub-Signature-256` value GitHub sends for this body."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
 
 
 class _TooLarge(Exception):
@@ -124,21 +122,21 @@ class GithubWebhook:
             # before a byte of the body is read: an unsigned request costs nothing
             log.warning("github.webhook.refused", delivery=delivery, client=client,
                         gh_event=event, reason="no well-formed X-Hub-Signature-256 header")
-            return _error(401, "unauthorized", "missing X-Hub-Signature-256; set a secret on "
-                          "the GitHub webhook")
+            return ApiError(401, "unauthorized", "missing X-Hub-Signature-256; set a secret on "
+                            "the GitHub webhook").response()
         try:
             body = await self._read_body(request)
         except _TooLarge:
             log.warning("github.webhook.too_large", delivery=delivery, client=client,
                         limit=self.max_body)
-            return _error(413, "too_large", f"webhook bodies are limited to {self.max_body} "
-                          "bytes")
+            return ApiError(413, "too_large", f"webhook bodies are limited to {self.max_body} "
+                            "bytes").response()
         expected = signature(self._secret, body).encode()
         if not hmac.compare_digest(expected, presented.encode("utf-8", "replace")):
             log.warning("github.webhook.refused", delivery=delivery, client=client,
                         gh_event=event, reason="signature mismatch")
-            return _error(401, "unauthorized", "X-Hub-Signature-256 does not match the body "
-                          "and the configured secret")
+            return ApiError(401, "unauthorized", "X-Hub-Signature-256 does not match the body "
+                            "and the configured secret").response()
 
         if event == "ping":
             log.info("github.webhook.ping", delivery=delivery, client=client)
@@ -152,8 +150,8 @@ class GithubWebhook:
             payload = None
         if not isinstance(payload, dict):
             log.warning("github.webhook.bad_payload", delivery=delivery, client=client)
-            return _error(400, "bad_request", "the push payload must be a JSON object "
-                          "(content type application/json on the webhook)")
+            return ApiError(400, "bad_request", "the push payload must be a JSON object "
+                            "(content type application/json on the webhook)").response()
         ref = payload.get("ref")
         after = payload.get("after")
         if ref != self.ref:
@@ -161,7 +159,8 @@ class GithubWebhook:
         if not isinstance(after, str) or not SHA_RE.match(after):
             log.warning("github.webhook.bad_payload", delivery=delivery, client=client,
                         reason="after is not a commit SHA")
-            return _error(400, "bad_request", "push payload without a commit SHA in `after`")
+            return ApiError(400, "bad_request",
+                            "push payload without a commit SHA in `after`").response()
         if payload.get("deleted") or ZERO_SHA.match(after):
             return self._ignored(delivery, f"branch {self.branch!r} deleted")
         keys = [f"body:{hashlib.sha256(body).hexdigest()}"] + (
@@ -176,7 +175,8 @@ class GithubWebhook:
             # Answer 500 so GitHub records a failed delivery that someone can redeliver.
             log.error("github.webhook.on_push_failed", delivery=delivery, sha=after,
                       error=f"{type(exc).__name__}: {exc}")
-            return _error(500, "internal", "the push was verified but could not be queued")
+            return ApiError(500, "internal",
+                            "the push was verified but could not be queued").response()
         for k in keys:  # remembered once acted on: a failed one may be redelivered
             self._seen[k] = None
         while len(self._seen) > SEEN_DELIVERIES:
@@ -283,7 +283,7 @@ class GithubStatus:
         if len(description) > DESCRIPTION_MAX:
             description = description[:DESCRIPTION_MAX - 1] + "…"
         body: dict[str, str] = {"state": state, "description": description,
-                                "context": self.context}
+                                  "context": self.context}
         if target_url is not None:
             body["target_url"] = target_url
         result = await self._call("POST", f"/repos/{self.repo}/statuses/{sha}", body)
@@ -299,7 +299,7 @@ class GithubStatus:
         if not SHA_RE.match(sha):
             return False, wanted
         result = await self._call("GET", f"/repos/{self.repo}/commits/{sha}/status"
-                                  "?per_page=100")
+                                    "?per_page=100")
         if not result.ok or not isinstance(result.data, dict):
             return False, wanted
         states = {s.get("context"): s.get("state")

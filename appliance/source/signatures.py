@@ -23,10 +23,12 @@ from dulwich.signature import (
     detect_signature_format,
 )
 
+from appliance.errors import StartupError
+
 log = structlog.get_logger("vaquero.source.signatures")
 
 
-class SigningKeysError(Exception):
+class SigningKeysError(StartupError):
     """The trusted keys file cannot be used."""
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import structlog
 
 from appliance.cluster import Cluster
-from appliance.cluster.commands import HOST_TERMINAL
+from appliance.cluster.commands import HOST_TERMINAL, ROLLOUT_OPEN, RolloutState
 from appliance.cluster.errors import ClusterError, CommandRejected
 from appliance.power.base import PowerControl
 from appliance.sot.models import Workflow
@@ -40,7 +40,6 @@ log = structlog.get_logger("vaquero.workflow")
 
 EMPTY = "0" * 40
 MIN_ROUND = 0.5  # seconds: a round over 10,000 hosts costs ~50 ms of CPU
-OPEN = ("running", "paused", "failed")
 
 
 def planned_base(revision_record: dict | None) -> str:
@@ -149,7 +148,7 @@ class WorkflowEngine:
                     return base
                 base = planned_base(record)
                 continue
-            if previous["state"] not in ("running", "paused", "failed"):
+            if previous["state"] not in ROLLOUT_OPEN:
                 return base
             base = previous.get("base") or EMPTY
         return base
@@ -211,19 +210,21 @@ class WorkflowEngine:
             rollout = self.cluster.rollout(sha)
             assert rollout is not None
         for other in self.cluster.rollouts():
-            if other["revision"] != sha and other["state"] in (*OPEN, "done"):
+            if other["revision"] != sha and other["state"] in ROLLOUT_OPEN | {RolloutState.DONE}:
                 with contextlib.suppress(CommandRejected):
-                    await self.cluster.set_rollout(other["revision"], "superseded", by="engine",
+                    await self.cluster.set_rollout(other["revision"], RolloutState.SUPERSEDED,
+                                                   by="engine",
                                                    reason=f"revision {sha[:12]} was applied")
         prog = await self.progress(sha)
-        if rollout["state"] == "running":
+        if rollout["state"] == RolloutState.RUNNING:
             if prog.halted:
-                await self.cluster.set_rollout(sha, "failed", by="engine", reason=prog.halted)
+                await self.cluster.set_rollout(sha, RolloutState.FAILED, by="engine",
+                                               reason=prog.halted)
                 log.warning("workflow.rollout_failed", revision=sha, reason=prog.halted)
             elif prog.finished and not self._runners:
                 failed = prog.counts.get("failed", 0)
                 await self.cluster.set_rollout(
-                    sha, "done", by="engine",
+                    sha, RolloutState.DONE, by="engine",
                     reason=f"{prog.counts.get('done', 0)} host(s) done, {failed} failed")
                 log.info("workflow.rollout_done", revision=sha, counts=prog.counts)
             else:
@@ -253,7 +254,8 @@ class WorkflowEngine:
             if (rev is None or record.get("armed_seq") is None
                     or record.get("state") in HOST_TERMINAL or name in self._runners):
                 continue
-            if rev != sha and (self.cluster.rollout(rev) or {}).get("state") != "superseded":
+            if rev != sha and ((self.cluster.rollout(rev) or {}).get("state")
+                               != RolloutState.SUPERSEDED):
                 continue  # an aborted (or unknown) rollout's hosts are left alone
             if rev not in revisions:
                 revisions[rev] = await self.revision(rev)

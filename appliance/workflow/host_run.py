@@ -33,8 +33,9 @@ from typing import Any
 import structlog
 
 from appliance.cluster import Cluster
-from appliance.cluster.commands import HOST_TERMINAL
+from appliance.cluster.commands import HOST_TERMINAL, HostState
 from appliance.cluster.errors import CommandRejected
+from appliance.cluster.intents import IntentOutcome, outcome, unknown_detail
 from appliance.power.base import PowerControl, PowerError
 from appliance.power.manager import NoBmc, target_for
 from appliance.sot.loader import HostEntry
@@ -95,7 +96,7 @@ class HostRunner:
             return None
         return rec
 
-    async def _step(self, state: str, stage: int, attempt: int, message: str | None = None,
+    async def _step(self, state: HostState, stage: int, attempt: int, message: str | None = None,
                     deadline: float | None = None) -> None:
         await self.cluster.step_host(self.name, self.revision, state, stage, attempt=attempt,
                                      message=message[:1000] if message else None,
@@ -120,7 +121,7 @@ class HostRunner:
             if rec is None or rec["state"] in HOST_TERMINAL:
                 return
             last = rec["done"] >= (rec["stages"] or len(self.workflow.stages))
-            if rec["state"] == "installed" or (rec["state"] == "checking" and last):
+            if rec["state"] == HostState.INSTALLED or (rec["state"] == HostState.CHECKING and last):
                 await self._health(rec)
                 return
             if 0 < rec["done"] == rec["stage"] < len(self.workflow.stages) and \
@@ -129,7 +130,7 @@ class HostRunner:
                 continue
             stage = rec["done"] + 1
             attempt = rec["attempt"] if rec["stage"] == stage else 0
-            if rec["state"] in ("booting", "waiting") and rec["stage"] == stage:
+            if rec["state"] in (HostState.BOOTING, HostState.WAITING) and rec["stage"] == stage:
                 outcome = await self._wait_stage(stage, attempt)
                 if outcome == "silent":
                     await self._rescue(stage, attempt)
@@ -162,22 +163,23 @@ class HostRunner:
         timeout = float(spec.timeout)
         if spec.local and attempt == 0 and (self.power is None or not self._has_bmc()):
             # the installer reboots into its disk by itself; nothing to power
-            await self._step("booting", stage, attempt, f"{label}: waiting for the phone-home "
-                             "of its first boot from disk", deadline=self.clock.wall() + timeout)
+            await self._step(HostState.BOOTING, stage, attempt, f"{label}: waiting for the "
+                             "phone-home of its first boot from disk",
+                             deadline=self.clock.wall() + timeout)
             return
         try:
             target_for(self.entry)
         except NoBmc:
-            await self._step("waiting", stage, attempt,
+            await self._step(HostState.WAITING, stage, attempt,
                              f"{label}: no BMC declared: power it on into PXE by hand",
                              deadline=self.clock.wall() + timeout)
             return
         if self.power is None:
-            await self._step("waiting", stage, attempt,
+            await self._step(HostState.WAITING, stage, attempt,
                              f"{label}: this peer has no BMC secrets file (bmc.secrets_file): "
                              "power it on by hand", deadline=self.clock.wall() + timeout)
             return
-        await self._step("powering", stage, attempt, label)
+        await self._step(HostState.POWERING, stage, attempt, label)
         try:
             if spec.boot is not None:
                 await self._once(stage, attempt, "pxe", lambda: self._power("pxe"))
@@ -189,7 +191,7 @@ class HostRunner:
         except StepFailed as exc:
             await self._failed_attempt(stage, attempt, f"{label}: {exc}")
             return
-        await self._step("booting", stage, attempt, f"{label}: waiting for its phone-home",
+        await self._step(HostState.BOOTING, stage, attempt, f"{label}: waiting for its phone-home",
                          deadline=self.clock.wall() + timeout)
 
     def _has_bmc(self) -> bool:
@@ -217,17 +219,17 @@ class HostRunner:
         """Run a hardware step at most once per (revision, host, stage, attempt, step)."""
         iid = intent_id(self.revision, self.name, stage, attempt, step)
         existing = self.cluster.intent(iid)
+        known = outcome(existing)
         if existing is not None:
-            result = existing["result"]
-            if result is None:  # a previous leader died during it: never run it twice
+            if known is IntentOutcome.PENDING:  # a previous leader died during it: never
                 self.log.warning("workflow.intent_outcome_unknown", intent=iid, step=step,
-                                 stage=stage, attempt=attempt)
-                await self.cluster.record_result(iid, False, "outcome unknown: the leader "
-                                                 "running it stopped; not repeated")
+                                 stage=stage, attempt=attempt)  # run it twice
+                await self.cluster.record_result(iid, False, unknown_detail(
+                    "the leader running it stopped; not repeated"))
                 return
-            if result["ok"] or "outcome unknown" in (result.get("detail") or ""):
+            if known in (IntentOutcome.OK, IntentOutcome.UNKNOWN):
                 return
-            raise StepFailed(result.get("detail") or f"{step} failed")
+            raise StepFailed(existing["result"].get("detail") or f"{step} failed")
         try:
             await self.cluster.record_intent(self.name, f"power.{step}", stage=str(stage),
                                              revision=self.revision, intent_id=iid)
@@ -260,8 +262,7 @@ class HostRunner:
                                         clock.monotonic())
         boot = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
         after = (boot or {}).get("seq") or 0  # evidence must follow the power step
-        unknown = boot is not None and "outcome unknown" in (
-            (boot["result"] or {}).get("detail") or "")
+        unknown = outcome(boot) is IntentOutcome.UNKNOWN
         may_rescue = (boot is not None and spec.boot is not None
                       and not self._rescue_spent(stage, attempt))
         script_seq, silent_since = None, started
@@ -302,9 +303,7 @@ class HostRunner:
                                          RESCUE_BOOT)) is not None:
             return True
         pxe = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, RESCUE))
-        result = (pxe or {}).get("result")
-        return result is not None and not result["ok"] and "outcome unknown" not in (
-            result.get("detail") or "")
+        return outcome(pxe) is IntentOutcome.FAILED
 
     async def _rescue(self, stage: int, attempt: int) -> None:
         """Power-cycle a silent machine into PXE, once per attempt of a stage; the stage's
@@ -325,7 +324,7 @@ class HostRunner:
         except StepFailed as exc:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"
         try:
-            await self._step("booting", stage, attempt, f"{label}: {why}; {note}",
+            await self._step(HostState.BOOTING, stage, attempt, f"{label}: {why}; {note}",
                              deadline=rec.get("deadline"))
         except CommandRejected as exc:
             if exc.code != "stage_already_done":  # it reported meanwhile: nothing to say
@@ -339,16 +338,16 @@ class HostRunner:
     async def _failed_attempt(self, stage: int, attempt: int, why: str) -> None:
         spec = self.workflow.stages[stage - 1]
         if attempt < spec.retries:
-            await self._step("retrying", stage, attempt + 1,
+            await self._step(HostState.RETRYING, stage, attempt + 1,
                              f"{why}; retry {attempt + 1} of {spec.retries}")
         else:
-            await self._step("failed", stage, attempt, f"{why}; no retries left")
+            await self._step(HostState.FAILED, stage, attempt, f"{why}; no retries left")
 
     async def _check(self, check: HealthCheck, stage: int, attempt: int, what: str
                      ) -> tuple[bool, str]:
         iface = self.entry.host.boot_interface()
         address = str(iface.ipv4) if iface else ""
-        await self._step("checking", stage, attempt,
+        await self._step(HostState.CHECKING, stage, attempt,
                          f"{what}: {check.type} {address}:{check.port}")
         ok, detail = await wait_healthy(check, address)
         return ok, f"{what}: {detail}" if what != "health" else detail
@@ -362,11 +361,11 @@ class HostRunner:
         assert check is not None
         ok, detail = await self._check(check, stage, rec["attempt"], f"stage {stage} health")
         if not ok:
-            await self._step("failed", stage, rec["attempt"], detail)
+            await self._step(HostState.FAILED, stage, rec["attempt"], detail)
             return
         now = self._record() or {}
         if now.get("done") == stage and now.get("state") not in HOST_TERMINAL:
-            await self._step("queued", stage + 1, 0, detail)
+            await self._step(HostState.QUEUED, stage + 1, 0, detail)
 
     # --- before the leader powers it: the running stage's before_shutdown ----------------
 
@@ -419,14 +418,14 @@ class HostRunner:
                 if off:
                     ok, detail = True, "skipped: its BMC says the machine is off"
                 else:
-                    await self._step("checking", stage, 0, f"{what}: {address}")
+                    await self._step(HostState.CHECKING, stage, 0, f"{what}: {address}")
                     ok, detail = await wait_healthy(hook, address)
                 await self.cluster.record_result(iid, ok, detail[:1000])
                 detail = f"{what}: {detail}"
             self.log.info("workflow.before_shutdown", hook=hook.label, ok=ok, detail=detail)
             if not ok:
-                await self._step("failed", stage, 0, f"{detail}; not powered: it still runs "
-                                 f"{where}; arming it again runs the hooks again")
+                await self._step(HostState.FAILED, stage, 0, f"{detail}; not powered: it still "
+                                 f"runs {where}; arming it again runs the hooks again")
                 return False
         return True
 
@@ -451,4 +450,4 @@ class HostRunner:
                 break
         else:
             ok = True
-        await self._step("done" if ok else "failed", stage, rec["attempt"], detail)
+        await self._step(HostState.DONE if ok else HostState.FAILED, stage, rec["attempt"], detail)

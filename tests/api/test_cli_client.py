@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from peer_group import REPO, PeerGroup, cli_command
 
-from appliance.client import PeerClient
+from appliance.cli.client import PeerClient
 
 
 def test_at_keeps_the_credentials_for_another_peer() -> None:

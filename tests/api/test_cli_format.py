@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli_doctor import Report, View, _check_clocks
-from appliance.cli_peer import ago, duration, event_line, table
-from appliance.client import EXIT_USAGE, ApiError, PeerClient, Probe, peer_url, read_token
+from appliance.cli.client import ApiError, PeerClient, Probe, peer_url, read_token
+from appliance.cli.doctor import Report, View, _check_clocks
+from appliance.cli.exits import EXIT_USAGE
+from appliance.cli.peer import ago, duration, event_line, table
 
 
 def test_relative_times() -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from ..importer.convert import Answers, Converter
+from ..importer.todo import Todo, todo_markdown
 from ..sot.revision import compile_tree
 from ..sot.tree import DirectoryTree
-from .convert import Answers, Converter
-from .todo import Todo, todo_markdown
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 # The files an import wrote, in DST: a new import into DST removes them first.
 MARKER = ".vaquero-import"
@@ -98,14 +99,14 @@ def cmd_import_vaquero(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     if not src.is_dir():
         print(f"vaq-peer: {src} is not a directory (the original Vaquero SoT)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         print("vaq-peer: DST must not be SRC or inside it", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     problem = dst_problem(dst)
     if problem:
         print(f"vaq-peer: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     answers = Answers.load(Path(args.answers)) if args.answers else None
     sha_dir = Path(args.sha256_from) if args.sha256_from else None
     open_, decided = import_vaquero(src, dst, sha_dir, answers)
@@ -116,7 +117,7 @@ def cmd_import_vaquero(args: argparse.Namespace) -> int:
              if open_ else "nothing left to decide; it validates")
     print(f"imported {src} into {dst}: {state}"
           + (f" ({len(decided)} decided by the answers file)" if decided else ""))
-    return 1 if open_ else 0
+    return EXIT_FAILED if open_ else EXIT_OK
 
 
 def add_import_command(sub: argparse._SubParsersAction) -> None:

@@ -31,16 +31,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .client import (
+from .client import ApiError, PeerClient, peer_url, read_token
+from .exits import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_NO_QUORUM,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    ApiError,
-    PeerClient,
-    peer_url,
-    read_token,
 )
 
 Command = Callable[[PeerClient, argparse.Namespace], int]
@@ -465,7 +463,7 @@ def cmd_console(client: PeerClient, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(client: PeerClient, args: argparse.Namespace) -> int:
-    from .cli_doctor import run_doctor
+    from .doctor import run_doctor
 
     return run_doctor(client, args)
 
@@ -483,7 +481,7 @@ def _run(func: Command) -> Callable[[argparse.Namespace], int]:
             print(f"vaq-peer {getattr(args, 'command', '')}: {exc.message}", file=sys.stderr)
             return exc.exit_code
         except KeyboardInterrupt:
-            return 130
+            return EXIT_INTERRUPTED
     return run
 
 

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config_check import check_config
+from ..config_check import check_config
+from .exits import EXIT_OK, EXIT_USAGE
 
 RAFT_PORT = 7650
 # The same on every peer of the site: the phone-home key and the Raft password must be, and
@@ -34,7 +35,7 @@ class InitError(Exception):
 def _site_peers(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], int]:
     """(name, address) of the site's peers, the BMC credentials names its hosts use, and the
     site's boot HTTP port, from the SoT."""
-    from .sot.revision import compile_tree
+    from ..sot.revision import compile_tree
 
     revision = compile_tree(_tree(args))
     if not revision.valid:
@@ -57,10 +58,10 @@ def _site_peers(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[s
 
 def _tree(args: argparse.Namespace) -> Any:
     """The SoT to read: a directory, or a revision of a git repository (by SHA, no checkout)."""
-    from .sot.tree import DirectoryTree
+    from ..sot.tree import DirectoryTree
 
     if args.git:
-        from .source.gittree import GitTree, RevisionNotFound
+        from ..source.gittree import GitTree, RevisionNotFound
 
         try:
             return GitTree(args.git, args.rev)
@@ -156,7 +157,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(finding)
     verdict = "ready" if result.ok else "NOT ready: fix the problems above"
     print(f"\n{config}: {verdict}; start it with `vaq-peer serve --config {config}`")
-    return 0
+    return EXIT_OK
 
 
 def add_init_command(sub: argparse._SubParsersAction) -> None:
@@ -186,4 +187,4 @@ def _run_init(args: argparse.Namespace) -> int:
         return cmd_init(args)
     except InitError as exc:
         print(f"vaq-peer init: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE

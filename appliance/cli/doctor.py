@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import EXIT_FAILED, EXIT_OK, PeerClient, Probe
+from .client import PeerClient, Probe
+from .exits import EXIT_FAILED, EXIT_OK
 
 SKEW_WARN, SKEW_FAIL = 1.0, 5.0
 PROBE_TIMEOUT = 3.0
@@ -188,7 +189,7 @@ def _check_boot(report: Report, me: View) -> None:
 def _check_boot_network(report: Report, interface: str, wait: float) -> None:
     """Another DHCP server answering where our peers serve: a WARN per server, since only
     the operator knows whether the site runs proxyDHCP beside it on purpose."""
-    from .netboot.rogue_dhcp import ProbeError, probe
+    from ..netboot.rogue_dhcp import ProbeError, probe
 
     check = f"DHCP on {interface}"
     try:

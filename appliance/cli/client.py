@@ -21,10 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .exits import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_NO_QUORUM,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+
 # A peer's API is served on its boot HTTP port unless `api.port` says otherwise, and a site's
 # `netboot.http_port` defaults to 80: on a peer with the defaults, the CLI needs no VAQ_PEER.
 DEFAULT_PEER = "http://127.0.0.1"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_NO_QUORUM = 0, 1, 2, 3, 4, 5
 NO_QUORUM_CODES = frozenset({"no_quorum", "no_leader"})
 
 

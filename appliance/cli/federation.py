@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli_peer import duration, print_json, resolve_revision, short, table
-from .client import EXIT_OK, EXIT_USAGE, PeerClient
+from .client import PeerClient
+from .exits import EXIT_OK, EXIT_USAGE
+from .peer import duration, print_json, resolve_revision, short, table
 
 
 def _rollout(summary: dict[str, Any] | None) -> str:
@@ -60,7 +61,7 @@ def cmd_override(client: PeerClient, args: argparse.Namespace) -> int:
 
 
 def cmd_federation_key(args: argparse.Namespace) -> int:
-    from .federation.keys import generate_signing_key
+    from ..federation.keys import generate_signing_key
 
     path = Path(args.file)
     if path.exists():

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .cli_peer import print_json, resolve_revision, short, when
-from .client import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ApiError, PeerClient
+from .client import ApiError, PeerClient
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .peer import print_json, resolve_revision, short, when
 
 ACTIONS = ("show", "pause", "resume", "abort")
 FINAL = {"done": EXIT_OK, "failed": EXIT_FAILED, "aborted": EXIT_FAILED,
@@ -168,4 +169,4 @@ def add_rollout_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--reason", help="recorded with the host's arming")
 
 
-__all__ = ["EXIT_FAILED", "add_rollout_commands", "render"]
+__all__ = ["add_rollout_commands", "render"]

@@ -12,16 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cli_federation import add_federation_commands
-from .cli_peer import add_peer_commands
-from .cli_rollout import add_rollout_commands
-from .importer.cli_import import add_import_command
-from .sot.revision import Revision, compile_tree, empty_revision
-from .sot.tree import DirectoryTree, Tree
-from .upgrade import add_upgrade_command
+from .. import __version__
+from ..sot.revision import Revision, compile_tree, empty_revision
+from ..sot.tree import DirectoryTree, Tree
+from ..upgrade import add_upgrade_command
+from .exits import EXIT_INVALID, EXIT_OK, EXIT_USAGE
+from .federation import add_federation_commands
+from .importer import add_import_command
+from .peer import add_peer_commands
+from .rollout import add_rollout_commands
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 EMPTY_NAMES = {"none", "empty"}
 
 
@@ -32,7 +32,7 @@ class UsageError(Exception):
 def open_tree(path: str | None, git: str | None, rev: str | None) -> Tree:
     """A directory, or a revision of a git repository read by SHA without a checkout."""
     if git is not None:
-        from .source.gittree import GitTree, RevisionNotFound
+        from ..source.gittree import GitTree, RevisionNotFound
 
         try:
             return GitTree(git, rev or "HEAD")
@@ -85,8 +85,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .sot.plan import make_plan
-    from .sot.plan_text import plan_text
+    from ..sot.plan import make_plan
+    from ..sot.plan_text import plan_text
 
     old = load_revision(args.old, args.git)
     new = load_revision(args.new, args.git)
@@ -107,7 +107,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .sot.render import Renderer, RenderError
+    from ..sot.render import Renderer, RenderError
 
     revision = compile_tree(open_tree(args.sot, args.git, args.rev))
     if not revision.valid:
@@ -160,7 +160,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def demo_sot() -> Path:
-    return Path(__file__).resolve().parent.parent / "sot_examples" / "lab"
+    return Path(__file__).resolve().parents[2] / "sot_examples" / "lab"  # the checkout
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -180,8 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if code != EXIT_OK:
         return code
     print("\n== a peer following the lab SoT in git: plan, approval, the rollout")
+    from ..log import configure_logging
     from .demo import run
-    from .log import configure_logging
 
     configure_logging("console", "warning")
     return run(sot)
@@ -190,9 +190,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .config_check import check_config
-    from .log import configure_logging
-    from .peer import PeerError, serve
+    from ..config_check import check_config
+    from ..errors import StartupError
+    from ..log import configure_logging
+    from ..peer import serve
 
     result = check_config(args.config)
     for finding in result.findings:
@@ -209,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
-    except PeerError as exc:
+    except StartupError as exc:  # the peer's, its config's, its secrets'...
         print(f"vaq-peer serve: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
@@ -258,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "names, print each problem with file:line, start nothing (exit 2 on errors)")
     p.set_defaults(func=cmd_serve)
 
-    from .cli_init import add_init_command
-    from .cli_lab import add_lab_command
+    from .init import add_init_command
+    from .lab import add_lab_command
 
     add_init_command(sub)
     add_lab_command(sub)

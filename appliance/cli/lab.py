@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import ApiError, PeerClient
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 UP_TIMEOUT = 900  # the first `lab up` builds the test OS (a kernel package, an initramfs)
 
@@ -41,27 +42,27 @@ def _alive(pid: int | None) -> bool:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .lab import MAX_MACHINES, REPO, rigs_reason
+    from ..lab import MAX_MACHINES, REPO, rigs_reason
 
     if not 1 <= args.machines <= MAX_MACHINES:
         print(f"vaq-peer lab: --machines must be 1..{MAX_MACHINES}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     reason = rigs_reason()
     if reason:
         print(f"vaq-peer lab: {reason}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     directory = Path(args.dir)
     current = _status(directory)
     if current is not None or directory.exists():
         print(f"vaq-peer lab: {directory} exists (a lab is up, or was not removed): "
               "`vaq-peer lab down` first", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     other = _other_lab()
     if other:
         print(f"vaq-peer lab: another lab is up on this machine ({other} holds the lab's host "
               "address 198.18.0.254): only one at a time; `vaq-peer lab down --dir DIR` "
               "it first", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     directory.mkdir(parents=True, mode=0o700)
     with (directory / "lab.log").open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "appliance.lab", "run", str(directory),
@@ -80,14 +81,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"vaq-peer lab: not up ({st.get('phase') or 'no status'}): "
               f"{st.get('error') or (directory / 'lab.log').read_text()[-2000:]}\n"
               "`vaq-peer lab down` removes what was built", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"lab up: 3 peers {', '.join(st['peers'])}; {len(st['machines'])} machine(s) "
           f"behind IPMI BMCs; revision {st['revision'][:12]} pushed and approved")
     print(f"\n  export VAQ_PEER={st['peers'][0]} VAQ_TOKEN_FILE={st['token_file']}")
     print("  vaq-peer rollout --follow     # the machines powered, netbooted, installed")
     print(f"  vaq-peer lab status{_dir_flag(args)}          # BMCs, power-ons, consoles")
     print(f"  vaq-peer lab down{_dir_flag(args)}            # removes all of it")
-    return 0
+    return EXIT_OK
 
 
 def _other_lab() -> str | None:
@@ -99,7 +100,7 @@ def _other_lab() -> str | None:
 
 
 def _dir_flag(args: argparse.Namespace) -> str:
-    from .lab import DEFAULT_DIR
+    from ..lab import DEFAULT_DIR
 
     return "" if Path(args.dir) == DEFAULT_DIR else f" --dir {args.dir}"
 
@@ -109,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     st = _status(directory)
     if st is None:
         print(f"no lab in {directory} (`vaq-peer lab up`)", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     alive = _alive(st.get("pid"))
     print(f"lab in {directory}: {st.get('phase')}, supervisor "
           f"{'running' if alive else 'GONE'} (pid {st.get('pid')})")
@@ -138,10 +139,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append((m["name"], m["bmc"], len(boots), rec.get("state", "-"),
                      f"{rec.get('done', 0)}/{rec.get('stages', '-')}",
                      (console[-1] if console else "")[:60]))
-    from .cli_peer import table
+    from .peer import table
 
     print(table(["MACHINE", "BMC", "POWER-ONS", "STATE", "DONE", "CONSOLE (last line)"], rows))
-    return 0 if alive and st.get("phase") == "running" else 1
+    return EXIT_OK if alive and st.get("phase") == "running" else EXIT_FAILED
 
 
 def _printable(line: str) -> str:
@@ -161,7 +162,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     st = _status(directory)
     if st is None and not directory.exists():
         print(f"no lab in {directory}")
-        return 0
+        return EXIT_OK
     pid = (st or {}).get("pid")
     if pid is not None and _alive(pid):
         os.kill(pid, signal.SIGTERM)
@@ -171,8 +172,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
     # a supervisor that failed or was killed: sweep what it left
-    if str(Path(__file__).resolve().parent.parent) not in sys.path:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if str(Path(__file__).resolve().parents[2]) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tools.rigs.netns import sweep_stale
 
     swept = sweep_stale("vqlab")
@@ -183,11 +184,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     shutil.rmtree(directory, ignore_errors=True)
     print(f"lab down: {directory} removed" + (f"; swept {len(swept)} namespace(s)"
                                               if swept else ""))
-    return 0
+    return EXIT_OK
 
 
 def add_lab_command(sub: argparse._SubParsersAction) -> None:
-    from .lab import DEFAULT_DIR
+    from ..lab import DEFAULT_DIR
 
     p = sub.add_parser("lab", help="a virtual datacenter on this machine: 3 peers, QEMU "
                        "machines behind IPMI BMCs (as root, from a checkout)",

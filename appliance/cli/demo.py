@@ -26,9 +26,10 @@ from typing import Any
 import aiohttp
 from dulwich import porcelain
 
-from appliance.cli_rollout import render
-from appliance.config import load_config
-from appliance.peer import Peer
+from ..config import load_config
+from ..peer import Peer
+from .exits import EXIT_OK
+from .rollout import render
 
 HEALTH = "  health:\n    type: tcp\n    port: 22\n    timeout: 300\n"
 
@@ -201,7 +202,7 @@ async def run_demo_peer(sot: Path) -> int:
         finally:
             await peer.stop()
             peer.local_progress.close()
-    return 0
+    return EXIT_OK
 
 
 def run(sot: Path) -> int:
