@@ -40,7 +40,15 @@ from appliance.cluster.errors import (
     NoQuorum,
     NotLeader,
 )
+from appliance.cluster.intents import IntentRecord
 from appliance.cluster.raft import ClusterSettings, RaftNode, RaftStatus, read_password
+from appliance.cluster.records import (
+    EventPage,
+    HostRecord,
+    PeerRecord,
+    RevisionRecord,
+    RolloutRecord,
+)
 
 log = structlog.get_logger("vaquero.cluster")
 
@@ -420,45 +428,45 @@ class Cluster:
 
     # ---- reads (local replica) ----------------------------------------------------------
 
-    def revision(self, sha: str) -> dict | None:
+    def revision(self, sha: str) -> RevisionRecord | None:
         return self.node.vq_read(lambda s: s.revision(sha))
 
-    def revisions(self, state: str | None = None) -> list[dict]:
+    def revisions(self, state: str | None = None) -> list[RevisionRecord]:
         return self.node.vq_read(lambda s: s.revision_list(state))
 
     def applied_revision(self) -> str | None:
         return self.node.vq_read(lambda s: s.applied_sha)
 
-    def host(self, name: str) -> dict | None:
+    def host(self, name: str) -> HostRecord | None:
         return self.node.vq_read(lambda s: s.host(name))
 
-    def hosts(self) -> list[dict]:
+    def hosts(self) -> list[HostRecord]:
         return self.node.vq_read(lambda s: s.host_list())
 
-    def rollout(self, sha: str) -> dict | None:
+    def rollout(self, sha: str) -> RolloutRecord | None:
         return self.node.vq_read(lambda s: s.rollout(sha))
 
-    def rollouts(self) -> list[dict]:
+    def rollouts(self) -> list[RolloutRecord]:
         return self.node.vq_read(lambda s: s.rollout_list())
 
     async def wait_change(self, timeout: float) -> None:
         """Return after the next applied entry or leadership change, or at the timeout."""
         await self._wait_change(timeout)
 
-    def intent(self, intent_id: str) -> dict | None:
+    def intent(self, intent_id: str) -> IntentRecord | None:
         return self.node.vq_read(lambda s: s.intent(intent_id))
 
-    def pending_intents(self, host: str | None = None) -> list[dict]:
+    def pending_intents(self, host: str | None = None) -> list[IntentRecord]:
         return self.node.vq_read(lambda s: s.pending_intents(host))
 
-    def peers(self) -> list[dict]:
+    def peers(self) -> list[PeerRecord]:
         return self.node.vq_read(lambda s: s.peer_list())
 
-    def events_since(self, after_seq: int = 0, limit: int = 100) -> dict:
+    def events_since(self, after_seq: int = 0, limit: int = 100) -> EventPage:
         return self.node.vq_read(lambda s: s.events_since(after_seq, limit))
 
     async def follow_events(self, after_seq: int, *, limit: int = 100,
-                            timeout: float = 30.0) -> dict:
+                            timeout: float = 30.0) -> EventPage:
         """Long-poll: return as soon as events after `after_seq` exist, or at the timeout
         with an empty page."""
         deadline = time.monotonic() + timeout

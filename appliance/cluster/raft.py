@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -56,6 +56,7 @@ from appliance.cluster.state import ClusterState
 log = structlog.get_logger("vaquero.cluster")
 
 SNAPSHOT_MAGIC = b"VAQUERO-RAFT-SNAPSHOT-1\n"
+_Read = TypeVar("_Read")
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ class RaftNode(SyncObj):
         """Run `job` on the tick thread: pysyncobj's transport is not thread safe."""
         self._vq_jobs.append(job)
 
-    def vq_read(self, fn: Callable[[ClusterState], Any]) -> Any:
+    def vq_read(self, fn: Callable[[ClusterState], _Read]) -> _Read:
         """Run a read against the local replica (any thread)."""
         with self._vq_lock:
             return fn(self._vq_state)
