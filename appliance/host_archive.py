@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from appliance.cluster import Cluster
+from appliance.cluster.records import EventRecord
 
 log = structlog.get_logger("vaquero.history")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -57,7 +58,7 @@ class HostArchive:
 
     # --- writing -------------------------------------------------------------------------
 
-    def add(self, events: list[dict[str, Any]]) -> None:
+    def add(self, events: list[EventRecord]) -> None:
         """Append the events that name a host; remember how far the journal was read."""
         by_host: dict[str, list[str]] = {}
         for event in events:
@@ -81,7 +82,7 @@ class HostArchive:
 
     def gap(self, first: int, last: int, hosts: list[str]) -> None:
         """Events first..last left the journal before this peer archived them."""
-        event = {"seq": first, "at": time.time(), "kind": "gap",
+        event: EventRecord = {"seq": first, "at": time.time(), "kind": "gap",
                  "message": f"events {first}..{last} left the journal before this peer "
                             "archived them (the peer was down or far behind)"}
         self.add([{**event, "host": h} for h in hosts])

@@ -28,6 +28,7 @@ from appliance.cluster import Cluster, ClusterSettings
 from appliance.cluster import commands as raft_commands
 from appliance.cluster.data_plane_events import DataPlaneEvents
 from appliance.cluster.outbox import EventOutbox
+from appliance.cluster.records import HostRecord
 from appliance.config import PeerConfig
 from appliance.errors import StartupError
 from appliance.host_archive import HostArchive
@@ -126,7 +127,7 @@ class Peer:
         self._dhcp: DhcpServer | None = None
         self.http_port = 0
 
-    def _host_record(self, name: str) -> dict | None:
+    def _host_record(self, name: str) -> HostRecord | None:
         cluster = self.cluster
         try:
             return cluster.host(name) if cluster is not None else None

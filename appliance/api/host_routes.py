@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cluster.records import PeerRecord
 from ..errors import ApiError
 from ..power.console import MAX_READ, merge_runs
 from .context import ctx
@@ -67,7 +68,7 @@ async def host_console(request: web.Request) -> web.Response:
                               "peers": sorted(by_peer)})
 
 
-async def _from_other_peers(request: web.Request, peers: list[dict], me: str
+async def _from_other_peers(request: web.Request, peers: list[PeerRecord], me: str
                             ) -> dict[str, list[dict[str, Any]]]:
     """Each other peer's recorded sessions of the host, asked all at once (5 s each); a
     peer that cannot answer is left out."""
@@ -76,7 +77,7 @@ async def _from_other_peers(request: web.Request, peers: list[dict], me: str
     headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
     others = [p for p in peers if p.get("api_url") and p.get("name") != me]
 
-    async def ask(http: aiohttp.ClientSession, peer: dict) -> list[dict[str, Any]] | None:
+    async def ask(http: aiohttp.ClientSession, peer: PeerRecord) -> list[dict[str, Any]] | None:
         try:
             async with http.get(f"{peer['api_url']}{request.path}", params={"local": "1"},
                                 headers=headers) as resp:

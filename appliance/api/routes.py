@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -154,7 +156,7 @@ async def rearm(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-def _with_local(record: dict, here: int | None) -> dict:
+def _with_local(record: Mapping[str, Any], here: int | None) -> Mapping[str, Any]:
     """A replicated record, plus the stages this peer saw done that the group has not
     applied yet (a peer cut off from the majority serves from those)."""
     if here is not None and here > (record.get("done") or 0):
@@ -182,9 +184,8 @@ async def host(request: web.Request) -> web.Response:
     record, facts = c.cluster.host(name), c.host_facts(name)
     if record is None and facts is None:
         raise ApiError(404, "not_found", f"no host {name!r}")
-    if record is not None:
-        record = _with_local(record, c.local_done().get(name))
-    return web.json_response({"name": name, "record": record, "sot": facts})
+    shown = _with_local(record, c.local_done().get(name)) if record is not None else None
+    return web.json_response({"name": name, "record": shown, "sot": facts})
 
 
 async def _power(request: web.Request, action: str) -> web.Response:

@@ -167,8 +167,8 @@ class Cluster:
         """Leader only: make the replicated peer list name exactly the Raft members (first
         start, or a change made behind our back), keeping known names and API URLs."""
         known = {p["address"]: p for p in self.peers()}
-        peers = [{"address": m, "name": known.get(m, {}).get("name"),
-                  "api_url": known.get(m, {}).get("api_url")} for m in st.members]
+        peers = [{"address": m, "name": known[m]["name"] if m in known else None,
+                  "api_url": known[m]["api_url"] if m in known else None} for m in st.members]
         try:
             await self.submit({"op": "peers.set", "op_id": commands.new_op_id(),
                                "at": time.time(), "peers": peers})

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from appliance.cluster import commands
+from appliance.cluster.records import HostRecord
 
 
 class BootEvidence:
@@ -31,7 +32,7 @@ class BootEvidence:
     attempt in the replica) is held and told when the hold ends, so the group always learns
     of a host's latest fetch within `hold` seconds, and at most once per hold."""
 
-    def __init__(self, records: Callable[[str], dict | None], submit: Callable[[dict], None],
+    def __init__(self, records: Callable[[str], HostRecord | None], submit: Callable[[dict], None],
                  interval: float = 0.25, hold: float = 5.0) -> None:
         self.records = records
         self.submit = submit
@@ -53,10 +54,11 @@ class BootEvidence:
                step: str = "script") -> None:
         """The host was just served stage `stage`'s script of `revision` (step "script"),
         or told the peer it loaded that stage's kernel and initrds (step "loaded")."""
-        record = self.records(host) or {}
+        record = self.records(host)
         # An arming (armed_seq) and each retry of a stage (attempt) is a new power action
         # whose evidence the leader may need: told at once when the replica shows one.
-        key = (stage, record.get("armed_seq"), record.get("attempt"), revision)
+        key = ((stage, None, None, revision) if record is None else
+               (stage, record.get("armed_seq"), record.get("attempt"), revision))
         now = time.monotonic()
         item = {"name": host, "stage": stage, "at": time.time(), "revision": revision,
                 "step": step if step != "script" else None}  # the default

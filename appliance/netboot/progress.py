@@ -13,11 +13,14 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
+
+from appliance.cluster.records import HostRecord as ReplicatedHost
 
 log = structlog.get_logger("vaquero.netboot.progress")
 
@@ -173,18 +176,19 @@ class ReplicatedProgress:
     A local phone-home counts only for the arming it was made under (`armed_seq` of the
     record): once the host is armed again, old local reports no longer apply."""
 
-    def __init__(self, records: Any, local: LocalProgress) -> None:
-        self.records = records  # callable: host name -> replicated record (dict) or None
+    def __init__(self, records: Callable[[str], ReplicatedHost | None],
+                 local: LocalProgress) -> None:
+        self.records = records  # host name -> its replicated record, or None
         self.local = local
 
-    def _key(self, record: dict | None) -> str:
+    def _key(self, record: ReplicatedHost | None) -> str:
         return f"armed:{record.get('armed_seq')}" if record else "armed:None"
 
     def arming(self, host: str) -> str:
         record = self.records(host)
         return self._key(record if record is not None and "done" in record else None)
 
-    def _local_done(self, host: str, record: dict | None) -> int:
+    def _local_done(self, host: str, record: ReplicatedHost | None) -> int:
         mine = self.local.record(host)
         return mine.done if mine is not None and mine.revision == self._key(record) else 0
 

@@ -177,7 +177,8 @@ class RevisionPipeline:
         if state == "planned":
             revision = await self._compile(sha)
             policy = await self._policy(revision)
-            summary = (self.cluster.revision(sha) or {}).get("summaries", {}).get("planned", {})
+            record = self.cluster.revision(sha)
+            summary = record["summaries"].get("planned", {}) if record is not None else {}
             auto = (policy.approval == "auto_rerender" and not self.settings.require_manual_approval
                     and not summary.get("touches_hardware", True))
             if auto:

@@ -27,6 +27,7 @@ import structlog
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL, ROLLOUT_OPEN, RolloutState
 from appliance.cluster.errors import ClusterError, CommandRejected
+from appliance.cluster.records import RevisionRecord
 from appliance.power.base import PowerControl
 from appliance.sot.models import Workflow
 from appliance.sot.plan import Plan, make_plan
@@ -42,9 +43,11 @@ EMPTY = "0" * 40
 MIN_ROUND = 0.5  # seconds: a round over 10,000 hosts costs ~50 ms of CPU
 
 
-def planned_base(revision_record: dict | None) -> str:
+def planned_base(revision_record: RevisionRecord | None) -> str:
     """The revision this one was planned against (its plan's `from`)."""
-    summary = ((revision_record or {}).get("summaries") or {}).get("planned") or {}
+    if revision_record is None:
+        return EMPTY
+    summary = revision_record["summaries"].get("planned") or {}
     return summary.get("from") or EMPTY
 
 
@@ -81,13 +84,14 @@ class WorkflowEngine:
     async def progress(self, sha: str) -> RolloutProgress:
         """Where the rollout of `sha` stands, as this peer's replica says (any peer)."""
         rollout = self.cluster.rollout(sha)
-        base = (rollout or {}).get("base") or planned_base(self.cluster.revision(sha))
+        base = (rollout["base"] if rollout is not None else None) or planned_base(
+            self.cluster.revision(sha))
         plan = await self.plan(base, sha)
         records = {r["name"]: r for r in self.cluster.hosts()}
         planned = {h for waves in plan.waves.values() for w in waves for c in w.clusters
                    for b in c.batches for h in b}
-        earlier = {r["revision"] for n, r in records.items()
-                   if n in planned and r.get("revision") not in (None, sha)}
+        earlier = {rev for n, r in records.items()
+                   if n in planned and (rev := r["revision"]) is not None and rev != sha}
         installs = {rev: await self._installs(rev) for rev in earlier | {sha}}
         site = (await self.revision(sha)).sot.sites.get(self.site)
         # force_provision: an install under an earlier revision never counts for this one
@@ -254,8 +258,8 @@ class WorkflowEngine:
             if (rev is None or record.get("armed_seq") is None
                     or record.get("state") in HOST_TERMINAL or name in self._runners):
                 continue
-            if rev != sha and ((self.cluster.rollout(rev) or {}).get("state")
-                               != RolloutState.SUPERSEDED):
+            held = self.cluster.rollout(rev) if rev != sha else None
+            if rev != sha and (held is None or held["state"] != RolloutState.SUPERSEDED):
                 continue  # an aborted (or unknown) rollout's hosts are left alone
             if rev not in revisions:
                 revisions[rev] = await self.revision(rev)

@@ -36,6 +36,7 @@ from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL, HostState
 from appliance.cluster.errors import CommandRejected
 from appliance.cluster.intents import IntentOutcome, outcome, unknown_detail
+from appliance.cluster.records import HostRecord
 from appliance.power.base import PowerControl, PowerError
 from appliance.power.manager import NoBmc, target_for
 from appliance.sot.loader import HostEntry
@@ -90,7 +91,7 @@ class HostRunner:
         self.name = entry.host.name
         self.log = log.bind(host=self.name, revision=revision[:12])
 
-    def _record(self) -> dict | None:
+    def _record(self) -> HostRecord | None:
         rec = self.cluster.host(self.name)
         if rec is None or rec.get("revision") != self.revision:
             return None
@@ -124,7 +125,8 @@ class HostRunner:
             if rec["state"] == HostState.INSTALLED or (rec["state"] == HostState.CHECKING and last):
                 await self._health(rec)
                 return
-            if 0 < rec["done"] == rec["stage"] < len(self.workflow.stages) and \
+            if isinstance(rec["stage"], int) and \
+                    0 < rec["done"] == rec["stage"] < len(self.workflow.stages) and \
                     self.workflow.stages[rec["done"] - 1].health is not None:
                 await self._stage_health(rec)  # reported, not yet checked: before the next
                 continue
@@ -229,7 +231,9 @@ class HostRunner:
                 return
             if known in (IntentOutcome.OK, IntentOutcome.UNKNOWN):
                 return
-            raise StepFailed(existing["result"].get("detail") or f"{step} failed")
+            result = existing["result"]
+            raise StepFailed((result["detail"] if result is not None else None)
+                             or f"{step} failed")
         try:
             await self.cluster.record_intent(self.name, f"power.{step}", stage=str(stage),
                                              revision=self.revision, intent_id=iid)
@@ -261,7 +265,7 @@ class HostRunner:
         started = self.watch.setdefault((self.revision, self.name, stage, attempt),
                                         clock.monotonic())
         boot = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
-        after = (boot or {}).get("seq") or 0  # evidence must follow the power step
+        after = boot["seq"] if boot is not None else 0  # evidence must follow the power step
         unknown = outcome(boot) is IntentOutcome.UNKNOWN
         may_rescue = (boot is not None and spec.boot is not None
                       and not self._rescue_spent(stage, attempt))
@@ -310,10 +314,10 @@ class HostRunner:
         timeout keeps running."""
         spec = self.workflow.stages[stage - 1]
         label = f"stage {stage}/{len(self.workflow.stages)} {spec.label}"
-        rec = self._record() or {}
-        fetched = rec.get("seen_stage") == stage and (rec.get("seen_seq") or 0) > ((
-            self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
-            or {}).get("seq") or 0)
+        rec = self._record()
+        boot = self.cluster.intent(intent_id(self.revision, self.name, stage, attempt, "boot"))
+        fetched = (rec is not None and rec.get("seen_stage") == stage
+                   and rec.get("seen_seq", 0) > (boot["seq"] if boot is not None else 0))
         why = (f"silent {self.silence_window:.0f} s after fetching its script" if fetched
                else f"no script fetched {self.evidence_window:.0f} s after it was powered")
         self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
@@ -325,7 +329,7 @@ class HostRunner:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"
         try:
             await self._step(HostState.BOOTING, stage, attempt, f"{label}: {why}; {note}",
-                             deadline=rec.get("deadline"))
+                             deadline=rec.get("deadline") if rec is not None else None)
         except CommandRejected as exc:
             if exc.code != "stage_already_done":  # it reported meanwhile: nothing to say
                 raise
@@ -352,7 +356,7 @@ class HostRunner:
         ok, detail = await wait_healthy(check, address)
         return ok, f"{what}: {detail}" if what != "health" else detail
 
-    async def _stage_health(self, rec: dict) -> None:
+    async def _stage_health(self, rec: HostRecord) -> None:
         """The health check of the stage that just reported: the next stage is powered only
         once it passes. A machine that boots its next stage by itself (a local stage) is not
         held back; the check still fails the host if it does not pass."""
@@ -363,23 +367,26 @@ class HostRunner:
         if not ok:
             await self._step(HostState.FAILED, stage, rec["attempt"], detail)
             return
-        now = self._record() or {}
-        if now.get("done") == stage and now.get("state") not in HOST_TERMINAL:
+        now = self._record()
+        if now is not None and now.get("done") == stage and now["state"] not in HOST_TERMINAL:
             await self._step(HostState.QUEUED, stage + 1, 0, detail)
 
     # --- before the leader powers it: the running stage's before_shutdown ----------------
 
-    async def _hooks_of(self, revision: str, stage: int) -> tuple[list[ShutdownHook], str]:
-        """The hooks of `stage` of `revision`, and the address the machine has there."""
+    async def _hooks_of(self, revision: str | None, stage: int
+                        ) -> tuple[list[ShutdownHook], str]:
+        """The hooks of `stage` of `revision`, and the address the machine has there; none
+        when the machine reported its stage without a revision (it cannot be looked up)."""
         iface = self.entry.host.boot_interface()
         found: tuple[Workflow, str] | None = (self.workflow, str(iface.ipv4) if iface else "")
         if revision != self.revision:
-            found = await self.running_at(revision) if self.running_at else None
+            found = (await self.running_at(revision)
+                     if self.running_at and revision is not None else None)
         if found is None or not 0 < stage <= len(found[0].stages):
             return [], ""
         return list(found[0].stages[stage - 1].before_shutdown), found[1]
 
-    async def _before_shutdown(self, rec: dict, stage: int) -> bool:
+    async def _before_shutdown(self, rec: HostRecord, stage: int) -> bool:
         """Run the `before_shutdown` hooks of the stage the machine runs (`running` in its
         record: the stage it last reported, with no power step since, kept across armings)
         before this leader powers it into `stage`. Each hook is an intent, so it is journaled
@@ -391,12 +398,12 @@ class HostRunner:
         hooks, address = await self._hooks_of(running["revision"], running["stage"])
         where = f"stage {running['stage']}" + (
             "" if running["revision"] == self.revision else
-            f" of revision {running['revision'][:12]}")
+            f" of revision {(running['revision'] or 'unknown')[:12]}")
         ids = [intent_id(self.revision, self.name, stage, 0,
                          f"before_shutdown-{running['revision']}-{running['stage']}-{i}-"
                          f"{rec['armed_seq']}") for i in range(len(hooks))]
         todo = [(h, i) for h, i in zip(hooks, ids, strict=True)
-                if not ((self.cluster.intent(i) or {}).get("result") or {}).get("ok")]
+                if outcome(self.cluster.intent(i)) is not IntentOutcome.OK]
         if not todo:
             return True
         off = self.power is not None and self._has_bmc() and await self._quietly_off()
@@ -404,7 +411,7 @@ class HostRunner:
             what = f"{where} before_shutdown {hook.label}"
             existing = self.cluster.intent(iid)
             if existing is not None and existing["result"] is not None:  # failed: held
-                ok, detail = False, f"{what}: {existing['result'].get('detail')}"
+                ok, detail = False, f"{what}: {existing['result']['detail']}"
             else:
                 if existing is None:
                     try:
@@ -437,7 +444,7 @@ class HostRunner:
             self.log.info("workflow.status_unknown", error=f"{exc.__class__.__name__}: {exc}")
             return False
 
-    async def _health(self, rec: dict) -> None:
+    async def _health(self, rec: HostRecord) -> None:
         stage = rec["stages"] or len(self.workflow.stages)
         checks = [(c, f"stage {stage} health") for c in
                   [self.workflow.stages[stage - 1].health] if c is not None]

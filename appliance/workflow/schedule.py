@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.cluster.commands import HOST_TERMINAL
+from appliance.cluster.records import HostRecord, RolloutRecord
 from appliance.sot.plan import Plan
 
 PENDING = "pending"  # in the plan, not armed for this revision yet
@@ -28,7 +29,7 @@ PENDING = "pending"  # in the plan, not armed for this revision yet
 class HostProgress:
     host: str
     status: str  # pending, or the record's state (queued, booting, ..., done, failed)
-    stage: int = 0
+    stage: int | str = 0  # text only in a record written by the old host.set
     done: int = 0
     stages: int = 0
     attempt: int = 0
@@ -68,14 +69,14 @@ class RolloutProgress:
         return out
 
 
-def _host(name: str, record: dict | None, revision: str,
+def _host(name: str, record: HostRecord | None, revision: str,
           same_install: Callable[[str, str], bool]) -> HostProgress:
-    if record is not None and record.get("revision") not in (None, revision) and (
+    held = record.get("revision") if record is not None else None
+    if record is not None and held is not None and held != revision and (
             record.get("armed_seq") is not None or record.get("state") == "done"):
         # armed or done under an earlier revision that installs exactly the same on this
         # host (a superseded rollout's work): it counts, in flight or done; failed is retried
-        if record.get("state") not in ("failed", "aborted") and same_install(
-                name, record["revision"]):
+        if record.get("state") not in ("failed", "aborted") and same_install(name, held):
             return HostProgress(name, record.get("state") or "queued", record.get("stage") or 0,
                                 record.get("done") or 0, record.get("stages") or 0,
                                 record.get("attempt") or 0, record.get("message"))
@@ -89,7 +90,7 @@ def _host(name: str, record: dict | None, revision: str,
                         record.get("attempt") or 0, record.get("message"))
 
 
-def progress(plan: Plan, site: str, records: dict[str, dict], rollout: dict | None,
+def progress(plan: Plan, site: str, records: dict[str, HostRecord], rollout: RolloutRecord | None,
              same_install: Callable[[str, str], bool] = lambda host, rev: False
              ) -> RolloutProgress:
     """The rollout of `plan.new` in `site`, given the host records of the replica.
