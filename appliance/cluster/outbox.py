@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import time
 
 import structlog
@@ -22,11 +21,6 @@ from appliance.cluster.bridge import Cluster
 from appliance.cluster.errors import ClusterError, CommandRejected, InvalidCommand
 
 log = structlog.get_logger("vaquero.cluster")
-# Commands submitted together, in order: Raft appends what arrives in one tick as one burst
-# with one journal flush. One at a time, a boot storm's two entries per phone-home were
-# each a flush of their own, and the phone-home journal's fsync waited behind them
-# (tools/bench/storm.py: the phone-home's acknowledgement waited 2 s at the median).
-PIPELINE = 64
 
 
 class EventOutbox:
@@ -80,24 +74,15 @@ class EventOutbox:
                         "events.dropped", message=f"{self.dropped - reported} events dropped "
                         "while the peer group was unreachable")
                     reported = self.dropped
-            # Together only while the group has a majority: a batch submitted without one
-            # would wait for it command by command, and one whose wait ended just before the
-            # majority came back would be applied after the rest.
-            size = PIPELINE if self.cluster.status.has_quorum else 1
-            batch = list(itertools.islice(self._queue, size))
-            results = await asyncio.gather(*(self.cluster.submit(c) for c in batch),
-                                           return_exceptions=True)
-            for cmd, result in zip(batch, results, strict=True):
-                if isinstance(result, CommandRejected | InvalidCommand):  # do not retry
-                    log.warning("cluster_outbox_command_refused", op=cmd["op"],
-                                kind=cmd.get("kind"), error=str(result))
-                elif isinstance(result, ClusterError):
-                    break  # no quorum, no leader, timeout: this one and the rest again
-                elif isinstance(result, BaseException):
-                    raise result
-                if self._queue and self._queue[0] is cmd:
-                    self._queue.popleft()
-                    self.sent += 1
-            else:
+            cmd = self._queue[0]
+            try:
+                await self.cluster.submit(cmd)
+            except (CommandRejected, InvalidCommand) as exc:  # deterministic: do not retry
+                log.warning("cluster_outbox_command_refused", op=cmd["op"],
+                            kind=cmd.get("kind"), error=str(exc))
+            except ClusterError:
+                await asyncio.sleep(self.retry)  # no quorum, no leader, timeout: retry
                 continue
-            await asyncio.sleep(self.retry)
+            if self._queue and self._queue[0] is cmd:
+                self._queue.popleft()
+                self.sent += 1
