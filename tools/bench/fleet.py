@@ -305,7 +305,8 @@ def run(n: int, args: argparse.Namespace) -> dict:
     site = sniffer = None
     with NetnsRig() as rig:
         try:
-            site = Site(rig, tmp, bare)
+            site = Site(rig, tmp, bare, extra_config=(
+                "" if args.consoles else "console: {enabled: false}\n"))
             for i, p in site.procs.items():
                 print(f"  peer {i + 1}: {shlex.join(p.args)}", flush=True)
             cli = rig.netns("cli")
@@ -444,6 +445,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1200, help="per rollout, seconds")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
+    ap.add_argument("--consoles", action="store_true",
+                    help="let the leader record SOL consoles (the sims offer no SOL)")
     args = ap.parse_args()
     print(f"fleet: {shlex.join([sys.executable, *sys.argv])}", flush=True)
     results = []
