@@ -19,7 +19,11 @@ phone-home, as the client measured it); BMC sessions open at most, per BMC and i
 journal events per host; the leader's CPU seconds; steps (boot power actions per host,
 revision and stage) run twice, which must be 0.
 
-    sudo .venv/bin/python tools/bench/fleet.py --hosts 20 [--json]
+    sudo .venv/bin/python tools/bench/fleet.py --hosts 20 [--json] [--keep]
+
+The sims offer no serial-over-LAN, so the peers run with `console: {enabled: false}` unless
+--consoles: with it, at N=20 every BMC command of the leader stalled ("no answer within 20 s")
+once the consoles stopped, and the rollout failed (seen 2026-12-02, twice).
 """
 
 from __future__ import annotations
