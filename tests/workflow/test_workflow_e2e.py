@@ -53,6 +53,9 @@ CUT_S = 45  # many election timeouts (0.3-0.6 s); the issue's 5 minutes is a run
 def cut_a_follower_and_heal(site: Site) -> int:
     """Cut a follower off for CUT_S, heal it: the leader keeps its term (the rejoining peer
     deposes no one: pre-vote) and its runners never stop. Returns the leader."""
+    # one read of /v1/leader can come back empty on a loaded host (a slow answer): wait,
+    # bounded, for a peer to name the leader
+    until(lambda: site.leader() is not None, "a leader before the cut", 30)
     leader = site.leader()
     assert leader is not None
     term = site.api("/v1/leader", peer=leader)["term"]
