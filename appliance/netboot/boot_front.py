@@ -46,6 +46,10 @@ log = structlog.get_logger("vaquero.netboot.boot")
 
 MAX_HEAD = 8192  # request line and headers; past it, aiohttp's parser decides
 MAX_BODY = 65536  # a phone-home's report is read up to 4 KiB; a larger body goes to aiohttp
+# One machine's iPXE keeps one or two connections open; a client holding more than this is
+# refused at connect (closed at once), so one host on the boot network cannot use up the
+# peer's file descriptors.
+MAX_CONNECTIONS_PER_CLIENT = 64
 IDLE_S = 75.0  # aiohttp's keep-alive timeout
 SWEEP_S = 5.0
 _TOKEN_CHARS = frozenset(b"!#$&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
@@ -139,11 +143,22 @@ class BootFront(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "?"
+        if self.server.count(self.client) >= MAX_CONNECTIONS_PER_CLIENT:
+            self.server.refused += 1
+            transport.abort()
+            return
         self.connections.add(self)
+        self.server.per_client[self.client] = self.server.per_client.get(self.client, 0) + 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.discard(self)
+        self._forget()
         self.transport = None
+
+    def _forget(self) -> None:
+        """Out of the server's books (closed, or handed to aiohttp), once."""
+        if self in self.connections:
+            self.connections.discard(self)
+            self.server.release(self.client)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -268,7 +283,7 @@ class BootFront(asyncio.Protocol):
         """The connection, with every byte not answered yet, to the aiohttp server."""
         transport = self.transport
         assert transport is not None and not self.busy
-        self.connections.discard(self)
+        self._forget()
         self.transport = None
         self.server.handed_over += 1
         protocol = self.server.fallback()
@@ -296,9 +311,22 @@ class BootFrontServer:
         self.connections: set[BootFront] = set()
         self.clock = _Clock()
         self.answered = 0  # requests the front answered itself
+        self.per_client: dict[str, int] = {}  # open front connections by client address
+        self.refused = 0  # connections closed at connect: their client held too many
         self.handed_over = 0  # connections handed to aiohttp
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+
+    def count(self, client: str) -> int:
+        """Front connections this client holds now."""
+        return self.per_client.get(client, 0)
+
+    def release(self, client: str) -> None:
+        left = self.per_client.get(client, 0) - 1
+        if left > 0:
+            self.per_client[client] = left
+        else:
+            self.per_client.pop(client, None)
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from appliance.netboot.boot_front import MAX_HEAD, BootFrontServer
+from appliance.netboot.boot_front import MAX_CONNECTIONS_PER_CLIENT, MAX_HEAD, BootFrontServer
 from appliance.netboot.boot_http import BootState, add_boot_routes
 
 LAB01_MAC = "52:54:00:18:00:11"
@@ -202,3 +202,26 @@ async def test_an_idle_connection_is_closed(rig: Rig) -> None:
     assert await asyncio.wait_for(reader.read(), WAIT) == b""
     writer.close()
     assert rig.front.connections == set()
+
+
+async def test_one_client_holds_at_most_its_share_of_connections(rig: Rig) -> None:
+    held = [await rig.connect() for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
+    try:
+        reader, writer = await rig.connect()  # one too many: closed at once, unanswered
+        writer.write(get("/boot.ipxe"))
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        assert rig.front.refused == 1
+        _, held_writer = held.pop()
+        held_writer.close()
+        await held_writer.wait_closed()
+        # a freed place is taken again; the connections still held answer as before
+        for _ in range(100):  # bounded: the server sees the close within a few turns
+            if rig.front.count("127.0.0.1") < MAX_CONNECTIONS_PER_CLIENT:
+                break
+            await asyncio.sleep(0.05)
+        answer = await rig.ask(get("/boot.ipxe"))
+        assert answer.status == 200
+    finally:
+        for _, w in held:
+            w.close()
