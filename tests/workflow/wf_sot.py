@@ -38,6 +38,17 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def os_document(ident: str, kernel: Path, initrd: Path, cmdline: list[str]) -> str:
+    """The test OS as an `os/` document: its kernel and initrd by file URL with their true
+    sha256, a serial console and the given cmdline items (`key: value` YAML)."""
+    items = "".join(f"  - {item}\n" for item in ["console: ttyS0", *cmdline])
+    return (f"\nid: {ident}\nos_family: busybox\nmajor_version: \"1\"\nboot:\n"
+            f"  kernel: {{url: \"file://{kernel}\", sha256: {sha256(kernel)}, name: vmlinuz}}\n"
+            f"  initrd:\n"
+            f"    - {{url: \"file://{initrd}\", sha256: {sha256(initrd)}, name: initrd.img}}\n"
+            f"cmdline:\n{items}")
+
+
 def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
@@ -83,22 +94,11 @@ force_provision: {str(force_provision).lower()}}}
     # the firmware stage is shared; each workflow has its own install (the note: workers only)
     for ident, note in (("firmware", "fw"), ("install-etcd", "v1"),
                         ("install-workers", install_note)):
-        (root / f"os/testos-{ident}.yml").write_text(f"""
-id: testos-{ident}
-os_family: busybox
-major_version: "1"
-boot:
-  kernel: {{url: "file://{kernel}", sha256: {sha256(kernel)}, name: vmlinuz}}
-  initrd:
-    - {{url: "file://{initrd}", sha256: {sha256(initrd)}, name: initrd.img}}
-cmdline:
-  - console: ttyS0
-  - panic: "-1"
-  - vaq.stage: "{ident}-{note}"
-  - vaq.stay: "{int(stay)}"
-  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
-  - vaq.peers: "{{{{ urls.peers | join(',') }}}}"
-""")
+        (root / f"os/testos-{ident}.yml").write_text(os_document(
+            f"testos-{ident}", kernel, initrd,
+            ['panic: "-1"', f'vaq.stage: "{ident}-{note}"', f'vaq.stay: "{int(stay)}"',
+             'vaq.phone_home: "{{ urls.phone_home }}"',
+             "vaq.peers: \"{{ urls.peers | join(',') }}\""]))
         (root / f"boot/testos-{ident}.yml").write_text(
             f"id: testos-{ident}\noperating_system: testos-{ident}\n")
 

@@ -71,7 +71,7 @@ def write_sot(root: Path, n: int, kernel: Path, initrd: Path, stage_timeout: int
     """One site `lab` (the wf_site peers), one cluster of n hosts, each with an IPMI BMC on
     CLIENT_IP:BMC_PORT0+i; a workflow of two network-boot stages, max_concurrent 20."""
     from tests.workflow.wf_site import PEERS
-    from tests.workflow.wf_sot import sha256
+    from tests.workflow.wf_sot import os_document
 
     for sub in ("sites/lab", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -98,19 +98,9 @@ policy: {{install_new_hosts: true}}
             "credentials: lab-ipmi}}\n")
     (root / "sites/lab/cluster-fleet.yml").write_text("---\n".join(docs))
     for stage in ("firmware", "install"):
-        (root / f"os/fleet-{stage}.yml").write_text(f"""
-id: fleet-{stage}
-os_family: busybox
-major_version: "1"
-boot:
-  kernel: {{url: "file://{kernel}", sha256: {sha256(kernel)}, name: vmlinuz}}
-  initrd:
-    - {{url: "file://{initrd}", sha256: {sha256(initrd)}, name: initrd.img}}
-cmdline:
-  - console: ttyS0
-  - vaq.stage: "{stage}"
-  - vaq.phone_home: "{{{{ urls.phone_home }}}}"
-""")
+        (root / f"os/fleet-{stage}.yml").write_text(os_document(
+            f"fleet-{stage}", kernel, initrd,
+            [f'vaq.stage: "{stage}"', 'vaq.phone_home: "{{ urls.phone_home }}"']))
         (root / f"boot/fleet-{stage}.yml").write_text(
             f"id: fleet-{stage}\noperating_system: fleet-{stage}\n")
     (root / "workflows/fleet.yml").write_text(
