@@ -226,11 +226,16 @@ def _approve_first(sha: str, token: str, stop: dict[str, bool], state: Path) -> 
         if rev.get("state") == "awaiting_approval":
             _api(f"/v1/revisions/{sha}/approve", token, "POST",
                  {"note": "approved by `vaq-peer lab up`"})
+        elif rev.get("state") == "applied":
+            # `lab up` says "approved" only once the peer it names answers for the applied
+            # revision: the README's next line (`rollout --follow`) reads it there.
             return
-        if rev.get("state") in ("rejected", "applied"):
-            return
+        elif rev.get("state") == "rejected":
+            raise LabError(f"the peers rejected the lab SoT: {rev.get('reason') or rev}; see "
+                           f"{state}/peer-*.log")
         if time.monotonic() > deadline:
-            raise LabError(f"the peers did not plan the lab SoT within 300 s; see "
+            raise LabError(f"the peers did not plan and apply the lab SoT within 300 s "
+                           f"(revision {rev.get('state') or 'not seen'}); see "
                            f"{state}/peer-*.log")
         time.sleep(1)
 

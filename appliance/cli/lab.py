@@ -83,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               "`vaq-peer lab down` removes what was built", file=sys.stderr)
         return EXIT_FAILED
     print(f"lab up: 3 peers {', '.join(st['peers'])}; {len(st['machines'])} machine(s) "
-          f"behind IPMI BMCs; revision {st['revision'][:12]} pushed and approved")
+          f"behind IPMI BMCs; revision {st['revision'][:12]} pushed, approved and applied")
     print(f"\n  export VAQ_PEER={st['peers'][0]} VAQ_TOKEN_FILE={st['token_file']}")
     print("  vaq-peer rollout --follow     # the machines powered, netbooted, installed")
     print(f"  vaq-peer lab status{_dir_flag(args)}          # BMCs, power-ons, consoles")

@@ -88,7 +88,19 @@ def _follow(client: PeerClient, path: str, args: argparse.Namespace,
     deadline = time.monotonic() + (args.for_seconds or 3600 * 24 * 365)
     last = None
     while True:
-        data = client.get(path)
+        try:
+            data = client.get(path)
+        except ApiError as exc:
+            # Following the current rollout right after an approval: the peer asked may not
+            # have applied the revision yet. Following means waiting for it, not failing.
+            if not (path.endswith("/current") and exc.status == 404
+                    and time.monotonic() < deadline):
+                raise
+            if last != exc.message:
+                out(f"--- {time.strftime('%H:%M:%S')}\n{exc.message}: waiting for one")
+                last = exc.message
+            time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+            continue
         text = render(data) if not args.json else None
         if args.json:
             import json

@@ -166,6 +166,19 @@ def test_events_follow_prints_a_note_written_meanwhile(group: PeerGroup) -> None
     assert proc.returncode == 0, err
 
 
+def test_rollout_follow_waits_for_a_first_applied_revision(group: PeerGroup) -> None:
+    """Right after an approval the peer asked may not have applied the revision yet: a plain
+    `rollout` says so and fails, `rollout --follow` says so once and keeps waiting (here for
+    --for seconds, then fails: nothing was ever applied in this group)."""
+    peer = group.peers[0]
+    out = vaq(peer, "rollout")
+    assert out.returncode == 1 and "no revision has been applied yet" in out.stderr, out
+    out = vaq(peer, "rollout", "--follow", "--for", "3", "--interval", "0.5")
+    assert out.returncode == 1, out
+    assert out.stdout.count("no revision has been applied yet: waiting for one") == 1, out
+    assert "no revision has been applied yet" in out.stderr, out
+
+
 def test_approve_and_show_of_unknown_revisions(group: PeerGroup, tmp_path: Path) -> None:
     peer = group.peers[0]
     unknown = "ab" * 20

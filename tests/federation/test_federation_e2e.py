@@ -170,8 +170,19 @@ api:
             return record.get("state") == "waiting"
 
         until(waiting, f"{site.host} waiting for its stage", 120, self.tails)
-        status, script = self.curl(self.lan[site.id], f"{base}/ipxe?mac={site.host_mac}",
-                                   token=False)
+        answers: list[tuple[int, str]] = []
+
+        def script_served() -> bool:
+            # The host record is replicated before the peer asked has swapped the applied
+            # revision's boot table in: until then it answers 503 with Retry-After, as a
+            # machine would see it. Anything else is an answer to judge.
+            answers.append(self.curl(self.lan[site.id], f"{base}/ipxe?mac={site.host_mac}",
+                                     token=False))
+            return answers[-1][0] != 503
+
+        until(script_served, f"{base}/ipxe for {site.host}", 30,
+              lambda: f"{answers[-3:]}\n{self.tails()}", interval=1)
+        status, script = answers[-1]
         assert status == 200 and "stage 1/1" in script, (status, script)
         url = re.search(r"vaq\.phone_home=(\S+)", script).group(1)
         path = "phone-home/" + url.split("/phone-home/", 1)[1]  # the URL may name a VIP
