@@ -51,6 +51,7 @@ from pysyncobj.transport import TCPTransport
 import appliance.cluster.pysyncobj_fix  # noqa: F401 - repairs what importing pysyncobj did
 from appliance.cluster.errors import ClusterStartError
 from appliance.cluster.journal_check import JournalDamage, repair_journal_tail
+from appliance.cluster.log_matching import trim_append
 from appliance.cluster.state import ClusterState
 
 log = structlog.get_logger("vaquero.cluster")
@@ -395,7 +396,16 @@ class RaftNode(SyncObj):
             return
         if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self._vq_pre_vote.leader_heard = time.monotonic()
+            message = self._vq_trim_append(message)
         _internal(SyncObj, "onMessageReceived")(self, node, message)
+
+    def _vq_trim_append(self, message: dict) -> dict:
+        """Raft's append rule instead of pysyncobj's delete-all-after (log_matching.py)."""
+        journal = _internal(self, "raftLog")
+        first = journal[0][1]
+        trimmed = trim_append(message, first, journal[-1][1],
+                              lambda index: journal[index - first][2])
+        return message if trimmed is None else trimmed
 
     def _vq_answer_pre_vote(self, node, message: dict) -> None:
         pv = self._vq_pre_vote

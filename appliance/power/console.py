@@ -37,7 +37,8 @@ import structlog
 log = structlog.get_logger("vaquero.power.console")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_READ = 1 << 20
-RETRY = 5.0  # seconds between attempts at a session the BMC ended or refused
+RETRY = 5.0  # seconds before a new attempt at a session the BMC ended or refused ...
+MAX_RETRY = 300.0  # ... doubled after each one that ended again, up to this
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class ConsoleRecorder:
         self.max_bytes, self.keep = max_bytes, keep
         # host -> (session process, its run, when it started: time.monotonic())
         self._open: dict[str, tuple[subprocess.Popen[bytes], tuple[int, int], float]] = {}
+        # host -> its sessions in a row that ended by themselves: a BMC without SOL refuses
+        # every one, and each attempt is a login to a BMC that holds a few sessions at most
+        self._ended: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def path(self, host: str) -> Path | None:
@@ -114,11 +118,18 @@ class ConsoleRecorder:
             # after a leader change) is tried again, RETRY seconds after it started.
             for host in [h for h, (proc, run, started) in self._open.items()
                          if h not in hosts or hosts[h].run != run
-                         or (proc.poll() is not None and now - started > RETRY)]:
+                         or (proc.poll() is not None and now - started > self._delay(h))]:
+                if self._open[host][0].poll() is not None:
+                    self._ended[host] = self._ended.get(host, 0) + 1
                 self._close(host)
+            for host in [h for h in self._ended if h not in hosts]:
+                del self._ended[host]
             for host, target in hosts.items():
                 if host not in self._open and self.path(host) is not None:
                     self._connect(host, target)
+
+    def _delay(self, host: str) -> float:
+        return min(RETRY * 2 ** min(self._ended.get(host, 0), 16), MAX_RETRY)
 
     def recording(self) -> list[str]:
         return sorted(self._open)
@@ -229,6 +240,10 @@ def _pump(proc: subprocess.Popen[bytes], sink: ConsoleLog, host: str) -> None:
     while chunk := stdout.read1(65536):
         sink.append(chunk)
     error = proc.stderr.read(2000).decode(errors="replace").strip()
-    if error and proc.returncode not in (None, -15):
+    try:
+        code = proc.wait(timeout=10)  # its pipes are closed: it is exiting
+    except subprocess.TimeoutExpired:
+        code = None
+    if error and code not in (0, -15):  # 0: stopped (SIGTERM) and logged out
         log.warning("console.session_ended", host=host, error=error.splitlines()[-1])
 

@@ -53,7 +53,9 @@ class Sim:
         return pids
 
 
-def run_sim(tmp_path: Path) -> Iterator[Sim]:
+def run_sim(tmp_path: Path, sol_port: int | None = None) -> Iterator[Sim]:
+    """`sol_port`: the BMC offers serial-over-LAN, connected to a TCP server the test runs on
+    127.0.0.1:`sol_port` (without it, the BMC refuses SOL: "Invalid command")."""
     port = free_udp_port()
     marker = f"7{port}"
     lans = "".join(f"""\
@@ -71,6 +73,7 @@ def run_sim(tmp_path: Path) -> Iterator[Sim]:
 name "vaqsim"
 set_working_mc 0x20
 {lans}  serial 15 127.0.0.1 {free_tcp_ports(1)[0]} codec VM
+{f'  sol "tcp:127.0.0.1:{sol_port}" 115200' if sol_port else ''}
   startcmd "sleep {marker}"
   startnow false
   poweroff_wait 1
