@@ -22,8 +22,11 @@ revision and stage) run twice, which must be 0.
     sudo .venv/bin/python tools/bench/fleet.py --hosts 20 [--json] [--keep]
 
 The sims offer no serial-over-LAN, so the peers run with `console: {enabled: false}` unless
---consoles: with it, at N=20 every BMC command of the leader stalled ("no answer within 20 s")
-once the consoles stopped, and the rollout failed (seen 2026-12-02, twice).
+--consoles (then every console session is refused and retried). With it, at N=20 on a loaded
+host, every BMC command of the leader once stalled ("no answer within 20 s") and the rollout
+failed (2026-12-02, twice); the refused sessions were never logged out then. Since they are
+(appliance/power/sol_session.py), N=20 --consoles finished 20/20 without a retried BMC
+command, and so did the older code on the same quiet host: the stall was not reproduced.
 """
 
 from __future__ import annotations
