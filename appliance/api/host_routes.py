@@ -5,8 +5,10 @@ peers that recorded it (power/console.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from ..cluster.records import PeerRecord
@@ -15,6 +17,11 @@ from ..power.console import MAX_READ, merge_runs
 from .context import ctx
 from .openapi import describe
 from .routes import query_int
+
+log = structlog.get_logger("vaquero.api")
+# Another peer's recorded sessions of one host: the last MAX_READ bytes of its console as
+# JSON text, where an escaped control byte takes up to 6 bytes. More is not an answer.
+MAX_PEER_ANSWER = 8 * MAX_READ
 
 
 @describe("Every event that concerns one host (armed, served, phone-home, power intents and "
@@ -82,7 +89,12 @@ async def _from_other_peers(request: web.Request, peers: list[PeerRecord], me: s
             async with http.get(f"{peer['api_url']}{request.path}", params={"local": "1"},
                                 headers=headers) as resp:
                 if resp.status == 200:
-                    body = await resp.json()
+                    raw = await resp.content.read(MAX_PEER_ANSWER + 1)
+                    if len(raw) > MAX_PEER_ANSWER:
+                        log.warning("console.peer_answer_too_large", peer=peer.get("name"),
+                                    limit=MAX_PEER_ANSWER)
+                        return None
+                    body = json.loads(raw)
                     return body.get("runs") if isinstance(body, dict) else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass

@@ -61,6 +61,7 @@ class WorkflowEngine:
         self.cache, self.power, self.poll = cache, power, poll
         self.clock, self.runner_options = clock, dict(runner_options or {})
         self._runners: dict[str, asyncio.Task[None]] = {}
+        self._term: int | None = None  # the leadership term the runners were started in
         # when this leader started waiting for each host's stage attempt (its monotonic
         # clock); forgotten when it stops leading, so the next leader starts over
         self._watch: dict[tuple, float] = {}
@@ -163,6 +164,11 @@ class WorkflowEngine:
         try:
             while True:
                 st = self.cluster.status
+                if not st.is_leader or st.term != self._term:
+                    # Runners belong to one leadership: a new term, even our own, means
+                    # another leader may have acted since.
+                    self._stop_runners("not the leader")
+                    self._term = st.term if st.is_leader else None
                 if st.is_leader and st.has_quorum:
                     try:
                         await self.step()
@@ -170,8 +176,11 @@ class WorkflowEngine:
                         log.info("workflow.step_interrupted", error=str(exc))
                     except Exception:
                         log.exception("workflow.step_failed")
-                else:
-                    self._stop_runners("not the leader")
+                # A leader that lost its quorum keeps its runners and arms nothing new: their
+                # Raft writes wait for the quorum or fail, and if it does not come back the
+                # leader steps down (3 s) and the branch above stops them. Stopping them at
+                # once turned every in-flight power step "outcome unknown" whenever a loaded
+                # leader missed its followers for a second (fleet bench, N=200).
                 # Woken by any applied entry, but at most one round per MIN_ROUND: a round
                 # reads every host record, and a busy rollout applies many entries a second.
                 await asyncio.sleep(MIN_ROUND)
