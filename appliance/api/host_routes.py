@@ -89,11 +89,13 @@ async def _from_other_peers(request: web.Request, peers: list[PeerRecord], me: s
             async with http.get(f"{peer['api_url']}{request.path}", params={"local": "1"},
                                 headers=headers) as resp:
                 if resp.status == 200:
-                    raw = await resp.content.read(MAX_PEER_ANSWER + 1)
-                    if len(raw) > MAX_PEER_ANSWER:
-                        log.warning("console.peer_answer_too_large", peer=peer.get("name"),
-                                    limit=MAX_PEER_ANSWER)
-                        return None
+                    raw = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        raw += chunk
+                        if len(raw) > MAX_PEER_ANSWER:
+                            log.warning("console.peer_answer_too_large",
+                                        peer=peer.get("name"), limit=MAX_PEER_ANSWER)
+                            return None
                     body = json.loads(raw)
                     return body.get("runs") if isinstance(body, dict) else None
         except (aiohttp.ClientError, TimeoutError, ValueError):

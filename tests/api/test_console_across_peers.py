@@ -71,5 +71,11 @@ def test_console_split_by_a_leader_change_reads_whole_from_any_peer(tmp_path: Pa
         mine = group.call(new, "GET", f"/v1/hosts/{HOST}/console?local=1").body
         assert [r["text"] for r in mine["runs"]] == [
             "Installing the base system\nInstallation complete\n"]
+        # a long part (an installer's whole log) crosses from peer to peer in many reads
+        second.append(b"".join(b"installer line %06d\n" % i for i in range(20_000)))
+        whole = group.call(third, "GET", f"/v1/hosts/{HOST}/console?tail=1048576").body
+        assert whole["peers"] == sorted([f"peer-{old.index + 1}", f"peer-{new.index + 1}"])
+        assert "Linux version" in whole["text"], whole["text"][:300]
+        assert whole["text"].endswith("installer line 019999\n"), whole["text"][-300:]
     finally:
         group.stop_all()
