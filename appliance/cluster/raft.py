@@ -403,8 +403,12 @@ class RaftNode(SyncObj):
         """Raft's append rule instead of pysyncobj's delete-all-after (log_matching.py)."""
         journal = _internal(self, "raftLog")
         first = journal[0][1]
-        trimmed = trim_append(message, first, journal[-1][1],
-                              lambda index: journal[index - first][2])
+        try:
+            trimmed = trim_append(message, first, journal[-1][1],
+                                  lambda index: journal[index - first][2])
+        except Exception:  # a message of a shape we did not foresee: pysyncobj's own path
+            log.exception("cluster_append_rule_failed")
+            return message
         return message if trimmed is None else trimmed
 
     def _vq_answer_pre_vote(self, node, message: dict) -> None:
