@@ -6,7 +6,8 @@ hand on it (pause, resume, abort), plus `vaq-peer arm HOST`.
     vaq-peer rollout pause|resume|abort [REV] [--reason TEXT]
 
 REV is a commit SHA, a unique prefix, or `current` (the applied revision; the default).
---follow exits 0 when the rollout is done, 1 when it failed, was aborted or superseded.
+--follow exits 0 when the rollout is done, 1 when it failed, was aborted or superseded; on
+`current` it waits for a first applied revision rather than failing.
 """
 
 from __future__ import annotations
