@@ -75,30 +75,23 @@ def write_sot(root: Path, machines: list[dict[str, str]], kernel: Path, initrd: 
     install) of network boots of the test OS, which phones home and stays up."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    peers = "\n".join(f"  - {{name: peer-{i}, address: {a}}}" for i, a in enumerate(PEERS, 1))
-    (root / "sites/lab/env.yml").write_text(
-        "id: lab\nname: The virtual lab of `vaq-peer lab up`\nsubnets:\n"
-        "  - {id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], "
-        f"domain: lab.test}}\npeers:\n{peers}\nnetboot: {{http_port: {HTTP_PORT}}}\n"
-        "policy: {install_new_hosts: true, approval: manual}\n")
-    docs = []
-    for m in machines:
-        docs.append(
-            f"name: {m['name']}\nworkflow: testos\ninterfaces:\n"
-            f"  - {{type: physical, mac: \"{m['mac']}\", subnet: boot, ipv4: {m['ipv4']}}}\n"
-            f"  - {{type: bmc, mac: \"52:54:00:bb:00:{int(m['mac'][-2:], 16):02x}\", "
-            f"subnet: boot, ipv4: {m['bmc']}, ignore_dhcp: true,\n"
-            f"     bmc: {{type: ipmi, address: \"{m['bmc']}\", port: 623, "
-            "credentials: lab-ipmi}}\n")
+    from tools.rigs.lab_sot import env_document, host_document, os_document
+
+    (root / "sites/lab/env.yml").write_text(env_document(
+        PEERS, ["{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, "
+                      "dns: [198.18.0.1], domain: lab.test}"], HTTP_PORT,
+        "{install_new_hosts: true, approval: manual}",
+        name="The virtual lab of `vaq-peer lab up`"))
+    docs = [host_document(m["name"], "testos", m["mac"], m["ipv4"],
+                          bmc=(f"52:54:00:bb:00:{int(m['mac'][-2:], 16):02x}", m["bmc"],
+                               m["bmc"], 623))
+            for m in machines]
     (root / "sites/lab/cluster-lab.yml").write_text("---\n".join(docs))
     for stage in ("firmware", "install"):
-        (root / f"os/testos-{stage}.yml").write_text(
-            f"id: testos-{stage}\nos_family: busybox\nmajor_version: \"1\"\nboot:\n"
-            f"  kernel: {{url: \"file://{kernel}\", sha256: {kernel_sha}, name: vmlinuz}}\n"
-            f"  initrd:\n    - {{url: \"file://{initrd}\", sha256: {initrd_sha}, "
-            "name: initrd.img}\ncmdline:\n  - console: ttyS0\n  - panic: \"-1\"\n"
-            f"  - vaq.stage: \"{stage}\"\n  - vaq.stay: \"1\"\n"
-            "  - vaq.phone_home: \"{{ urls.phone_home }}\"\n")
+        (root / f"os/testos-{stage}.yml").write_text(os_document(
+            f"testos-{stage}", kernel, initrd,
+            ['panic: "-1"', f'vaq.stage: "{stage}"', 'vaq.stay: "1"',
+             'vaq.phone_home: "{{ urls.phone_home }}"'], kernel_sha, initrd_sha))
         (root / f"boot/testos-{stage}.yml").write_text(
             f"id: testos-{stage}\noperating_system: testos-{stage}\n")
     (root / "workflows/testos.yml").write_text(

@@ -7,11 +7,12 @@ the machine) or (address, port) of an IPMI BMC using the credentials `lab-ipmi`.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools.rigs.lab_sot import env_document, host_document, os_document
 
 ENV = {"GIT_AUTHOR_NAME": "Ops", "GIT_AUTHOR_EMAIL": "ops@example.test",
        "GIT_COMMITTER_NAME": "Ops", "GIT_COMMITTER_EMAIL": "ops@example.test",
@@ -34,21 +35,6 @@ def git(cwd: Path, *args: str) -> str:
                           text=True, env=ENV, timeout=30).stdout.strip()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def os_document(ident: str, kernel: Path, initrd: Path, cmdline: list[str]) -> str:
-    """The test OS as an `os/` document: its kernel and initrd by file URL with their true
-    sha256, a serial console and the given cmdline items (`key: value` YAML)."""
-    items = "".join(f"  - {item}\n" for item in ["console: ttyS0", *cmdline])
-    return (f"\nid: {ident}\nos_family: busybox\nmajor_version: \"1\"\nboot:\n"
-            f"  kernel: {{url: \"file://{kernel}\", sha256: {sha256(kernel)}, name: vmlinuz}}\n"
-            f"  initrd:\n"
-            f"    - {{url: \"file://{initrd}\", sha256: {sha256(initrd)}, name: initrd.img}}\n"
-            f"cmdline:\n{items}")
-
-
 def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
               peers: list[str], http_port: int, worker_concurrency: int = 2,
               stage_timeout: int = 300, retries: int = 1, install_note: str = "v1",
@@ -63,33 +49,20 @@ def write_sot(root: Path, hosts: list[LabHost], kernel: Path, initrd: Path, *,
     stages."""
     for sub in ("sites/lab", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    peer_lines = "\n".join(f"  - {{name: peer-{i}, address: {a}}}"
-                           for i, a in enumerate(peers, start=1))
-    (root / "sites/lab/env.yml").write_text(f"""
-id: lab
-subnets:
-  - {{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], domain: lab.test}}
-  - {{id: loop, cidr: 127.0.0.0/24}}
-peers:
-{peer_lines}
-netboot: {{http_port: {http_port}}}
-policy: {{install_new_hosts: {str(install_new_hosts).lower()}, \
-force_provision: {str(force_provision).lower()}}}
-""")
+    (root / "sites/lab/env.yml").write_text(env_document(
+        peers, ["{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], "
+                "domain: lab.test}", "{id: loop, cidr: 127.0.0.0/24}"], http_port,
+        f"{{install_new_hosts: {str(install_new_hosts).lower()}, "
+        f"force_provision: {str(force_provision).lower()}}}"))
     for cluster in sorted({h.cluster for h in hosts}):
         docs = []
         for h in (h for h in hosts if h.cluster == cluster):
-            text = (f"name: {h.name}\nworkflow: {cluster}\n"
-                    f"never_provision: {str(h.never_provision).lower()}\ninterfaces:\n"
-                    f"  - {{type: physical, mac: \"{h.mac}\", subnet: {h.subnet}, "
-                    f"ipv4: {h.ipv4}}}\n")
-            if h.bmc is not None:
-                last = int(h.mac.split(":")[-1], 16)
-                text += (f"  - {{type: bmc, mac: \"52:54:00:bb:00:{last:02x}\", subnet: boot, "
-                         f"ipv4: 198.18.0.{200 + last}, ignore_dhcp: true,\n"
-                         f"     bmc: {{type: ipmi, address: \"{h.bmc[0]}\", port: {h.bmc[1]}, "
-                         "credentials: lab-ipmi}}\n")
-            docs.append(text)
+            last = int(h.mac.split(":")[-1], 16)
+            docs.append(host_document(
+                h.name, cluster, h.mac, h.ipv4, subnet=h.subnet,
+                head=f"never_provision: {str(h.never_provision).lower()}\n",
+                bmc=None if h.bmc is None else (f"52:54:00:bb:00:{last:02x}",
+                                                f"198.18.0.{200 + last}", *h.bmc)))
         (root / f"sites/lab/cluster-{cluster}.yml").write_text("---\n".join(docs))
     # the firmware stage is shared; each workflow has its own install (the note: workers only)
     for ident, note in (("firmware", "fw"), ("install-etcd", "v1"),

@@ -74,31 +74,21 @@ def write_sot(root: Path, n: int, kernel: Path, initrd: Path, stage_timeout: int
     """One site `lab` (the wf_site peers), one cluster of n hosts, each with an IPMI BMC on
     CLIENT_IP:BMC_PORT0+i; a workflow of two network-boot stages, max_concurrent 20."""
     from tests.workflow.wf_site import PEERS
-    from tests.workflow.wf_sot import os_document
+    from tools.rigs.lab_sot import env_document, host_document, os_document
 
     for sub in ("sites/lab", "os", "boot", "workflows"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    peers = "\n".join(f"  - {{name: peer-{k}, address: {a}}}" for k, a in enumerate(PEERS, 1))
-    (root / "sites/lab/env.yml").write_text(f"""
-id: lab
-subnets:
-  - {{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], domain: lab.test}}
-  - {{id: bmc, cidr: 198.18.4.0/22}}
-peers:
-{peers}
-netboot: {{http_port: 8080}}
-policy: {{install_new_hosts: true}}
-""")
+    (root / "sites/lab/env.yml").write_text(env_document(
+        PEERS, ["{id: boot, cidr: 198.18.0.0/24, gateway: 198.18.0.1, dns: [198.18.0.1], "
+                "domain: lab.test}", "{id: bmc, cidr: 198.18.4.0/22}"], 8080,
+        "{install_new_hosts: true}"))
     docs = []
     for i in range(n):
         name, mac, ip, uuid = host(i)
-        docs.append(
-            f"name: {name}\nworkflow: fleet\nuuid: {uuid}\ninterfaces:\n"
-            f"  - {{type: physical, mac: \"{mac}\", subnet: boot, ipv4: {ip}}}\n"
-            f"  - {{type: bmc, mac: \"52:54:02:bb:{i >> 8:02x}:{i & 0xFF:02x}\", subnet: bmc, "
-            f"ipv4: 198.18.{4 + (i + 1 >> 8)}.{i + 1 & 0xFF}, ignore_dhcp: true,\n"
-            f"     bmc: {{type: ipmi, address: \"{CLIENT_IP}\", port: {BMC_PORT0 + i}, "
-            "credentials: lab-ipmi}}\n")
+        docs.append(host_document(
+            name, "fleet", mac, ip, head=f"uuid: {uuid}\n", bmc_subnet="bmc",
+            bmc=(f"52:54:02:bb:{i >> 8:02x}:{i & 0xFF:02x}",
+                 f"198.18.{4 + (i + 1 >> 8)}.{i + 1 & 0xFF}", CLIENT_IP, BMC_PORT0 + i)))
     (root / "sites/lab/cluster-fleet.yml").write_text("---\n".join(docs))
     for stage in ("firmware", "install"):
         (root / f"os/fleet-{stage}.yml").write_text(os_document(
