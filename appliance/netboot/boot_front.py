@@ -93,7 +93,7 @@ def _query(text: str) -> dict[str, str]:
 
 def _headers(lines: list[str], http11: bool) -> tuple[int, bool]:
     """(Content-Length, keep the connection open) from the header lines."""
-    length = 0
+    length, seen_length = 0, False
     keep_alive = host = http11
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -102,9 +102,11 @@ def _headers(lines: list[str], http11: bool) -> tuple[int, bool]:
         name = name.lower()
         if name == "content-length":
             value = value.strip()
-            if not value.isdigit() or length or int(value) > MAX_BODY:
+            # a second Content-Length (even after a 0) is aiohttp's to refuse; the digit count
+            # is checked first: int() of thousands of digits raises instead of answering
+            if not value.isdigit() or len(value) > 6 or seen_length or int(value) > MAX_BODY:
                 raise _Handover
-            length = int(value)
+            length, seen_length = int(value), True
         elif name == "connection":
             tokens = {t.strip().lower() for t in value.split(",")}
             if "close" in tokens:
@@ -131,6 +133,10 @@ class BootFront(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = "?"
         self.buffer = bytearray()
+        # what _parse already knows of the buffer, so a request arriving in small pieces is
+        # not scanned and parsed again from its start for every piece
+        self.scanned = 0  # no end of head before this offset
+        self.needed = 0  # the parsed head's request is complete at this length
         self.busy = False  # an answer is being awaited; later requests wait in the buffer
         self.write_paused = False
         self._pending: asyncio.Future[None] | None = None  # the answer being awaited
@@ -232,10 +238,16 @@ class BootFront(asyncio.Protocol):
 
     def _parse(self) -> tuple[Route, BootRequest, bool] | None:
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
+        if len(buffer) < self.needed:
+            return None
+        end = buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))
         if end < 0:
-            if len(buffer) > MAX_HEAD:
-                raise _Handover
+            start = self.scanned - 1 if buffer[self.scanned - 1:self.scanned] == b"\r" \
+                else self.scanned
+            new = buffer[start:]
+            if len(buffer) > MAX_HEAD or new.count(b"\n") != new.count(b"\r\n"):
+                raise _Handover  # too long, or a bare LF: a head that never ends in CRLF CRLF
+            self.scanned = len(buffer)
             return None
         if end > MAX_HEAD:
             raise _Handover
@@ -259,9 +271,11 @@ class BootFront(asyncio.Protocol):
             raise _Handover
         length, keep_alive = _headers(lines, version == "HTTP/1.1")
         if len(buffer) < end + 4 + length:
+            self.needed = end + 4 + length
             return None
         body = bytes(buffer[end + 4:end + 4 + length])
         del buffer[:end + 4 + length]
+        self.scanned = self.needed = 0
         route, params = found
         req = BootRequest(self.client, params, _query(query), body[:MAX_REPORT])
         return route, req, keep_alive

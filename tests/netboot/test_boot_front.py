@@ -150,6 +150,26 @@ async def test_keep_alive_pipelining_and_the_handover_share_one_connection(rig: 
         writer.close()
 
 
+async def test_requests_arriving_in_small_pieces_are_answered_as_whole_ones(rig: Rig) -> None:
+    """A head and a body in 3-byte pieces, then a pipelined GET: the front keeps what it
+    already scanned and parsed between pieces, and still answers both as aiohttp does."""
+    post = (b"POST /phone-home/lab-01/1/nope HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\n"
+            b"xxxxx")
+    data = post + get("/boot.ipxe")
+    reader, writer = await rig.connect()
+    try:
+        for i in range(0, len(data), 3):  # bounded: about 50 writes
+            writer.write(data[i:i + 3])
+            await writer.drain()
+            await asyncio.sleep(0.002)  # separate segments, not a timing under test
+        answers = [await read_answer(reader) for _ in range(2)]
+    finally:
+        writer.close()
+    same(answers[0], await rig.ask(post, rig.app_port))
+    same(answers[1], await rig.ask(get("/boot.ipxe"), rig.app_port))
+    assert [a.status for a in answers] == [403, 200] and rig.front.handed_over == 0
+
+
 async def test_connection_close_and_http_1_0_end_the_connection(rig: Rig) -> None:
     for request in (get("/boot.ipxe", "Connection: close"), get("/boot.ipxe", version="HTTP/1.0")):
         reader, writer = await rig.connect()
@@ -167,6 +187,9 @@ async def test_connection_close_and_http_1_0_end_the_connection(rig: Rig) -> Non
     b"POST /phone-home/lab-01/1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     b"POST /phone-home/lab-01/1/x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
     b"POST /phone-home/lab-01/1/x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+    b"POST /phone-home/lab-01/1/x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n"
+    b"xxxxx",  # a second length after a 0
+    b"POST /phone-home/lab-01/1/x HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
     get("/boot/lab%2D01/1/script.ipxe"),  # percent-encoded path: aiohttp decodes it
     get("/boot/../boot.ipxe"),
     b"GET /boot.ipxe HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
@@ -175,16 +198,16 @@ async def test_connection_close_and_http_1_0_end_the_connection(rig: Rig) -> Non
 ])
 async def test_what_the_front_does_not_parse_gets_aiohttps_answer(rig: Rig,
                                                                    request_bytes: bytes) -> None:
-    reader, writer = await rig.connect()
-    writer.write(request_bytes)
-    try:
-        answer = await read_answer(reader)
-        via_app = await rig.ask(request_bytes, rig.app_port)
-        assert answer.status == via_app.status
-    except (asyncio.IncompleteReadError, ConnectionResetError):
-        pass  # aiohttp closed the connection: so it does without the front
-    finally:
-        writer.close()
+    async def status(port: int | None) -> int | None:
+        """The answer's status, or None when the server closed the connection instead."""
+        try:
+            return (await rig.ask(request_bytes, port)).status
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            return None
+
+    handed_over = rig.front.handed_over
+    assert await status(None) == await status(rig.app_port)
+    assert rig.front.handed_over == handed_over + 1
     # either way the known machine is still served
     assert (await rig.ask(get(f"/ipxe?mac={LAB01_MAC}"))).status == 200
 
