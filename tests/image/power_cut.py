@@ -182,18 +182,6 @@ def _read_prompt(sock: socket.socket) -> str:
     return data.decode(errors="replace")
 
 
-def wait_status(vm: PeerVM, wanted: tuple[str, ...], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = vm.hmp("info status")
-        if any(w in status for w in wanted):
-            return status
-        if time.monotonic() > deadline or not vm.running:
-            raise RuntimeError(f"{vm.name}: {status!r}, not {wanted} within {timeout:.0f} s\n"
-                               + vm.console_tail())
-        time.sleep(0.5)
-
-
 class Nbd:
     """nbdkit serving `disk` through a writeback cache: the disk's volatile write cache."""
 
@@ -285,7 +273,7 @@ class Writes:
                 if body is not None:  # even after the cut: the guest sent it before
                     self.acked[msg] = int(body["seq"])
                     self.first_ack = self.first_ack or time.monotonic()
-                elif body is None:
+                else:
                     self.refused += 1
                     if len(self.errors) < 10:
                         self.errors.append(why)

@@ -65,7 +65,9 @@ def test_acknowledged_writes_survive_a_power_cut_of_the_three_peers() -> None:
     if os.environ.get("VAQ_POWER_CUT") != "1" and not (WORK / "baseline/done.json").exists():
         pytest.skip("booting three image guests takes 10-20 min under TCG: VAQ_POWER_CUT=1")
     base = build_baseline(WORK)
-    cut = run_repeat(WORK, base, 0, random.Random())
+    seed = random.randrange(1 << 30)
+    print(f"\npower cut seed {seed} (replay: python -m tests.image.power_cut --seed {seed})")
+    cut = run_repeat(WORK, base, 0, random.Random(seed))
     for disk in (WORK / "repeat-00").glob("*.raw"):  # 3 x 650 MB (sparse); the result stays
         disk.unlink()
     print(f"\n{cut.acked} writes acknowledged, the power cut {cut.cut_after_s:.1f} s after the "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.sot import loader
 from appliance.sot.plan import make_plan
 from appliance.sot.render import Renderer
 from appliance.sot.revision import Revision, compile_tree
@@ -131,7 +132,8 @@ def _cluster_file(root: Path) -> Path:
 
 @pytest.mark.parametrize("edit", ["shift-and-duplicate", "quoted-marker", "anchor", "comment"])
 def test_a_changed_file_parsed_document_by_document_equals_a_whole_parse(
-        base: tuple[Path, Revision], tmp_path: Path, edit: str) -> None:
+        base: tuple[Path, Revision], tmp_path: Path, edit: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A changed cluster file is parsed only where its documents changed (split at `---`):
     lines, document indexes, keys, problems and renders are those of a whole parse, also
     where a split would be wrong (a `---` inside a quoted value, an anchor) and the loader
@@ -157,7 +159,19 @@ def test_a_changed_file_parsed_document_by_document_equals_a_whole_parse(
         docs[3] = docs[3].replace("metadata:\n", "# a comment\nmetadata:\n", 1)
     file.write_text("\n---\n".join(docs))
 
+    # a spy on the real document-by-document parse: which path the compile took
+    reparsed: list[bool] = []
+    real = loader._reparse_changed_documents
+
+    def spy(*args, **kwargs):
+        unit = real(*args, **kwargs)
+        reparsed.append(unit is not None)
+        return unit
+
+    monkeypatch.setattr(loader, "_reparse_changed_documents", spy)
     incremental = compile_tree(DirectoryTree(tmp_path / "sot"), parent)
+    # the split is used where it is right, refused where a `---` or an anchor spans pieces
+    assert reparsed == [edit in ("comment", "shift-and-duplicate")], reparsed
     full = compile_tree(DirectoryTree(tmp_path / "sot"))
     _assert_same(full, incremental)
     assert _hosts_at(incremental) == _hosts_at(full)
