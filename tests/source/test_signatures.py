@@ -14,6 +14,7 @@ from test_pipeline import ENV, REPO, state, until
 from appliance.source.gittree import GitTree
 from appliance.source.pipeline import PipelineSettings, RevisionPipeline
 from appliance.source.signatures import CommitVerifier, SigningKeysError, load_signing_keys
+from tests.support.waiting import until as wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no ssh-keygen")
 
@@ -129,7 +130,9 @@ def gnupg_homes(tmp_path: Path):
             subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"],
                            capture_output=True, env={**ENV, "GNUPGHOME": str(home)},
                            timeout=30)
-    assert not gpg_agents(tmp_path), gpg_agents(tmp_path)
+    # `--kill` asks the agent to exit and returns before it has: wait for it, bounded
+    wait_until(lambda: not gpg_agents(tmp_path), "the keyrings' gpg-agents to exit", 10,
+               lambda: str(gpg_agents(tmp_path)), interval=0.1)
 
 
 def gpg_key(home: Path, uid: str) -> str:
