@@ -277,7 +277,7 @@ class Peer:
                 "outbox": of(lambda: self.outbox), "dhcp": of(lambda: self._dhcp),
                 "source": of(lambda: self.follower), "federation": of(lambda: self.federation),
                 "workflow": of(lambda: self.engine), "tftp": of(lambda: self._tftp),
-                "artifacts": of(lambda: self.artifacts)}
+                "artifacts": of(lambda: self.artifacts), "http": of(lambda: self._front)}
 
     # --- lifecycle -----------------------------------------------------------------------
 

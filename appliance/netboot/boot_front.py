@@ -50,6 +50,9 @@ MAX_BODY = 65536  # a phone-home's report is read up to 4 KiB; a larger body goe
 # refused at connect (closed at once), so one host on the boot network cannot use up the
 # peer's file descriptors.
 MAX_CONNECTIONS_PER_CLIENT = 64
+# All the boot port's connections, the front's and those it handed to aiohttp: a flood from
+# many addresses stops here, well under the peer's file descriptor limit (LimitNOFILE).
+MAX_CONNECTIONS = 4096
 IDLE_S = 75.0  # aiohttp's keep-alive timeout
 SWEEP_S = 5.0
 _TOKEN_CHARS = frozenset(b"!#$&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
@@ -149,7 +152,7 @@ class BootFront(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "?"
-        if self.server.count(self.client) >= MAX_CONNECTIONS_PER_CLIENT:
+        if not self.server.admits(self.client):
             self.server.refused += 1
             transport.abort()
             return
@@ -300,6 +303,8 @@ class BootFront(asyncio.Protocol):
         self._forget()
         self.transport = None
         self.server.handed_over += 1
+        self.server.handed.setdefault(self.client, []).append(transport)
+        self.server.handed_count += 1
         protocol = self.server.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -326,14 +331,49 @@ class BootFrontServer:
         self.clock = _Clock()
         self.answered = 0  # requests the front answered itself
         self.per_client: dict[str, int] = {}  # open front connections by client address
-        self.refused = 0  # connections closed at connect: their client held too many
+        # connections handed to aiohttp, by client address, until they are seen closing: they
+        # still hold a file descriptor, so they still count against the client's share
+        self.handed: dict[str, list[asyncio.Transport]] = {}
+        self.handed_count = 0  # the lengths of `handed`'s lists, closed ones not yet dropped
+        self.refused = 0  # connections closed at connect: their client (or all) held too many
         self.handed_over = 0  # connections handed to aiohttp
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
+    def metrics(self) -> dict[str, float]:
+        """What an operator watches for a flood: connections held, refused and handed over."""
+        return {"front_connections": len(self.connections),
+                "front_handed_open": self.handed_count, "front_answered": self.answered,
+                "front_handed_over": self.handed_over, "front_refused": self.refused}
+
     def count(self, client: str) -> int:
-        """Front connections this client holds now."""
-        return self.per_client.get(client, 0)
+        """Connections this client holds now, the front's and the handed-over ones."""
+        return self.per_client.get(client, 0) + len(self._live_handed(client))
+
+    def admits(self, client: str) -> bool:
+        """A new connection from `client` is within its share and within the port's."""
+        if self.count(client) >= MAX_CONNECTIONS_PER_CLIENT:
+            return False
+        if len(self.connections) + self.handed_count < MAX_CONNECTIONS:
+            return True
+        self._prune_handed()  # closed handed-over ones are only dropped here and by the sweep
+        return len(self.connections) + self.handed_count < MAX_CONNECTIONS
+
+    def _live_handed(self, client: str) -> list[asyncio.Transport]:
+        held = self.handed.get(client)
+        if not held:
+            return []
+        live = [t for t in held if not t.is_closing()]
+        self.handed_count -= len(held) - len(live)
+        if live:
+            self.handed[client] = live
+        else:
+            del self.handed[client]
+        return live
+
+    def _prune_handed(self) -> None:
+        for client in list(self.handed):
+            self._live_handed(client)
 
     def release(self, client: str) -> None:
         left = self.per_client.get(client, 0) - 1
@@ -357,6 +397,7 @@ class BootFrontServer:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.sweep)
+            self._prune_handed()
             cutoff = time.monotonic() - self.idle
             for conn in [c for c in self.connections if c.idle_since() < cutoff]:
                 if conn.transport is not None:

@@ -66,3 +66,7 @@ def test_metrics_are_prometheus_text(group3: PeerGroup) -> None:
     assert "# TYPE vaquero_raft_term gauge" in text
     assert re.search(r"^vaquero_raft_has_quorum 1$", text, re.M)
     assert re.search(r"^vaquero_raft_members 3$", text, re.M)
+    # the boot port's front: this very request was handed over to the API's server
+    assert re.search(r"^vaquero_http_front_refused 0$", text, re.M)
+    handed = re.search(r"^vaquero_http_front_handed_over (\d+)$", text, re.M)
+    assert handed and int(handed.group(1)) >= 1, text

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
+from appliance.netboot import boot_front
 from appliance.netboot.boot_front import MAX_CONNECTIONS_PER_CLIENT, MAX_HEAD, BootFrontServer
 from appliance.netboot.boot_http import BootState, add_boot_routes
 
@@ -247,4 +248,59 @@ async def test_one_client_holds_at_most_its_share_of_connections(rig: Rig) -> No
         assert answer.status == 200
     finally:
         for _, w in held:
+            w.close()
+
+
+async def wait_count(rig: Rig, below: int) -> None:
+    for _ in range(100):  # bounded: the server sees a close within a few turns
+        if rig.front.count("127.0.0.1") < below:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still {rig.front.count('127.0.0.1')} connections counted")
+
+
+async def test_connections_handed_to_aiohttp_still_count_against_the_client(rig: Rig) -> None:
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS_PER_CLIENT):  # each kept open by aiohttp after its answer
+            reader, writer = await rig.connect()
+            writer.write(get("/healthz"))
+            assert (await read_answer(reader)).status == 200
+            held.append((reader, writer))
+        assert rig.front.connections == set() and rig.front.handed_over == len(held)
+        reader, writer = await rig.connect()  # one too many, though the front holds none
+        writer.write(get("/boot.ipxe"))
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        writer.close()
+        assert rig.front.refused == 1
+        held.pop()[1].close()
+        await wait_count(rig, MAX_CONNECTIONS_PER_CLIENT)
+        assert (await rig.ask(get("/boot.ipxe"))).status == 200
+    finally:
+        for _, w in held:
+            w.close()
+
+
+async def test_the_port_as_a_whole_holds_at_most_its_cap(rig: Rig,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(boot_front, "MAX_CONNECTIONS", 4)
+    held = []
+    try:
+        for path in ("/healthz", "/healthz", "/boot.ipxe", "/boot.ipxe"):  # handed over, front
+            reader, writer = await rig.connect()
+            writer.write(get(path))
+            assert (await read_answer(reader)).status == 200
+            held.append(writer)
+        reader, writer = await rig.connect()
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        writer.close()
+        assert rig.front.refused == 1
+        held.pop(0).close()  # a handed-over one: its place is found by pruning at connect
+        for _ in range(100):  # bounded: aiohttp sees the close within a few turns
+            if rig.front.admits("127.0.0.1"):
+                break
+            await asyncio.sleep(0.05)
+        assert (await rig.ask(get("/boot.ipxe"))).status == 200
+    finally:
+        for w in held:
             w.close()
