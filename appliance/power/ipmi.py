@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import structlog
 from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi.command import Command
+from pyghmi.ipmi.private import session as _pyghmi_session
 from pyghmi.ipmi.private.session import Session as _Session
 
 from .base import (
@@ -34,6 +35,17 @@ from .base import (
 )
 
 log = structlog.get_logger("vaquero.power")
+
+# pyghmi (1.6.19, the newest) guards its class-wide session tables with two locks and takes
+# them in both orders: `send_payload` holds KEEPALIVE_SESSIONS and `_xmit_packet` then takes
+# WAITING_SESSIONS, while `wait_for_rsp` and `awaitresponse` hold WAITING_SESSIONS and call
+# `_timedout` -> `send_payload`, which takes KEEPALIVE_SESSIONS. Two worker threads meeting
+# there (a retransmission in one, a send in the other) wait for each other forever: every
+# later IPMI call of the peer hangs, its worker threads and BMC slots are never returned.
+# Seen as "no answer within 20 s" from every BMC of a 200-machine rollout's leader (py-spy:
+# all 8 workers blocked on those two locks). One lock for both tables cannot be taken in two
+# orders; both are re-entrant, and pyghmi looks them up by name at each use.
+_pyghmi_session.WAITING_SESSIONS = _pyghmi_session.KEEPALIVE_SESSIONS
 
 T = TypeVar("T")
 

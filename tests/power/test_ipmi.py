@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from pyghmi.ipmi.private import session as pyghmi_session
 
 from appliance.power.base import BmcCredentials, BmcTarget, PowerError, PowerState
 from appliance.power.ipmi import BmcLimiter, IpmiDriver, make_executor
 from tests.support.ipmi_sim_rig import ADDRESSES, PASSWORD, Sim, free_udp_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(shutil.which("ipmi_sim") is None,
                                 reason="ipmi_sim (Debian package openipmi) not installed")
@@ -175,3 +182,97 @@ async def test_session_cap_across_drivers(sim: Sim, executor, kind: str) -> None
     assert _CountingDriver.peak == 2  # 4 BMCs were available: the cap, not the BMCs, bound it
     if kind == "semaphore":
         assert len({id(d._limiter) for d in drivers}) == 1
+
+
+
+class _OrderWatch:
+    """Stands in for one of pyghmi's module-level locks and records, per thread, which
+    watched lock was already held when it was taken: the same two locks taken in both
+    orders (A then B in one place, B then A in another) can deadlock, whether or not this
+    run's timing made them meet (lockdep's rule)."""
+
+    pairs: ClassVar[set[tuple[str, str]]] = set()
+    _held = threading.local()
+
+    def __init__(self, name: str, lock) -> None:
+        self.name, self.lock = name, lock
+
+    def acquire(self, *args, **kwargs) -> bool:
+        stack = self._stack()
+        for outer in stack:
+            if outer is not self:
+                _OrderWatch.pairs.add((outer.name, self.name))
+        got = self.lock.acquire(*args, **kwargs)
+        if got:
+            stack.append(self)
+        return got
+
+    def release(self) -> None:
+        stack = self._stack()
+        del stack[len(stack) - 1 - stack[::-1].index(self)]
+        self.lock.release()
+
+    def _stack(self) -> list[_OrderWatch]:
+        if not hasattr(self._held, "stack"):
+            self._held.stack = []
+        return self._held.stack
+
+
+@pytest.fixture
+def lossy_ports(sim: Sim) -> Iterator[list[int]]:
+    """8 ports in front of the sim, each losing 20% of datagrams either way (a relay process
+    of its own, so that it does not compete for the GIL with the threads under test)."""
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.lossy_udp_relay", "127.0.0.1", str(sim.port),
+         "8", "0.2", "240"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert relay.stdout is not None
+        yield [int(p) for p in relay.stdout.readline().split()]
+    finally:
+        relay.kill()
+        relay.wait(timeout=10)
+
+
+async def test_concurrent_sessions_over_a_lossy_link_never_wedge(
+        sim: Sim, executor, lossy_ports: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight BMC sessions at once through a link that loses 20% of datagrams each way: every
+    call comes back (an answer or a PowerError), the worker threads are free afterwards, and
+    pyghmi's session-table locks are never taken in two orders. Its retransmissions (after a
+    lost datagram) took them in the order opposite to a send's: two threads meeting there
+    deadlocked, and with them every later call (a 200-machine rollout's leader lost every BMC
+    that way; a timing-only check caught it in 1 run of 3, the order check in every run).
+    A switch interval of 10 us makes threads interleave inside short critical sections as
+    they do on a loaded peer."""
+    watches: dict[int, _OrderWatch] = {}
+    for name in ("KEEPALIVE_SESSIONS", "WAITING_SESSIONS"):
+        lock = getattr(pyghmi_session, name)
+        monkeypatch.setattr(pyghmi_session, name,
+                            watches.setdefault(id(lock), _OrderWatch(name, lock)))
+    _OrderWatch.pairs.clear()
+    switch = sys.getswitchinterval()
+    try:
+        limiter = BmcLimiter(max_sessions=8, min_interval=0.0)
+        drivers = [_driver(sim, executor, limiter, port=p, retries=0) for p in lossy_ports]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+
+        async def hammer(driver: IpmiDriver) -> tuple[int, int]:
+            answered = failed = 0
+            while loop.time() < end:  # bounded in time; each call by the driver's 20 s
+                try:
+                    assert await driver.status() == PowerState.OFF
+                    answered += 1
+                except PowerError:
+                    failed += 1
+            return answered, failed
+
+        sys.setswitchinterval(1e-5)
+        results = await asyncio.wait_for(asyncio.gather(*(hammer(d) for d in drivers)), 90)
+        sys.setswitchinterval(switch)
+        assert sum(a for a, _ in results) >= 8, results
+        # nothing left holding a worker or a slot: a session on the clean link still works
+        clean = _driver(sim, executor, limiter)
+        assert await asyncio.wait_for(clean.status(), 30) == PowerState.OFF
+        assert not {(a, b) for a, b in _OrderWatch.pairs if (b, a) in _OrderWatch.pairs}
+    finally:
+        sys.setswitchinterval(switch)
