@@ -22,11 +22,13 @@ revision and stage) run twice, which must be 0.
     sudo .venv/bin/python tools/bench/fleet.py --hosts 20 [--json] [--keep]
 
 The sims offer no serial-over-LAN, so the peers run with `console: {enabled: false}` unless
---consoles (then every console session is refused and retried). With it, at N=20 on a loaded
-host, every BMC command of the leader once stalled ("no answer within 20 s") and the rollout
-failed (2026-12-02, twice); the refused sessions were never logged out then. Since they are
-(appliance/power/sol_session.py), N=20 --consoles finished 20/20 without a retried BMC
-command, and so did the older code on the same quiet host: the stall was not reproduced.
+--consoles (then every console session is refused and retried).
+
+Every N=200 run failed until 2026-12-02 with "no answer within 20 s" from the leader's BMC
+calls, and --consoles at N=20 once did the same. Cause (py-spy on the leader): pyghmi takes
+its two session-table locks in opposite orders when it sends and when it retransmits a lost
+datagram, and all 8 IPMI worker threads deadlocked for good. appliance/power/ipmi.py makes
+them one lock; the first N=200 run after it finished 200/200.
 """
 
 from __future__ import annotations
