@@ -47,6 +47,9 @@ def area(frames: list[str]) -> str:
 
 def record(pid: int, seconds: int, load: Callable[[], object], out: Path) -> str:
     """Sample `pid` for `seconds` while `load()` runs; return the report (or why none)."""
+    if not PY_SPY.exists():
+        return (f"no profile: {PY_SPY} is not installed (.venv/bin/pip install py-spy); the "
+                "figures above stand without it")
     spy = subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--duration",
                             str(seconds), "--rate", "100", "--format", "raw",
                             "--output", str(out)],
