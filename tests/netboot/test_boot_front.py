@@ -228,6 +228,14 @@ async def test_an_idle_connection_is_closed(rig: Rig) -> None:
     assert rig.front.connections == set()
 
 
+async def wait_count(rig: Rig, below: int) -> None:
+    for _ in range(100):  # bounded: the server sees a close within a few turns
+        if rig.front.count("127.0.0.1") < below:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still {rig.front.count('127.0.0.1')} connections counted")
+
+
 async def test_one_client_holds_at_most_its_share_of_connections(rig: Rig) -> None:
     held = [await rig.connect() for _ in range(MAX_CONNECTIONS_PER_CLIENT)]
     try:
@@ -240,23 +248,12 @@ async def test_one_client_holds_at_most_its_share_of_connections(rig: Rig) -> No
         held_writer.close()
         await held_writer.wait_closed()
         # a freed place is taken again; the connections still held answer as before
-        for _ in range(100):  # bounded: the server sees the close within a few turns
-            if rig.front.count("127.0.0.1") < MAX_CONNECTIONS_PER_CLIENT:
-                break
-            await asyncio.sleep(0.05)
+        await wait_count(rig, MAX_CONNECTIONS_PER_CLIENT)
         answer = await rig.ask(get("/boot.ipxe"))
         assert answer.status == 200
     finally:
         for _, w in held:
             w.close()
-
-
-async def wait_count(rig: Rig, below: int) -> None:
-    for _ in range(100):  # bounded: the server sees a close within a few turns
-        if rig.front.count("127.0.0.1") < below:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"still {rig.front.count('127.0.0.1')} connections counted")
 
 
 async def test_connections_handed_to_aiohttp_still_count_against_the_client(rig: Rig) -> None:

@@ -392,21 +392,14 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
                 log))
             servers.append(Server(f"vaq-peer, log {level}", proc, base, log))
         root, size = prepare_nginx_root(tmp, servers, site.queries, art_path, upstream)
-        port = free_port()
-        conf = nginx_conf(tmp, root, port, args.nginx_workers)
-        print(f"nginx config {conf}: {' '.join(conf.read_text().split())}")
-        base = f"http://127.0.0.1:{port}"
-        proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)],
-                                           base + "/", tmp / "nginx.log"))
-        nginx = Server("nginx", proc, base)
-        servers.insert(0, nginx)
-        port = free_port()
-        conf = nginx_conf(tmp, root, port, args.nginx_workers, tmp / "nginx-access.log")
-        print(f"nginx config {conf}: {' '.join(conf.read_text().split())}")
-        base = f"http://127.0.0.1:{port}"
-        proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)],
-                                           base + "/", tmp / "nginx-logging.log"))
-        servers.insert(1, Server(NGINX_LOGGING, proc, base))
+        for name, access_log in (("nginx", None), (NGINX_LOGGING, tmp / "nginx-access.log")):
+            port = free_port()
+            conf = nginx_conf(tmp, root, port, args.nginx_workers, access_log)
+            print(f"nginx config {conf}: {' '.join(conf.read_text().split())}")
+            base = f"http://127.0.0.1:{port}"
+            proc = stack.enter_context(running(["nginx", "-c", str(conf), "-p", str(tmp)],
+                                               base + "/", tmp / f"{conf.stem}.log"))
+            servers.insert(0 if access_log is None else 1, Server(name, proc, base))
         for server in servers:  # the same bytes before anything is timed
             for mac, url in site.queries:
                 if fetch(server.base + url) != (root / "scripts" / mac).read_bytes():
