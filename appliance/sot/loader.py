@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 
 from .models import ASSET_TYPES, Boot, Federation, Host, OperatingSystem, Site, Workflow
 from .problems import Problem, Problems
+from .slot_pickle import pickled_by_fields
 from .tree import Tree
 from .yamlsrc import Document, Source, YamlError, load_documents, split_documents
 
@@ -25,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 YAML_SUFFIXES = (".yml", ".yaml")
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Located:
     """Where a document came from, to turn a field path into a line number."""
@@ -36,6 +38,7 @@ class Located:
         return self.doc.line_of(tuple(path))
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class HostEntry:
     host: Host

@@ -26,7 +26,7 @@ import structlog
 
 from appliance import __version__
 
-from .revision import Revision
+from .revision import Revision, no_cyclic_gc
 
 log = structlog.get_logger("vaquero.sot.store")
 
@@ -123,7 +123,8 @@ class RevisionStore:
             return self._ignored(path, "its content does not match its checksum (damaged)")
         f.seek(start)
         try:
-            revision = pickle.load(f)
+            with no_cyclic_gc(makes_no_garbage=True):  # ~10^6 objects, as a compile makes
+                revision = pickle.load(f)
         except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError,
                 ValueError) as exc:  # checksum matched: a class moved or renamed
             return self._ignored(path, f"cannot be read back: {exc}")

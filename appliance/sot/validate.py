@@ -23,6 +23,7 @@ from .render import COMPILED, Renderer, RenderError, make_environment
 from .render_budget import DEFAULT_BUDGET, RenderBudget
 from .render_keys import RenderKeys
 from .render_worker import WorkerFailed, run_bounded
+from .slot_pickle import pickled_by_fields
 from .template_check import template_line_of, template_syntax_errors
 
 # Which unattended kinds make sense for which OS family; families not listed accept any kind.
@@ -39,12 +40,14 @@ FAMILY_KINDS = {
 NEUTRAL_REVISION = "0" * 40  # rendering for validation and fingerprints must not vary by SHA
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class StageFingerprint:
     ipxe: str
     config: str
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class HostFingerprint:
     """What a host would be served, hashed: the plan compares these between revisions."""
@@ -60,6 +63,7 @@ class HostFingerprint:
         return h.hexdigest()
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class HostRenders:
     """What rendering every stage of one host gave: reused by any revision whose key for

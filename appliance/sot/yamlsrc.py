@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .slot_pickle import pickled_by_fields
+
 try:  # libyaml is an order of magnitude faster; PyYAML's pure loader is the fallback.
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
@@ -90,6 +92,7 @@ class Source:
         self._nodes = None
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class Document:
     """One YAML document: its data, the line it starts on (1-based), and where to find the
