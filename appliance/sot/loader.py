@@ -18,7 +18,7 @@ from pydantic_core import ErrorDetails
 from .models import ASSET_TYPES, Boot, Federation, Host, OperatingSystem, Site, Workflow
 from .problems import Problem, Problems
 from .slot_pickle import pickled_by_fields
-from .tree import Tree
+from .tree import Tree, blob_id
 from .yamlsrc import Document, Source, YamlError, load_documents, split_documents
 
 M = TypeVar("M", bound=BaseModel)
@@ -218,9 +218,9 @@ class FileUnit:
     """What one YAML file yields by itself: its documents, each validated against its kind's
     model (None where that failed), the problems found doing so, and the ids of documents
     that failed. A pure function of the file's path and bytes, so a revision reuses its
-    parent's unit for every file whose bytes (`digest`) did not change."""
+    parent's unit for every file whose bytes did not change."""
 
-    digest: str
+    digest: str  # the file's git blob id (appliance/sot/tree.py: blob_id)
     docs: tuple[Document, ...]
     models: tuple[BaseModel | None, ...]
     problems: tuple[Problem, ...]
@@ -327,13 +327,12 @@ class _UnitReader:
 
     def unit(self, path: str, kind: str, model: type[BaseModel],
              first_only: bool = False) -> FileUnit:
-        data = self.tree.read(path)
-        digest = hashlib.sha1(data).hexdigest()
         unit = self.parent.get(path)
-        if unit is None or unit.digest != digest:
-            unit = _parse_unit(data, digest, path, kind, model, first_only, unit)
+        if unit is not None and unit.digest == self.tree.content_id(path):
+            self.reused += 1  # the same bytes: not even read
         else:
-            self.reused += 1
+            data = self.tree.read(path)  # what is parsed is what is identified
+            unit = _parse_unit(data, blob_id(data), path, kind, model, first_only, unit)
         self.sot.units[path] = unit
         unit.replay(self.problems, self.sot)
         return unit

@@ -6,13 +6,14 @@ same code path and give the same model (DESIGN.md: everything is a pure function
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from dulwich.objects import Blob, ObjectID
+from dulwich.objects import ObjectID
 from dulwich.objects import Tree as GitTreeObject
 
 
@@ -30,6 +31,19 @@ class Tree(Protocol):
     def files(self) -> Iterator[str]: ...
 
     def read(self, path: str) -> bytes: ...
+
+    def content_id(self, path: str) -> str:
+        """The git blob id of a file, known without reading it where the tree can tell (a
+        commit lists it; a directory hashed each file once for its own id): a file whose id
+        equals the parent revision's is not read or parsed again."""
+        ...
+
+
+def blob_id(data: bytes) -> str:
+    """Git's id of a blob with these bytes (what `git hash-object` prints)."""
+    h = hashlib.sha1(b"blob %d\x00" % len(data))
+    h.update(data)
+    return h.hexdigest()
 
 
 _SKIP_DIRS = {".git", ".venv", "__pycache__", "node_modules"}
@@ -51,6 +65,7 @@ class DirectoryTree:
             raise FileNotFoundError(f"{self.root} is not a directory")
         self._files: list[str] | None = None
         self._tree_id: str | None = None
+        self._blob_ids: dict[str, str] = {}
 
     @property
     def description(self) -> str:
@@ -106,6 +121,11 @@ class DirectoryTree:
             self._tree_id = self._hash_tree()
         return self._tree_id
 
+    def content_id(self, path: str) -> str:
+        if self._tree_id is None:  # hashing the tree hashes every file once, and keeps ids
+            self._tree_id = self._hash_tree()
+        return self._blob_ids[path]
+
     def _hash_tree(self) -> str:
         """Git's tree id for the directory's files (empty directories do not count, as in git)."""
         nested: dict = {}
@@ -116,7 +136,8 @@ class DirectoryTree:
                 node = node.setdefault(d, {})
             full = self.root / path
             mode = 0o100755 if os.access(full, os.X_OK) else 0o100644
-            node[leaf] = (mode, Blob.from_string(self.read(path)).id)
+            self._blob_ids[path] = blob_id(self.read(path))
+            node[leaf] = (mode, self._blob_ids[path].encode())
 
         def build(node: dict) -> ObjectID:
             tree = GitTreeObject()

@@ -252,7 +252,6 @@ def load_documents(text: str | bytes) -> list[Document]:
     return docs
 
 
-_DOCUMENT_START = re.compile(rb"^---(?=[ \t\n]|\Z)", re.M)
 _COMMENT_OR_BLANK = re.compile(rb"[ \t]*(#[^\n]*)?")
 
 
@@ -267,11 +266,17 @@ def split_documents(data: bytes) -> list[tuple[int, bytes]] | None:
     fall back on anything else: a `---` inside a quoted scalar or a flow collection leaves
     its piece unterminated."""
     if (not data.isascii() or b"\r" in data or b"&" in data or b"<<" in data
-            or re.search(rb"^%", data, re.M)):
+            or data.startswith(b"%") or b"\n%" in data):
         return None
-    cuts = [m.start() for m in _DOCUMENT_START.finditer(data)]
-    if not cuts or cuts[0] != 0:
-        cuts.insert(0, 0)
+    # The cuts are the lines that match `^---(?=[ \t\n]|\Z)`, found by substring search: that
+    # regex, tried at every line start, took ten times as long on a 200 KB cluster file.
+    cuts = [0]
+    start = data.find(b"\n---")
+    while start != -1:
+        start += 1
+        if data[start + 3:start + 4] in (b"", b" ", b"\t", b"\n"):
+            cuts.append(start)
+        start = data.find(b"\n---", start)
     pieces = []
     line = 0
     for i, start in enumerate(cuts):

@@ -101,3 +101,6 @@ class GitTree:
         blob = self.repo[self._index()[path]]
         assert isinstance(blob, Blob)
         return blob.data
+
+    def content_id(self, path: str) -> str:
+        return self._index()[path].decode()
