@@ -3,8 +3,9 @@
     .venv/bin/python tools/bench/tftp.py [--rounds 3] [--concurrency 500] [--big-mb 32]
 
 (a) one big file at blksize 1468 (lockstep, curl: measures per-packet latency of the server),
-(b) N concurrent fetches of undionly.kpxe (a boot storm: measures the cost of a transfer and
-how the server copes with a burst of RRQs), and (c) the big file again with windowsize 8
+(b) N concurrent fetches of undionly.kpxe, each from its own loopback address as N machines
+would be (a boot storm: measures the cost of a transfer and how the server copes with a
+burst of RRQs), and (c) the big file again with windowsize 8
 (RFC 7440) asked by our own client (tools/bench/tftp_client.py; curl cannot ask for a
 window): tftpd-hpa does not implement RFC 7440, ignores the option and answers in lockstep,
 which is what such a client gets from it. tftpd-hpa runs as Debian runs it (in.tftpd
@@ -154,17 +155,27 @@ def fetch_windowed(port: int, want: str, windowsize: int) -> tuple[float, int]:
     return got.seconds, got.windowsize
 
 
+def machine_address(i: int) -> str:
+    """The i-th simulated machine's own loopback address (127.1.0.1 on): a boot storm comes
+    from as many addresses as machines, and a server that caps transfers per client address
+    (ours: 8, appliance/netboot/tftp.py) must be measured as machines reach it."""
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
 def storm(port: int, n: int, size: int) -> tuple[float, int, list[float]]:
-    """n concurrent fetches with curl -Z, split over processes (curl caps parallelism at 300)."""
+    """n concurrent fetches with curl -Z, split over processes (curl caps parallelism at 300),
+    each from its own source address (`--interface`, one transfer per `--next` group)."""
     per_proc = 250
     procs = []
     t0 = time.perf_counter()
     for start in range(0, n, per_proc):
         count = min(per_proc, n - start)
-        argv = ["curl", "-sS", "-Z", "--parallel-max", str(count), "--max-time", "60",
-                "-w", "%{size_download} %{time_total}\\n"]
-        for _ in range(count):
-            argv += [f"tftp://{HOST}:{port}/undionly.kpxe", "-o", "/dev/null"]
+        argv = ["curl", "-sS", "-Z", "--parallel-max", str(count)]
+        for i in range(start, start + count):
+            argv += ["--max-time", "60", "-w", "%{size_download} %{time_total}\\n",
+                     "--interface", machine_address(i),
+                     f"tftp://{HOST}:{port}/undionly.kpxe", "-o", "/dev/null", "--next"]
+        argv.pop()  # no group after the last
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     elapsed = time.perf_counter() - t0
@@ -211,8 +222,9 @@ def main() -> int:
         for name, server in servers.items():
             print(f"  {name}: {shlex.join(server.argv)}")
         print(f"clients: (a) curl -sS --tftp-blksize 1468 -o OUT tftp://{HOST}:PORT/big.bin; (b) "
-              f"curl -sS -Z --parallel-max 250 --max-time 60 tftp://{HOST}:PORT/undionly.kpxe "
-              f"x{args.concurrency} (in processes of 250); (c) tools/bench/tftp_client.py "
+              f"curl -sS -Z --parallel-max 250 --max-time 60 --interface 127.1.X.Y "
+              f"tftp://{HOST}:PORT/undionly.kpxe x{args.concurrency}, each from its own "
+              f"address, in processes of 250; (c) tools/bench/tftp_client.py "
               f"blksize 1468 windowsize {args.windowsize}", flush=True)
         try:
             for name, server in servers.items():
