@@ -23,7 +23,11 @@ sites, seed 1), with the same peer config (a group of one on loopback, no DHCP/T
 The warm run's re-validation child reports its own peak RSS (a separate process whose
 memory is returned when it exits); it is printed too.
 
-    .venv/bin/python tools/bench/restart.py [--hosts 10000]
+    .venv/bin/python tools/bench/restart.py [--hosts 10000] [--rounds 3]
+
+Each round runs the three starts back to back; the medians of the rounds are printed, and
+each ratio is the median of the ratios within a round (a loaded machine slows a cold start
+far more than a warm one, so unpaired figures from different moments mislead).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,12 +181,32 @@ def run_peer(config: Path, port: int, mac: str, log: Path, done_event: str,
             proc.wait()
 
 
+def one_round(tmp: Path, config: Path, port: int, mac: str,
+              reference: tuple[list[str], dict[str, str]] | str) -> dict[str, dict]:
+    """The three starts, back to back, each from a fresh data directory (the warm one from
+    what the cold one stored), so that load drifting on the machine hits all three alike."""
+    for data in (tmp / "data", tmp / "data-issue"):
+        shutil.rmtree(data, ignore_errors=True)
+    got = {}
+    if not isinstance(reference, str):  # its own data dir: nothing of ours to read
+        issue_config = tmp / "peer-issue.yaml"
+        issue_config.write_text(config.read_text().replace(
+            f"data_dir: {tmp / 'data'}", f"data_dir: {tmp / 'data-issue'}"))
+        got["issue"] = run_peer(issue_config, port, mac, tmp / "issue.log", "peer.ready",
+                                reference)
+    got["cold"] = run_peer(config, port, mac, tmp / "cold.log", "revision_store.saved")
+    got["warm"] = run_peer(config, port, mac, tmp / "warm.log", "revision.revalidated")
+    return got
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description="restart time and memory, cold vs warm")
     p.add_argument("--hosts", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=3, help="paired rounds; medians reported")
     args = p.parse_args()
     import gen_sot
 
+    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="restart-bench-") as tmp_name:
         tmp = Path(tmp_name)
         sot = tmp / "sot"
@@ -190,53 +216,58 @@ def main() -> int:
         mac = a_host_mac(sot, site)
         byte_compile(ROOT / "appliance")
         reference = issue_peer(tmp)
-        issue = None
-        if not isinstance(reference, str):  # its own data dir: nothing of ours to read
-            issue_config = tmp / "peer-issue.yaml"
-            issue_config.write_text(config.read_text().replace(
-                f"data_dir: {tmp / 'data'}", f"data_dir: {tmp / 'data-issue'}"))
-            issue = run_peer(issue_config, port, mac, tmp / "issue.log", "peer.ready",
-                             reference)
-        cold = run_peer(config, port, mac, tmp / "cold.log", "revision_store.saved")
-        warm = run_peer(config, port, mac, tmp / "warm.log", "revision.revalidated")
+        for n in range(max(1, args.rounds)):
+            rounds.append(one_round(tmp, config, port, mac, reference))
+            got = rounds[-1]
+            print(f"round {n + 1}: first /ipxe s, peak RSS MiB: " + ", ".join(
+                f"{name} {r['first_ipxe_s']:.2f} {r['peak_rss_mib']:.0f}"
+                for name, r in got.items()), flush=True)
     load = os.getloadavg()
-    print(f"Restart benchmark: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+    print(f"\nRestart benchmark: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.hosts:,} hosts "
-          f"(gen_sot, 2 sites, seed 1), the peer serves site {site}")
+          f"(gen_sot, 2 sites, seed 1), the peer serves site {site}; medians of "
+          f"{len(rounds)} round(s), ratios paired within each round")
     print(f"command: {VAQ_PEER} serve --config peer.yaml (sot: {{path: ...}}, loopback)\n")
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[name][key] for r in rounds)
+
+    def ratio(name: str, key: str) -> float:
+        return statistics.median(r["warm"][key] / r[name][key] for r in rounds)
+
+    has_issue = "issue" in rounds[0]
+    rows = [("issue", f"the issue peer ({ISSUE_COMMIT}): compile, serve")] if has_issue else []
+    rows += [("cold", "cold: compile, then serve (today path)"),
+             ("warm", "warm: compiled revision read from disk")]
     print(f"{'':<44} {'first /ipxe s':>14} {'peak RSS MiB':>13}")
-    if issue is not None:
-        print(f"{'the issue peer (' + ISSUE_COMMIT + '): compile, serve':<44} "
-              f"{issue['first_ipxe_s']:>14.2f} {issue['peak_rss_mib']:>13.0f}")
-    print(f"{'cold: compile, then serve (today path)':<44} {cold['first_ipxe_s']:>14.2f} "
-          f"{cold['peak_rss_mib']:>13.0f}")
-    print(f"{'warm: compiled revision read from disk':<44} {warm['first_ipxe_s']:>14.2f} "
-          f"{warm['peak_rss_mib']:>13.0f}")
-    t_ratio = warm["first_ipxe_s"] / cold["first_ipxe_s"]
-    m_ratio = warm["peak_rss_mib"] / cold["peak_rss_mib"]
+    for name, label in rows:
+        print(f"{label:<44} {median(name, 'first_ipxe_s'):>14.2f} "
+              f"{median(name, 'peak_rss_mib'):>13.0f}")
+    t_ratio, m_ratio = ratio("cold", "first_ipxe_s"), ratio("cold", "peak_rss_mib")
     print(f"{'ratio warm / cold':<44} {t_ratio:>14.3f} {m_ratio:>13.3f}")
-    if issue is not None:
-        issue_t = warm["first_ipxe_s"] / issue["first_ipxe_s"]
-        issue_m = warm["peak_rss_mib"] / issue["peak_rss_mib"]
+    if has_issue:
+        issue_t, issue_m = ratio("issue", "first_ipxe_s"), ratio("issue", "peak_rss_mib")
         print(f"{'ratio warm / the issue peer (the goal)':<44} {issue_t:>14.3f} {issue_m:>13.3f}")
     else:
         print(f"the issue peer was not run: {reference}")
     print(f"{'warm against the issue figures (12.8 s, 402)':<44} "
-          f"{warm['first_ipxe_s'] / ISSUE_COLD_S:>14.3f} "
-          f"{warm['peak_rss_mib'] / ISSUE_RSS_MIB:>13.3f}  (another machine: not a ratio)")
-    ev = warm["event"]
+          f"{median('warm', 'first_ipxe_s') / ISSUE_COLD_S:>14.3f} "
+          f"{median('warm', 'peak_rss_mib') / ISSUE_RSS_MIB:>13.3f}  (another machine: not a "
+          "ratio)")
+    ev = rounds[-1]["warm"]["event"]
     print(f"\nwarm re-validation in a child process: {ev.get('seconds')} s, the child's peak "
           f"RSS {ev.get('child_peak_rss_mib', 0):.0f} MiB, verdict "
-          f"{'the same as the stored one' if ev.get('same') else 'DIFFERENT'}")
-    if warm["ignored"]:
-        print(f"stored revision ignored: {warm['ignored'][0].get('reason')}")
+          f"{'the same as the stored one' if ev.get('same') else 'DIFFERENT'} (last round)")
+    ignored = [r["warm"]["ignored"][0].get("reason") for r in rounds if r["warm"]["ignored"]]
+    if ignored:
+        print(f"stored revision ignored in {len(ignored)} round(s): {ignored[0]}")
 
     def verdict(t: float, m: float) -> str:
         met = {True: "MET", False: "NOT MET"}
         return (f"first /ipxe {t:.1%} (<= {GOAL_TIME:.0%}: {met[t <= GOAL_TIME]}), "
                 f"peak RSS {m:.2f}x (<= {GOAL_RSS}x: {met[m <= GOAL_RSS]})")
 
-    if issue is not None:
+    if has_issue:
         print(f"\nGoal (issue 15: against the peer of the issue, same machine, same run): "
               f"{verdict(issue_t, issue_m)}")
     print(f"Against this commit's own cold path (stricter: it is faster than the issue's): "
