@@ -33,5 +33,5 @@ def pickled_by_fields(cls: type[T]) -> type[T]:
         def __reduce__(self: Any) -> tuple[type[T], tuple[Any, ...]]:
             return cls, get(self)
 
-    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
     return cls
