@@ -111,6 +111,18 @@ class PowerDriver(abc.ABC):
         """Set the boot device for the next boot (or every boot when `persistent`).
         `uefi=None` leaves the BIOS/UEFI mode as the BMC has it."""
 
+    async def boot_into(self, device: BootDevice | str = BootDevice.PXE) -> str:
+        """Boot the host once from `device`: set it as the next boot, then power the host on
+        if it is off, else cycle it; returns "on" or "cycle". This is the workflow's one
+        power step per stage. A driver whose protocol pays per session (IPMI logs in for
+        each) does it all in one; this default makes the separate calls."""
+        await self.set_next_boot(device)
+        if await self.status() == PowerState.OFF:
+            await self.on()
+            return "on"
+        await self.cycle()  # on if it went off meanwhile, else reset
+        return "cycle"
+
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release sessions or connections; the default driver holds none."""
 
@@ -119,9 +131,10 @@ class PowerControl(Protocol):
     """A peer's power, as its callers use it (`appliance.power.manager.PowerManager`)."""
 
     async def run(self, entry: HostEntry, action: str) -> dict[str, Any]:
-        """Run one action (status, on, off, soft_off, cycle, pxe, pxe_persistent) on the
-        host's BMC: {host, action, state?}. Raises PowerError, or LookupError when the host
-        declares no BMC."""
+        """Run one action (status, on, off, soft_off, cycle, pxe, pxe_persistent, pxe_boot)
+        on the host's BMC: {host, action, state?, done?}; `pxe_boot` (next boot PXE, then
+        on or cycle) says in `done` which of "on" and "cycle" it did. Raises PowerError, or
+        LookupError when the host declares no BMC."""
         ...
 
 

@@ -29,7 +29,7 @@ from appliance.sot.loader import HostEntry
 
 log = structlog.get_logger("vaquero.power")
 
-ACTIONS = ("status", "on", "off", "soft_off", "cycle", "pxe", "pxe_persistent")
+ACTIONS = ("status", "on", "off", "soft_off", "cycle", "pxe", "pxe_persistent", "pxe_boot")
 
 
 class NoBmc(LookupError):
@@ -74,6 +74,11 @@ class PowerManager:
             if action == "status":
                 return {"host": entry.host.name, "action": action,
                         "state": str(await driver.status())}
+            if action == "pxe_boot":
+                done = await driver.boot_into(BootDevice.PXE)
+                log.info("power.action", host=entry.host.name, action=action, done=done,
+                         bmc=driver.target.label)
+                return {"host": entry.host.name, "action": action, "done": done}
             if action in ("pxe", "pxe_persistent"):
                 await driver.set_next_boot(BootDevice.PXE, persistent=action == "pxe_persistent")
             else:

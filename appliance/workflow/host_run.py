@@ -53,8 +53,10 @@ EVIDENCE_WINDOW = 600.0
 # How long a machine may take from fetching its script to having loaded the stage's kernel
 # and initrds (hundreds of MB over a busy boot network), before it counts as silent.
 SILENCE_WINDOW = 600.0
-RESCUE = "rescue-pxe"  # the step ids of the one power-cycle into PXE a silent machine gets:
-RESCUE_BOOT = "rescue-boot"  # its boot device, then the cycle
+RESCUE_BOOT = "rescue-boot"  # the step id of the one power-cycle into PXE a silent machine gets
+# Step ids of the boot device alone, a step of its own (and a BMC session) before the boot
+# step did it in the same session: only read, to settle what an older leader left pending.
+LEGACY_PXE, RESCUE = "pxe", "rescue-pxe"
 
 
 class StepFailed(Exception):
@@ -184,8 +186,8 @@ class HostRunner:
         await self._step(HostState.POWERING, stage, attempt, label)
         try:
             if spec.boot is not None:
-                await self._once(stage, attempt, "pxe", lambda: self._power("pxe"))
-                await self._once(stage, attempt, "boot", self._power_on_or_cycle)
+                await self._settle_legacy(stage, attempt, LEGACY_PXE)
+                await self._once(stage, attempt, "boot", self._pxe_boot)
             elif attempt > 0 or await self._is_off():
                 # a local stage: the installer reboots into the disk by itself; a retry (or a
                 # machine found off) is powered, without PXE
@@ -216,6 +218,25 @@ class HostRunner:
     async def _power_on_or_cycle(self) -> str:
         action = "on" if await self._is_off() else "cycle"
         return await self._power(action)
+
+    async def _pxe_boot(self) -> str:
+        """Next boot PXE, then on (or cycle if it runs): one step, one BMC session (IPMI),
+        so a stage costs the BMC one login; "on" or "cycle", as the step's result says."""
+        assert self.power is not None  # no step runs without one
+        result = await asyncio.wait_for(self.power.run(self.entry, "pxe_boot"), POWER_TIMEOUT)
+        return str(result["done"])
+
+    async def _settle_legacy(self, stage: int, attempt: int, step: str) -> None:
+        """An older leader set the boot device in a step of its own and may have died
+        during it: record that step's outcome as unknown, so no intent stays pending. The
+        boot step that follows sets the boot device again (harmless: it is idempotent), as
+        that leader's successor did after such a step."""
+        iid = intent_id(self.revision, self.name, stage, attempt, step)
+        if outcome(self.cluster.intent(iid)) is IntentOutcome.PENDING:
+            self.log.warning("workflow.intent_outcome_unknown", intent=iid, step=step,
+                             stage=stage, attempt=attempt)
+            await self.cluster.record_result(iid, False, unknown_detail(
+                "the leader running it stopped; not repeated"))
 
     async def _once(self, stage: int, attempt: int, step: str, run: Any) -> None:
         """Run a hardware step at most once per (revision, host, stage, attempt, step)."""
@@ -299,8 +320,9 @@ class HostRunner:
     def _rescue_spent(self, stage: int, attempt: int) -> bool:
         """Whether this attempt's one rescue is used up: its power-cycle was recorded
         (whatever came of it: an unknown outcome is never repeated), or its BMC refused the
-        boot device. A rescue whose leader stopped before the power-cycle (its boot device
-        step unfinished, of unknown outcome, or done) is not: the next leader finishes it;
+        boot device (an older leader's separate step). A rescue whose leader stopped before
+        the power-cycle (such a boot device step unfinished, of unknown outcome, or done) is
+        not: the next leader finishes it;
         counting it as spent left the machine at "No bootable device" until the stage
         timeout, under leaders that changed while it was rescued."""
         if self.cluster.intent(intent_id(self.revision, self.name, stage, attempt,
@@ -322,8 +344,8 @@ class HostRunner:
                else f"no script fetched {self.evidence_window:.0f} s after it was powered")
         self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
         try:
-            await self._once(stage, attempt, RESCUE, lambda: self._power("pxe"))
-            await self._once(stage, attempt, RESCUE_BOOT, self._power_on_or_cycle)
+            await self._settle_legacy(stage, attempt, RESCUE)
+            await self._once(stage, attempt, RESCUE_BOOT, self._pxe_boot)
             note = "power-cycled into PXE once"
         except StepFailed as exc:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"
