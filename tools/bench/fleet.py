@@ -330,9 +330,8 @@ def run(n: int, args: argparse.Namespace) -> dict:
     with NetnsRig() as rig:
         try:
             site = Site(rig, tmp, bare, extra_config=(
-                ("" if args.consoles else "console: {enabled: false}\n")
-                + (f"bmc: {{max_sessions: {args.bmc_sessions}}}\n" if args.bmc_sessions
-                   else "")))
+                "" if args.consoles else "console: {enabled: false}\n"),
+                bmc_max_sessions=args.bmc_sessions)
             for i, p in site.procs.items():
                 print(f"  peer {i + 1}: {shlex.join(p.args)}", flush=True)
             cli = rig.netns("cli")
