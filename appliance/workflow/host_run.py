@@ -34,7 +34,7 @@ import structlog
 
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL, HostState
-from appliance.cluster.errors import CommandRejected
+from appliance.cluster.errors import ClusterError, CommandRejected
 from appliance.cluster.intents import IntentOutcome, outcome, unknown_detail
 from appliance.cluster.records import HostRecord
 from appliance.power.base import PowerControl, PowerError
@@ -191,7 +191,7 @@ class HostRunner:
             elif attempt > 0 or await self._is_off():
                 # a local stage: the installer reboots into the disk by itself; a retry (or a
                 # machine found off) is powered, without PXE
-                await self._once(stage, attempt, "boot", self._power_on_or_cycle)
+                await self._once(stage, attempt, "boot", self._recorded(self._power_on_or_cycle))
         except StepFailed as exc:
             await self._failed_attempt(stage, attempt, f"{label}: {exc}")
             return
@@ -219,18 +219,29 @@ class HostRunner:
         action = "on" if await self._is_off() else "cycle"
         return await self._power(action)
 
-    async def _pxe_boot(self) -> str:
-        """Next boot PXE, then on (or cycle if it runs): one step, one BMC session (IPMI),
-        so a stage costs the BMC one login; "on" or "cycle", as the step's result says."""
+    async def _pxe_boot(self, record: Callable[[], Awaitable[None]]) -> str:
+        """Next boot PXE, then on (or cycle if it runs): one step, one BMC login (IPMI);
+        "on" or "cycle". Its intent is recorded once the BMC slot is ours: a batch queues
+        for a peer's few BMC sessions, and a step recorded while queued, its leader killed,
+        waited out the evidence window (outcome unknown) though nothing was sent."""
         assert self.power is not None  # no step runs without one
-        result = await asyncio.wait_for(self.power.run(self.entry, "pxe_boot"), POWER_TIMEOUT)
+        result = await asyncio.wait_for(self.power.run(self.entry, "pxe_boot", before=record),
+                                        POWER_TIMEOUT)
         return str(result["done"])
+
+    @staticmethod
+    def _recorded(run: Callable[[], Awaitable[str]]
+                  ) -> Callable[[Callable[[], Awaitable[None]]], Awaitable[str]]:
+        """A step that records its intent first, then runs (several BMC calls)."""
+        async def step(record: Callable[[], Awaitable[None]]) -> str:
+            await record()
+            return await run()
+        return step
 
     async def _settle_legacy(self, stage: int, attempt: int, step: str) -> None:
         """An older leader set the boot device in a step of its own and may have died
-        during it: record that step's outcome as unknown, so no intent stays pending. The
-        boot step that follows sets the boot device again (harmless: it is idempotent), as
-        that leader's successor did after such a step."""
+        during it: that step's outcome is recorded unknown (none stays pending); the boot
+        step sets the boot device again (idempotent), as that leader's successor did."""
         iid = intent_id(self.revision, self.name, stage, attempt, step)
         if outcome(self.cluster.intent(iid)) is IntentOutcome.PENDING:
             self.log.warning("workflow.intent_outcome_unknown", intent=iid, step=step,
@@ -239,7 +250,8 @@ class HostRunner:
                 "the leader running it stopped; not repeated"))
 
     async def _once(self, stage: int, attempt: int, step: str, run: Any) -> None:
-        """Run a hardware step at most once per (revision, host, stage, attempt, step)."""
+        """Run a hardware step at most once per (revision, host, stage, attempt, step).
+        `run(record)` awaits `record()` (the intent, in Raft) before it sends anything."""
         iid = intent_id(self.revision, self.name, stage, attempt, step)
         existing = self.cluster.intent(iid)
         known = outcome(existing)
@@ -255,19 +267,28 @@ class HostRunner:
             result = existing["result"]
             raise StepFailed((result["detail"] if result is not None else None)
                              or f"{step} failed")
-        try:
+        recorded = []
+
+        async def record() -> None:
             await self.cluster.record_intent(self.name, f"power.{step}", stage=str(stage),
                                              revision=self.revision, intent_id=iid)
+            recorded.append(iid)
+
+        try:
+            action = await run(record)
         except CommandRejected as exc:
+            if recorded:
+                raise
             if exc.code == "duplicate_intent":  # recorded by us an instant ago (retried write)
                 return await self._once(stage, attempt, step, run)
             raise
-        try:
-            action = await run()
         except Exception as exc:
             detail = f"{step}: {exc.__class__.__name__}: {exc}"[:1000]
-            await self.cluster.record_result(iid, False, detail)
-            raise StepFailed(detail) from exc
+            if recorded:
+                await self.cluster.record_result(iid, False, detail)
+            elif isinstance(exc, ClusterError):  # the intent could not be written: not run
+                raise
+            raise StepFailed(detail) from exc  # (unrecorded: nothing was sent to the BMC)
         await self.cluster.record_result(iid, True, f"power {action}")
 
     # --- waiting ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ whose "machine" is a process it starts on power on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -326,3 +327,30 @@ async def test_before_shutdown_is_skipped_for_a_machine_its_bmc_says_is_off(
     finally:
         power.close()
         sims.close()
+
+
+async def test_a_step_still_queued_for_its_bmc_is_not_recorded(node: Cluster, armed) -> None:
+    """A boot step records its intent only once its BMC session slot is held: a runner stopped
+    while queued (its leader lost, say) leaves no intent, so the next leader runs the step
+    at once instead of waiting out the evidence window for a step that never went out."""
+    sim, sha, runner = armed
+    slots = runner.power.limiter
+    for _ in range(2):  # the peer's two BMC sessions, busy elsewhere
+        await slots.acquire()
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: node.host("n1")["state"] == "powering", "the boot step")
+        await asyncio.sleep(1.0)
+        assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # queued: unrecorded
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(2):
+            slots.release()
+    assert node.pending_intents("n1") == [] and sim.machine_pids() == []
+    # the next leader's runner: the step runs (ipmi_sim refuses its boot device), recorded
+    # with the BMC's answer, not as of unknown outcome
+    await asyncio.wait_for(runner.run(), 60)
+    result = node.intent(intent_id(sha, "n1", 1, 0, "boot"))["result"]
+    assert result["ok"] is False and "set boot device network" in result["detail"], result
