@@ -142,5 +142,6 @@ class PowerActions:
             raise ApiError(409, "no_bmc", str(exc)) from None
         except PowerError as exc:
             raise ApiError(502, "bmc_error", str(exc)) from None
-        await self.cluster.record_result(intent, True, f"power {action}")
+        done = result.get("done", action)  # pxe_boot: "on" or "cycle", as the workflow says
+        await self.cluster.record_result(intent, True, f"power {done}")
         return {**result, "intent": intent}

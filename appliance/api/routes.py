@@ -204,13 +204,15 @@ async def host_power(request: web.Request) -> web.Response:
 
 
 @describe("A power action on a host's BMC: on, off, soft_off, cycle, pxe (next boot once), "
-          "pxe_persistent. Leader only: written to Raft as an intent, then its result",
+          "pxe_persistent, pxe_boot (next boot PXE, then on, or cycle if it runs: one BMC "
+          "session). Leader only: written to Raft as an intent, then its result",
           body="{action}")
 async def host_power_action(request: web.Request) -> web.Response:
     body = await read_body(request)
     action = body.get("action")
     if not isinstance(action, str) or action == "status":
-        raise ApiError(400, "bad_request", "action: on|off|soft_off|cycle|pxe|pxe_persistent")
+        raise ApiError(400, "bad_request",
+                       "action: on|off|soft_off|cycle|pxe|pxe_persistent|pxe_boot")
     if action not in ACTIONS:
         raise ApiError(400, "bad_request",
                        f"unknown power action {action!r} (one of {', '.join(ACTIONS)})")

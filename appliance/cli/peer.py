@@ -559,7 +559,7 @@ def add_peer_commands(
             "action on the leader (admin token)")
     p.add_argument("host")
     p.add_argument("action", choices=["status", "on", "off", "soft_off", "cycle", "pxe",
-                                      "pxe_persistent"])
+                                      "pxe_persistent", "pxe_boot"])
     p = add("rearm", cmd_rearm, "roll back: re-arm a superseded revision for a new plan and "
             "approval (admin token)")
     p.add_argument("rev", metavar="REV", help="commit SHA or a unique prefix")

@@ -14,6 +14,7 @@ import abc
 import asyncio
 import enum
 import importlib
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -111,6 +112,24 @@ class PowerDriver(abc.ABC):
         """Set the boot device for the next boot (or every boot when `persistent`).
         `uefi=None` leaves the BIOS/UEFI mode as the BMC has it."""
 
+    async def boot_into(self, device: BootDevice | str = BootDevice.PXE,
+                        before: Callable[[], Awaitable[None]] | None = None) -> str:
+        """Boot the host once from `device`: set it as the next boot, then power the host on
+        if it is off, else cycle it; returns "on" or "cycle". This is the workflow's one
+        power step per stage. A driver whose protocol pays per session (IPMI logs in for
+        each) does it all in one; this default makes the separate calls. `before` is awaited
+        once, just before the first command goes out (after any wait for a BMC slot): the
+        workflow records its intent there, so a step still queued when its leader dies was
+        never recorded, and the next leader runs it instead of waiting for evidence."""
+        if before is not None:
+            await before()
+        await self.set_next_boot(device)
+        if await self.status() == PowerState.OFF:
+            await self.on()
+            return "on"
+        await self.cycle()  # on if it went off meanwhile, else reset
+        return "cycle"
+
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release sessions or connections; the default driver holds none."""
 
@@ -118,9 +137,12 @@ class PowerDriver(abc.ABC):
 class PowerControl(Protocol):
     """A peer's power, as its callers use it (`appliance.power.manager.PowerManager`)."""
 
-    async def run(self, entry: HostEntry, action: str) -> dict[str, Any]:
-        """Run one action (status, on, off, soft_off, cycle, pxe, pxe_persistent) on the
-        host's BMC: {host, action, state?}. Raises PowerError, or LookupError when the host
+    async def run(self, entry: HostEntry, action: str,
+                  before: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """Run one action (status, on, off, soft_off, cycle, pxe, pxe_persistent, pxe_boot)
+        on the host's BMC: {host, action, state?, done?}; `pxe_boot` (next boot PXE, then
+        on or cycle) says in `done` which of "on" and "cycle" it did. `before` (pxe_boot
+        only): see `PowerDriver.boot_into`. Raises PowerError, or LookupError when the host
         declares no BMC."""
         ...
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -120,6 +120,21 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+class BeforeFailed(Exception):
+    """What a `before` hook raised, carried past the retry loop unchanged."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _checked(result: Any) -> Any:
+    """pyghmi returns some errors as {'error': ...} instead of raising them."""
+    if isinstance(result, dict) and "error" in result:
+        raise pyghmi_exc.IpmiException(result["error"])
+    return result
+
+
 def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
@@ -170,10 +185,16 @@ class IpmiDriver(PowerDriver):
 
     # -- the async side ------------------------------------------------------------------------
 
-    async def _once(self, op: Callable[[Command], T]) -> T:
+    async def _once(self, op: Callable[[Command], T],
+                    before: Callable[[], Awaitable[None]] | None = None) -> T:
         loop = asyncio.get_running_loop()
         await self._limiter.acquire(self._key)
         try:
+            if before is not None:
+                try:
+                    await before()
+                except Exception as exc:
+                    raise BeforeFailed(exc) from exc
             fut = loop.run_in_executor(self._executor, self._session_call, op)
         except BaseException:
             self._limiter.release(self._key)
@@ -181,15 +202,25 @@ class IpmiDriver(PowerDriver):
         fut.add_done_callback(lambda _f: self._limiter.release(self._key))
         return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
 
-    async def _run(self, operation: str, op: Callable[[Command], T], retry: bool = True) -> T:
+    async def _run(self, operation: str | Callable[[], str], op: Callable[[Command], T],
+                   retry: bool | Callable[[], bool] = True,
+                   before: Callable[[], Awaitable[None]] | None = None) -> T:
         """`retry=False` for commands that must not run twice: after a lost answer we cannot
-        tell whether the BMC already did it."""
+        tell whether the BMC already did it; a callable says whether a retry is still safe
+        (nothing that must not run twice was sent yet). A callable `operation` names what
+        was under way when it failed. `before`: awaited once, holding the BMC's slot, just
+        before the first attempt's session; what it raises is raised as is."""
         attempts = 1 + max(0, self.retries) if retry else 1
         for attempt in range(1, attempts + 1):
             try:
-                return await self._once(op)
+                return await self._once(op, before if attempt == 1 else None)
+            except BeforeFailed as exc:
+                raise exc.cause from None
             except Exception as exc:  # every failure becomes a PowerError
-                if attempt < attempts and _is_transient(exc):
+                if callable(operation):
+                    operation = operation()
+                if attempt < attempts and _is_transient(exc) and (
+                        not callable(retry) or retry()):
                     log.info("ipmi_retry", bmc=self.target.address, host=self.target.host,
                              operation=operation, attempt=attempt,
                              reason=_reason(exc, self.timeout))
@@ -221,6 +252,37 @@ class IpmiDriver(PowerDriver):
             return c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE])
 
         await self._run("power cycle", op, retry=False)  # twice would cycle the host twice
+
+    async def boot_into(self, device: BootDevice | str = BootDevice.PXE,
+                        before: Callable[[], Awaitable[None]] | None = None) -> str:
+        """Boot device, power status and power on (or cycle) in one session: a login costs
+        a BMC more than a command (several round trips, a session slot, our per-BMC
+        interval), and a rollout used to pay three per machine and stage. Retried while
+        nothing but the boot device and the status went out; once the power command may
+        have, never (a lost answer would otherwise cycle the host twice)."""
+        try:
+            bootdev = _BOOTDEV[BootDevice(device)]
+        except ValueError:
+            raise PowerError(self.target, "set boot device",
+                             f"unknown boot device {device!r}") from None
+        phase = [f"set boot device {bootdev}"]
+        powered: list[bool] = []
+
+        def op(c: Command) -> str:
+            phase[0] = f"set boot device {bootdev}"
+            _checked(c.set_bootdev(bootdev, persist=False))
+            phase[0] = "power status"
+            state = _checked(c.get_power()).get("powerstate")
+            phase[0] = "power on" if state == "off" else "power cycle"
+            powered.append(True)  # from here on, not retried
+            if state == "off":
+                _checked(c.set_power("on"))
+                return "on"
+            _checked(c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE]))
+            return "cycle"
+
+        return await self._run(lambda: f"boot from {device} ({phase[0]})", op,
+                               retry=lambda: not powered, before=before)
 
     async def set_next_boot(self, device: BootDevice | str = BootDevice.PXE,
                             persistent: bool = False, uefi: bool | None = None) -> None:

@@ -10,6 +10,7 @@ a result after.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from appliance.sot.loader import HostEntry
 
 log = structlog.get_logger("vaquero.power")
 
-ACTIONS = ("status", "on", "off", "soft_off", "cycle", "pxe", "pxe_persistent")
+ACTIONS = ("status", "on", "off", "soft_off", "cycle", "pxe", "pxe_persistent", "pxe_boot")
 
 
 class NoBmc(LookupError):
@@ -65,8 +66,10 @@ class PowerManager:
         credentials = self.secrets.lookup(target.credentials)
         return make_driver(target, credentials, DriverResources(self.limiter, self.executor))
 
-    async def run(self, entry: HostEntry, action: str) -> dict[str, Any]:
-        """Run one action; returns {host, action, state?}. Raises PowerError or NoBmc."""
+    async def run(self, entry: HostEntry, action: str,
+                  before: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """Run one action; returns {host, action, state?, done?}. Raises PowerError or
+        NoBmc. `before`: see `PowerDriver.boot_into` (pxe_boot only)."""
         if action not in ACTIONS:
             raise ValueError(f"unknown power action {action!r} (one of {', '.join(ACTIONS)})")
         driver = self.driver(entry)
@@ -74,6 +77,11 @@ class PowerManager:
             if action == "status":
                 return {"host": entry.host.name, "action": action,
                         "state": str(await driver.status())}
+            if action == "pxe_boot":
+                done = await driver.boot_into(BootDevice.PXE, before=before)
+                log.info("power.action", host=entry.host.name, action=action, done=done,
+                         bmc=driver.target.label)
+                return {"host": entry.host.name, "action": action, "done": done}
             if action in ("pxe", "pxe_persistent"):
                 await driver.set_next_boot(BootDevice.PXE, persistent=action == "pxe_persistent")
             else:

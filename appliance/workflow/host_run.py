@@ -34,7 +34,7 @@ import structlog
 
 from appliance.cluster import Cluster
 from appliance.cluster.commands import HOST_TERMINAL, HostState
-from appliance.cluster.errors import CommandRejected
+from appliance.cluster.errors import ClusterError, CommandRejected
 from appliance.cluster.intents import IntentOutcome, outcome, unknown_detail
 from appliance.cluster.records import HostRecord
 from appliance.power.base import PowerControl, PowerError
@@ -53,8 +53,10 @@ EVIDENCE_WINDOW = 600.0
 # How long a machine may take from fetching its script to having loaded the stage's kernel
 # and initrds (hundreds of MB over a busy boot network), before it counts as silent.
 SILENCE_WINDOW = 600.0
-RESCUE = "rescue-pxe"  # the step ids of the one power-cycle into PXE a silent machine gets:
-RESCUE_BOOT = "rescue-boot"  # its boot device, then the cycle
+RESCUE_BOOT = "rescue-boot"  # the step id of the one power-cycle into PXE a silent machine gets
+# Step ids of the boot device alone, a step of its own (and a BMC session) before the boot
+# step did it in the same session: only read, to settle what an older leader left pending.
+LEGACY_PXE, RESCUE = "pxe", "rescue-pxe"
 
 
 class StepFailed(Exception):
@@ -184,12 +186,12 @@ class HostRunner:
         await self._step(HostState.POWERING, stage, attempt, label)
         try:
             if spec.boot is not None:
-                await self._once(stage, attempt, "pxe", lambda: self._power("pxe"))
-                await self._once(stage, attempt, "boot", self._power_on_or_cycle)
+                await self._settle_legacy(stage, attempt, LEGACY_PXE)
+                await self._once(stage, attempt, "boot", self._pxe_boot)
             elif attempt > 0 or await self._is_off():
                 # a local stage: the installer reboots into the disk by itself; a retry (or a
                 # machine found off) is powered, without PXE
-                await self._once(stage, attempt, "boot", self._power_on_or_cycle)
+                await self._once(stage, attempt, "boot", self._recorded(self._power_on_or_cycle))
         except StepFailed as exc:
             await self._failed_attempt(stage, attempt, f"{label}: {exc}")
             return
@@ -217,8 +219,39 @@ class HostRunner:
         action = "on" if await self._is_off() else "cycle"
         return await self._power(action)
 
+    async def _pxe_boot(self, record: Callable[[], Awaitable[None]]) -> str:
+        """Next boot PXE, then on (or cycle if it runs): one step, one BMC login (IPMI);
+        "on" or "cycle". Its intent is recorded once the BMC slot is ours: a batch queues
+        for a peer's few BMC sessions, and a step recorded while queued, its leader killed,
+        waited out the evidence window (outcome unknown) though nothing was sent."""
+        assert self.power is not None  # no step runs without one
+        result = await asyncio.wait_for(self.power.run(self.entry, "pxe_boot", before=record),
+                                        POWER_TIMEOUT)
+        return str(result["done"])
+
+    @staticmethod
+    def _recorded(run: Callable[[], Awaitable[str]]
+                  ) -> Callable[[Callable[[], Awaitable[None]]], Awaitable[str]]:
+        """A step that records its intent first, then runs (several BMC calls)."""
+        async def step(record: Callable[[], Awaitable[None]]) -> str:
+            await record()
+            return await run()
+        return step
+
+    async def _settle_legacy(self, stage: int, attempt: int, step: str) -> None:
+        """An older leader set the boot device in a step of its own and may have died
+        during it: that step's outcome is recorded unknown (none stays pending); the boot
+        step sets the boot device again (idempotent), as that leader's successor did."""
+        iid = intent_id(self.revision, self.name, stage, attempt, step)
+        if outcome(self.cluster.intent(iid)) is IntentOutcome.PENDING:
+            self.log.warning("workflow.intent_outcome_unknown", intent=iid, step=step,
+                             stage=stage, attempt=attempt)
+            await self.cluster.record_result(iid, False, unknown_detail(
+                "the leader running it stopped; not repeated"))
+
     async def _once(self, stage: int, attempt: int, step: str, run: Any) -> None:
-        """Run a hardware step at most once per (revision, host, stage, attempt, step)."""
+        """Run a hardware step at most once per (revision, host, stage, attempt, step).
+        `run(record)` awaits `record()` (the intent, in Raft) before it sends anything."""
         iid = intent_id(self.revision, self.name, stage, attempt, step)
         existing = self.cluster.intent(iid)
         known = outcome(existing)
@@ -234,19 +267,28 @@ class HostRunner:
             result = existing["result"]
             raise StepFailed((result["detail"] if result is not None else None)
                              or f"{step} failed")
-        try:
+        recorded = []
+
+        async def record() -> None:
             await self.cluster.record_intent(self.name, f"power.{step}", stage=str(stage),
                                              revision=self.revision, intent_id=iid)
+            recorded.append(iid)
+
+        try:
+            action = await run(record)
         except CommandRejected as exc:
+            if recorded:
+                raise
             if exc.code == "duplicate_intent":  # recorded by us an instant ago (retried write)
                 return await self._once(stage, attempt, step, run)
             raise
-        try:
-            action = await run()
         except Exception as exc:
             detail = f"{step}: {exc.__class__.__name__}: {exc}"[:1000]
-            await self.cluster.record_result(iid, False, detail)
-            raise StepFailed(detail) from exc
+            if recorded:
+                await self.cluster.record_result(iid, False, detail)
+            elif isinstance(exc, ClusterError):  # the intent could not be written: not run
+                raise
+            raise StepFailed(detail) from exc  # (unrecorded: nothing was sent to the BMC)
         await self.cluster.record_result(iid, True, f"power {action}")
 
     # --- waiting ---------------------------------------------------------------------------
@@ -299,8 +341,9 @@ class HostRunner:
     def _rescue_spent(self, stage: int, attempt: int) -> bool:
         """Whether this attempt's one rescue is used up: its power-cycle was recorded
         (whatever came of it: an unknown outcome is never repeated), or its BMC refused the
-        boot device. A rescue whose leader stopped before the power-cycle (its boot device
-        step unfinished, of unknown outcome, or done) is not: the next leader finishes it;
+        boot device (an older leader's separate step). A rescue whose leader stopped before
+        the power-cycle (such a boot device step unfinished, of unknown outcome, or done) is
+        not: the next leader finishes it;
         counting it as spent left the machine at "No bootable device" until the stage
         timeout, under leaders that changed while it was rescued."""
         if self.cluster.intent(intent_id(self.revision, self.name, stage, attempt,
@@ -322,8 +365,8 @@ class HostRunner:
                else f"no script fetched {self.evidence_window:.0f} s after it was powered")
         self.log.warning("workflow.host_silent", stage=stage, attempt=attempt, why=why)
         try:
-            await self._once(stage, attempt, RESCUE, lambda: self._power("pxe"))
-            await self._once(stage, attempt, RESCUE_BOOT, self._power_on_or_cycle)
+            await self._settle_legacy(stage, attempt, RESCUE)
+            await self._once(stage, attempt, RESCUE_BOOT, self._pxe_boot)
             note = "power-cycled into PXE once"
         except StepFailed as exc:
             note = f"its BMC refused the power-cycle ({exc}); waiting for the stage timeout"

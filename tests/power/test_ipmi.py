@@ -109,6 +109,23 @@ async def test_boot_device_and_soft_off_refused_without_vm(sim: Sim, executor) -
         await driver.set_next_boot("floppy")
 
 
+async def test_a_boot_step_refused_at_its_boot_device_never_powers_the_machine(
+        sim: Sim, executor) -> None:
+    """`boot_into` sets the boot device, reads the power state and powers on, in one session:
+    a BMC that refuses the boot device (ipmi_sim without a VM) stops it there, with a
+    PowerError naming the part that failed; the machine is never started, and a refusal is
+    not retried."""
+    driver = _driver(sim, executor, BmcLimiter(min_interval=0.05), timeout=10,
+                     retries=2, retry_delay=30)  # a retry would blow the test's bound
+    with pytest.raises(PowerError) as err:
+        await asyncio.wait_for(driver.boot_into("pxe"), 20)
+    text = str(err.value)
+    assert "boot from pxe (set boot device network) failed: Invalid data field" in text, text
+    assert PASSWORD not in text
+    assert await driver.status() == PowerState.OFF
+    assert sim.machine_pids() == []
+
+
 async def test_wrong_password(sim: Sim, executor) -> None:
     wrong = "not-the-Pw-5512"
     driver = _driver(sim, executor, BmcLimiter(min_interval=0.05), password=wrong, timeout=10,

@@ -16,6 +16,7 @@ whose "machine" is a process it starts on power on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -117,12 +118,13 @@ async def test_a_refused_bmc_step_is_retried_then_fails_the_host(
     await asyncio.wait_for(runner.run(), 60)
     record = node.host("n1")
     assert record["state"] == "failed" and record["attempt"] == 1, record
-    # ipmi_sim without a chassis program refuses Set System Boot Options
-    assert "pxe" in record["message"] and "no retries left" in record["message"], record
-    results = [node.intent(intent_id(sha, "n1", 1, a, "pxe"))["result"] for a in (0, 1)]
+    # ipmi_sim without a chassis program refuses Set System Boot Options: the boot step
+    # (boot device, then power, in one session) stops there
+    assert "boot from pxe (set boot device network) failed" in record["message"], record
+    assert "no retries left" in record["message"], record
+    results = [node.intent(intent_id(sha, "n1", 1, a, "boot"))["result"] for a in (0, 1)]
     assert [r["ok"] for r in results] == [False, False], results
-    assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # never reached
-    assert sim.machine_pids() == []
+    assert sim.machine_pids() == []  # the power command was never sent
 
 
 async def powered(node: Cluster, sha: str) -> None:
@@ -151,7 +153,7 @@ async def test_a_lost_power_step_is_retried_after_the_evidence_window(
              if e.get("host") == "n1" and e["kind"].startswith("host.")]
     assert ("host.retrying", "stage 1: no sign of a boot 3 s after a power step whose outcome "
             "is unknown (the leader running it stopped); retry 1 of 1") in kinds, kinds
-    retry = node.intent(intent_id(sha, "n1", 1, 1, "pxe"))
+    retry = node.intent(intent_id(sha, "n1", 1, 1, "boot"))
     assert retry is not None and retry["result"]["ok"] is False  # attempt 1 did run
     assert node.host("n1")["state"] == "failed"
 
@@ -168,7 +170,7 @@ async def test_a_machine_seen_booting_is_waited_for_not_power_cycled_again(
     await asyncio.sleep(5)  # past the 3 s evidence window
     record = node.host("n1")
     assert (record["state"], record["attempt"]) == ("booting", 0), record
-    assert node.intent(intent_id(sha, "n1", 1, 1, "pxe")) is None
+    assert node.intent(intent_id(sha, "n1", 1, 1, "boot")) is None
     for stage in (1, 2):  # in order: a stage is reported only after the one before it
         await node.submit({"op": "host.stage_done", "op_id": f"ph-2-{stage}",
                            "at": time.time(), "name": "n1", "stage": stage, "stages": 2,
@@ -197,7 +199,7 @@ async def test_a_machine_silent_after_its_script_is_power_cycled_once_before_the
     task = asyncio.create_task(runner.run())
     await until(lambda: node.host("n1")["state"] == "booting", "waiting for stage 1")
     await seen(node, sha, "script", 1)  # then nothing: the peer serving it died, say
-    rescue = intent_id(sha, "n1", 1, 0, "rescue-pxe")
+    rescue = intent_id(sha, "n1", 1, 0, "rescue-boot")
     await until(lambda: (node.intent(rescue) or {}).get("result"), "the rescue", timeout=8)
     # long before the stage's 10 s timeout; ipmi_sim (no chassis program) refuses it
     assert node.intent(rescue)["result"]["ok"] is False
@@ -209,7 +211,7 @@ async def test_a_machine_silent_after_its_script_is_power_cycled_once_before_the
     timeout = kinds.index(("host.retrying", "stage 1 firmware: no phone-home within 10 s; "
                            "retry 1 of 1"))
     assert kinds.index(("host.booting", silent[0])) < timeout
-    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-boot")) is None  # nothing after
+    assert "boot from pxe (set boot device network)" in node.intent(rescue)["result"]["detail"]
 
 
 async def test_a_machine_that_loaded_its_kernel_is_left_alone(node: Cluster, armed) -> None:
@@ -221,7 +223,7 @@ async def test_a_machine_that_loaded_its_kernel_is_left_alone(node: Cluster, arm
     await seen(node, sha, "script", 1)
     await seen(node, sha, "loaded", 1)
     await asyncio.sleep(4)  # twice the silence window
-    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe")) is None
+    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-boot")) is None
     for stage in (1, 2):  # in order: a stage is reported only after the one before it
         await node.submit({"op": "host.stage_done", "op_id": f"ph-3-{stage}",
                            "at": time.time(), "name": "n1", "stage": stage, "stages": 2,
@@ -273,14 +275,15 @@ async def test_a_machine_powered_that_never_asks_for_its_script_is_rescued_once(
     kinds = host_events(node)
     rescues = [m for k, m in kinds if "no script fetched 3 s after it was powered" in m]
     assert len(rescues) == 1, kinds
-    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-pxe"))["result"]["ok"] is False
+    assert node.intent(intent_id(sha, "n1", 1, 0, "rescue-boot"))["result"]["ok"] is False
 
 
 async def test_a_rescue_its_leader_stopped_before_the_power_cycle_is_finished_by_the_next(
         node: Cluster, armed) -> None:
-    """The leader that began the rescue (its PXE step recorded, no result, no power-cycle)
-    lost its leadership: the next one does not count the rescue as spent. It records the
-    PXE step's outcome as unknown (never repeated) and power-cycles the machine, once."""
+    """An older leader that began the rescue (its separate PXE step recorded, no result, no
+    power-cycle) lost its leadership: the next one does not count the rescue as spent. It
+    records the PXE step's outcome as unknown (never repeated) and power-cycles the machine
+    into PXE, once."""
     _, sha, runner = armed
     await powered(node, sha)
     rescue = intent_id(sha, "n1", 1, 0, "rescue-pxe")
@@ -318,9 +321,36 @@ async def test_before_shutdown_is_skipped_for_a_machine_its_bmc_says_is_off(
         assert hook["action"] == "hook.before_shutdown drain (tcp :9)", hook
         assert hook["result"]["ok"] is True, hook
         assert hook["result"]["detail"] == "skipped: its BMC says the machine is off", hook
-        assert node.intent(intent_id(sha, "n1", 2, 0, "pxe")) is not None  # then powered
+        assert node.intent(intent_id(sha, "n1", 2, 0, "boot")) is not None  # then powered
         assert "running" not in node.host("n1")  # powered: no longer what it reported
         assert sim.machine_pids() == []
     finally:
         power.close()
         sims.close()
+
+
+async def test_a_step_still_queued_for_its_bmc_is_not_recorded(node: Cluster, armed) -> None:
+    """A boot step records its intent only once its BMC session slot is held: a runner stopped
+    while queued (its leader lost, say) leaves no intent, so the next leader runs the step
+    at once instead of waiting out the evidence window for a step that never went out."""
+    sim, sha, runner = armed
+    slots = runner.power.limiter
+    for _ in range(2):  # the peer's two BMC sessions, busy elsewhere
+        await slots.acquire()
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: node.host("n1")["state"] == "powering", "the boot step")
+        await asyncio.sleep(1.0)
+        assert node.intent(intent_id(sha, "n1", 1, 0, "boot")) is None  # queued: unrecorded
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(2):
+            slots.release()
+    assert node.pending_intents("n1") == [] and sim.machine_pids() == []
+    # the next leader's runner: the step runs (ipmi_sim refuses its boot device), recorded
+    # with the BMC's answer, not as of unknown outcome
+    await asyncio.wait_for(runner.run(), 60)
+    result = node.intent(intent_id(sha, "n1", 1, 0, "boot"))["result"]
+    assert result["ok"] is False and "set boot device network" in result["detail"], result

@@ -27,7 +27,8 @@ class Site:
     """The three peer processes and the ops namespace that talks to them."""
 
     def __init__(self, rig: NetnsRig, tmp: Path, bare: Path,
-                 clock_offsets: tuple[float, ...] = (0, 0, 0), extra_config: str = "") -> None:
+                 clock_offsets: tuple[float, ...] = (0, 0, 0), extra_config: str = "",
+                 bmc_max_sessions: int | None = None) -> None:
         """`extra_config`: YAML appended to every peer's config (e.g. a `workflow:` block of
         short windows)."""
         self.rig, self.tmp = rig, tmp
@@ -48,6 +49,7 @@ class Site:
             f'lab-ipmi: {{user: admin, password: "{BMC_PASSWORD}"}}\n')
         (secrets / "bmc.yaml").chmod(0o600)
         raft = [f"{a}:7001" for a in PEERS]
+        sessions = f", max_sessions: {bmc_max_sessions}" if bmc_max_sessions else ""
         for i, address in enumerate(PEERS):
             ns = rig.netns(f"peer{i + 1}")
             link, _ = rig.veth(self.lan, ns, bridge="br0", cidr_b=f"{address}/24")
@@ -60,7 +62,7 @@ data_dir: {tmp / f'data{i + 1}'}
 interface: eth0
 token_secret_file: {secrets / 'phone-home.key'}
 source: {{url: "file://{bare}", ref: main, poll_interval: 1, poll_jitter: 0}}
-bmc: {{secrets_file: {secrets / 'bmc.yaml'}}}
+bmc: {{secrets_file: {secrets / 'bmc.yaml'}{sessions}}}
 prefetch_artifacts: true
 clock_offset_s: {clock_offsets[i]}
 http: {{port: 8080}}
