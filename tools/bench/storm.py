@@ -226,7 +226,9 @@ def start_peers(lab: Lab, tmp: Path, sot: Path, n_peers: int, kernel: Path, init
     raft = [f"{PEER_IPS[k]}:7950" for k in range(n_peers)]
     procs = []
     for k, ns in enumerate(lab.peers[:n_peers]):
-        data = (data_root / f"{tmp.parent.name}-{tmp.name}-peer-{k + 1}" if data_root
+        # unique per size, round and prefetch run (.../n500/ours-1/prefetch): one name per
+        # round without the size made the second size's prefetch peer find the first's dir
+        data = (data_root / f"{'-'.join(tmp.parts[-3:])}-peer-{k + 1}" if data_root
                 else tmp / f"peer-{k + 1}")
         cache = data / "artifacts" / "sha256"
         cache.mkdir(parents=True)
