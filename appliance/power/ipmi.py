@@ -135,6 +135,24 @@ def _checked(result: Any) -> Any:
     return result
 
 
+def _bootdev(target: BmcTarget, device: BootDevice | str) -> str:
+    """pyghmi's name for a boot device; a PowerError for one it has none for."""
+    try:
+        return _BOOTDEV[BootDevice(device)]
+    except ValueError:
+        raise PowerError(target, "set boot device", f"unknown boot device {device!r}") from None
+
+
+def _on_or_cycle(c: Command, state: str | None) -> str:
+    """Power on a host that is off, else cycle it: chassis control 0x02 is the standard
+    power cycle (pyghmi has none), which BMCs refuse for a host that is off."""
+    if state == "off":
+        _checked(c.set_power("on"))
+        return "on"
+    _checked(c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE]))
+    return "cycle"
+
+
 def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
@@ -166,10 +184,7 @@ class IpmiDriver(PowerDriver):
         cmd = Command(bmc=self.target.address, userid=self._credentials.user,
                       password=self._credentials.password, port=self.target.port or 623)
         try:
-            result = op(cmd)
-            if isinstance(result, dict) and "error" in result:
-                raise pyghmi_exc.IpmiException(result["error"])
-            return result
+            return _checked(op(cmd))
         finally:
             sess = cmd.ipmi_session
             try:
@@ -217,16 +232,15 @@ class IpmiDriver(PowerDriver):
             except BeforeFailed as exc:
                 raise exc.cause from None
             except Exception as exc:  # every failure becomes a PowerError
-                if callable(operation):
-                    operation = operation()
+                doing = operation() if callable(operation) else operation  # this attempt's
                 if attempt < attempts and _is_transient(exc) and (
                         not callable(retry) or retry()):
                     log.info("ipmi_retry", bmc=self.target.address, host=self.target.host,
-                             operation=operation, attempt=attempt,
+                             operation=doing, attempt=attempt,
                              reason=_reason(exc, self.timeout))
                     await asyncio.sleep(self.retry_delay * attempt)
                     continue
-                raise PowerError(self.target, operation, _reason(exc, self.timeout)) from exc
+                raise PowerError(self.target, doing, _reason(exc, self.timeout)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def status(self) -> PowerState:
@@ -244,12 +258,8 @@ class IpmiDriver(PowerDriver):
         await self._run("soft power off", lambda c: c.set_power("shutdown"))
 
     async def cycle(self) -> None:
-        def op(c: Command) -> Any:
-            # pyghmi has no "cycle"; chassis control 0x02 is the standard power cycle,
-            # which BMCs refuse for a host that is off, hence the check in the same session.
-            if c.get_power().get("powerstate") == "off":
-                return c.set_power("on")
-            return c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE])
+        def op(c: Command) -> str:  # the state is read in the same session
+            return _on_or_cycle(c, c.get_power().get("powerstate"))
 
         await self._run("power cycle", op, retry=False)  # twice would cycle the host twice
 
@@ -260,11 +270,7 @@ class IpmiDriver(PowerDriver):
         interval), and a rollout used to pay three per machine and stage. Retried while
         nothing but the boot device and the status went out; once the power command may
         have, never (a lost answer would otherwise cycle the host twice)."""
-        try:
-            bootdev = _BOOTDEV[BootDevice(device)]
-        except ValueError:
-            raise PowerError(self.target, "set boot device",
-                             f"unknown boot device {device!r}") from None
+        bootdev = _bootdev(self.target, device)
         phase = [f"set boot device {bootdev}"]
         powered: list[bool] = []
 
@@ -275,22 +281,14 @@ class IpmiDriver(PowerDriver):
             state = _checked(c.get_power()).get("powerstate")
             phase[0] = "power on" if state == "off" else "power cycle"
             powered.append(True)  # from here on, not retried
-            if state == "off":
-                _checked(c.set_power("on"))
-                return "on"
-            _checked(c.raw_command(netfn=0, command=2, data=[_CHASSIS_CYCLE]))
-            return "cycle"
+            return _on_or_cycle(c, state)
 
         return await self._run(lambda: f"boot from {device} ({phase[0]})", op,
                                retry=lambda: not powered, before=before)
 
     async def set_next_boot(self, device: BootDevice | str = BootDevice.PXE,
                             persistent: bool = False, uefi: bool | None = None) -> None:
-        try:
-            bootdev = _BOOTDEV[BootDevice(device)]
-        except ValueError:
-            raise PowerError(self.target, "set boot device",
-                             f"unknown boot device {device!r}") from None
+        bootdev = _bootdev(self.target, device)
         kwargs: dict[str, Any] = {"persist": persistent}
         if uefi is not None:
             kwargs["uefiboot"] = uefi

@@ -6,14 +6,13 @@ same code path and give the same model (DESIGN.md: everything is a pure function
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from dulwich.objects import ObjectID
+from dulwich.objects import Blob, ObjectID
 from dulwich.objects import Tree as GitTreeObject
 
 
@@ -41,9 +40,7 @@ class Tree(Protocol):
 
 def blob_id(data: bytes) -> str:
     """Git's id of a blob with these bytes (what `git hash-object` prints)."""
-    h = hashlib.sha1(b"blob %d\x00" % len(data))
-    h.update(data)
-    return h.hexdigest()
+    return Blob.from_string(data).id.decode()
 
 
 _SKIP_DIRS = {".git", ".venv", "__pycache__", "node_modules"}
@@ -136,8 +133,9 @@ class DirectoryTree:
                 node = node.setdefault(d, {})
             full = self.root / path
             mode = 0o100755 if os.access(full, os.X_OK) else 0o100644
-            self._blob_ids[path] = blob_id(self.read(path))
-            node[leaf] = (mode, self._blob_ids[path].encode())
+            blob = Blob.from_string(self.read(path)).id
+            self._blob_ids[path] = blob.decode()
+            node[leaf] = (mode, blob)
 
         def build(node: dict) -> ObjectID:
             tree = GitTreeObject()
